@@ -1,0 +1,93 @@
+# The pipeline's stages as file targets: a finished stage is not run again, and a changed
+# config section or input re-runs exactly what depends on it.
+#
+#   make scrape train predict                      the demo competition, end to end
+#   make train CONFIG=configs/x.yaml ARGS="train.epochs=2 model.name=resnet18"
+#   make help                                      everything else
+
+SHELL := /bin/bash
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+CONFIG ?= configs/digits.yaml
+ARGS ?=
+PYTHON ?= python3
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS)
+
+STAGES := data scrape folds tune train predict submit report
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-slow lint bench clean $(STAGES)
+
+help:
+	@echo "Stages (CONFIG=$(CONFIG), overrides in ARGS=\"key=value ...\"):"
+	@echo "  data      build the demo or check the competition files; decode and cache images"
+	@echo "  scrape    download extra training images from scrape.sources"
+	@echo "  folds     split the training rows into folds -> runs/<name>/folds.csv"
+	@echo "  tune      Optuna search -> runs/<name>/tune/best.yaml (run it overnight)"
+	@echo "  train     train per fold (OOF, CV score), then on all data"
+	@echo "  predict   write submissions/<name>/<stamp>.csv"
+	@echo "  submit    upload the newest submission with the Kaggle CLI"
+	@echo "  report    plots and the run report"
+	@echo "Other: test (fast suite), test-slow, lint, bench, venv, clean (this config's runs/<name>)"
+
+venv: $(INSTALLED)
+
+$(INSTALLED): $(ROOT)/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '$(ROOT)[dev]'
+	touch $@
+
+# Stage goals need this config's file names: `pipeline makevars` writes them as a Make fragment
+# (and refreshes the per-stage config stamps), which is then included.
+ifneq ($(filter $(STAGES) clean,$(MAKECMDGOALS)),)
+  $(shell $(MAKE) -q -f $(ROOT)/Makefile venv || $(MAKE) --no-print-directory -f $(ROOT)/Makefile venv >&2)
+  VARS_MK := runs/.make/$(shell echo '$(abspath $(CONFIG)) $(ARGS)' | md5sum | cut -c1-16).mk
+  $(shell $(call PIPELINE,makevars) -o $(VARS_MK))
+  ifneq ($(.SHELLSTATUS),0)
+    $(error the config could not be read (see the error above))
+  endif
+  include $(VARS_MK)
+endif
+
+data: $(DATA_OUT)
+$(DATA_OUT): $(STAMPS)/data.yaml
+	$(call PIPELINE,data)
+
+scrape: $(EXTRA_CSV)
+$(EXTRA_CSV): $(DATA_OUT) $(STAMPS)/scrape.yaml
+	$(call PIPELINE,scrape)
+
+folds: $(FOLDS_CSV)
+$(FOLDS_CSV): $(DATA_OUT) $(STAMPS)/folds.yaml $(EXTRA_DEP)
+	$(call PIPELINE,folds)
+
+tune: $(FOLDS_CSV)
+	$(call PIPELINE,tune)
+
+train: $(FOLDS_CSV)
+	$(call PIPELINE,train)
+
+predict: $(FOLDS_CSV)
+	$(call PIPELINE,predict)
+
+submit report: $(INSTALLED)
+	$(call PIPELINE,$@)
+
+clean:
+	rm -rf $(RUNS_DIR)
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+
+test-slow: $(INSTALLED)
+	$(PY) -m pytest -q -m slow
+
+lint: $(INSTALLED)
+	$(PY) -m ruff check $(ROOT)/pipeline $(ROOT)/tests
+
+bench: $(INSTALLED)
+	@shopt -s nullglob; scripts=($(ROOT)/benchmarks/*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in benchmarks/ yet"; fi; \
+	for script in "$${scripts[@]}"; do $(PY) "$$script" || exit 1; done

@@ -1,0 +1,100 @@
+"""`python -m pipeline STAGE -c CONFIG [key=value ...]`: the only argument parser."""
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from pipeline import config as C
+from pipeline.errors import PipelineError
+from pipeline.files import write_if_changed, write_text
+from pipeline.paths import Paths
+
+
+@dataclass(frozen=True)
+class Stage:
+    help: str
+    sections: tuple[str, ...]  # config sections whose change re-runs the stage
+    entry: str | None = None  # "module:function"; None while the stage is not built yet
+
+
+STAGES = {
+    "data": Stage("build the demo or check the competition files; decode and cache the images",
+                  ("competition", "data"), "pipeline.data:run"),
+    "scrape": Stage("download extra training images from scrape.sources", ("competition", "data", "scrape")),
+    "folds": Stage("split the training rows into folds -> runs/<name>/folds.csv",
+                   ("competition", "data", "folds"), "pipeline.folds:run"),
+    "tune": Stage("Optuna search over freeze depth and augmentations -> runs/<name>/tune/best.yaml",
+                  ("competition", "data", "folds", "model", "train", "aug", "tune")),
+    "train": Stage("train per fold (OOF, CV score), then on all data", ("competition", "data", "folds", "model",
+                                                                       "train", "aug")),
+    "predict": Stage("predict the test set -> submissions/<name>/<stamp>.csv", ("competition", "data", "model",
+                                                                               "predict")),
+    "submit": Stage("upload the newest submission with the Kaggle CLI", ("competition",)),
+    "report": Stage("plots and the run report -> runs/<name>/report/", ("competition",)),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    stages = "\n".join(f"  {name:<9}{stage.help}" for name, stage in STAGES.items())
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Run one stage of the competition pipeline.",
+        epilog=f"stages:\n{stages}\n\nexample: python -m pipeline folds -c configs/digits.yaml folds.n_splits=10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("stage", choices=[*STAGES, "makevars"], metavar="STAGE", help="one of: " + ", ".join(STAGES))
+    p.add_argument("-c", "--config", default="configs/digits.yaml", help="competition YAML (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
+    p.add_argument("-o", "--output", help="makevars only: the Make fragment to write")
+    return p
+
+
+def run_stage(name: str, cfg: C.Config) -> None:
+    stage = STAGES[name]
+    if stage.entry is None:
+        raise PipelineError(f"stage {name!r} is not built yet")
+    module, function = stage.entry.split(":")
+    getattr(importlib.import_module(module), function)(cfg)
+
+
+def makevars(cfg: C.Config, output: str) -> None:
+    """Write the Make fragment naming this config's files, and refresh the per-stage config stamps.
+
+    A stamp is rewritten only when the sections its stage depends on change, so Make re-runs
+    exactly the stages a config edit or an override affects.
+    """
+    paths = Paths.of(cfg)
+    for name, stage in STAGES.items():
+        write_if_changed(paths.stamps / f"{name}.yaml", cfg.to_yaml(stage.sections))
+    scrape_wanted = cfg.data.use_extra and bool(cfg.scrape.sources)
+    variables = {
+        "NAME": cfg.competition.name,
+        "DATA_DIR": paths.data,
+        "RUNS_DIR": paths.runs,
+        "STAMPS": paths.stamps,
+        "DATA_OUT": paths.resolved("data"),
+        "EXTRA_CSV": paths.extra_csv,
+        "FOLDS_CSV": paths.folds_csv,
+        "EXTRA_DEP": paths.extra_csv if scrape_wanted else "",
+    }
+    write_text(output, "".join(f"{key} := {value}\n" for key, value in variables.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    try:
+        cfg = C.load(args.config, args.overrides)
+        if args.stage == "makevars":
+            if not args.output:
+                raise PipelineError("makevars needs -o FILE")
+            makevars(cfg, args.output)
+        else:
+            run_stage(args.stage, cfg)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

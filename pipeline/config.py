@@ -1,0 +1,293 @@
+"""The competition config: one YAML, one pydantic model per section, unknown keys rejected.
+
+`load(path, overrides)` is the only way in; every error it raises names the key.
+"""
+
+import hashlib
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PipelineError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Competition(Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    task: Literal["classification", "keypoints"]
+    kaggle: str | None = None
+
+
+class LayoutBase(Section):
+    dir: Path | None = None  # default data/<competition.name>
+    demo: bool = False  # `make data` builds the MNIST demo competition here
+    use_extra: bool = True  # scraped images join training with fold -1
+    cache: Literal["auto", "always", "never"] = "auto"
+    cache_limit_gb: PositiveFloat = 4.0  # "auto" caches decoded images up to this size
+    sample_submission: str | None = None
+
+
+class PixelLayout(LayoutBase):
+    image_shape: tuple[PositiveInt, PositiveInt] | None = None  # (height, width); inferred when square
+    pixel_max: Literal["auto"] | PositiveFloat = "auto"  # inferred as 1, 16 or 255
+
+
+class PixelColumns(PixelLayout):
+    layout: Literal["pixel_columns"]
+    train_csv: str = "train.csv"
+    test_csv: str = "test.csv"
+    sample_submission: str | None = "sample_submission.csv"
+    label_column: str = "label"
+    id_column: str | None = None  # None: ids are 1-based row numbers, as Digit Recognizer's ImageId
+    pixel_prefix: str = "pixel"
+
+
+class PixelString(PixelLayout):
+    layout: Literal["pixel_string"]
+    train_csv: str = "training.csv"
+    test_csv: str = "test.csv"
+    sample_submission: str | None = "SampleSubmission.csv"
+    lookup_table: str | None = "IdLookupTable.csv"
+    image_column: str = "Image"
+    id_column: str = "ImageId"  # of the test CSV; train rows are numbered from 1
+    keypoint_columns: list[str] | None = None  # None: every column ending in _x or _y
+
+
+class FileLayout(LayoutBase):
+    channels: Literal[1, 3] = 3
+    extensions: list[str] = list(IMAGE_EXTENSIONS)
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, extensions: list[str]) -> list[str]:
+        return ["." + e.lower().lstrip(".") for e in extensions]
+
+
+class ImageCsv(FileLayout):
+    layout: Literal["image_csv"]
+    train_csv: str = "train.csv"
+    test_csv: str | None = "test.csv"  # None: test ids are the sample submission's first column
+    sample_submission: str | None = "sample_submission.csv"
+    id_column: str = "id"
+    label_columns: list[str] = ["label"]
+    train_dir: str = "train"
+    test_dir: str = "test"
+    image_ext: str | None = None  # None: found among `extensions`
+
+
+class ClassFolders(FileLayout):
+    layout: Literal["class_folders"]
+    train_dir: str = "train"
+    test_dir: str | None = "test"
+    sample_submission: str | None = "sample_submission.csv"
+
+
+class FilenameRegex(FileLayout):
+    layout: Literal["filename_regex"]
+    train_dir: str = "images"
+    test_dir: str | None = None
+    pattern: str = r"^(?P<label>.+)_\d+$"  # matched against the file stem; needs a `label` group
+
+    @field_validator("pattern")
+    @classmethod
+    def _has_label_group(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if "label" not in compiled.groupindex:
+            raise ValueError("needs a named group (?P<label>...) for the class")
+        return pattern
+
+
+Layout = Annotated[
+    Union[PixelColumns, PixelString, ImageCsv, ClassFolders, FilenameRegex],  # noqa: UP007
+    Field(discriminator="layout"),
+]
+
+
+class Folds(Section):
+    n_splits: Annotated[int, Field(ge=2)] = 5
+    kind: Literal["auto", "stratified", "group", "stratified_binned", "multilabel", "kfold"] = "auto"
+    seed: int = 42
+    group_column: str | None = None  # for kind=group
+    stratify_on: str = "missing_pattern"  # stratified_binned: missing_pattern, target_mean or a column
+    n_bins: Annotated[int, Field(ge=2)] = 5
+
+
+class Model(Section):
+    name: str = "resnet18"
+    pretrained: str = "none"
+    freeze_depth: Annotated[int, Field(ge=0)] = 0
+    image_size: PositiveInt | None = None
+
+
+class Train(Section):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-3
+
+
+class Aug(Section):
+    pass
+
+
+class Tune(Section):
+    n_trials: PositiveInt = 20
+    timeout: str | None = None
+    storage: str | None = None
+    space: dict[str, Any] = {}
+
+
+class Predict(Section):
+    models: Literal["full", "folds", "both"] = "full"
+    tta: list[str] = []
+
+
+class Scrape(Section):
+    sources: dict[str, Any] = {}
+
+
+class Config(Section):
+    competition: Competition
+    data: Layout
+    folds: Folds = Folds()
+    model: Model = Model()
+    train: Train = Train()
+    aug: Aug = Aug()
+    tune: Tune = Tune()
+    predict: Predict = Predict()
+    scrape: Scrape = Scrape()
+
+    @model_validator(mode="after")
+    def _fill_derived_defaults(self) -> "Config":
+        if self.data.demo and self.data.layout != "pixel_columns":
+            raise ValueError("data.demo builds a Digit Recognizer folder; it needs data.layout=pixel_columns")
+        if self.data.dir is None:
+            self.data.dir = Path("data") / self.competition.name
+        if self.folds.kind == "auto":
+            self.folds.kind = "stratified" if self.competition.task == "classification" else "stratified_binned"
+        return self
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path("runs") / self.competition.name
+
+    def to_yaml(self, sections: tuple[str, ...] | None = None) -> str:
+        data = self.model_dump(mode="json", include=set(sections) if sections else None)
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:12]
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read the YAML at `path`, apply dotted `key=value` overrides, validate."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    for item in overrides:
+        _apply_override(raw, item)
+    source = f"{path}" + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    return validate(raw, source)
+
+
+def validate(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise PipelineError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+def save_resolved(cfg: Config, path: Path) -> None:
+    from pipeline.files import write_text
+
+    write_text(path, cfg.to_yaml())
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise PipelineError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise PipelineError(f"override {item!r} must look like section.key=value")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise PipelineError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        node[leaf] = text
+
+
+def _describe(error: dict) -> str:
+    key, owner = _resolve(error["loc"])
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        parent, _, _ = key.rpartition(".")
+        where = f"under '{parent}'" if parent else "at the top level"
+        return f"unknown key '{key}'; allowed {where}: {', '.join(owner.model_fields) if owner else 'none'}"
+    if kind == "missing":
+        return f"key '{key}' is required"
+    if kind == "union_tag_invalid":
+        return f"key '{key}.layout' = {ctx['tag']!r} is not a known layout; expected one of {ctx['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return f"key '{key}.layout' is required; it names the competition's file layout"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key '{key}' = {error['input']!r}: {message}" if key else message
+
+
+def _resolve(loc: tuple) -> tuple[str, type[BaseModel] | None]:
+    """The user's dotted key for a pydantic error location, and the model that owns its last part.
+
+    pydantic puts the chosen union tag in the location, ('data', 'pixel_columns', 'x'): it is
+    skipped, so the key reads 'data.x' as written in the YAML.
+    """
+    candidates: list[type[BaseModel]] = [Config]
+    path: list[str] = []
+    owner = None
+    for part in loc:
+        tagged = [c for c in candidates if part in _literal_values(c, "layout")]
+        if len(candidates) > 1 and tagged:
+            candidates = tagged
+            continue
+        path.append(str(part))
+        if isinstance(part, int):
+            continue
+        owner = candidates[0] if len(candidates) == 1 else None
+        field = owner.model_fields.get(part) if owner else None
+        candidates = _models_in(field.annotation) if field else []
+    return ".".join(path), owner
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _literal_values(model: type[BaseModel], field: str) -> tuple:
+    info = model.model_fields.get(field)
+    return typing.get_args(info.annotation) if info else ()

@@ -1,0 +1,180 @@
+"""Split strategies -> runs/<name>/folds.csv with columns id, the targets, fold.
+
+Rows from scraped extra data get fold -1: they train every fold and validate none,
+so the CV score is measured on competition data only.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from pipeline import config as C
+from pipeline import sources
+from pipeline.errors import PipelineError
+from pipeline.files import write_csv
+from pipeline.paths import Paths
+
+EXTRA_FOLD = -1
+
+
+def assign_folds(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> np.ndarray:
+    """The fold (0..n_splits-1) of every row of `table`."""
+    if len(table) < cfg.n_splits:
+        raise PipelineError(f"folds.n_splits={cfg.n_splits} is more than the {len(table)} training rows")
+    folds = np.full(len(table), -1, dtype=np.int64)
+    for fold, (_, valid) in enumerate(_splitter(table, targets, cfg, task)):
+        folds[valid] = fold
+    return folds
+
+
+def strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> pd.Series:
+    """What each fold must get its share of: the class, or the bin of stratified_binned."""
+    if cfg.kind == "stratified_binned":
+        return _bins(table, targets, cfg)
+    if task == "classification" and len(targets) == 1:
+        return table[targets[0]].astype(str)
+    return pd.Series("all", index=table.index)
+
+
+def _splitter(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str):
+    n, seed = cfg.n_splits, cfg.seed
+    index = np.zeros(len(table))
+    if cfg.kind == "kfold":
+        return KFold(n, shuffle=True, random_state=seed).split(index)
+    if cfg.kind == "multilabel":
+        labels = _multilabel_matrix(table, targets)
+        return MultilabelStratifiedKFold(n_splits=n, shuffle=True, random_state=seed).split(index, labels)
+    if cfg.kind == "group":
+        groups = _groups(table, cfg)
+        if task == "classification" and len(targets) == 1:
+            return StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(index, table[targets[0]].astype(str), groups)
+        return GroupKFold(n, shuffle=True, random_state=seed).split(index, groups=groups)
+    if cfg.kind == "stratified" and not (task == "classification" and len(targets) == 1):
+        raise PipelineError("folds.kind=stratified needs a single-label classification; "
+                            "use stratified_binned for keypoints or multilabel for several label columns")
+    with warnings.catch_warnings():  # small classes are reported by the stage, in its own words
+        warnings.simplefilter("ignore", UserWarning)
+        return list(StratifiedKFold(n, shuffle=True, random_state=seed).split(index, strata(table, targets, cfg, task)))
+
+
+def small_strata(labels: pd.Series, n_splits: int) -> pd.Series:
+    """Strata with fewer rows than folds: some folds cannot validate them."""
+    counts = labels.value_counts()
+    return counts[counts < n_splits]
+
+
+def _groups(table: pd.DataFrame, cfg: C.Folds) -> pd.Series:
+    if cfg.group_column is None:
+        raise PipelineError("folds.kind=group needs folds.group_column (the column that names a photo's person or object)")
+    if cfg.group_column not in table.columns:
+        raise PipelineError(f"folds.group_column={cfg.group_column!r} is not a column of the train table; "
+                            f"columns: {', '.join(map(str, table.columns))}")
+    groups = table[cfg.group_column]
+    if groups.isna().any():
+        raise PipelineError(f"folds.group_column={cfg.group_column!r} is empty in {int(groups.isna().sum())} rows")
+    if groups.nunique() < cfg.n_splits:
+        raise PipelineError(f"folds.group_column={cfg.group_column!r} has {groups.nunique()} groups, "
+                            f"fewer than folds.n_splits={cfg.n_splits}")
+    return groups.astype(str)
+
+
+def _multilabel_matrix(table: pd.DataFrame, targets: list[str]) -> np.ndarray:
+    values = table[targets].apply(pd.to_numeric, errors="coerce")
+    if not values.isin([0, 1]).all().all():
+        column = next(c for c in targets if not values[c].isin([0, 1]).all())
+        raise PipelineError(f"folds.kind=multilabel needs 0/1 label columns; column {column!r} holds other values")
+    return values.to_numpy()
+
+
+def _bins(table: pd.DataFrame, targets: list[str], cfg: C.Folds) -> pd.Series:
+    """Keypoints: the pattern of labelled points (so every fold gets its share of partly labelled
+    rows), or quantile bins of the targets' mean or of one column. Strata smaller than n_splits
+    merge into one, which StratifiedKFold can then still spread."""
+    if cfg.stratify_on == "missing_pattern":
+        present = table[targets].notna().to_numpy()
+        codes = pd.Series(["".join("1" if p else "0" for p in row) for row in present], index=table.index)
+    else:
+        column = cfg.stratify_on
+        if column != "target_mean" and column not in table.columns:
+            raise PipelineError(f"folds.stratify_on={column!r} is neither missing_pattern, target_mean "
+                                f"nor a column of the train table")
+        values = table[targets].mean(axis=1) if column == "target_mean" else pd.to_numeric(table[column], errors="coerce")
+        codes = pd.qcut(values, cfg.n_bins, labels=False, duplicates="drop").astype("Int64").astype(str)
+    counts = codes.map(codes.value_counts())
+    codes = codes.where(counts >= cfg.n_splits, "rare")
+    if (codes == "rare").sum() < cfg.n_splits:
+        codes = codes.replace("rare", codes.value_counts().idxmax())
+    return codes
+
+
+def read_extra(manifest: Path, targets: list[str]) -> pd.DataFrame:
+    """Kept rows of the scrape manifest as training rows: id (path under the data folder), label."""
+    frame = pd.read_csv(manifest)
+    for column in ("status", "label", "path"):
+        if column not in frame.columns:
+            raise PipelineError(f"{manifest}: missing column {column!r} (is it a scrape manifest?)")
+    kept = frame[frame["status"] == "kept"]
+    return pd.DataFrame({"id": kept["path"].to_numpy(), targets[0]: kept["label"].to_numpy()})
+
+
+def fold_table(table: pd.DataFrame, targets: list[str], folds: np.ndarray, extra: pd.DataFrame | None) -> pd.DataFrame:
+    out = table[["id", *targets]].copy()
+    out["fold"] = folds
+    if extra is not None and len(extra):
+        out = pd.concat([out, extra.assign(fold=EXTRA_FOLD)], ignore_index=True)
+    return out
+
+
+def counts_table(folds: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """Rows per fold and stratum (class or bin), with a total column."""
+    counts = pd.crosstab(folds["fold"], labels.rename("class"))
+    counts["total"] = counts.sum(axis=1)
+    return counts
+
+
+def run(cfg: C.Config) -> None:
+    paths = Paths.of(cfg)
+    data = sources.read(cfg)
+    table, targets, task = data.train.table, data.targets, cfg.competition.task
+    folds = assign_folds(table, targets, cfg.folds, task)
+    labels = strata(table, targets, cfg.folds, task)
+    extra = _extra_rows(cfg, paths, table, targets)
+    out = fold_table(table, targets, folds, extra)
+    write_csv(paths.folds_csv, out)
+    C.save_resolved(cfg, paths.resolved("folds"))
+    _print_summary(out.iloc[: len(table)], labels, cfg.folds)
+    extra_note = f" + {len(extra)} extra rows (fold -1)" if extra is not None else ""
+    print(f"folds: {cfg.folds.n_splits} folds ({cfg.folds.kind}, seed {cfg.folds.seed}) of {len(table)} rows"
+          f"{extra_note} -> {paths.folds_csv}")
+
+
+def _extra_rows(cfg: C.Config, paths: Paths, table: pd.DataFrame, targets: list[str]) -> pd.DataFrame | None:
+    if not (cfg.data.use_extra and paths.extra_csv.exists()):
+        return None
+    if cfg.competition.task != "classification" or len(targets) != 1:
+        raise PipelineError(f"{paths.extra_csv}: scraped extra images need a single-label classification "
+                            "(set data.use_extra=false)")
+    extra = read_extra(paths.extra_csv, targets)
+    known = {str(v): v for v in table[targets[0]].unique()}
+    unknown = sorted(set(extra[targets[0]].astype(str)) - set(known))
+    if unknown:
+        raise PipelineError(f"{paths.extra_csv}: label {unknown[0]!r} is not a class of the training set")
+    extra[targets[0]] = extra[targets[0]].astype(str).map(known)
+    return extra
+
+
+def _print_summary(folds: pd.DataFrame, labels: pd.Series, cfg: C.Folds) -> None:
+    counts = counts_table(folds, labels.reset_index(drop=True))
+    if counts.shape[1] <= 21:
+        print(counts.to_string())
+    else:
+        per_class = counts.drop(columns="total")
+        print(pd.DataFrame({"total": counts["total"], "smallest class": per_class.min(axis=1),
+                            "largest class": per_class.max(axis=1)}).to_string())
+    for stratum, count in small_strata(labels, cfg.n_splits).items():
+        print(f"warning: {stratum!r} has {count} rows, fewer than folds.n_splits={cfg.n_splits}; "
+              "some folds cannot validate it")
