@@ -19,17 +19,27 @@ class Stage:
 
 
 STAGES = {
-    "data": Stage("build the demo or check the competition files; decode and cache the images",
-                  ("competition", "data"), "pipeline.data:run"),
+    "data": Stage(
+        "build the demo or check the competition files; decode and cache the images",
+        ("competition", "data"),
+        "pipeline.data:run",
+    ),
     "scrape": Stage("download extra training images from scrape.sources", ("competition", "data", "scrape")),
-    "folds": Stage("split the training rows into folds -> runs/<name>/folds.csv",
-                   ("competition", "data", "folds"), "pipeline.folds:run"),
-    "tune": Stage("Optuna search over freeze depth and augmentations -> runs/<name>/tune/best.yaml",
-                  ("competition", "data", "folds", "model", "train", "aug", "tune")),
-    "train": Stage("train per fold (OOF, CV score), then on all data", ("competition", "data", "folds", "model",
-                                                                       "train", "aug")),
-    "predict": Stage("predict the test set -> submissions/<name>/<stamp>.csv", ("competition", "data", "model",
-                                                                               "predict")),
+    "folds": Stage(
+        "split the training rows into folds -> runs/<name>/folds.csv",
+        ("competition", "data", "folds"),
+        "pipeline.folds:run",
+    ),
+    "tune": Stage(
+        "Optuna search over freeze depth and augmentations -> runs/<name>/tune/best.yaml",
+        ("competition", "data", "folds", "model", "train", "aug", "tune"),
+    ),
+    "train": Stage(
+        "train per fold (OOF, CV score), then on all data", ("competition", "data", "folds", "model", "train", "aug")
+    ),
+    "predict": Stage(
+        "predict the test set -> submissions/<name>/<stamp>.csv", ("competition", "data", "model", "predict")
+    ),
     "submit": Stage("upload the newest submission with the Kaggle CLI", ("competition",)),
     "report": Stage("plots and the run report -> runs/<name>/report/", ("competition",)),
 }

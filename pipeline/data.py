@@ -18,18 +18,24 @@ def run(cfg: Config) -> None:
         print(f"building the demo competition in {paths.data}")
         build_digits(paths.data)
     if not paths.data.is_dir():
-        raise PipelineError(f"competition folder {paths.data} does not exist: put the competition's files there "
-                            "(or set data.dir)")
+        raise PipelineError(
+            f"competition folder {paths.data} does not exist: put the competition's files there (or set data.dir)"
+        )
     data = sources.read(cfg)
     shapes = {}
     for name, split in (("train", data.train), ("test", data.test)):
         images = open_images(split.images, paths.cache(name), cfg.data.cache, cfg.data.cache_limit_gb)
         shapes[name] = describe_shapes(images)
     save_resolved(cfg, paths.resolved("data"))
-    classes = (f", {data.train.table[data.targets[0]].nunique()} classes" if cfg.competition.task == "classification"
-               and len(data.targets) == 1 else f", {len(data.targets)} targets")
-    print(f"data {cfg.competition.name}: {len(data.train.table)} train rows ({shapes['train']}), "
-          f"{len(data.test.table)} test rows ({shapes['test']}){classes}")
+    classes = (
+        f", {data.train.table[data.targets[0]].nunique()} classes"
+        if cfg.competition.task == "classification" and len(data.targets) == 1
+        else f", {len(data.targets)} targets"
+    )
+    print(
+        f"data {cfg.competition.name}: {len(data.train.table)} train rows ({shapes['train']}), "
+        f"{len(data.test.table)} test rows ({shapes['test']}){classes}"
+    )
 
 
 def describe_shapes(images: Sequence) -> str:
@@ -38,5 +44,9 @@ def describe_shapes(images: Sequence) -> str:
     if len(images) == 0:
         return "no images"
     low, high = images.index[:, 1:].min(axis=0), images.index[:, 1:].max(axis=0)
-    size = "x".join(map(str, low)) if np.array_equal(low, high) else f"{'x'.join(map(str, low))} to {'x'.join(map(str, high))}"
+    size = (
+        "x".join(map(str, low))
+        if np.array_equal(low, high)
+        else f"{'x'.join(map(str, low))} to {'x'.join(map(str, high))}"
+    )
     return f"{size}, cached"

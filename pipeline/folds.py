@@ -51,11 +51,15 @@ def _splitter(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str):
     if cfg.kind == "group":
         groups = _groups(table, cfg)
         if task == "classification" and len(targets) == 1:
-            return StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(index, table[targets[0]].astype(str), groups)
+            return StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(
+                index, table[targets[0]].astype(str), groups
+            )
         return GroupKFold(n, shuffle=True, random_state=seed).split(index, groups=groups)
     if cfg.kind == "stratified" and not (task == "classification" and len(targets) == 1):
-        raise PipelineError("folds.kind=stratified needs a single-label classification; "
-                            "use stratified_binned for keypoints or multilabel for several label columns")
+        raise PipelineError(
+            "folds.kind=stratified needs a single-label classification; "
+            "use stratified_binned for keypoints or multilabel for several label columns"
+        )
     with warnings.catch_warnings():  # small classes are reported by the stage, in its own words
         warnings.simplefilter("ignore", UserWarning)
         return list(StratifiedKFold(n, shuffle=True, random_state=seed).split(index, strata(table, targets, cfg, task)))
@@ -69,16 +73,22 @@ def small_strata(labels: pd.Series, n_splits: int) -> pd.Series:
 
 def _groups(table: pd.DataFrame, cfg: C.Folds) -> pd.Series:
     if cfg.group_column is None:
-        raise PipelineError("folds.kind=group needs folds.group_column (the column that names a photo's person or object)")
+        raise PipelineError(
+            "folds.kind=group needs folds.group_column (the column that names a photo's person or object)"
+        )
     if cfg.group_column not in table.columns:
-        raise PipelineError(f"folds.group_column={cfg.group_column!r} is not a column of the train table; "
-                            f"columns: {', '.join(map(str, table.columns))}")
+        raise PipelineError(
+            f"folds.group_column={cfg.group_column!r} is not a column of the train table; "
+            f"columns: {', '.join(map(str, table.columns))}"
+        )
     groups = table[cfg.group_column]
     if groups.isna().any():
         raise PipelineError(f"folds.group_column={cfg.group_column!r} is empty in {int(groups.isna().sum())} rows")
     if groups.nunique() < cfg.n_splits:
-        raise PipelineError(f"folds.group_column={cfg.group_column!r} has {groups.nunique()} groups, "
-                            f"fewer than folds.n_splits={cfg.n_splits}")
+        raise PipelineError(
+            f"folds.group_column={cfg.group_column!r} has {groups.nunique()} groups, "
+            f"fewer than folds.n_splits={cfg.n_splits}"
+        )
     return groups.astype(str)
 
 
@@ -100,9 +110,12 @@ def _bins(table: pd.DataFrame, targets: list[str], cfg: C.Folds) -> pd.Series:
     else:
         column = cfg.stratify_on
         if column != "target_mean" and column not in table.columns:
-            raise PipelineError(f"folds.stratify_on={column!r} is neither missing_pattern, target_mean "
-                                f"nor a column of the train table")
-        values = table[targets].mean(axis=1) if column == "target_mean" else pd.to_numeric(table[column], errors="coerce")
+            raise PipelineError(
+                f"folds.stratify_on={column!r} is neither missing_pattern, target_mean nor a column of the train table"
+            )
+        values = (
+            table[targets].mean(axis=1) if column == "target_mean" else pd.to_numeric(table[column], errors="coerce")
+        )
         codes = pd.qcut(values, cfg.n_bins, labels=False, duplicates="drop").astype("Int64").astype(str)
     counts = codes.map(codes.value_counts())
     codes = codes.where(counts >= cfg.n_splits, "rare")
@@ -148,16 +161,19 @@ def run(cfg: C.Config) -> None:
     C.save_resolved(cfg, paths.resolved("folds"))
     _print_summary(out.iloc[: len(table)], labels, cfg.folds)
     extra_note = f" + {len(extra)} extra rows (fold -1)" if extra is not None else ""
-    print(f"folds: {cfg.folds.n_splits} folds ({cfg.folds.kind}, seed {cfg.folds.seed}) of {len(table)} rows"
-          f"{extra_note} -> {paths.folds_csv}")
+    print(
+        f"folds: {cfg.folds.n_splits} folds ({cfg.folds.kind}, seed {cfg.folds.seed}) of {len(table)} rows"
+        f"{extra_note} -> {paths.folds_csv}"
+    )
 
 
 def _extra_rows(cfg: C.Config, paths: Paths, table: pd.DataFrame, targets: list[str]) -> pd.DataFrame | None:
     if not (cfg.data.use_extra and paths.extra_csv.exists()):
         return None
     if cfg.competition.task != "classification" or len(targets) != 1:
-        raise PipelineError(f"{paths.extra_csv}: scraped extra images need a single-label classification "
-                            "(set data.use_extra=false)")
+        raise PipelineError(
+            f"{paths.extra_csv}: scraped extra images need a single-label classification (set data.use_extra=false)"
+        )
     extra = read_extra(paths.extra_csv, targets)
     known = {str(v): v for v in table[targets[0]].unique()}
     unknown = sorted(set(extra[targets[0]].astype(str)) - set(known))
@@ -173,8 +189,17 @@ def _print_summary(folds: pd.DataFrame, labels: pd.Series, cfg: C.Folds) -> None
         print(counts.to_string())
     else:
         per_class = counts.drop(columns="total")
-        print(pd.DataFrame({"total": counts["total"], "smallest class": per_class.min(axis=1),
-                            "largest class": per_class.max(axis=1)}).to_string())
+        print(
+            pd.DataFrame(
+                {
+                    "total": counts["total"],
+                    "smallest class": per_class.min(axis=1),
+                    "largest class": per_class.max(axis=1),
+                }
+            ).to_string()
+        )
     for stratum, count in small_strata(labels, cfg.n_splits).items():
-        print(f"warning: {stratum!r} has {count} rows, fewer than folds.n_splits={cfg.n_splits}; "
-              "some folds cannot validate it")
+        print(
+            f"warning: {stratum!r} has {count} rows, fewer than folds.n_splits={cfg.n_splits}; "
+            "some folds cannot validate it"
+        )

@@ -167,5 +167,4 @@ def _write_files(folder: Path, source: FileSource) -> None:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(tqdm(pool.map(fill, range(len(source))), total=len(source), desc="decode images", unit="img"))
     pixels.flush()
-    del pixels
     np.save(folder / "index.npy", np.column_stack([offsets, shapes]))

@@ -62,10 +62,17 @@ def read_csv(path: Path, **kwargs) -> pd.DataFrame:
         raise PipelineError(f"{path} cannot be read as CSV: {str(exc).strip().splitlines()[-1]}") from None
 
 
+def show(value) -> str:
+    """repr() of a table cell as the user wrote it: 99, not np.int64(99)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise PipelineError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {list(frame.columns)[:8]}...")
+        raise PipelineError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {list(frame.columns)[:8]}..."
+        )
 
 
 def check_unique(ids: pd.Series, path: Path, column: str) -> None:
@@ -73,7 +80,8 @@ def check_unique(ids: pd.Series, path: Path, column: str) -> None:
     if len(duplicated):
         first = duplicated.index[:2]
         raise PipelineError(
-            f"{path} lines {line(first[0])} and {line(first[1])}: duplicate id {ids[first[0]]!r} in column {column!r}"
+            f"{path} lines {line(first[0])} and {line(first[1])}: "
+            f"duplicate id {show(ids[first[0]])} in column {column!r}"
         )
 
 
@@ -84,13 +92,17 @@ def _check_targets(table: pd.DataFrame, targets: list[str], task: str) -> None:
         if task == "classification":
             missing = values.isna() | (values.astype(str).str.strip() == "")
             if missing.any():
-                raise PipelineError(f"{source} line {line(int(np.flatnonzero(missing)[0]))}: missing label in column {column!r}")
+                raise PipelineError(
+                    f"{source} line {line(int(np.flatnonzero(missing)[0]))}: missing label in column {column!r}"
+                )
         else:
             numeric = pd.to_numeric(values, errors="coerce")
             bad = numeric.isna() & values.notna()
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise PipelineError(f"{source} line {line(i)}, column {column!r}: {values.iloc[i]!r} is not a number")
+                raise PipelineError(
+                    f"{source} line {line(i)}, column {column!r}: {show(values.iloc[i])} is not a number"
+                )
             table[column] = numeric.astype(float)
 
 
@@ -108,8 +120,11 @@ def check_against_sample(ids: pd.Series, layout: C.LayoutBase) -> pd.Series:
     if by_name is not None and wanted == set(by_name):
         return pd.Series(by_name, index=ids.index, name=ids.name)
     missing, unexpected = sorted(wanted - have), sorted(have - wanted)
-    example = f"e.g. {missing[0]!r} is in the sample but not the test set" if missing else (
-        f"e.g. {unexpected[0]!r} is in the test set but not the sample")
+    example = (
+        f"e.g. {missing[0]!r} is in the sample but not the test set"
+        if missing
+        else (f"e.g. {unexpected[0]!r} is in the test set but not the sample")
+    )
     raise PipelineError(f"{path}: test ids do not match the sample submission's {sample_ids.name!r} column ({example})")
 
 
@@ -136,8 +151,10 @@ def infer_pixel_max(values: np.ndarray, setting: str | float, path: Path) -> flo
 def image_shape(n_pixels: int, setting: tuple[int, int] | None, path: Path) -> tuple[int, int]:
     if setting is not None:
         if setting[0] * setting[1] != n_pixels:
-            raise PipelineError(f"{path}: data.image_shape {tuple(setting)} holds {setting[0] * setting[1]} pixels, "
-                                f"rows have {n_pixels}")
+            raise PipelineError(
+                f"{path}: data.image_shape {tuple(setting)} holds {setting[0] * setting[1]} pixels, "
+                f"rows have {n_pixels}"
+            )
         return tuple(setting)
     side = math.isqrt(n_pixels)
     if side * side != n_pixels:
@@ -159,14 +176,18 @@ def _pixel_columns_matrix(frame: pd.DataFrame, columns: list[str], path: Path) -
         if not pd.api.types.is_numeric_dtype(block[column]):
             numeric = pd.to_numeric(block[column], errors="coerce")
             i = int(np.flatnonzero(numeric.isna() & block[column].notna())[0])
-            raise PipelineError(f"{path} line {line(i)}, column {column!r}: pixel {block[column].iloc[i]!r} is not a number")
+            raise PipelineError(
+                f"{path} line {line(i)}, column {column!r}: pixel {show(block[column].iloc[i])} is not a number"
+            )
     values = block.to_numpy(dtype=np.float32)
     short = np.isnan(values).any(axis=1)
     if short.any():
         i = int(np.flatnonzero(short)[0])
         count = int((~np.isnan(values[i])).sum())
-        raise PipelineError(f"{path} line {line(i)}: {count} pixels, expected {len(columns)} (column "
-                            f"{columns[int(np.flatnonzero(np.isnan(values[i]))[0])]!r} is empty)")
+        raise PipelineError(
+            f"{path} line {line(i)}: {count} pixels, expected {len(columns)} (column "
+            f"{columns[int(np.flatnonzero(np.isnan(values[i]))[0])]!r} is empty)"
+        )
     return values
 
 
@@ -193,8 +214,9 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _pixel_split(table: pd.DataFrame, values: np.ndarray, layout: C.PixelLayout, path: Path,
-                 pixel_max: float, shape: tuple[int, int]) -> Split:
+def _pixel_split(
+    table: pd.DataFrame, values: np.ndarray, layout: C.PixelLayout, path: Path, pixel_max: float, shape: tuple[int, int]
+) -> Split:
     images = to_uint8(values, pixel_max, shape, path)
     table.insert(1, "image", [f"{path.name}:{line(i)}" for i in range(len(table))])
     table.attrs["source"] = str(path)
@@ -205,8 +227,10 @@ def _pixel_split(table: pd.DataFrame, values: np.ndarray, layout: C.PixelLayout,
 def read_pixel_columns(layout: C.PixelColumns, task: str) -> CompetitionData:
     train_path, test_path = layout.dir / layout.train_csv, layout.dir / layout.test_csv
     train, test = read_csv(train_path), read_csv(test_path)
-    pixels = sorted((c for c in train.columns if str(c).startswith(layout.pixel_prefix)),
-                    key=lambda c: int(re.sub(r"\D", "", c[len(layout.pixel_prefix):]) or 0))
+    pixels = sorted(
+        (c for c in train.columns if str(c).startswith(layout.pixel_prefix)),
+        key=lambda c: int(re.sub(r"\D", "", c[len(layout.pixel_prefix) :]) or 0),
+    )
     if not pixels:
         raise PipelineError(f"{train_path}: no pixel columns (names starting with {layout.pixel_prefix!r})")
     require_columns(train, [layout.label_column] + ([layout.id_column] if layout.id_column else []), train_path)
@@ -242,7 +266,9 @@ def read_pixel_string(layout: C.PixelString, task: str) -> CompetitionData:
     train_values = _pixel_strings_matrix(train[layout.image_column], train_path, layout.image_column)
     test_values = _pixel_strings_matrix(test[layout.image_column], test_path, layout.image_column)
     if test_values.shape[1] != train_values.shape[1]:
-        raise PipelineError(f"{test_path}: {test_values.shape[1]} pixels per image, training has {train_values.shape[1]}")
+        raise PipelineError(
+            f"{test_path}: {test_values.shape[1]} pixels per image, training has {train_values.shape[1]}"
+        )
     pixel_max = infer_pixel_max(train_values, layout.pixel_max, train_path)
     shape = image_shape(train_values.shape[1], layout.image_shape, train_path)
     check_unique(test[layout.id_column], test_path, layout.id_column)
@@ -266,11 +292,13 @@ def _check_lookup_table(layout: C.PixelString, test_ids: pd.Series, keypoints: l
     unknown_image = ~lookup["ImageId"].isin(set(test_ids))
     if unknown_image.any():
         i = int(np.flatnonzero(unknown_image)[0])
-        raise PipelineError(f"{path} line {line(i)}: ImageId {lookup['ImageId'].iloc[i]!r} is not in the test set")
+        raise PipelineError(f"{path} line {line(i)}: ImageId {show(lookup['ImageId'].iloc[i])} is not in the test set")
     unknown_feature = ~lookup["FeatureName"].isin(set(keypoints))
     if unknown_feature.any():
         i = int(np.flatnonzero(unknown_feature)[0])
-        raise PipelineError(f"{path} line {line(i)}: FeatureName {lookup['FeatureName'].iloc[i]!r} is not a keypoint column")
+        raise PipelineError(
+            f"{path} line {line(i)}: FeatureName {show(lookup['FeatureName'].iloc[i])} is not a keypoint column"
+        )
     check_against_sample(lookup["RowId"].astype(str), layout)
 
 
@@ -323,8 +351,9 @@ def read_class_folders(layout: C.ClassFolders, task: str) -> CompetitionData:
     paths = [p for c in classes for p in list_images(root / c, layout.extensions)]
     labels = [p.parent.name for p in paths]
     train = pd.DataFrame({"id": _stems(paths, root), "label": labels})
-    return CompetitionData(_file_split(train, paths, layout, str(root)), _test_from_folder(layout, layout.test_dir),
-                           ["label"])
+    return CompetitionData(
+        _file_split(train, paths, layout, str(root)), _test_from_folder(layout, layout.test_dir), ["label"]
+    )
 
 
 def read_filename_regex(layout: C.FilenameRegex, task: str) -> CompetitionData:
@@ -338,8 +367,9 @@ def read_filename_regex(layout: C.FilenameRegex, task: str) -> CompetitionData:
             raise PipelineError(f"{path}: file name does not match data.pattern {layout.pattern!r}")
         labels.append(match.group("label"))
     train = pd.DataFrame({"id": _stems(paths, root), "label": labels})
-    return CompetitionData(_file_split(train, paths, layout, str(root)), _test_from_folder(layout, layout.test_dir),
-                           ["label"])
+    return CompetitionData(
+        _file_split(train, paths, layout, str(root)), _test_from_folder(layout, layout.test_dir), ["label"]
+    )
 
 
 def read_image_csv(layout: C.ImageCsv, task: str) -> CompetitionData:
@@ -358,8 +388,10 @@ def read_image_csv(layout: C.ImageCsv, task: str) -> CompetitionData:
     train = _image_csv_table(train, train_path, layout, layout.train_dir)
     test = _image_csv_table(test, test_path, layout, layout.test_dir)
     check_against_sample(test["id"], layout)
-    return CompetitionData(*(_file_split(t, t.pop("_path").tolist(), layout, str(p))
-                             for t, p in ((train, train_path), (test, test_path))), targets=list(layout.label_columns))
+    return CompetitionData(
+        *(_file_split(t, t.pop("_path").tolist(), layout, str(p)) for t, p in ((train, train_path), (test, test_path))),
+        targets=list(layout.label_columns),
+    )
 
 
 def _image_csv_table(frame: pd.DataFrame, path: Path, layout: C.ImageCsv, image_dir: str) -> pd.DataFrame:
@@ -371,7 +403,11 @@ def _image_csv_table(frame: pd.DataFrame, path: Path, layout: C.ImageCsv, image_
     by_stem = {p.stem: p for p in names.values() if p.suffix.lower() in layout.extensions}
     paths = []
     for i, image_id in enumerate(frame[layout.id_column]):
-        found = names.get(f"{image_id}{layout.image_ext}") if layout.image_ext else names.get(image_id) or by_stem.get(image_id)
+        found = (
+            names.get(f"{image_id}{layout.image_ext}")
+            if layout.image_ext
+            else names.get(image_id) or by_stem.get(image_id)
+        )
         if found is None:
             raise PipelineError(f"{path} line {line(i)}: no image for id {image_id!r} in {folder}")
         paths.append(found)

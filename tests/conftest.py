@@ -1,0 +1,105 @@
+"""Tiny, seeded competition folders in every layout, written into a temporary folder."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import config as C
+
+KEYPOINTS = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y"]
+
+
+def make_config(data: dict, task: str = "classification", **sections) -> C.Config:
+    return C.validate({"competition": {"name": "tiny", "task": task}, "data": data, **sections})
+
+
+def pixel_frame(rng: np.random.Generator, n: int, n_pixels: int, pixel_max: int) -> pd.DataFrame:
+    return pd.DataFrame(rng.integers(0, pixel_max + 1, (n, n_pixels)), columns=[f"pixel{i}" for i in range(n_pixels)])
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def pixel_columns_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Digit Recognizer layout with 8x8 images in 0..16 (like scikit-learn's digits), 3 classes."""
+    train = pixel_frame(rng, 30, 64, 16)
+    train.insert(0, "label", np.arange(30) % 3)
+    train.to_csv(tmp_path / "train.csv", index=False)
+    pixel_frame(rng, 6, 64, 16).to_csv(tmp_path / "test.csv", index=False)
+    pd.DataFrame({"ImageId": range(1, 7), "Label": 0}).to_csv(tmp_path / "sample_submission.csv", index=False)
+    return tmp_path
+
+
+def pixel_strings(rng: np.random.Generator, n: int, n_pixels: int) -> list[str]:
+    return [" ".join(map(str, row)) for row in rng.integers(0, 256, (n, n_pixels))]
+
+
+@pytest.fixture
+def pixel_string_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Facial Keypoints layout: 6x6 images as pixel strings, 2 keypoints, some missing."""
+    train = pd.DataFrame(rng.uniform(0, 6, (20, 4)), columns=KEYPOINTS)
+    train.loc[::3, KEYPOINTS[2:]] = np.nan
+    train["Image"] = pixel_strings(rng, 20, 36)
+    train.to_csv(tmp_path / "training.csv", index=False)
+    pd.DataFrame({"ImageId": range(1, 5), "Image": pixel_strings(rng, 4, 36)}).to_csv(
+        tmp_path / "test.csv", index=False
+    )
+    lookup = pd.DataFrame(
+        {
+            "RowId": range(1, 9),
+            "ImageId": np.repeat(range(1, 5), 2),
+            "FeatureName": KEYPOINTS[:2] * 4,
+            "Location": np.nan,
+        }
+    )
+    lookup.to_csv(tmp_path / "IdLookupTable.csv", index=False)
+    pd.DataFrame({"RowId": range(1, 9), "Location": 0}).to_csv(tmp_path / "SampleSubmission.csv", index=False)
+    return tmp_path
+
+
+def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (12, 10)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def image_csv_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    ids = [f"img{i:02d}" for i in range(12)]
+    pd.DataFrame({"id": ids, "label": ["cat", "dog", "bird"] * 4}).to_csv(tmp_path / "train.csv", index=False)
+    for i, image_id in enumerate(ids):
+        write_image(tmp_path / "train" / f"{image_id}.{'png' if i % 2 else 'jpg'}", rng)
+    test_ids = ["t1", "t2"]
+    pd.DataFrame({"id": test_ids}).to_csv(tmp_path / "test.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": "cat"}).to_csv(tmp_path / "sample_submission.csv", index=False)
+    for image_id in test_ids:
+        write_image(tmp_path / "test" / f"{image_id}.png", rng)
+    return tmp_path
+
+
+@pytest.fixture
+def class_folders_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Plant Seedlings layout: train/<class>/*.png, test/*.png, sample ids with the extension."""
+    for label in ("maize", "wheat"):
+        for i in range(5):
+            write_image(tmp_path / "train" / label / f"{label[0]}{i}.png", rng)
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "test" / name, rng)
+    pd.DataFrame({"file": ["a.png", "b.png"], "species": "maize"}).to_csv(
+        tmp_path / "sample_submission.csv", index=False
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def filename_regex_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Oxford-IIIT Pets layout: images/great_pyrenees_173.jpg, the breed in the file name."""
+    for breed in ("great_pyrenees", "Abyssinian", "pug"):
+        for i in range(4):
+            write_image(tmp_path / "images" / f"{breed}_{100 + i}.jpg", rng)
+    return tmp_path

@@ -1,0 +1,78 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path: Path, data_dir: Path, **extra) -> Path:
+    raw = {
+        "competition": {"name": "tiny", "task": "classification"},
+        "data": {"layout": "pixel_columns", "dir": str(data_dir)},
+        "folds": {"n_splits": 3},
+        **extra,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_help_lists_the_stages():
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True)
+    for stage in ("data", "scrape", "folds", "tune", "train", "predict", "submit", "report"):
+        assert f"\n  {stage} " in out.stdout
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path, pixel_columns_dir):
+    config = tiny_config(tmp_path, pixel_columns_dir)
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "folds", "-c", str(config), "folds.kind=stratifed"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ") and "'folds.kind'" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_data_and_folds_stages_write_outputs_and_resolved_config(tmp_path, pixel_columns_dir, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, pixel_columns_dir)
+    assert main(["data", "-c", str(config)]) == 0
+    assert main(["folds", "-c", str(config), "folds.seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "30 train rows (8x8x1, cached)" in out and "folds: 3 folds (stratified, seed 3) of 30 rows" in out
+    folds = pd.read_csv(tmp_path / "runs/tiny/folds.csv")
+    assert list(folds.columns) == ["id", "label", "fold"] and len(folds) == 30
+    resolved = yaml.safe_load((tmp_path / "runs/tiny/folds.config.yaml").read_text())
+    assert resolved["folds"]["seed"] == 3 and resolved["folds"]["kind"] == "stratified"
+
+
+def test_stage_not_built_yet_says_so(tmp_path, pixel_columns_dir, capsys):
+    assert main(["report", "-c", str(tiny_config(tmp_path, pixel_columns_dir))]) == 2
+    assert "not built yet" in capsys.readouterr().err
+
+
+def make(cwd: Path, *args: str) -> str:
+    run = subprocess.run(["make", "-f", str(ROOT / "Makefile"), *args], capture_output=True, text=True, cwd=cwd)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+@pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
+def test_make_file_targets_rerun_only_what_changed(tmp_path, pixel_columns_dir):
+    config = f"CONFIG={tiny_config(tmp_path, pixel_columns_dir)}"
+    first = make(tmp_path, "data", "folds", config)
+    assert "pipeline data" in first and "pipeline folds" in first
+    assert "Nothing to be done" in make(tmp_path, "folds", config)
+    assert "Nothing to be done" in make(tmp_path, "folds", config, "ARGS=train.epochs=3")  # not a folds setting
+    assert "pipeline folds" in make(tmp_path, "folds", config, "ARGS=folds.seed=1")
+    assert "pipeline data" not in make(tmp_path, "folds", config, "ARGS=folds.seed=2")
+    assert len(pd.read_csv(tmp_path / "runs/tiny/folds.csv")) == 30

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import config as C
+from pipeline.errors import PipelineError
+
+MINIMAL = {"competition": {"name": "digits", "task": "classification"}, "data": {"layout": "pixel_columns"}}
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def load_error(tmp_path: Path, raw: dict, overrides: list[str] = ()) -> str:
+    with pytest.raises(PipelineError) as info:
+        C.load(write(tmp_path, raw), overrides)
+    return str(info.value)
+
+
+def test_each_section_owns_its_defaults(tmp_path):
+    cfg = C.load(write(tmp_path, MINIMAL))
+    assert cfg.data.dir == Path("data/digits")
+    assert cfg.data.train_csv == "train.csv" and cfg.data.pixel_max == "auto"
+    assert cfg.folds.kind == "stratified" and cfg.folds.n_splits == 5
+    keypoints = C.load(
+        write(
+            tmp_path, {**MINIMAL, "competition": {"name": "f", "task": "keypoints"}, "data": {"layout": "pixel_string"}}
+        )
+    )
+    assert keypoints.folds.kind == "stratified_binned" and keypoints.data.train_csv == "training.csv"
+
+
+def test_overrides_are_typed_by_yaml(tmp_path):
+    cfg = C.load(write(tmp_path, MINIMAL), ["train.epochs=2", "model.name=resnet34", "data.image_shape=[4,16]"])
+    assert cfg.train.epochs == 2 and cfg.model.name == "resnet34" and cfg.data.image_shape == (4, 16)
+
+
+def test_unknown_key_in_file_names_key_and_allowed(tmp_path):
+    message = load_error(tmp_path, {**MINIMAL, "train": {"epoch": 3}})
+    assert "'train.epoch'" in message and "epochs" in message and "batch_size" in message
+
+
+def test_unknown_key_in_override_names_key(tmp_path):
+    message = load_error(tmp_path, MINIMAL, ["folds.n_split=3"])
+    assert "'folds.n_split'" in message and "n_splits" in message and "overrides" in message
+
+
+def test_unknown_section_lists_sections(tmp_path):
+    message = load_error(tmp_path, {**MINIMAL, "trian": {}})
+    assert "'trian'" in message and "train" in message and "top level" in message
+
+
+def test_layout_specific_keys(tmp_path):
+    message = load_error(tmp_path, {**MINIMAL, "data": {"layout": "pixel_columns", "train_dir": "x"}})
+    assert "'data.train_dir'" in message and "pixel_prefix" in message
+    assert "'nope'" in load_error(tmp_path, {**MINIMAL, "data": {"layout": "nope"}})
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    message = load_error(tmp_path, MINIMAL, ["train.epochs=many"])
+    assert "'train.epochs'" in message and "'many'" in message
+
+
+def test_missing_required_key(tmp_path):
+    assert "'competition.task'" in load_error(tmp_path, {**MINIMAL, "competition": {"name": "x"}})
+
+
+def test_regex_is_checked_when_the_config_is_built(tmp_path):
+    message = load_error(tmp_path, {**MINIMAL, "data": {"layout": "filename_regex", "pattern": "(.+)_\\d+"}})
+    assert "'data.pattern'" in message and "label" in message
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        C.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("competition: [unclosed")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        C.load(bad)
+    with pytest.raises(PipelineError, match="key=value"):
+        C.load(write(tmp_path, MINIMAL), ["train.epochs"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = C.load(write(tmp_path, MINIMAL), ["train.lr=0.01"])
+    C.save_resolved(cfg, tmp_path / "resolved.yaml")
+    assert C.load(tmp_path / "resolved.yaml") == cfg

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+from conftest import make_config, write_image
+
+from pipeline import sources
+from pipeline.errors import PipelineError
+from pipeline.images import ArraySource, CachedImages, FileSource, LazyImages, decode, open_images
+
+
+def test_files_decode_once_into_a_memory_mapped_cache(image_csv_dir, tmp_path):
+    source = sources.read(make_config({"layout": "image_csv", "dir": str(image_csv_dir)})).train.images
+    images = open_images(source, tmp_path / "cache")
+    assert isinstance(images, CachedImages) and isinstance(images.pixels, np.memmap)
+    for i, path in enumerate(source.paths):
+        np.testing.assert_array_equal(images[i], decode(path, 3))
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 1
+    reopened = open_images(source, tmp_path / "cache")
+    assert reopened.folder == images.folder  # same content, same cache: nothing decoded again
+
+
+def test_cache_is_keyed_by_content(image_csv_dir, tmp_path, rng):
+    cfg = make_config({"layout": "image_csv", "dir": str(image_csv_dir)})
+    first = open_images(sources.read(cfg).train.images, tmp_path / "cache")
+    write_image(image_csv_dir / "train" / "img00.jpg", rng)  # same name, new pixels
+    second = open_images(sources.read(cfg).train.images, tmp_path / "cache")
+    assert second.folder != first.folder
+    assert not np.array_equal(second[0], first[0])
+
+
+def test_varied_sizes_and_grayscale(tmp_path, rng):
+    paths = []
+    for i, size in enumerate([(5, 7), (9, 4)]):
+        paths.append(tmp_path / f"{i}.png")
+        write_image(paths[-1], rng, size)
+    images = open_images(FileSource(tuple(paths), channels=1), tmp_path / "cache")
+    assert images[0].shape == (5, 7, 1) and images[1].shape == (9, 4, 1)
+
+
+def test_array_source_cache(tmp_path, rng):
+    array = rng.integers(0, 256, (3, 4, 4, 1), dtype=np.uint8)
+    images = open_images(ArraySource(array, "abc123"), tmp_path)
+    np.testing.assert_array_equal(np.stack([images[i] for i in range(3)]), array)
+
+
+def test_over_the_limit_decodes_lazily(image_csv_dir, tmp_path):
+    source = sources.read(make_config({"layout": "image_csv", "dir": str(image_csv_dir)})).train.images
+    assert isinstance(open_images(source, tmp_path / "cache", "auto", limit_gb=1e-9), LazyImages)
+    assert isinstance(open_images(source, tmp_path / "cache", "never"), LazyImages)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unreadable_image_names_the_file(image_csv_dir, tmp_path):
+    broken = image_csv_dir / "train" / "img01.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # truncated: the header still reads
+    source = sources.read(make_config({"layout": "image_csv", "dir": str(image_csv_dir)})).train.images
+    with pytest.raises(PipelineError, match="img01.png cannot be decoded"):
+        open_images(source, tmp_path / "cache", "always")
+    assert not any((tmp_path / "cache").iterdir())  # nothing half-written is left
+
+
+def test_missing_image_file(tmp_path):
+    with pytest.raises(PipelineError, match="nothing.png does not exist"):
+        decode(tmp_path / "nothing.png", 3)
