@@ -82,7 +82,7 @@ test: $(INSTALLED)
 	$(PY) -m pytest -q
 
 test-slow: $(INSTALLED)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests collected
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check $(ROOT)/pipeline $(ROOT)/tests

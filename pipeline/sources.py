@@ -11,6 +11,7 @@ Line numbers in errors are the CSV's own (the header is line 1).
 import hashlib
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,14 +307,19 @@ def _check_lookup_table(layout: C.PixelString, test_ids: pd.Series, keypoints: l
 
 
 def list_images(folder: Path, extensions: list[str]) -> list[Path]:
-    """Image files directly in `folder`, sorted; any other (non-hidden) file is an error."""
+    """Image files directly in `folder`, sorted. Other files (Oxford Pets ships .mat files beside
+    its JPEGs) are left out with a warning that names them; hidden files are ignored."""
     if not folder.is_dir():
         raise PipelineError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     others = [p for p in files if p.suffix.lower() not in extensions]
     if others:
-        raise PipelineError(f"{others[0]} is not an image file (extensions allowed: {' '.join(extensions)})")
-    return files
+        print(
+            f"warning: {folder}: left out {len(others)} file(s) whose extension is not in data.extensions, "
+            f"e.g. {others[0].name}",
+            file=sys.stderr,
+        )
+    return [p for p in files if p.suffix.lower() in extensions]
 
 
 def _file_split(table: pd.DataFrame, paths: list[Path], layout: C.FileLayout, source: str) -> Split:

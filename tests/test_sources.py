@@ -157,9 +157,12 @@ def test_missing_image_file(image_csv_dir):
     assert "train.csv line 5" in message and "'img03'" in message
 
 
-def test_non_image_file_in_class_folder(class_folders_dir):
-    (class_folders_dir / "train" / "maize" / "notes.txt").write_text("hi")
-    assert "notes.txt is not an image file" in error({"layout": "class_folders", "dir": str(class_folders_dir)})
+def test_non_image_file_in_class_folder_is_left_out_with_a_warning(class_folders_dir, capsys):
+    (class_folders_dir / "train" / "maize" / "notes.mat").write_text("hi")
+    data = read({"layout": "class_folders", "dir": str(class_folders_dir)})
+    assert len(data.train.table) == 10
+    err = capsys.readouterr().err
+    assert "left out 1 file(s)" in err and "notes.mat" in err
 
 
 def test_file_name_not_matching_pattern(filename_regex_dir, rng):
