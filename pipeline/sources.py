@@ -215,9 +215,7 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _pixel_split(
-    table: pd.DataFrame, values: np.ndarray, layout: C.PixelLayout, path: Path, pixel_max: float, shape: tuple[int, int]
-) -> Split:
+def _pixel_split(table: pd.DataFrame, values: np.ndarray, path: Path, pixel_max: float, shape: tuple) -> Split:
     images = to_uint8(values, pixel_max, shape, path)
     table.insert(1, "image", [f"{path.name}:{line(i)}" for i in range(len(table))])
     table.attrs["source"] = str(path)
@@ -250,8 +248,8 @@ def read_pixel_columns(layout: C.PixelColumns, task: str) -> CompetitionData:
     test_table = table(test, test_path, [])
     test_table["id"] = check_against_sample(test_table["id"], layout)
     return CompetitionData(
-        train=_pixel_split(train_table, train_values, layout, train_path, pixel_max, shape),
-        test=_pixel_split(test_table, test_values, layout, test_path, pixel_max, shape),
+        train=_pixel_split(train_table, train_values, train_path, pixel_max, shape),
+        test=_pixel_split(test_table, test_values, test_path, pixel_max, shape),
         targets=[layout.label_column],
     )
 
@@ -277,8 +275,8 @@ def read_pixel_string(layout: C.PixelString, task: str) -> CompetitionData:
     train_table = pd.concat([pd.Series(np.arange(1, len(train) + 1), name="id"), train[keypoints]], axis=1)
     test_table = test[[layout.id_column]].rename(columns={layout.id_column: "id"})
     return CompetitionData(
-        train=_pixel_split(train_table, train_values, layout, train_path, pixel_max, shape),
-        test=_pixel_split(test_table, test_values, layout, test_path, pixel_max, shape),
+        train=_pixel_split(train_table, train_values, train_path, pixel_max, shape),
+        test=_pixel_split(test_table, test_values, test_path, pixel_max, shape),
         targets=list(keypoints),
     )
 
