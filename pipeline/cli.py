@@ -35,7 +35,9 @@ STAGES = {
         ("competition", "data", "folds", "model", "train", "aug", "tune"),
     ),
     "train": Stage(
-        "train per fold (OOF, CV score), then on all data", ("competition", "data", "folds", "model", "train", "aug")
+        "train per fold (OOF, CV score), then on all data",
+        ("competition", "data", "folds", "model", "train", "aug"),
+        "pipeline.train:run",
     ),
     "predict": Stage(
         "predict the test set -> submissions/<name>/<stamp>.csv", ("competition", "data", "model", "predict")

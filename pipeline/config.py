@@ -133,21 +133,83 @@ class Folds(Section):
     n_bins: Annotated[int, Field(ge=2)] = 5
 
 
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
 class Model(Section):
-    name: str = "resnet18"
-    pretrained: str = "none"
-    freeze_depth: Annotated[int, Field(ge=0)] = 0
-    image_size: PositiveInt | None = None
+    name: str = "resnet18"  # any timm model
+    pretrained: Annotated[str, Field(pattern=r"^(none|hub|efficientnet_lite0|file:.+)$")] = "none"
+    image_size: PositiveInt | None = None  # None: the competition's own image size
+    freeze_depth: Annotated[int, Field(ge=0)] = 0  # backbone stages frozen, counted from the stem
+    freeze_blocks: Annotated[int, Field(ge=0)] = 0  # and this many blocks of the next stage
+    unfreeze_epoch: PositiveInt | None = None  # unfreeze everything from this epoch (1-based)
+    drop_rate: Probability = 0.0
+    drop_path_rate: Probability = 0.0
+    zero_init_last: bool = True  # zero gamma of the last BN in residual blocks, where timm supports it
+    head_activation: Literal["none", "tanh"] = "none"  # keypoints: tanh keeps outputs in [-1, 1]
 
 
 class Train(Section):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: Probability = 0.9
+    weight_decay: NonNegative = 0.05  # never on biases and norm parameters
+    scheduler: Literal["onecycle", "cosine"] = "onecycle"
+    warmup_epochs: NonNegative = 1.0  # cosine: linear warmup; onecycle warms up over pct_start
+    pct_start: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    final_lr_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
+    layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None  # discriminative lrs by depth
+    head_lr_mult: PositiveFloat = 1.0
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    mixup_alpha: NonNegative = 0.0
+    cutmix_alpha: NonNegative = 0.0
+    mixup_prob: Probability = 1.0
+    ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    accumulate: PositiveInt = 1
+    clip_grad: PositiveFloat | None = None
+    loss: Literal["auto", "cross_entropy", "l1", "mse", "smooth_l1"] = "auto"
+    metric: Literal["auto", "accuracy", "log_loss", "macro_f1", "rmse"] = "auto"
+    device: str = "auto"  # auto: cuda when available
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where supported, else fp16, on cuda
+    channels_last: bool = True  # on cuda
+    workers: Annotated[int, Field(ge=0)] | None = None  # None: chosen from the cores
+    seed: int = 0
+    full_fit: bool = True  # after the folds, train on all rows
+    full_epochs_scale: PositiveFloat = 1.0  # full-fit epochs = mean best epoch x this
+    folds: list[int] | None = None  # train only these folds (tuning uses a subset)
 
 
 class Aug(Section):
-    pass
+    """Each augmentation is off at 0 and says its strength otherwise, so a search can tune both."""
+
+    hflip: Probability = 0.0
+    vflip: Probability = 0.0
+    rotate: NonNegative = 0.0  # degrees
+    shift: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # fraction of the side
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # zoom in or out by up to this fraction
+    shear: NonNegative = 0.0  # degrees
+    perspective: Annotated[float, Field(ge=0.0, le=0.3)] = 0.0
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    blur: Annotated[int, Field(ge=0)] = 0  # largest kernel; 0 or odd >= 3
+    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # std as a fraction of the pixel range
+    cutout: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # hole side as a fraction of the image side
+    cutout_holes: PositiveInt = 1
+    random_resized_crop: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # smallest area kept; classification
+    p: Probability = 0.5  # probability of each photometric or geometric transform
+    flip_pairs: Literal["auto"] | list[tuple[str, str]] = "auto"  # keypoints swapped by hflip
+
+    @field_validator("blur")
+    @classmethod
+    def _odd_kernel(cls, blur: int) -> int:
+        if blur and (blur < 3 or blur % 2 == 0):
+            raise ValueError("must be 0 (off) or an odd kernel size of at least 3")
+        return blur
 
 
 class Tune(Section):
@@ -183,6 +245,8 @@ class Config(Section):
             raise ValueError("data.demo builds a Digit Recognizer folder; it needs data.layout=pixel_columns")
         if self.data.dir is None:
             self.data.dir = Path("data") / self.competition.name
+        if self.competition.task == "keypoints" and self.aug.random_resized_crop:
+            raise ValueError("aug.random_resized_crop is for classification; keypoints use shift and scale")
         if self.folds.kind == "auto":
             self.folds.kind = "stratified" if self.competition.task == "classification" else "stratified_binned"
         return self

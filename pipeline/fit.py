@@ -1,0 +1,211 @@
+"""fit(): train one model for some epochs on some rows, validating on others, with a checkpoint
+after every epoch so that a killed run continues where it stopped."""
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.utils import ModelEmaV3
+
+from pipeline import engine, models, transforms
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, write_csv, write_text
+from pipeline.loader import ImageDataset, create_loader, default_workers
+from pipeline.tasks import HIGHER_IS_BETTER
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything fit() needs that does not change between folds."""
+
+    cfg: Config
+    task: object  # tasks.Classification | tasks.Keypoints
+    images: Sequence  # uint8 (H, W, C) images
+    rows: np.ndarray  # image index of every folds.csv row
+    targets: np.ndarray  # encoded target of every folds.csv row
+    channels: int
+
+    @property
+    def image_size(self) -> int:
+        if self.cfg.model.image_size:
+            return self.cfg.model.image_size
+        height, width = np.asarray(self.images[0]).shape[:2]
+        return max(height, width)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    best_epoch: int
+    score: float
+    model_path: str
+    fingerprint: str
+
+    @classmethod
+    def load(cls, path: Path) -> "FitResult":
+        return cls(**json.loads(path.read_text()))
+
+
+def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
+    model = models.create_model(setup.cfg.model, setup.task.n_outputs, setup.channels)
+    frozen = models.freeze(model, setup.cfg.model.freeze_depth, setup.cfg.model.freeze_blocks)
+    return model, frozen
+
+
+def datasets(setup: Setup, model: torch.nn.Module, train_rows: np.ndarray, valid_rows: np.ndarray | None):
+    cfg, keypoints = setup.cfg, setup.task.kind == "keypoints"
+    size = setup.image_size
+    finish = transforms.finish(size, *transforms.normalisation(model.pretrained_cfg, setup.channels))
+    swap = None
+    if keypoints:
+        swap = transforms.flip_permutation(transforms.point_names(setup.task.columns), cfg.aug.flip_pairs)
+    augment = transforms.compose(
+        transforms.augmentations(cfg.aug, setup.channels, size, swap), keypoints, cfg.train.seed
+    )
+    train = ImageDataset(setup.images, setup.rows[train_rows], setup.targets[train_rows], augment, finish, keypoints)
+    if valid_rows is None:
+        return train, None
+    valid = ImageDataset(setup.images, setup.rows[valid_rows], setup.targets[valid_rows], None, finish, keypoints)
+    return train, valid
+
+
+def fit(
+    setup: Setup,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray | None,
+    out: Path,
+    epochs: int,
+    fingerprint: str,
+    name: str,
+) -> FitResult:
+    cfg, task = setup.cfg.train, setup.task
+    device = engine.Device.choose(cfg)
+    engine.seed_everything(cfg.seed)
+    model, frozen = build_model(setup)
+    model.to(device.device, memory_format=device.memory_format)
+    train_set, valid_set = datasets(setup, model, train_rows, valid_rows)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    batches = max(1, len(train_set) // cfg.batch_size)  # the train loader drops the last partial batch
+    steps_per_epoch = math.ceil(batches / cfg.accumulate)
+    optimizer = engine.create_optimizer(
+        models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult), cfg
+    )
+    state = engine.Step(
+        optimizer,
+        device.scaler(),
+        cfg,
+        steps_per_epoch * epochs,
+        mixup=engine.create_mixup(cfg, task.n_outputs) if task.kind == "classification" else None,
+        ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None,
+    )
+    history, best = _resume(out, model, state, frozen, fingerprint)
+    for epoch in range(len(history) + 1, epochs + 1):
+        if setup.cfg.model.unfreeze_epoch and epoch >= setup.cfg.model.unfreeze_epoch and frozen.params:
+            frozen.unfreeze()
+        engine.seed_everything(cfg.seed * 1_000_003 + epoch)
+        loader = create_loader(
+            train_set, cfg.batch_size, True, workers, cfg.seed * 1_000_003 + epoch, device.device.type == "cuda"
+        )
+        row = {"epoch": epoch, **_train_epoch(model, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
+        evaluated = state.ema.module if state.ema is not None else model
+        if valid_set is not None:
+            row, best = _validate(evaluated, valid_set, setup, device, workers, row, best, out)
+        else:
+            _save_model(evaluated, setup, out / "model.pt")
+            best = {"epoch": epoch, "score": float("nan")}
+        history.append(row)
+        _checkpoint(out, model, state, history, best, fingerprint)
+        print(_summary(name, row, task.metric))
+    result = FitResult(best["epoch"], best["score"], str(out / "model.pt"), fingerprint)
+    write_text(out / "result.json", json.dumps(asdict(result)))
+    (out / "last.pt").unlink(missing_ok=True)
+    return result
+
+
+def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
+    try:
+        return engine.train_one_epoch(model, loader, task, state, device, frozen, desc)
+    except FloatingPointError as exc:
+        raise PipelineError(f"{desc}: training diverged ({exc}); lower train.lr") from None
+
+
+def _validate(model, valid_set, setup: Setup, device, workers, row: dict, best: dict, out: Path):
+    cfg, task = setup.cfg.train, setup.task
+    loader = create_loader(valid_set, cfg.batch_size * 2, False, workers, cfg.seed, device.device.type == "cuda")
+    result = engine.evaluate(model, loader, task, device)
+    metrics = task.metrics(result["predictions"], result["targets"], result["sizes"])
+    row = {**row, "valid_loss": result["loss"], **metrics}
+    score = metrics[task.metric]
+    sign = 1 if HIGHER_IS_BETTER[task.metric] else -1
+    if best is None or sign * score > sign * best["score"]:
+        best = {"epoch": row["epoch"], "score": score}
+        _save_model(model, setup, out / "model.pt")
+        with atomic_path(out / "valid_predictions.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.column_stack([result["predictions"], result["sizes"]]))
+    return row, best
+
+
+def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
+    """Weights plus what predict needs to rebuild the model and read its outputs."""
+    task = setup.task
+    meta = {
+        "name": setup.cfg.model.name,
+        "num_outputs": task.n_outputs,
+        "in_chans": setup.channels,
+        "image_size": setup.image_size,
+        "task": task.kind,
+        "labels": [str(c) for c in task.classes] if task.kind == "classification" else list(task.columns),
+    }
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+
+
+def _checkpoint(out: Path, model, state: engine.Step, history: list, best: dict, fingerprint: str) -> None:
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "step": state.step,
+        "history": history,
+        "best": best,
+        "fingerprint": fingerprint,
+    }
+    if state.ema is not None:
+        checkpoint["ema"] = state.ema.state_dict()
+    with atomic_path(out / "last.pt") as tmp:
+        torch.save(checkpoint, tmp)
+    write_csv(out / "metrics.csv", pd.DataFrame(history))
+
+
+def _resume(out: Path, model, state: engine.Step, frozen: models.Frozen, fingerprint: str):
+    """The history and best so far, restored from last.pt when it belongs to this config."""
+    path = out / "last.pt"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        return [], None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("fingerprint") != fingerprint:
+        print(f"{out}: the checkpoint belongs to another config; starting again")
+        return [], None
+    model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.scaler.load_state_dict(checkpoint["scaler"])
+    state.step = checkpoint["step"]
+    if state.ema is not None:
+        state.ema.load_state_dict(checkpoint["ema"])
+    history = checkpoint["history"]
+    print(f"{out}: resuming after epoch {len(history)}")
+    return history, checkpoint["best"]
+
+
+def _summary(name: str, row: dict, metric: str) -> str:
+    parts = [f"{name} epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
+    if "valid_loss" in row:
+        parts += [f"valid_loss {row['valid_loss']:.4f}", f"{metric} {row[metric]:.5f}"]
+    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.0f} img/s"]
+    return "  ".join(parts)

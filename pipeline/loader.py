@@ -1,0 +1,102 @@
+"""Datasets over the uint8 image store and the DataLoader factory."""
+
+import os
+from collections.abc import Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class ConcatImages(Sequence):
+    """Several image stores seen as one (competition images, then scraped extras)."""
+
+    def __init__(self, parts: list[Sequence]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[part][i - self.starts[part]]
+
+
+class ImageDataset(Dataset):
+    """Rows of an image store with their targets, augmented then finished to model input.
+
+    Keypoint targets (N, K*2) in pixels leave as (K*2,) in [-1, 1] of the augmented image,
+    NaN where missing. Each item also returns the original (height, width) for metrics.
+    """
+
+    def __init__(
+        self,
+        images: Sequence,
+        rows: np.ndarray,
+        targets: np.ndarray | None,
+        augment: A.Compose | None,
+        finish: A.Compose,
+        keypoints: bool = False,
+    ):
+        self.images, self.rows, self.targets = images, np.asarray(rows), targets
+        self.augment, self.finish, self.keypoints = augment, finish, keypoints
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        image = np.asarray(self.images[self.rows[i]])
+        size = torch.tensor(image.shape[:2], dtype=torch.float32)
+        target = self.targets[i] if self.targets is not None else np.float32(np.nan)
+        if self.keypoints and self.targets is not None:
+            image, target = self._move_points(image, target)
+        elif self.augment is not None:
+            image = self.augment(image=image)["image"]
+        return self.finish(image=image)["image"], torch.as_tensor(target), size
+
+    def _move_points(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        points = target.reshape(-1, 2)
+        present = ~np.isnan(points).any(axis=1)
+        if self.augment is not None:
+            moved = self.augment(image=image, keypoints=np.nan_to_num(points), present=present)
+            image, points = moved["image"], np.asarray(moved["keypoints"], dtype=np.float32)[:, :2]
+            present = np.asarray(moved["present"], dtype=bool)
+        height, width = image.shape[:2]
+        scaled = (points + 0.5) / np.array([width / 2, height / 2], dtype=np.float32) - 1.0
+        scaled[~present] = np.nan
+        return image, scaled.reshape(-1).astype(np.float32)
+
+    def reseed(self, seed: int) -> None:
+        if self.augment is not None:
+            self.augment.set_random_seed(seed)
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """Each worker's augmentations draw from its own seed, which torch varies per epoch."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(torch.initial_seed() % 2**32)
+
+
+def default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def create_loader(
+    dataset: ImageDataset, batch_size: int, train: bool, workers: int, seed: int, pin_memory: bool = False
+) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    dataset.reseed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=generator,
+        worker_init_fn=_reseed_worker if workers else None,
+        persistent_workers=False,
+    )

@@ -1,0 +1,152 @@
+"""The train stage: one model per fold (best checkpoint by the competition metric, out-of-fold
+predictions), the CV score, then one model on all the data.
+
+    runs/<name>/fold<k>/  last.pt (resume), model.pt (best), metrics.csv, oof.csv, result.json
+    runs/<name>/cv.json   metric, score (mean of folds), std, oof_score, folds, best_epochs
+    runs/<name>/full/     model.pt, metrics.csv, result.json
+
+A fold with result.json is finished and skipped; a fold with last.pt resumes from its last
+completed epoch. Both belong to one config: when it changes, the fold is trained anew.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline import config as C
+from pipeline import sources
+from pipeline.errors import PipelineError
+from pipeline.files import sha256_file, write_csv, write_text
+from pipeline.fit import FitResult, Setup, fit
+from pipeline.images import FileSource, open_images
+from pipeline.loader import ConcatImages
+from pipeline.paths import Paths
+from pipeline.tasks import HIGHER_IS_BETTER, create_task
+
+TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
+
+
+def run(cfg: C.Config) -> None:
+    paths = Paths.of(cfg)
+    cfg = merge_tuned(cfg, paths)
+    setup, folds = prepare(cfg, paths)
+    fingerprint = _fingerprint(cfg, paths)
+    fold_ids = cfg.train.folds if cfg.train.folds is not None else sorted(f for f in folds["fold"].unique() if f >= 0)
+    results = [train_fold(setup, folds, k, paths.runs / f"fold{k}", fingerprint) for k in fold_ids]
+    cv = summarize(results, setup, folds, fold_ids)
+    cv["fingerprint"] = fingerprint
+    write_text(paths.runs / "cv.json", json.dumps(cv, indent=2))
+    C.save_resolved(cfg, paths.resolved("train"))
+    print(
+        f"CV {cv['metric']} {cv['score']:.5f} ± {cv['std']:.5f} over {len(results)} folds "
+        f"(out-of-fold {cv['oof_score']:.5f}), best epochs {cv['best_epochs']}"
+    )
+    if cfg.train.full_fit:
+        epochs = max(1, round(float(np.mean(cv["best_epochs"])) * cfg.train.full_epochs_scale))
+        result = fit(setup, np.arange(len(folds)), None, paths.runs / "full", epochs, fingerprint, "full")
+        print(f"full fit: {epochs} epochs on {len(folds)} rows -> {result.model_path}")
+
+
+def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
+    """Overrides found by `make tune` (runs/<name>/tune/best.yaml) on top of the config."""
+    best = paths.runs / "tune" / "best.yaml"
+    if not best.exists():
+        return cfg
+    overrides = yaml.safe_load(best.read_text()) or {}
+    merged = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        section, _, leaf = key.partition(".")
+        merged.setdefault(section, {})[leaf] = value
+    print(f"using the tuned settings in {best}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    return C.validate(merged, str(best))
+
+
+def prepare(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame]:
+    """The images, targets and task for every row of folds.csv, in its order."""
+    if not paths.folds_csv.exists():
+        raise PipelineError(f"{paths.folds_csv} does not exist: run `make folds` first")
+    folds = pd.read_csv(paths.folds_csv, dtype={"id": str})
+    data = sources.read(cfg)
+    store = open_images(data.train.images, paths.cache("train"), cfg.data.cache, cfg.data.cache_limit_gb)
+    position = {str(i): n for n, i in enumerate(data.train.table["id"])}
+    competition = folds["fold"] >= 0
+    missing = [i for i in folds.loc[competition, "id"] if i not in position]
+    if missing:
+        raise PipelineError(f"{paths.folds_csv}: id {missing[0]!r} is not in the train table; run `make folds` again")
+    rows = folds.loc[competition, "id"].map(position).to_numpy()
+    images = store
+    if (~competition).any():
+        extra = FileSource(tuple(paths.data / p for p in folds.loc[~competition, "id"]), _channels(cfg))
+        images = ConcatImages(
+            [store, open_images(extra, paths.cache("extra"), cfg.data.cache, cfg.data.cache_limit_gb)]
+        )
+        rows = np.concatenate([rows, len(store) + np.arange(int((~competition).sum()))])
+    task = create_task(cfg, data.train.table, data.targets)
+    targets = task.encode(folds, data.targets)
+    return Setup(cfg, task, images, rows, targets, _channels(cfg)), folds
+
+
+def _channels(cfg: C.Config) -> int:
+    return 1 if cfg.data.layout in ("pixel_columns", "pixel_string") else cfg.data.channels
+
+
+def _fingerprint(cfg: C.Config, paths: Paths) -> str:
+    return f"{cfg.to_yaml(TRAIN_SECTIONS)}folds.csv sha256 {sha256_file(paths.folds_csv)}"
+
+
+def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: Path, fingerprint: str) -> FitResult:
+    if fold not in set(folds["fold"]):
+        raise PipelineError(f"train.folds names fold {fold}; folds.csv has folds {sorted(set(folds['fold']) - {-1})}")
+    done = out / "result.json"
+    if done.exists():
+        result = FitResult.load(done)
+        if result.fingerprint == fingerprint:
+            print(f"fold {fold}: finished before ({setup.task.metric} {result.score:.5f}), skipped")
+            return result
+        print(f"fold {fold}: the config changed since it was trained; training it again")
+        shutil.rmtree(out)
+    is_valid = (folds["fold"] == fold).to_numpy()
+    result = fit(
+        setup,
+        np.flatnonzero(~is_valid),
+        np.flatnonzero(is_valid),
+        out,
+        setup.cfg.train.epochs,
+        fingerprint,
+        f"fold {fold}",
+    )
+    write_oof(setup, folds, np.flatnonzero(is_valid), out)
+    return result
+
+
+def write_oof(setup: Setup, folds: pd.DataFrame, valid: np.ndarray, out: Path) -> None:
+    """id, fold, the targets and the best checkpoint's predictions (keypoints in pixels)."""
+    best = np.load(out / "valid_predictions.npy")
+    predictions = best[:, :-2]
+    if setup.task.kind == "keypoints":
+        predictions = setup.task.to_pixels(predictions, best[:, -2:])
+    frame = folds.iloc[valid].reset_index(drop=True)
+    frame = pd.concat([frame, pd.DataFrame(predictions, columns=setup.task.prediction_columns())], axis=1)
+    write_csv(out / "oof.csv", frame)
+
+
+def summarize(results: list[FitResult], setup: Setup, folds: pd.DataFrame, fold_ids: list[int]) -> dict:
+    task, metric = setup.task, setup.task.metric
+    scores = [r.score for r in results]
+    oof = [np.load(Path(r.model_path).parent / "valid_predictions.npy") for r in results]
+    valid = np.concatenate([np.flatnonzero(folds["fold"].to_numpy() == k) for k in fold_ids])
+    stacked = np.concatenate(oof)
+    oof_score = task.metrics(stacked[:, :-2], setup.targets[valid], stacked[:, -2:])[metric]
+    return {
+        "metric": metric,
+        "higher_is_better": HIGHER_IS_BETTER[metric],
+        "score": float(np.mean(scores)),
+        "std": float(np.std(scores)),
+        "oof_score": float(oof_score),
+        "folds": [float(s) for s in scores],
+        "best_epochs": [r.best_epoch for r in results],
+    }

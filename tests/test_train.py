@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import KEYPOINTS, make_config, pixel_frame, pixel_strings
+
+from pipeline import fit as fit_module
+from pipeline import folds, train
+
+
+@pytest.fixture
+def digits_dir(tmp_path, rng):
+    """A pixel_columns competition of 32x32 images, 3 classes, 36 rows."""
+    folder = tmp_path / "competition"
+    folder.mkdir()
+    frame = pixel_frame(rng, 36, 1024, 255)
+    frame.insert(0, "label", np.arange(36) % 3)
+    frame.to_csv(folder / "train.csv", index=False)
+    pixel_frame(rng, 5, 1024, 255).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def faces_dir(tmp_path, rng):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    table = pd.DataFrame(rng.uniform(4, 28, (24, 4)), columns=KEYPOINTS)
+    table.loc[::3, KEYPOINTS[2:]] = np.nan
+    table["Image"] = pixel_strings(rng, 24, 1024)
+    table.to_csv(folder / "training.csv", index=False)
+    pd.DataFrame({"ImageId": [1, 2], "Image": pixel_strings(rng, 2, 1024)}).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+def tiny(data: dict, task: str = "classification", epochs: int = 1, **train_keys):
+    return make_config(
+        data,
+        task,
+        folds={"n_splits": 2},
+        model={"name": "test_resnet", "image_size": 32},
+        train={"epochs": epochs, "batch_size": 8, "workers": 0, "lr": 0.01, **train_keys},
+        aug={"rotate": 10, "shift": 0.1, "hflip": 0.5 if task == "keypoints" else 0.0},
+    )
+
+
+def run(cfg, cwd, monkeypatch):
+    monkeypatch.chdir(cwd)
+    folds.run(cfg)
+    train.run(cfg)
+    return json.loads((cwd / "runs/tiny/cv.json").read_text())
+
+
+def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monkeypatch):
+    cfg = tiny(
+        {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None},
+        mixup_alpha=0.2,
+        label_smoothing=0.1,
+        ema_decay=0.9,
+    )
+    cv = run(cfg, tmp_path, monkeypatch)
+    assert cv["metric"] == "accuracy" and len(cv["folds"]) == 2 and cv["best_epochs"] == [1, 1]
+    assert 0.0 <= cv["score"] <= 1.0
+    runs = tmp_path / "runs/tiny"
+    oof = pd.concat([pd.read_csv(runs / f"fold{k}/oof.csv") for k in (0, 1)])
+    assert sorted(oof["id"]) == list(range(1, 37))
+    assert np.allclose(oof[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1.0, atol=1e-4)
+    metrics = pd.read_csv(runs / "fold0/metrics.csv")
+    assert {"train_loss", "valid_loss", "accuracy", "log_loss", "macro_f1", "lr", "images_per_s"} <= set(metrics)
+    assert (runs / "full/model.pt").exists() and not (runs / "fold0/last.pt").exists()
+
+
+def test_keypoints_with_missing_points(faces_dir, tmp_path, monkeypatch):
+    cfg = tiny(
+        {"layout": "pixel_string", "dir": str(faces_dir), "sample_submission": None, "lookup_table": None},
+        task="keypoints",
+    )
+    cv = run(cfg, tmp_path, monkeypatch)
+    assert cv["metric"] == "rmse" and cv["higher_is_better"] is False and np.isfinite(cv["score"])
+    oof = pd.read_csv(tmp_path / "runs/tiny/fold0/oof.csv")
+    assert [f"pred_{c}" for c in KEYPOINTS] == [c for c in oof.columns if c.startswith("pred_")]
+    assert oof[[f"pred_{c}" for c in KEYPOINTS]].notna().all().all()
+    metrics = pd.read_csv(tmp_path / "runs/tiny/fold0/metrics.csv")
+    assert {"rmse", "acc_0.1", "acc_0.01"} <= set(metrics)
+
+
+def test_killed_run_resumes_to_the_same_cv(digits_dir, tmp_path, monkeypatch):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, epochs=2, full_fit=False)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    uninterrupted = run(cfg, tmp_path / "a", monkeypatch)
+
+    save = fit_module._checkpoint
+    calls = []
+
+    def killed_after_first_epoch(*args, **kwargs):
+        save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "b", monkeypatch)
+    assert (tmp_path / "b/runs/tiny/fold0/last.pt").exists()
+    monkeypatch.setattr(fit_module, "_checkpoint", save)
+    resumed = run(cfg, tmp_path / "b", monkeypatch)
+    assert resumed == uninterrupted
+    history = pd.read_csv(tmp_path / "b/runs/tiny/fold0/metrics.csv")
+    assert history["epoch"].tolist() == [1, 2]
+
+
+def test_finished_folds_are_skipped_and_tuned_settings_merged(digits_dir, tmp_path, monkeypatch, capsys):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+    run(cfg, tmp_path, monkeypatch)
+    train.run(cfg)
+    assert capsys.readouterr().out.count("finished before") == 2
+    (tmp_path / "runs/tiny/tune").mkdir()
+    (tmp_path / "runs/tiny/tune/best.yaml").write_text(yaml.safe_dump({"train.lr": 0.002, "aug.rotate": 5.0}))
+    train.run(cfg)
+    out = capsys.readouterr().out
+    assert "using the tuned settings" in out and "train.lr=0.002" in out and "training it again" in out
+    resolved = yaml.safe_load((tmp_path / "runs/tiny/train.config.yaml").read_text())
+    assert resolved["train"]["lr"] == 0.002 and resolved["aug"]["rotate"] == 5.0
