@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS)
 
-STAGES := data scrape folds tune train predict submit report
+STAGES := data scrape folds tune train lr-find predict submit report
 .DEFAULT_GOAL := help
 .PHONY: help venv test test-slow lint bench clean $(STAGES)
 
@@ -26,6 +26,7 @@ help:
 	@echo "  folds     split the training rows into folds -> runs/<name>/folds.csv"
 	@echo "  tune      Optuna search -> runs/<name>/tune/best.yaml (run it overnight)"
 	@echo "  train     train per fold (OOF, CV score), then on all data"
+	@echo "  lr-find   fastai's learning-rate finder on fold 0 (plot + suggestion)"
 	@echo "  predict   write submissions/<name>/<stamp>.csv"
 	@echo "  submit    upload the newest submission with the Kaggle CLI"
 	@echo "  report    plots and the run report"
@@ -66,8 +67,12 @@ $(FOLDS_CSV): $(DATA_OUT) $(STAMPS)/folds.yaml $(EXTRA_DEP)
 tune: $(FOLDS_CSV)
 	$(call PIPELINE,tune)
 
-train: $(FOLDS_CSV)
+train: $(CV_JSON)
+$(CV_JSON): $(FOLDS_CSV) $(STAMPS)/train.yaml $(wildcard $(BEST_YAML))
 	$(call PIPELINE,train)
+
+lr-find: $(FOLDS_CSV)
+	$(call PIPELINE,lr-find)
 
 predict: $(FOLDS_CSV)
 	$(call PIPELINE,predict)
@@ -85,7 +90,7 @@ test-slow: $(INSTALLED)
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests collected
 
 lint: $(INSTALLED)
-	$(PY) -m ruff check $(ROOT)/pipeline $(ROOT)/tests
+	$(PY) -m ruff check $(ROOT)/pipeline $(ROOT)/tests $(ROOT)/benchmarks
 
 bench: $(INSTALLED)
 	@shopt -s nullglob; scripts=($(ROOT)/benchmarks/*.py); \

@@ -39,6 +39,11 @@ STAGES = {
         ("competition", "data", "folds", "model", "train", "aug"),
         "pipeline.train:run",
     ),
+    "lr-find": Stage(
+        "fastai's learning-rate finder on fold 0 -> runs/<name>/lr_find.png and a suggestion",
+        ("competition", "data", "folds", "model", "train", "aug"),
+        "pipeline.lr_find:run",
+    ),
     "predict": Stage(
         "predict the test set -> submissions/<name>/<stamp>.csv", ("competition", "data", "model", "predict")
     ),
@@ -89,6 +94,8 @@ def makevars(cfg: C.Config, output: str) -> None:
         "EXTRA_CSV": paths.extra_csv,
         "FOLDS_CSV": paths.folds_csv,
         "EXTRA_DEP": paths.extra_csv if scrape_wanted else "",
+        "CV_JSON": paths.runs / "cv.json",
+        "BEST_YAML": paths.runs / "tune" / "best.yaml",
     }
     write_text(output, "".join(f"{key} := {value}\n" for key, value in variables.items()))
 

@@ -109,12 +109,22 @@ class Step:
 
 
 def train_one_epoch(
-    model: nn.Module, loader: DataLoader, task, state: Step, device: Device, frozen=None, desc: str = "train"
+    model: nn.Module,
+    loader: DataLoader,
+    task,
+    state: Step,
+    device: Device,
+    frozen=None,
+    desc: str = "train",
+    sync_every: int = 20,
 ) -> dict:
+    """One pass over `loader`. The loss stays on the device and is read (a host sync) only every
+    `sync_every` steps, for the progress bar and the divergence check."""
     model.train()
     if frozen is not None:
         frozen.keep_norms_in_eval()
-    cfg, total_loss, seen, start = state.cfg, 0.0, 0, time.perf_counter()
+    cfg, seen, start = state.cfg, 0, time.perf_counter()
+    total_loss = torch.zeros((), device=device.device)
     state.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for i, (images, target, _) in enumerate(bar):
@@ -123,18 +133,21 @@ def train_one_epoch(
             images, target = state.mixup(images, target)
         with device.autocast():
             loss = task.loss(model(images), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
         state.scaler.scale(loss / cfg.accumulate).backward()
         if (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader):
             _optimizer_step(model, state, len(loader))
-        total_loss += loss.item() * len(images)
+        total_loss += loss.detach() * len(images)
         seen += len(images)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if (i + 1) % sync_every == 0 or i + 1 == len(loader):
+            mean_loss = total_loss.item() / seen
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"loss is {mean_loss} by step {state.step}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
     seconds = time.perf_counter() - start
+    group = state.optimizer.param_groups[0]
     return {
-        "train_loss": total_loss / max(seen, 1),
-        "lr": state.optimizer.param_groups[0]["lr"] / state.optimizer.param_groups[0].get("lr_scale", 1.0),
+        "train_loss": total_loss.item() / max(seen, 1),
+        "lr": group["lr"] / group.get("lr_scale", 1.0),
         "images_per_s": seen / max(seconds, 1e-9),
     }
 

@@ -50,6 +50,9 @@ class FitResult:
     def load(cls, path: Path) -> "FitResult":
         return cls(**json.loads(path.read_text()))
 
+    def save(self, path: Path) -> None:
+        write_text(path, json.dumps(asdict(self)))
+
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
     model = models.create_model(setup.cfg.model, setup.task.n_outputs, setup.channels)
@@ -101,7 +104,7 @@ def fit(
         cfg,
         steps_per_epoch * epochs,
         mixup=engine.create_mixup(cfg, task.n_outputs) if task.kind == "classification" else None,
-        ema=ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None,
+        ema=ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
     )
     history, best = _resume(out, model, state, frozen, fingerprint)
     for epoch in range(len(history) + 1, epochs + 1):
@@ -121,10 +124,7 @@ def fit(
         history.append(row)
         _checkpoint(out, model, state, history, best, fingerprint)
         print(_summary(name, row, task.metric))
-    result = FitResult(best["epoch"], best["score"], str(out / "model.pt"), fingerprint)
-    write_text(out / "result.json", json.dumps(asdict(result)))
-    (out / "last.pt").unlink(missing_ok=True)
-    return result
+    return FitResult(best["epoch"], best["score"], str(out / "model.pt"), fingerprint)
 
 
 def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:

@@ -80,7 +80,10 @@ def _reseed_worker(worker_id: int) -> None:
 
 
 def default_workers() -> int:
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """No worker processes on two cores or fewer: measured faster there (the model needs both
+    cores); otherwise one core stays with the training loop."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
 
 
 def create_loader(

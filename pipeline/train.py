@@ -37,18 +37,17 @@ def run(cfg: C.Config) -> None:
     fingerprint = _fingerprint(cfg, paths)
     fold_ids = cfg.train.folds if cfg.train.folds is not None else sorted(f for f in folds["fold"].unique() if f >= 0)
     results = [train_fold(setup, folds, k, paths.runs / f"fold{k}", fingerprint) for k in fold_ids]
-    cv = summarize(results, setup, folds, fold_ids)
-    cv["fingerprint"] = fingerprint
-    write_text(paths.runs / "cv.json", json.dumps(cv, indent=2))
-    C.save_resolved(cfg, paths.resolved("train"))
+    cv = {**summarize(results, setup, folds, fold_ids), "fingerprint": fingerprint}
     print(
         f"CV {cv['metric']} {cv['score']:.5f} ± {cv['std']:.5f} over {len(results)} folds "
         f"(out-of-fold {cv['oof_score']:.5f}), best epochs {cv['best_epochs']}"
     )
     if cfg.train.full_fit:
         epochs = max(1, round(float(np.mean(cv["best_epochs"])) * cfg.train.full_epochs_scale))
-        result = fit(setup, np.arange(len(folds)), None, paths.runs / "full", epochs, fingerprint, "full")
+        result = fit_once(setup, np.arange(len(folds)), None, paths.runs / "full", epochs, fingerprint, "full")
         print(f"full fit: {epochs} epochs on {len(folds)} rows -> {result.model_path}")
+    C.save_resolved(cfg, paths.resolved("train"))
+    write_text(paths.runs / "cv.json", json.dumps(cv, indent=2))  # last: its presence means the stage finished
 
 
 def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
@@ -101,16 +100,8 @@ def _fingerprint(cfg: C.Config, paths: Paths) -> str:
 def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: Path, fingerprint: str) -> FitResult:
     if fold not in set(folds["fold"]):
         raise PipelineError(f"train.folds names fold {fold}; folds.csv has folds {sorted(set(folds['fold']) - {-1})}")
-    done = out / "result.json"
-    if done.exists():
-        result = FitResult.load(done)
-        if result.fingerprint == fingerprint:
-            print(f"fold {fold}: finished before ({setup.task.metric} {result.score:.5f}), skipped")
-            return result
-        print(f"fold {fold}: the config changed since it was trained; training it again")
-        shutil.rmtree(out)
     is_valid = (folds["fold"] == fold).to_numpy()
-    result = fit(
+    return fit_once(
         setup,
         np.flatnonzero(~is_valid),
         np.flatnonzero(is_valid),
@@ -118,8 +109,34 @@ def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: Path, fingerpr
         setup.cfg.train.epochs,
         fingerprint,
         f"fold {fold}",
+        lambda: write_oof(setup, folds, np.flatnonzero(is_valid), out),
     )
-    write_oof(setup, folds, np.flatnonzero(is_valid), out)
+
+
+def fit_once(
+    setup: Setup,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray | None,
+    out: Path,
+    epochs: int,
+    fingerprint: str,
+    name: str,
+    after=None,
+) -> FitResult:
+    """fit(), unless `out` already holds a finished fit of this config."""
+    done = out / "result.json"
+    if done.exists():
+        result = FitResult.load(done)
+        if result.fingerprint == fingerprint:
+            print(f"{name}: finished before ({setup.task.metric} {result.score:.5f}), skipped")
+            return result
+        print(f"{name}: the config changed since it was trained; training it again")
+        shutil.rmtree(out)
+    result = fit(setup, train_rows, valid_rows, out, epochs, fingerprint, name)
+    if after is not None:
+        after()
+    result.save(done)  # the fold counts as finished only now
+    (out / "last.pt").unlink(missing_ok=True)
     return result
 
 

@@ -122,3 +122,19 @@ def test_finished_folds_are_skipped_and_tuned_settings_merged(digits_dir, tmp_pa
     assert "using the tuned settings" in out and "train.lr=0.002" in out and "training it again" in out
     resolved = yaml.safe_load((tmp_path / "runs/tiny/train.config.yaml").read_text())
     assert resolved["train"]["lr"] == 0.002 and resolved["aug"]["rotate"] == 5.0
+
+
+def test_lr_find_sweeps_plots_and_suggests(digits_dir, tmp_path, monkeypatch, capsys):
+    from pipeline import lr_find
+
+    lrs = np.logspace(-5, 0, 50)
+    losses = 2.0 - np.tanh(np.log10(lrs) + 3) + np.where(lrs > 0.3, 5.0, 0.0)  # falls fastest at 1e-3
+    assert lr_find.suggest(lrs, losses) == pytest.approx(1e-3, rel=0.3)
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None})
+    monkeypatch.chdir(tmp_path)
+    folds.run(cfg)
+    lr_find.run(cfg)
+    curve = pd.read_csv(tmp_path / "runs/tiny/lr_find.csv")
+    assert len(curve) > 5 and curve["lr"].is_monotonic_increasing
+    assert (tmp_path / "runs/tiny/lr_find.png").stat().st_size > 1000
+    assert "lr-find: steepest descent at lr" in capsys.readouterr().out

@@ -1,0 +1,17 @@
+"""The benchmark scripts run in their tiny mode, so they cannot rot. No timing is checked here."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script", ["loop_overhead.py", "demo_train.py"])
+def test_benchmark_runs_in_tiny_mode(script):
+    run = subprocess.run([sys.executable, str(BENCHMARKS / script), "--tiny"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = [line for line in run.stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 3 and table[2].count("|") == table[0].count("|")
