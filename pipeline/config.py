@@ -173,7 +173,7 @@ class Train(Section):
     loss: Literal["auto", "cross_entropy", "l1", "mse", "smooth_l1"] = "auto"
     metric: Literal["auto", "accuracy", "log_loss", "macro_f1", "rmse"] = "auto"
     device: str = "auto"  # auto: cuda when available
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where supported, else fp16, on cuda
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: on cuda, bf16 where supported, else fp16
     channels_last: bool = True  # on cuda
     workers: Annotated[int, Field(ge=0)] | None = None  # None: chosen from the cores
     seed: int = 0

@@ -34,9 +34,10 @@ class Device:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise PipelineError(f"train.device={name!r}, but CUDA is not available here")
         amp = None
-        if device.type == "cuda" and cfg.amp != "off":
-            bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported())
-            amp = torch.bfloat16 if bf16 else torch.float16
+        if device.type == "cuda" and cfg.amp == "auto":
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif cfg.amp in ("bf16", "fp16"):  # asked for by name: on the CPU too
+            amp = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
         return cls(device, amp, cfg.channels_last and device.type == "cuda")
 
     @property

@@ -119,3 +119,13 @@ def test_zero_init_last_bn():
     assert np.allclose(model.layer1[0].bn2.weight.detach().numpy(), 0.0)
     model = models.create_model(Model(name="test_resnet", zero_init_last=False), 3, 1)
     assert not np.allclose(model.layer1[0].bn2.weight.detach().numpy(), 0.0)
+
+
+def test_hub_weights_without_network_are_a_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    # offline mode (read at import, so patched): no network here, and no 45 s of retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(PipelineError, match="model.pretrained=hub"):
+        models.create_model(Model(name="resnet18", pretrained="hub"), 3, 3)

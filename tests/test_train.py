@@ -138,3 +138,43 @@ def test_lr_find_sweeps_plots_and_suggests(digits_dir, tmp_path, monkeypatch, ca
     assert len(curve) > 5 and curve["lr"].is_monotonic_increasing
     assert (tmp_path / "runs/tiny/lr_find.png").stat().st_size > 1000
     assert "lr-find: steepest descent at lr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_optimizer_options(digits_dir, tmp_path, monkeypatch, amp):
+    """The autocast and loss-scaler path, run on the CPU; with SGD, cosine, accumulation,
+    clipping, discriminative learning rates and a frozen stem that unfreezes."""
+    cfg = tiny(
+        {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None},
+        epochs=2,
+        full_fit=False,
+        amp=amp,
+        optimizer="sgd",
+        scheduler="cosine",
+        accumulate=2,
+        clip_grad=1.0,
+        layer_decay=0.7,
+        head_lr_mult=5.0,
+    )
+    cfg.model.freeze_depth, cfg.model.unfreeze_epoch = 2, 2
+    cv = run(cfg, tmp_path, monkeypatch)
+    assert np.isfinite(cv["score"]) and len(cv["folds"]) == 2
+
+
+def test_scraped_rows_train_but_never_validate(digits_dir, tmp_path, monkeypatch, rng):
+    from PIL import Image
+
+    (digits_dir / "extra" / "1").mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        name = f"extra/1/{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(digits_dir / name)
+        rows.append({"url": f"http://x/{i}.png", "label": 1, "status": "kept", "path": name})
+    rows.append({"url": "http://x/bad.png", "label": 1, "status": "corrupt", "path": ""})
+    pd.DataFrame(rows).to_csv(digits_dir / "extra.csv", index=False)
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+    run(cfg, tmp_path, monkeypatch)
+    fold_table = pd.read_csv(tmp_path / "runs/tiny/folds.csv")
+    assert (fold_table["fold"] == -1).sum() == 4
+    oof = pd.concat([pd.read_csv(tmp_path / f"runs/tiny/fold{k}/oof.csv") for k in (0, 1)])
+    assert len(oof) == 36 and not oof["id"].astype(str).str.startswith("extra/").any()
