@@ -77,6 +77,31 @@ def datasets(setup: Setup, model: torch.nn.Module, train_rows: np.ndarray, valid
     return train, valid
 
 
+@dataclass(frozen=True)
+class Parts:
+    """A fresh model on its device, its frozen stages, optimizer and datasets."""
+
+    device: engine.Device
+    model: torch.nn.Module
+    frozen: models.Frozen
+    optimizer: torch.optim.Optimizer
+    train_set: ImageDataset
+    valid_set: ImageDataset | None
+    workers: int
+
+
+def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None) -> Parts:
+    cfg = setup.cfg.train
+    device = engine.Device.choose(cfg)
+    engine.seed_everything(cfg.seed)
+    model, frozen = build_model(setup)
+    model.to(device.device, memory_format=device.memory_format)
+    train_set, valid_set = datasets(setup, model, train_rows, valid_rows)
+    groups = models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    return Parts(device, model, frozen, engine.create_optimizer(groups, cfg), train_set, valid_set, workers)
+
+
 def fit(
     setup: Setup,
     train_rows: np.ndarray,
@@ -87,19 +112,12 @@ def fit(
     name: str,
 ) -> FitResult:
     cfg, task = setup.cfg.train, setup.task
-    device = engine.Device.choose(cfg)
-    engine.seed_everything(cfg.seed)
-    model, frozen = build_model(setup)
-    model.to(device.device, memory_format=device.memory_format)
-    train_set, valid_set = datasets(setup, model, train_rows, valid_rows)
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    batches = max(1, len(train_set) // cfg.batch_size)  # the train loader drops the last partial batch
+    parts = assemble(setup, train_rows, valid_rows)
+    device, model, frozen, workers = parts.device, parts.model, parts.frozen, parts.workers
+    batches = max(1, len(parts.train_set) // cfg.batch_size)  # the train loader drops the last partial batch
     steps_per_epoch = math.ceil(batches / cfg.accumulate)
-    optimizer = engine.create_optimizer(
-        models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult), cfg
-    )
     state = engine.Step(
-        optimizer,
+        parts.optimizer,
         device.scaler(),
         cfg,
         steps_per_epoch * epochs,
@@ -112,12 +130,12 @@ def fit(
             frozen.unfreeze()
         engine.seed_everything(cfg.seed * 1_000_003 + epoch)
         loader = create_loader(
-            train_set, cfg.batch_size, True, workers, cfg.seed * 1_000_003 + epoch, device.device.type == "cuda"
+            parts.train_set, cfg.batch_size, True, workers, cfg.seed * 1_000_003 + epoch, device.device.type == "cuda"
         )
         row = {"epoch": epoch, **_train_epoch(model, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
         evaluated = state.ema.module if state.ema is not None else model
-        if valid_set is not None:
-            row, best = _validate(evaluated, valid_set, setup, device, workers, row, best, out)
+        if parts.valid_set is not None:
+            row, best = _validate(evaluated, parts.valid_set, setup, device, workers, row, best, out)
         else:
             _save_model(evaluated, setup, out / "model.pt")
             best = {"epoch": epoch, "score": float("nan")}

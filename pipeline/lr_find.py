@@ -10,10 +10,10 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline import config as C
-from pipeline import engine, models
+from pipeline import engine
 from pipeline.files import atomic_path, write_csv
-from pipeline.fit import Setup, build_model, datasets
-from pipeline.loader import create_loader, default_workers
+from pipeline.fit import Setup, assemble
+from pipeline.loader import create_loader
 from pipeline.paths import Paths
 from pipeline.train import merge_tuned, prepare
 
@@ -77,16 +77,12 @@ def run(cfg: C.Config) -> None:
 
 
 def sweep_setup(setup: Setup, train_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    parts = assemble(setup, train_rows, None)
     cfg = setup.cfg.train
-    device = engine.Device.choose(cfg)
-    engine.seed_everything(cfg.seed)
-    model, _ = build_model(setup)
-    model.to(device.device, memory_format=device.memory_format)
-    train_set, _ = datasets(setup, model, train_rows, None)
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    loader = create_loader(train_set, cfg.batch_size, True, workers, cfg.seed, device.device.type == "cuda")
-    groups = models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult)
-    return sweep(model, loader, setup.task, engine.create_optimizer(groups, cfg), device)
+    loader = create_loader(
+        parts.train_set, cfg.batch_size, True, parts.workers, cfg.seed, parts.device.device.type == "cuda"
+    )
+    return sweep(parts.model, loader, setup.task, parts.optimizer, parts.device)
 
 
 def plot(lrs: np.ndarray, losses: np.ndarray, suggestion: float, path) -> None:
