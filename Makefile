@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS)
 
-STAGES := data scrape folds tune train lr-find predict submit report
+STAGES := data scrape folds tune train lr-find predict score submissions submit report
 .DEFAULT_GOAL := help
 .PHONY: help venv test test-slow lint bench clean $(STAGES)
 
@@ -27,8 +27,10 @@ help:
 	@echo "  tune      Optuna search -> runs/<name>/tune/best.yaml (run it overnight)"
 	@echo "  train     train per fold (OOF, CV score), then on all data"
 	@echo "  lr-find   fastai's learning-rate finder on fold 0 (plot + suggestion)"
-	@echo "  predict   write submissions/<name>/<stamp>.csv"
-	@echo "  submit    upload the newest submission with the Kaggle CLI"
+	@echo "  predict   write submissions/<name>/<stamp>_<cv>.csv (+ a row in submissions/ledger.csv)"
+	@echo "  score     score the newest submission (or FILE=...) against the local solution file"
+	@echo "  submissions  the ledger, best CV first"
+	@echo "  submit    upload the newest submission (or FILE=...) with the Kaggle CLI"
 	@echo "  report    plots and the run report"
 	@echo "Other: test (fast suite), test-slow, lint, bench, venv, clean (this config's runs/<name>)"
 
@@ -74,10 +76,15 @@ $(CV_JSON): $(FOLDS_CSV) $(STAMPS)/train.yaml $(wildcard $(BEST_YAML))
 lr-find: $(FOLDS_CSV)
 	$(call PIPELINE,lr-find)
 
-predict: $(FOLDS_CSV)
+# Each run writes a new, time-stamped submission: predict is not a file target.
+predict: $(CV_JSON)
 	$(call PIPELINE,predict)
 
-submit report: $(INSTALLED)
+# FILE=submissions/<name>/<file>.csv picks one; the newest by default.
+score submit: $(INSTALLED)
+	$(call PIPELINE,$@) $(if $(FILE),--file $(FILE))
+
+submissions report: $(INSTALLED)
 	$(call PIPELINE,$@)
 
 clean:

@@ -16,6 +16,7 @@ class Stage:
     help: str
     sections: tuple[str, ...]  # config sections whose change re-runs the stage
     entry: str | None = None  # "module:function"; None while the stage is not built yet
+    takes_file: bool = False  # acts on one submission file (--file, or the newest)
 
 
 STAGES = {
@@ -45,9 +46,23 @@ STAGES = {
         "pipeline.lr_find:run",
     ),
     "predict": Stage(
-        "predict the test set -> submissions/<name>/<stamp>.csv", ("competition", "data", "model", "predict")
+        "predict the test set -> submissions/<name>/<stamp>_<cv>.csv and a ledger row",
+        ("competition", "data", "model", "aug", "predict"),
+        "pipeline.predict:run",
     ),
-    "submit": Stage("upload the newest submission with the Kaggle CLI", ("competition",)),
+    "score": Stage(
+        "score a submission (default: the newest) against the competition's solution file",
+        ("competition",),
+        "pipeline.submission:score",
+        takes_file=True,
+    ),
+    "submissions": Stage("print submissions/ledger.csv, best CV first", ("competition",), "pipeline.submission:show"),
+    "submit": Stage(
+        "upload a submission (default: the newest) with the Kaggle CLI",
+        ("competition",),
+        "pipeline.submission:submit",
+        takes_file=True,
+    ),
     "report": Stage("plots and the run report -> runs/<name>/report/", ("competition",)),
 }
 
@@ -63,16 +78,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=[*STAGES, "makevars"], metavar="STAGE", help="one of: " + ", ".join(STAGES))
     p.add_argument("-c", "--config", default="configs/digits.yaml", help="competition YAML (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
+    p.add_argument("-f", "--file", help="score and submit: the submission file (default: the newest)")
     p.add_argument("-o", "--output", help="makevars only: the Make fragment to write")
     return p
 
 
-def run_stage(name: str, cfg: C.Config) -> None:
+def run_stage(name: str, cfg: C.Config, file: str | None = None) -> None:
     stage = STAGES[name]
     if stage.entry is None:
         raise PipelineError(f"stage {name!r} is not built yet")
     module, function = stage.entry.split(":")
-    getattr(importlib.import_module(module), function)(cfg)
+    options = {"file": file} if stage.takes_file else {}
+    getattr(importlib.import_module(module), function)(cfg, **options)
 
 
 def makevars(cfg: C.Config, output: str) -> None:
@@ -109,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise PipelineError("makevars needs -o FILE")
             makevars(cfg, args.output)
         else:
-            run_stage(args.stage, cfg)
+            run_stage(args.stage, cfg, args.file)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,6 +43,7 @@ class LayoutBase(Section):
     cache: Literal["auto", "always", "never"] = "auto"
     cache_limit_gb: PositiveFloat = 4.0  # "auto" caches decoded images up to this size
     sample_submission: str | None = None
+    solution: str | None = None  # held-out answers (the demo has them): `make score` reads only this
 
 
 class PixelLayout(LayoutBase):
@@ -221,7 +222,30 @@ class Tune(Section):
 
 class Predict(Section):
     models: Literal["full", "folds", "both"] = "full"
-    tta: list[str] = []
+    weights: Literal["equal", "score"] = "equal"  # how models are averaged: equally or by fold score
+    tta: list[str] = []  # views besides the plain one: hflip, vflip, shift:<fraction>, scale:<factor>
+    batch_size: PositiveInt | None = None  # None: twice train.batch_size
+    format: Literal["auto", "label", "probabilities", "keypoints_long", "keypoints_wide"] = "auto"
+    submit_wait: NonNegative = 0.0  # seconds `make submit` waits for the public score
+
+    @field_validator("tta")
+    @classmethod
+    def _known_views(cls, views: list[str]) -> list[str]:
+        for view in views:
+            name, _, value = view.partition(":")
+            if name in ("hflip", "vflip") and not value:
+                continue
+            if name in ("shift", "scale") and _is_positive_number(value):
+                continue
+            raise ValueError(f"unknown view {view!r}; use hflip, vflip, shift:<fraction> or scale:<factor>")
+        return views
+
+
+def _is_positive_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 class Scrape(Section):

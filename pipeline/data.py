@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline import sources
+from pipeline import kaggle_cli, sources
 from pipeline.config import Config, save_resolved
 from pipeline.demo import build_digits
 from pipeline.errors import PipelineError
@@ -17,9 +17,13 @@ def run(cfg: Config) -> None:
     if cfg.data.demo and not (paths.data / cfg.data.train_csv).exists():
         print(f"building the demo competition in {paths.data}")
         build_digits(paths.data)
+    elif cfg.competition.kaggle and not (paths.data.is_dir() and any(paths.data.iterdir())):
+        print(f"downloading {cfg.competition.kaggle} with the Kaggle CLI into {paths.data}")
+        kaggle_cli.download(cfg.competition.kaggle, paths.data)
     if not paths.data.is_dir():
         raise PipelineError(
-            f"competition folder {paths.data} does not exist: put the competition's files there (or set data.dir)"
+            f"competition folder {paths.data} does not exist: put the competition's files there "
+            "(or set competition.kaggle to download them, or data.dir)"
         )
     data = sources.read(cfg)
     shapes = {}

@@ -178,6 +178,7 @@ def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
         "image_size": setup.image_size,
         "task": task.kind,
         "labels": [str(c) for c in task.classes] if task.kind == "classification" else list(task.columns),
+        "head_activation": setup.cfg.model.head_activation,
     }
     with atomic_path(path) as tmp:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)

@@ -134,3 +134,10 @@ def create_task(cfg: Config, table: pd.DataFrame, targets: list[str]) -> Classif
         raise PipelineError(f"train.metric={metric!r} is a classification metric; keypoints use rmse")
     loss = "l1" if cfg.train.loss == "auto" else cfg.train.loss
     return Keypoints(targets, loss, cfg.model.head_activation == "tanh")
+
+
+def task_from_meta(meta: dict) -> Classification | Keypoints:
+    """The task a saved model was trained for (fit.py writes the meta beside its weights)."""
+    if meta["task"] == "classification":
+        return Classification(meta["labels"])
+    return Keypoints(meta["labels"], tanh=meta.get("head_activation") == "tanh")

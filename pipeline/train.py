@@ -164,6 +164,7 @@ def summarize(results: list[FitResult], setup: Setup, folds: pd.DataFrame, fold_
         "score": float(np.mean(scores)),
         "std": float(np.std(scores)),
         "oof_score": float(oof_score),
+        "fold_ids": [int(k) for k in fold_ids],
         "folds": [float(s) for s in scores],
         "best_epochs": [r.best_epoch for r in results],
     }

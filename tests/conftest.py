@@ -1,5 +1,6 @@
 """Tiny, seeded competition folders in every layout, written into a temporary folder."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline import config as C
+from pipeline import folds, train
 
 KEYPOINTS = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y"]
 
@@ -103,3 +105,56 @@ def filename_regex_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
         for i in range(4):
             write_image(tmp_path / "images" / f"{breed}_{100 + i}.jpg", rng)
     return tmp_path
+
+
+@pytest.fixture
+def digits_dir(tmp_path, rng):
+    """A pixel_columns competition of 32x32 images, 3 classes, 36 rows."""
+    folder = tmp_path / "competition"
+    folder.mkdir()
+    frame = pixel_frame(rng, 36, 1024, 255)
+    frame.insert(0, "label", np.arange(36) % 3)
+    frame.to_csv(folder / "train.csv", index=False)
+    pixel_frame(rng, 5, 1024, 255).to_csv(folder / "test.csv", index=False)
+    pd.DataFrame({"ImageId": range(1, 6), "Label": 0}).to_csv(folder / "sample_submission.csv", index=False)
+    pd.DataFrame({"ImageId": range(1, 6), "Label": [0, 1, 2, 0, 1]}).to_csv(folder / "solution.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def faces_dir(tmp_path, rng):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    table = pd.DataFrame(rng.uniform(4, 28, (24, 4)), columns=KEYPOINTS)
+    table.loc[::3, KEYPOINTS[2:]] = np.nan
+    table["Image"] = pixel_strings(rng, 24, 1024)
+    table.to_csv(folder / "training.csv", index=False)
+    pd.DataFrame({"ImageId": [1, 2, 3], "Image": pixel_strings(rng, 3, 1024)}).to_csv(folder / "test.csv", index=False)
+    lookup = pd.DataFrame(
+        {
+            "RowId": range(1, 6),
+            "ImageId": [1, 1, 2, 3, 3],
+            "FeatureName": [KEYPOINTS[0], KEYPOINTS[1], KEYPOINTS[3], KEYPOINTS[0], KEYPOINTS[2]],
+        }
+    )
+    lookup.to_csv(folder / "IdLookupTable.csv", index=False)
+    pd.DataFrame({"RowId": range(1, 6), "Location": 0}).to_csv(folder / "SampleSubmission.csv", index=False)
+    return folder
+
+
+def tiny(data: dict, task: str = "classification", epochs: int = 1, **train_keys):
+    return make_config(
+        data,
+        task,
+        folds={"n_splits": 2},
+        model={"name": "test_resnet", "image_size": 32},
+        train={"epochs": epochs, "batch_size": 8, "workers": 0, "lr": 0.01, **train_keys},
+        aug={"rotate": 10, "shift": 0.1, "hflip": 0.5 if task == "keypoints" else 0.0},
+    )
+
+
+def run(cfg, cwd, monkeypatch):
+    monkeypatch.chdir(cwd)
+    folds.run(cfg)
+    train.run(cfg)
+    return json.loads((cwd / "runs/tiny/cv.json").read_text())

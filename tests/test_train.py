@@ -1,55 +1,11 @@
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import KEYPOINTS, make_config, pixel_frame, pixel_strings
+from conftest import KEYPOINTS, run, tiny
 
 from pipeline import fit as fit_module
 from pipeline import folds, train
-
-
-@pytest.fixture
-def digits_dir(tmp_path, rng):
-    """A pixel_columns competition of 32x32 images, 3 classes, 36 rows."""
-    folder = tmp_path / "competition"
-    folder.mkdir()
-    frame = pixel_frame(rng, 36, 1024, 255)
-    frame.insert(0, "label", np.arange(36) % 3)
-    frame.to_csv(folder / "train.csv", index=False)
-    pixel_frame(rng, 5, 1024, 255).to_csv(folder / "test.csv", index=False)
-    return folder
-
-
-@pytest.fixture
-def faces_dir(tmp_path, rng):
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    table = pd.DataFrame(rng.uniform(4, 28, (24, 4)), columns=KEYPOINTS)
-    table.loc[::3, KEYPOINTS[2:]] = np.nan
-    table["Image"] = pixel_strings(rng, 24, 1024)
-    table.to_csv(folder / "training.csv", index=False)
-    pd.DataFrame({"ImageId": [1, 2], "Image": pixel_strings(rng, 2, 1024)}).to_csv(folder / "test.csv", index=False)
-    return folder
-
-
-def tiny(data: dict, task: str = "classification", epochs: int = 1, **train_keys):
-    return make_config(
-        data,
-        task,
-        folds={"n_splits": 2},
-        model={"name": "test_resnet", "image_size": 32},
-        train={"epochs": epochs, "batch_size": 8, "workers": 0, "lr": 0.01, **train_keys},
-        aug={"rotate": 10, "shift": 0.1, "hflip": 0.5 if task == "keypoints" else 0.0},
-    )
-
-
-def run(cfg, cwd, monkeypatch):
-    monkeypatch.chdir(cwd)
-    folds.run(cfg)
-    train.run(cfg)
-    return json.loads((cwd / "runs/tiny/cv.json").read_text())
 
 
 def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monkeypatch):

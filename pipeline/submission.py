@@ -1,0 +1,266 @@
+"""Submission files: built in the competition's format, checked against the sample submission
+before anything is written, recorded in submissions/ledger.csv; scored locally where the
+competition folder holds a solution; uploaded with the Kaggle CLI."""
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import kaggle_cli, sources
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.files import sha256_file, write_csv
+from pipeline.paths import Paths
+from pipeline.tasks import HIGHER_IS_BETTER
+
+LEDGER = Path("submissions") / "ledger.csv"
+LEDGER_COLUMNS = [
+    "file",
+    "competition",
+    "utc_time",
+    "cv_metric",
+    "cv_score",
+    "models",
+    "tta",
+    "config_hash",
+    "git_commit",
+    "git_dirty",
+    "sha256",
+    "local_score",
+    "public_score",
+]
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+def submission_format(cfg: Config, task, sample: pd.DataFrame | None) -> str:
+    if cfg.predict.format != "auto":
+        return cfg.predict.format
+    if task.kind == "keypoints":
+        return "keypoints_long" if getattr(cfg.data, "lookup_table", None) else "keypoints_wide"
+    return "probabilities" if sample is not None and sample.shape[1] > 2 else "label"
+
+
+def read_sample(cfg: Config) -> pd.DataFrame | None:
+    if cfg.data.sample_submission is None:
+        return None
+    return sources.read_csv(Path(cfg.data.dir) / cfg.data.sample_submission)
+
+
+def build(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task, sample: pd.DataFrame | None) -> pd.DataFrame:
+    """The submission in the competition's format, columns named as the sample names them."""
+    kind = submission_format(cfg, task, sample)
+    ids = table["id"].to_numpy()
+    if kind == "label":
+        columns = list(sample.columns) if sample is not None else ["id", "label"]
+        labels = np.array(task.classes, dtype=object)[predictions.argmax(axis=1)]
+        return pd.DataFrame({columns[0]: ids, columns[1]: _as_sample_dtype(labels, sample, columns[1])})
+    if kind == "probabilities":
+        if sample is None:
+            return pd.DataFrame({"id": ids, **{str(c): predictions[:, i] for i, c in enumerate(task.classes)}})
+        by_class = {str(c): predictions[:, i] for i, c in enumerate(task.classes)}
+        missing = [c for c in sample.columns[1:] if str(c) not in by_class]
+        if missing:
+            raise PipelineError(f"sample submission column {missing[0]!r} is not a class; classes: {task.classes}")
+        return pd.DataFrame({sample.columns[0]: ids, **{c: by_class[str(c)] for c in sample.columns[1:]}})
+    if kind == "keypoints_wide":
+        columns = list(sample.columns[1:]) if sample is not None else list(task.columns)
+        frame = pd.DataFrame(predictions, columns=task.columns)
+        return pd.concat(
+            [pd.DataFrame({sample.columns[0] if sample is not None else "id": ids}), frame[columns]], axis=1
+        )
+    return _keypoints_long(cfg, table, predictions, task)
+
+
+def _keypoints_long(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -> pd.DataFrame:
+    """RowId,Location through IdLookupTable.csv: only the features each image asks for."""
+    if getattr(cfg.data, "lookup_table", None) is None:
+        raise PipelineError("predict.format=keypoints_long needs data.lookup_table (IdLookupTable.csv)")
+    lookup = sources.read_csv(Path(cfg.data.dir) / cfg.data.lookup_table)
+    row_of = {image_id: i for i, image_id in enumerate(table["id"])}
+    column_of = {name: i for i, name in enumerate(task.columns)}
+    rows = lookup["ImageId"].map(row_of).to_numpy()
+    columns = lookup["FeatureName"].map(column_of).to_numpy()
+    return pd.DataFrame({"RowId": lookup["RowId"].to_numpy(), "Location": predictions[rows, columns]})
+
+
+def _as_sample_dtype(labels: np.ndarray, sample: pd.DataFrame | None, column: str) -> np.ndarray:
+    if sample is not None and pd.api.types.is_integer_dtype(sample[column]):
+        return labels.astype(np.int64)
+    return labels
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def validate(frame: pd.DataFrame, sample: pd.DataFrame | None, known_labels: list | None = None) -> pd.DataFrame:
+    """The frame in the sample's row order; any broken rule is an error naming it."""
+    if sample is not None:
+        if list(frame.columns) != list(sample.columns):
+            raise PipelineError(
+                f"submission columns {list(frame.columns)} differ from the sample's {list(sample.columns)}"
+            )
+        frame = _in_sample_order(frame, sample)
+        for column in sample.columns:
+            if pd.api.types.is_numeric_dtype(sample[column]) != pd.api.types.is_numeric_dtype(frame[column]):
+                raise PipelineError(
+                    f"submission column {column!r} is {frame[column].dtype}, the sample's is {sample[column].dtype}"
+                )
+    numeric = frame.select_dtypes("number")
+    bad = ~np.isfinite(numeric.to_numpy(dtype=float))
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise PipelineError(
+            f"submission row {row + 1}, column {numeric.columns[col]!r}: {numeric.iat[row, col]} is not a finite number"
+        )
+    if known_labels is not None:
+        unknown = ~frame.iloc[:, 1].astype(str).isin({str(c) for c in known_labels})
+        if unknown.any():
+            label = sources.show(frame.iloc[:, 1][unknown].iloc[0])
+            raise PipelineError(f"submission label {label} is not a known class")
+    return frame
+
+
+def _in_sample_order(frame: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
+    key = sample.columns[0]
+    ours, theirs = frame[key].astype(str), sample[key].astype(str)
+    if ours.duplicated().any():
+        raise PipelineError(f"submission id {ours[ours.duplicated()].iloc[0]!r} appears twice")
+    if set(ours) != set(theirs):
+        missing, extra = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+        example = f"{missing[0]!r} is missing" if missing else f"{extra[0]!r} is not in the sample"
+        raise PipelineError(f"submission ids differ from the sample's {key!r} column: {example}")
+    order = pd.Series(np.arange(len(frame)), index=ours.to_numpy())
+    return frame.iloc[order[theirs.to_numpy()].to_numpy()].reset_index(drop=True)
+
+
+# --- writing and the ledger --------------------------------------------------------------------
+
+
+def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, cv: dict) -> Path:
+    sample = read_sample(cfg)
+    labels = task.classes if submission_format(cfg, task, sample) == "label" else None
+    frame = validate(build(cfg, table, predictions, task, sample), sample, labels)
+    stamp = dt.datetime.now(dt.timezone.utc)
+    path = Path("submissions") / cfg.competition.name / f"{stamp:%Y%m%dT%H%M%SZ}_{cv['score']:.5f}.csv"
+    write_csv(path, frame)
+    add_to_ledger(
+        {
+            "file": str(path),
+            "competition": cfg.competition.name,
+            "utc_time": stamp.isoformat(timespec="seconds"),
+            "cv_metric": cv["metric"],
+            "cv_score": cv["score"],
+            "models": cfg.predict.models,
+            "tta": " ".join(cfg.predict.tta) or "none",
+            "config_hash": cfg.fingerprint(),
+            **_git_state(),
+            "sha256": sha256_file(path),
+        }
+    )
+    return path
+
+
+def read_ledger() -> pd.DataFrame:
+    if not LEDGER.exists():
+        return pd.DataFrame(columns=LEDGER_COLUMNS)
+    return pd.read_csv(LEDGER, dtype={"git_commit": str, "config_hash": str})
+
+
+def add_to_ledger(row: dict) -> None:
+    ledger, new = read_ledger(), pd.DataFrame([row]).reindex(columns=LEDGER_COLUMNS)
+    write_csv(LEDGER, pd.concat([ledger, new], ignore_index=True) if len(ledger) else new)
+
+
+def update_ledger(file: str, **values) -> None:
+    ledger = read_ledger()
+    for key, value in values.items():
+        ledger[key] = ledger[key].astype(object)
+        ledger.loc[ledger["file"] == file, key] = value
+    write_csv(LEDGER, ledger)
+
+
+def _git_state() -> dict:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain")) if commit else ""}
+
+
+def newest(cfg: Config, file: str | None) -> str:
+    """The named submission, or this competition's newest in the ledger."""
+    if file:
+        if not Path(file).exists():
+            raise PipelineError(f"submission file {file} does not exist")
+        return file
+    ledger = read_ledger()
+    mine = ledger[ledger["competition"] == cfg.competition.name]
+    if mine.empty:
+        raise PipelineError(f"no submission of {cfg.competition.name} in {LEDGER}: run `make predict` first")
+    return str(mine.sort_values("utc_time")["file"].iloc[-1])
+
+
+# --- stages: score, submissions, submit --------------------------------------------------------
+
+
+def score(cfg: Config, file: str | None = None) -> float:
+    """The competition metric of a submission against the solution file, stored in the ledger."""
+    if cfg.data.solution is None:
+        raise PipelineError("data.solution is not set: this competition has no local answers to score against")
+    path = newest(cfg, file)
+    solution = sources.read_csv(Path(cfg.data.dir) / cfg.data.solution)
+    submitted = validate(pd.read_csv(path), solution)
+    metric = (
+        read_ledger().set_index("file").loc[path, "cv_metric"] if path in set(read_ledger()["file"]) else "accuracy"
+    )
+    value = _metric(metric, submitted, solution)
+    update_ledger(path, local_score=value)
+    print(f"{path}: {metric} {value:.5f} on the held-out answers in {cfg.data.solution}")
+    return value
+
+
+def _metric(metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
+    truth, guess = solution.iloc[:, 1:].to_numpy(), submitted.iloc[:, 1:].to_numpy()
+    if metric == "rmse":
+        return float(np.sqrt(np.nanmean((guess.astype(float) - truth.astype(float)) ** 2)))
+    if metric in ("accuracy", "macro_f1") and truth.shape[1] == 1:
+        from sklearn.metrics import f1_score
+
+        if metric == "accuracy":
+            return float((truth[:, 0].astype(str) == guess[:, 0].astype(str)).mean())
+        return float(f1_score(truth[:, 0].astype(str), guess[:, 0].astype(str), average="macro"))
+    raise PipelineError(f"scoring {metric} against {list(solution.columns)} is not supported")
+
+
+def show(cfg: Config) -> None:
+    """The ledger as a table, best CV first."""
+    ledger = read_ledger()
+    if ledger.empty:
+        print(f"{LEDGER} is empty: run `make predict`")
+        return
+    higher = ledger["cv_metric"].map(HIGHER_IS_BETTER).fillna(True)
+    ledger = ledger.assign(_key=np.where(higher, -ledger["cv_score"], ledger["cv_score"])).sort_values("_key")
+    columns = ["file", "cv_metric", "cv_score", "local_score", "public_score", "models", "tta", "config_hash"]
+    print(ledger[columns].to_string(index=False))
+
+
+def submit(cfg: Config, file: str | None = None) -> None:
+    if not cfg.competition.kaggle:
+        raise PipelineError("competition.kaggle is not set: no Kaggle competition to submit to")
+    path = newest(cfg, file)
+    row = read_ledger().set_index("file").loc[path] if path in set(read_ledger()["file"]) else None
+    message = (
+        f"CV {row['cv_metric']} {row['cv_score']:.5f} config {row['config_hash']}" if row is not None else "pipeline"
+    )
+    kaggle_cli.submit(cfg.competition.kaggle, Path(path), message)
+    print(f"submitted {path} to {cfg.competition.kaggle}: {message}")
+    if cfg.predict.submit_wait:
+        public = kaggle_cli.public_score(cfg.competition.kaggle, Path(path).name, cfg.predict.submit_wait)
+        update_ledger(path, public_score=public)
+        print(f"public score {public}")

@@ -1,0 +1,198 @@
+import json
+import os
+import stat
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import KEYPOINTS, run, tiny
+
+from pipeline import engine, predict
+from pipeline.cli import main
+from pipeline.config import Train
+from pipeline.errors import PipelineError
+from pipeline.tasks import Keypoints
+
+
+class BrightestPoints(torch.nn.Module):
+    """A flip-equivariant 'model': the left point is the brightest pixel in the left half of the
+    image, the right point the brightest in the right half, in [-1, 1] pixel-centre coordinates."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = images.shape
+        half = width // 2
+        points = []
+        for part, offset in ((images[..., :half], 0), (images[..., half:], half)):
+            flat = part[:, 0].reshape(batch, -1).argmax(dim=1)
+            x, y = flat % half + offset, flat // half
+            points += [(x + 0.5) / (width / 2) - 1, (y + 0.5) / (height / 2) - 1]
+        return torch.stack(points, dim=1).float()
+
+
+def test_keypoint_tta_maps_points_back_exactly():
+    images = torch.zeros(3, 1, 16, 16)
+    points = [(2, 3, 12, 9), (5, 2, 10, 13), (4, 11, 13, 4)]  # away from the borders and the half line
+    for i, (lx, ly, rx, ry) in enumerate(points):
+        images[i, 0, ly, lx], images[i, 0, ry, rx] = 1.0, 0.8
+    batches = [(images, torch.zeros(3), torch.full((3, 2), 16.0))]
+    task, device = Keypoints(KEYPOINTS), engine.Device.choose(Train(device="cpu"))
+    swap = torch.tensor([1, 0])
+    plain, _ = predict.predict_images(BrightestPoints(), task, batches, device, predict.views([]), swap)
+    for tta in (["hflip"], ["vflip"], ["shift:0.0625"], ["hflip", "vflip", "shift:0.0625"]):
+        with_tta, _ = predict.predict_images(BrightestPoints(), task, batches, device, predict.views(tta), swap)
+        np.testing.assert_allclose(with_tta, plain, atol=1e-5, err_msg=str(tta))
+
+
+def test_views_are_exact_inverses_of_their_maps():
+    points = torch.tensor([[0.25, -0.5, -0.75, 0.125]])
+    for view in predict.views(["hflip", "vflip", "shift:0.1", "scale:1.25"]):
+        inverse = torch.linalg.inv(torch.cat([view.theta, torch.tensor([[0.0, 0, 1]])]))[:2]
+        moved = predict.map_back(predict.View(inverse), points, None)
+        torch.testing.assert_close(predict.map_back(predict.View(view.theta), moved, None), points)
+
+
+def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, monkeypatch, capsys):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "solution": "solution.csv"})
+    cfg.predict.models, cfg.predict.weights, cfg.predict.tta = "both", "score", ["shift:0.05"]
+    run(cfg, tmp_path, monkeypatch)
+    predict.run(cfg)
+    submissions = list((tmp_path / "submissions/tiny").glob("*.csv"))
+    assert len(submissions) == 1
+    written = pd.read_csv(submissions[0])
+    assert list(written.columns) == ["ImageId", "Label"] and set(written["Label"]) <= {0, 1, 2}
+    assert capsys.readouterr().out.count("predicted 5 test images") == 3  # two folds and the full model
+    from pipeline import submission
+
+    assert 0.0 <= submission.score(cfg) <= 1.0
+
+
+def test_keypoint_submission_is_clipped_to_the_image(faces_dir, tmp_path, monkeypatch):
+    cfg = tiny({"layout": "pixel_string", "dir": str(faces_dir)}, task="keypoints")
+    cfg.predict.tta = ["hflip"]
+    run(cfg, tmp_path, monkeypatch)
+    predict.run(cfg)
+    written = pd.read_csv(next((tmp_path / "submissions/tiny").glob("*.csv")))
+    assert written["RowId"].tolist() == [1, 2, 3, 4, 5]
+    assert written["Location"].between(0, 31).all()
+
+
+def test_predict_before_train_is_a_clear_error(digits_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match="run `make train` first"):
+        predict.run(tiny({"layout": "pixel_columns", "dir": str(digits_dir)}))
+
+
+FAKE_KAGGLE = """\
+    #!{python}
+    # A stand-in for the Kaggle CLI (the service cannot be reached from here): it records its
+    # arguments, answers `submissions --csv` with a scored row, and `download` with a zip.
+    import json, os, sys, zipfile
+    with open(os.environ["FAKE_KAGGLE_LOG"], "a") as log:
+        log.write(json.dumps(sys.argv[1:]) + "\\n")
+    if sys.argv[2] == "submissions":
+        print("fileName,date,description,status,publicScore,privateScore")
+        print(f"{{os.environ['FAKE_KAGGLE_FILE']}},2026-11-22,x,complete,0.97321,")
+    elif sys.argv[2] == "download":
+        folder = sys.argv[sys.argv.index("-p") + 1]
+        with zipfile.ZipFile(os.path.join(folder, "comp.zip"), "w") as z:
+            rows = ["label,pixel0,pixel1,pixel2,pixel3", "0,0,1,2,3", "1,3,2,1,0", "0,1,1,1,1", "1,2,2,2,2"]
+            z.writestr("train.csv", "\\n".join(rows) + "\\n")
+            z.writestr("test.csv", "pixel0,pixel1,pixel2,pixel3\\n0,0,0,0\\n")
+    elif sys.argv[2] == "submit" and os.environ.get("FAKE_KAGGLE_FAIL"):
+        print("403 - Forbidden: key " + os.environ["KAGGLE_KEY"] + " rejected", file=sys.stderr)
+        sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fake_kaggle(tmp_path, monkeypatch):
+    """Puts a fake `kaggle` executable first on PATH (see FAKE_KAGGLE); returns its log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "kaggle"
+    script.write_text(textwrap.dedent(FAKE_KAGGLE.format(python=sys.executable)))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "kaggle.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KAGGLE_LOG", str(log))
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "s3cr3tk3y")
+    return log
+
+
+def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path, monkeypatch, capsys):
+    from conftest import make_config
+
+    from pipeline import submission
+    from pipeline.paths import Paths
+    from pipeline.tasks import Classification
+
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(tmp_path / "sample_submission.csv", index=False)
+    cfg = make_config({"layout": "pixel_columns", "dir": str(tmp_path)}, predict={"submit_wait": 1})
+    cfg.competition.kaggle = "digit-recognizer"
+    path = submission.write(
+        cfg,
+        Paths.of(cfg),
+        pd.DataFrame({"id": [1, 2]}),
+        np.eye(2),
+        Classification([0, 1]),
+        {"metric": "accuracy", "score": 0.99, "higher_is_better": True},
+    )
+    monkeypatch.setenv("FAKE_KAGGLE_FILE", path.name)
+    submission.submit(cfg)
+    calls = [json.loads(line) for line in fake_kaggle.read_text().splitlines()]
+    assert calls[0] == [
+        "competitions",
+        "submit",
+        "-c",
+        "digit-recognizer",
+        "-f",
+        str(path),
+        "-m",
+        f"CV accuracy 0.99000 config {cfg.fingerprint()}",
+    ]
+    assert calls[1] == ["competitions", "submissions", "-c", "digit-recognizer", "--csv"]
+    assert pd.read_csv("submissions/ledger.csv")["public_score"].tolist() == [0.97321]
+    monkeypatch.setenv("FAKE_KAGGLE_FAIL", "1")
+    with pytest.raises(PipelineError) as failure:
+        submission.submit(cfg)
+    out = capsys.readouterr()
+    for text in (str(failure.value), out.out, out.err):
+        assert "s3cr3tk3y" not in text
+    assert "403 - Forbidden" in str(failure.value)
+
+
+def test_missing_cli_or_credentials(tmp_path, monkeypatch, fake_kaggle):
+    from pipeline import kaggle_cli
+
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(PipelineError, match="no Kaggle credentials"):
+        kaggle_cli.submit("x", tmp_path / "f.csv", "m")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(PipelineError, match="Kaggle CLI is not installed"):
+        kaggle_cli.submit("x", tmp_path / "f.csv", "m")
+
+
+def test_data_stage_downloads_a_kaggle_competition(fake_kaggle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "competition: {name: dr, task: classification, kaggle: digit-recognizer}\n"
+        "data: {layout: pixel_columns, sample_submission: null}\n"
+    )
+    assert main(["data", "-c", str(config)]) == 0
+    assert json.loads(fake_kaggle.read_text().splitlines()[0]) == [
+        "competitions",
+        "download",
+        "-c",
+        "digit-recognizer",
+        "-p",
+        "data/dr",
+    ]
+    assert (tmp_path / "data/dr/train.csv").exists() and not list((tmp_path / "data/dr").glob("*.zip"))
+    assert "4 train rows (2x2x1, cached)" in capsys.readouterr().out

@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import KEYPOINTS, make_config
+
+from pipeline import submission
+from pipeline.errors import PipelineError
+from pipeline.paths import Paths
+from pipeline.tasks import Classification, Keypoints
+
+CV = {"metric": "accuracy", "score": 0.98765, "higher_is_better": True}
+
+
+def digits_cfg(folder: Path, **predict):
+    return make_config({"layout": "pixel_columns", "dir": str(folder)}, predict=predict)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_label_format_round_trips_with_the_samples_dtype(in_tmp):
+    pd.DataFrame({"ImageId": [3, 1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    cfg = digits_cfg(in_tmp)
+    table = pd.DataFrame({"id": [1, 2, 3]})
+    probabilities = np.eye(3)[[2, 0, 1]]
+    path = submission.write(cfg, Paths.of(cfg), table, probabilities, Classification(["0", "1", "2"]), CV)
+    written = pd.read_csv(path)
+    assert list(written.columns) == ["ImageId", "Label"] and written["ImageId"].tolist() == [3, 1, 2]  # sample order
+    assert written.set_index("ImageId")["Label"].to_dict() == {1: 2, 2: 0, 3: 1}
+    assert path.parent == Path("submissions/tiny") and path.name.endswith("_0.98765.csv")
+
+
+def test_probability_format_takes_the_header_from_the_sample(in_tmp):
+    pd.DataFrame({"id": ["a", "b"], "dog": 0.5, "cat": 0.5}).to_csv(in_tmp / "sample.csv", index=False)
+    cfg = make_config({"layout": "class_folders", "dir": str(in_tmp), "sample_submission": "sample.csv"})
+    probabilities = np.array([[0.9, 0.1], [0.3, 0.7]])  # classes cat, dog
+    path = submission.write(
+        cfg, Paths.of(cfg), pd.DataFrame({"id": ["a", "b"]}), probabilities, Classification(["cat", "dog"]), CV
+    )
+    written = pd.read_csv(path)
+    assert list(written.columns) == ["id", "dog", "cat"]
+    np.testing.assert_allclose(written[["cat", "dog"]].to_numpy(), probabilities)
+
+
+def test_keypoints_long_through_the_lookup_table(faces_dir, in_tmp):
+    cfg = make_config({"layout": "pixel_string", "dir": str(faces_dir)}, task="keypoints")
+    pixels = np.arange(12, dtype=float).reshape(3, 4)  # images 1..3 x the 4 keypoint columns
+    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2, 3]}), pixels, Keypoints(KEYPOINTS), CV)
+    written = pd.read_csv(path)
+    assert list(written.columns) == ["RowId", "Location"]
+    assert written["Location"].tolist() == [0.0, 1.0, 7.0, 8.0, 10.0]  # only the features each image asks for
+
+
+def test_keypoints_wide(tmp_path, in_tmp):
+    pd.DataFrame({"image": ["p", "q"], **dict.fromkeys(KEYPOINTS, 0.0)}).to_csv(tmp_path / "s.csv", index=False)
+    cfg = make_config(
+        {"layout": "image_csv", "dir": str(tmp_path), "sample_submission": "s.csv", "label_columns": KEYPOINTS},
+        task="keypoints",
+    )
+    pixels = np.array([[1.0, 2, 3, 4], [5, 6, 7, 8]])
+    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": ["p", "q"]}), pixels, Keypoints(KEYPOINTS), CV)
+    np.testing.assert_allclose(pd.read_csv(path)[KEYPOINTS].to_numpy(), pixels)
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"ImageId": [1, 2], "label": [0, 1]}), "columns"),
+        (pd.DataFrame({"ImageId": [1, 4], "Label": [0, 1]}), "'2' is missing"),
+        (pd.DataFrame({"ImageId": [1, 1], "Label": [0, 1]}), "appears twice"),
+        (pd.DataFrame({"ImageId": [1, 2], "Label": [0.0, np.nan]}), "row 2, column 'Label'"),
+        (pd.DataFrame({"ImageId": [1, 2], "Label": [0, 7]}), "label 7 is not a known class"),
+        (pd.DataFrame({"ImageId": [1, 2], "Label": ["zero", "one"]}), "column 'Label' is object"),
+    ],
+)
+def test_every_validation_failure_names_its_rule(frame, message):
+    sample = pd.DataFrame({"ImageId": [1, 2], "Label": [0, 0]})
+    with pytest.raises(PipelineError, match=message):
+        submission.validate(frame, sample, known_labels=[0, 1, 2])
+
+
+def test_failed_check_leaves_no_file_and_no_ledger_row(in_tmp):
+    pd.DataFrame({"ImageId": [1, 2, 3], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    cfg = digits_cfg(in_tmp)
+    with pytest.raises(PipelineError, match="'3' is missing"):
+        submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(3)[:2], Classification([0, 1, 2]), CV)
+    assert not Path("submissions").exists()
+
+
+def test_ledger_gets_one_row_per_submission(in_tmp, capsys):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    cfg = digits_cfg(in_tmp, tta=["hflip"])
+    files = []
+    for score in (0.9, 0.95):
+        files.append(
+            submission.write(
+                cfg,
+                Paths.of(cfg),
+                pd.DataFrame({"id": [1, 2]}),
+                np.eye(2),
+                Classification([0, 1]),
+                {**CV, "score": score},
+            )
+        )
+    ledger = pd.read_csv("submissions/ledger.csv")
+    assert ledger["file"].tolist() == [str(f) for f in files]
+    assert ledger["tta"].tolist() == ["hflip", "hflip"] and ledger["cv_score"].tolist() == [0.9, 0.95]
+    assert ledger["sha256"].str.len().eq(64).all() and ledger["config_hash"].notna().all()
+    submission.show(cfg)
+    table = capsys.readouterr().out.splitlines()
+    assert "0.95" in table[1] and "0.9" in table[2]  # best CV first
+
+
+def test_score_against_the_solution(in_tmp):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    pd.DataFrame({"ImageId": [1, 2], "Label": [1, 0]}).to_csv(in_tmp / "solution.csv", index=False)
+    cfg = make_config({"layout": "pixel_columns", "dir": str(in_tmp), "solution": "solution.csv"})
+    always_zero = np.array([[1.0, 0.0], [1.0, 0.0]])
+    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [2, 1]}), always_zero, Classification([0, 1]), CV)
+    assert submission.score(cfg) == 0.5  # right for id 2, wrong for id 1
+    ledger = pd.read_csv("submissions/ledger.csv").set_index("file")
+    assert ledger.loc[str(path), "local_score"] == 0.5
