@@ -25,7 +25,11 @@ STAGES = {
         ("competition", "data"),
         "pipeline.data:run",
     ),
-    "scrape": Stage("download extra training images from scrape.sources", ("competition", "data", "scrape")),
+    "scrape": Stage(
+        "download extra training images from scrape.sources -> data/<name>/extra/, extra.csv",
+        ("competition", "data", "scrape"),
+        "pipeline.scrape:run",
+    ),
     "folds": Stage(
         "split the training rows into folds -> runs/<name>/folds.csv",
         ("competition", "data", "folds"),

@@ -248,8 +248,38 @@ def _is_positive_number(text: str) -> bool:
         return False
 
 
+class ScrapeSource(Section):
+    """Where one label's images are: result pages, and/or a search URL template with queries."""
+
+    pages: list[str] = []  # "{gallery}" stands for the demo gallery served on loopback
+    search: str | None = None  # e.g. "https://example.com/search?q={query}"
+    queries: list[str] = []
+
+    @model_validator(mode="after")
+    def _search_needs_queries(self) -> "ScrapeSource":
+        if bool(self.search) != bool(self.queries):
+            raise ValueError("search and queries go together: a URL template with {query}, and the queries")
+        if self.search and "{query}" not in self.search:
+            raise ValueError(f"search {self.search!r} has no {{query}} placeholder")
+        return self
+
+
 class Scrape(Section):
-    sources: dict[str, Any] = {}
+    sources: dict[str, ScrapeSource] = {}  # label -> where its images are
+    serve_gallery: bool = False  # the demo: serve data/<name>/gallery on loopback for the stage
+    max_pages: PositiveInt = 20  # per label
+    max_images: PositiveInt = 500  # image links followed per label
+    timeout: PositiveFloat = 10.0  # seconds, connect and read
+    retries: Annotated[int, Field(ge=0)] = 3  # on 429 and 5xx, with exponential backoff
+    backoff: NonNegative = 0.5
+    rate_limit: PositiveFloat = 2.0  # requests per second per host
+    workers: PositiveInt = 8  # parallel downloads
+    max_bytes: PositiveInt = 10_000_000
+    max_pixels: PositiveInt = 40_000_000  # larger is a decompression bomb
+    min_side: PositiveInt = 32
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=256)] = 20  # bits of a 256-bit perceptual hash
+    allowed_domains: list[str] = []  # empty: any
+    user_agent: str = "Mozilla/5.0 (compatible; pipeline-scraper/0.1)"
 
 
 class Config(Section):

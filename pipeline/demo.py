@@ -64,6 +64,11 @@ def _write_tables(folder: Path, pixels: np.ndarray, labels: np.ndarray, train: n
     pd.DataFrame({"ImageId": image_ids, "Label": labels[test]}).to_csv(folder / "solution.csv", index=False)
 
 
+def _digit(row: np.ndarray) -> np.ndarray:
+    """A 784-pixel MNIST row as the 28x28 picture it is."""
+    return row.reshape(SIDE, SIDE)
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -109,7 +114,7 @@ def _write_gallery(
             style = position % 5 if kind == "clean" else position % 4
             if style == 4:  # srcset with a 2x version: a near-duplicate the scraper must drop
                 big = f"{name.removesuffix(ext)}@2x{ext}"
-                (site / "static" / big).write_bytes(_png(np.kron(pixels[source], np.ones((2, 2), np.uint8))))
+                (site / "static" / big).write_bytes(_png(np.kron(_digit(pixels[source]), np.ones((2, 2), np.uint8))))
                 truth.append((f"static/{big}", digit, "upscaled_copy", source))
             links.append(_link(name, style))
         cover = next(row[0] for row in truth if row[1] == digit and row[2] == "clean")
@@ -124,10 +129,11 @@ def _class_files(
     pixels: np.ndarray, gallery: np.ndarray, test: np.ndarray, rng: np.random.Generator
 ) -> list[tuple[str, str, bytes, int]]:
     """(kind, extension, bytes, MNIST index or -1) of every file on one class's page."""
-    clean = [("clean", ".png", _png(pixels[i]), int(i)) for i in gallery]
+    clean = [("clean", ".png", _png(_digit(pixels[i])), int(i)) for i in gallery]
     junk = [(kind, ext, data, -1) for kind, ext, data in _junk(clean[0][2])]
     duplicates = [("duplicate", *clean[i][1:]) for i in rng.choice(len(clean), size=2, replace=False)]
-    leaks = [("test_leak", ".jpg", _near_copy(pixels[i]), int(i)) for i in rng.choice(test, size=2, replace=False)]
+    shown = rng.choice(test, size=2, replace=False)
+    leaks = [("test_leak", ".jpg", _near_copy(_digit(pixels[i])), int(i)) for i in shown]
     return clean + junk + duplicates + leaks
 
 

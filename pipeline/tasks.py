@@ -121,6 +121,12 @@ class Keypoints:
         return (predictions + 1.0) * half_side - 0.5
 
 
+def competition_metric(cfg: Config) -> str:
+    if cfg.competition.task == "keypoints":
+        return "rmse"
+    return "accuracy" if cfg.train.metric == "auto" else cfg.train.metric
+
+
 def create_task(cfg: Config, table: pd.DataFrame, targets: list[str]) -> Classification | Keypoints:
     metric = cfg.train.metric
     if cfg.competition.task == "classification":
@@ -129,7 +135,7 @@ def create_task(cfg: Config, table: pd.DataFrame, targets: list[str]) -> Classif
         if cfg.train.loss not in ("auto", "cross_entropy"):
             raise PipelineError(f"train.loss={cfg.train.loss!r} is a keypoint loss; classification uses cross_entropy")
         classes = sorted(table[targets[0]].unique(), key=lambda c: (str(type(c)), c))
-        return Classification(classes, cfg.train.label_smoothing, "accuracy" if metric == "auto" else metric)
+        return Classification(classes, cfg.train.label_smoothing, competition_metric(cfg))
     if metric not in ("auto", "rmse"):
         raise PipelineError(f"train.metric={metric!r} is a classification metric; keypoints use rmse")
     loss = "l1" if cfg.train.loss == "auto" else cfg.train.loss

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipeline import sources
 from pipeline.config import validate
@@ -63,4 +64,7 @@ def test_gallery_pages_link_every_kind_of_file(digits):
         linked |= set(re.findall(r"static/[0-9a-f]{12}(?:@2x)?\.(?:png|jpg)", page))
     assert linked == set(truth["file"])
     assert all((site / f).exists() for f in truth["file"])
+    for kind, side in (("clean", 28), ("test_leak", 28), ("upscaled_copy", 56)):
+        with Image.open(site / truth.loc[truth["kind"] == kind, "file"].iloc[0]) as image:
+            assert image.size == (side, side), kind
     assert (site / "index.html").exists()

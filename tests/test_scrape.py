@@ -1,0 +1,257 @@
+"""The scrape stage against a real HTTP server on loopback that the tests start."""
+
+import http.server
+import io
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_config
+from PIL import Image
+
+from pipeline import scrape
+from pipeline.errors import PipelineError
+from pipeline.paths import Paths
+
+
+def smooth_image(seed: int, side: int = 64) -> Image.Image:
+    """A distinctive picture: 16x16 random colours, smoothly upsampled (a stable perceptual hash)."""
+    small = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((side, side), Image.BICUBIC)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+PAGE = """<html><head><meta property="og:image" content="/img/og.png"></head><body>
+<img src="img/good1.png">
+<img src="{base}/img/good2.jpg">
+<img src="data:image/gif;base64,R0lGOD" data-src="img/lazy.png">
+<img src="img/good3.png" srcset="img/good3.png 1x, img/dup.png 2x">
+<a href="img/near.jpg">near</a> <a href="img/leak.jpg">leak</a>
+<a href="img/corrupt.jpg">x</a> <a href="img/truncated.png">x</a> <a href="img/html.jpg">x</a>
+<a href="img/tiny.png">x</a> <a href="/flaky.png">x</a> <a href="/slow.png">x</a> <a href="/huge.png">x</a>
+<a href="/missing.png">x</a> <a href="ftp://elsewhere/x.png">x</a> <a href="about.html">not an image</a>
+</body></html>"""
+
+
+class Site:
+    """The files the loopback server serves, and a count of the requests for each path."""
+
+    def __init__(self, test_image: Image.Image):
+        good2 = smooth_image(2)
+        png1 = encoded(smooth_image(1))
+        self.files = {
+            "/img/good1.png": png1,
+            "/img/good2.jpg": encoded(good2, "JPEG", quality=95),
+            "/img/lazy.png": encoded(smooth_image(3)),
+            "/img/good3.png": encoded(smooth_image(4)),
+            "/img/og.png": encoded(smooth_image(5)),
+            "/img/dup.png": png1,
+            "/img/near.jpg": encoded(good2.resize((56, 56)), "JPEG", quality=80),
+            "/img/leak.jpg": encoded(test_image.resize((52, 52)), "JPEG", quality=85),
+            "/img/corrupt.jpg": b"\xff\xd8\xff\xe0" + bytes(np.random.default_rng(0).integers(0, 256, 500, np.uint8)),
+            "/img/truncated.png": png1[: len(png1) // 2],
+            "/img/html.jpg": b"<html><body>Not found</body></html>",
+            "/img/tiny.png": encoded(smooth_image(6, side=8)),
+            "/flaky.png": encoded(smooth_image(7)),
+            "/slow.png": encoded(smooth_image(8)),
+            "/huge.png": encoded(Image.fromarray(np.random.default_rng(9).integers(0, 256, (300, 300, 3), np.uint8))),
+        }
+        self.requests = Counter()
+        self.lock = threading.Lock()
+
+
+def handler_for(site: Site):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            with site.lock:
+                site.requests[self.path] += 1
+                count = site.requests[self.path]
+            if self.path == "/page.html":
+                return self.reply(
+                    PAGE.format(base=f"http://127.0.0.1:{self.server.server_address[1]}").encode(), "text/html"
+                )
+            if self.path == "/flaky.png" and count == 1:
+                return self.reply(b"busy", "text/plain", status=500)
+            if self.path == "/slow.png":
+                time.sleep(1.0)
+            if self.path not in site.files:
+                return self.reply(b"no", "text/plain", status=404)
+            kind = "image/png" if self.path.endswith(".png") else "image/jpeg"
+            self.reply(site.files[self.path], kind)
+
+        def reply(self, body: bytes, kind: str, status: int = 200):
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with SuppressDisconnect():
+                self.wfile.write(body)
+
+    return Handler
+
+
+class SuppressDisconnect:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        return kind is not None and issubclass(kind, (BrokenPipeError, ConnectionResetError))
+
+
+@pytest.fixture
+def competition(tmp_path):
+    """A class-folder competition whose first test image the site serves a near-copy of."""
+    folder = tmp_path / "comp"
+    for label, seeds in (("a", range(100, 104)), ("b", range(200, 204))):
+        (folder / "train" / label).mkdir(parents=True)
+        for seed in seeds:
+            smooth_image(seed).save(folder / "train" / label / f"{seed}.png")
+    (folder / "test").mkdir()
+    for seed in (300, 301):
+        smooth_image(seed).save(folder / "test" / f"{seed}.png")
+    return folder
+
+
+@pytest.fixture
+def site(competition):
+    site = Site(Image.open(competition / "test" / "300.png").convert("RGB"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(site))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site.base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield site
+    server.shutdown()
+    server.server_close()
+
+
+def config(competition, site, **scrape_keys):
+    keys = {
+        "sources": {"a": {"pages": [f"{site.base}/page.html"]}},
+        "workers": 1,
+        "timeout": 0.5,
+        "retries": 2,
+        "backoff": 0.0,
+        "min_side": 16,
+        "max_bytes": 100_000,
+        "rate_limit": 1000,
+        **scrape_keys,
+    }
+    return make_config({"layout": "class_folders", "dir": str(competition), "sample_submission": None}, scrape=keys)
+
+
+EXPECTED = {
+    "img/good1.png": "kept",
+    "img/good2.jpg": "kept",
+    "img/lazy.png": "kept",
+    "img/good3.png": "kept",
+    "img/dup.png": "duplicate",
+    "img/near.jpg": "near_duplicate",
+    "img/leak.jpg": "test_leak",
+    "img/corrupt.jpg": "corrupt",
+    "img/truncated.png": "corrupt",
+    "img/html.jpg": "not_image",
+    "img/tiny.png": "too_small",
+    "flaky.png": "kept",
+    "slow.png": "timeout",
+    "huge.png": "too_large",
+    "missing.png": "http_error",
+    "img/og.png": "kept",
+}
+
+
+def test_every_kind_of_file_ends_with_its_status(competition, site, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = config(competition, site)
+    scrape.run(cfg)
+    manifest = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False)
+    images = manifest[manifest["kind"] == "image"]
+    status = {url.removeprefix(site.base + "/"): s for url, s in zip(images["url"], images["status"], strict=True)}
+    assert status == EXPECTED
+    kept = images[images["status"] == "kept"]
+    files = sorted((competition / "extra" / "a").iterdir())
+    assert sorted(competition / p for p in kept["path"]) == files
+    for path in files:  # nothing corrupt landed: every file decodes, RGB, named by content hash
+        with Image.open(path) as image:
+            image.load()
+            assert image.mode == "RGB"
+    assert site.requests["/flaky.png"] == 2  # the 500 was retried
+    out = capsys.readouterr().out
+    assert "1 pages, 16 image links, 6 kept" in out and "test_leak 1" in out and "corrupt 2" in out
+
+
+def test_interrupted_scrape_resumes_without_fetching_a_url_twice(competition, site, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config(competition, site)
+    original, calls = scrape.fetch_image, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scrape, "fetch_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        scrape.run(cfg)
+    partial = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False)
+    assert (partial["status"] == "pending").sum() > 0  # links found but not yet fetched are on record
+    monkeypatch.setattr(scrape, "fetch_image", original)
+    scrape.run(cfg)
+    final = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False)
+    images = final[final["kind"] == "image"]
+    assert dict(zip(images["url"].str.removeprefix(site.base + "/"), images["status"], strict=True)) == EXPECTED
+    retried = {"/flaky.png": 2}
+    for path, count in site.requests.items():
+        assert count == retried.get(path, 1), path
+
+
+def test_only_allowed_domains_and_clear_config_errors(competition, site, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scrape.run(config(competition, site, allowed_domains=["example.com"]))
+    manifest = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False)
+    assert (manifest["kind"] == "image").sum() == 0 and site.requests["/page.html"] == 0
+    with pytest.raises(PipelineError, match="serve_gallery"):
+        scrape.run(config(competition, site, sources={"a": {"pages": ["{gallery}/x.html"]}}))
+    with pytest.raises(PipelineError, match="sources is empty"):
+        scrape.run(config(competition, site, sources={}))
+
+
+def test_links_from_every_kind_of_markup():
+    html = """<img src="a.png"><img data-src="/b.jpg" src="data:image/gif;base64,x">
+    <img srcset="c.png 1x, https://cdn.example/c2.png 2x"><picture><source data-srcset="d.webp 300w"></picture>
+    <a href="e.JPG">e</a><a href="page2.html">next</a><meta property="og:image" content="//cdn.example/f.png">"""
+    assert scrape.image_links(html, "http://site.example/gallery/index.html") == [
+        "http://site.example/gallery/a.png",
+        "http://site.example/b.jpg",
+        "http://site.example/gallery/c.png",
+        "https://cdn.example/c2.png",
+        "http://site.example/gallery/d.webp",
+        "http://site.example/gallery/e.JPG",
+        "http://cdn.example/f.png",
+    ]
+
+
+def test_scraped_images_join_training_with_fold_minus_one(competition, site, tmp_path, monkeypatch):
+    from pipeline import folds
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config(competition, site)
+    cfg.folds.n_splits = 2
+    scrape.run(cfg)
+    folds.run(cfg)
+    table = pd.read_csv(Paths.of(cfg).folds_csv)
+    extra = table[table["fold"] == -1]
+    assert len(extra) == 6 and set(extra["label"]) == {"a"} and extra["id"].str.startswith("extra/a/").all()
+    cfg.data.use_extra = False
+    folds.run(cfg)
+    assert (pd.read_csv(Paths.of(cfg).folds_csv)["fold"] == -1).sum() == 0
