@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS)
 
-STAGES := data scrape folds tune train lr-find predict score submissions submit report
+STAGES := data scrape folds tune tune-report train lr-find predict score submissions submit report
 .DEFAULT_GOAL := help
 .PHONY: help venv test test-slow lint bench clean $(STAGES)
 
@@ -24,7 +24,8 @@ help:
 	@echo "  data      build the demo or check the competition files; decode and cache images"
 	@echo "  scrape    download extra training images from scrape.sources"
 	@echo "  folds     split the training rows into folds -> runs/<name>/folds.csv"
-	@echo "  tune      Optuna search -> runs/<name>/tune/best.yaml (run it overnight)"
+	@echo "  tune      Optuna search -> runs/<name>/tune/best.yaml (run it overnight; WORKERS=N processes)"
+	@echo "  tune-report  trials table, parameter importances, optimization history plot"
 	@echo "  train     train per fold (OOF, CV score), then on all data"
 	@echo "  lr-find   fastai's learning-rate finder on fold 0 (plot + suggestion)"
 	@echo "  predict   write submissions/<name>/<stamp>_<cv>.csv (+ a row in submissions/ledger.csv)"
@@ -66,8 +67,14 @@ folds: $(FOLDS_CSV)
 $(FOLDS_CSV): $(DATA_OUT) $(STAMPS)/folds.yaml $(EXTRA_DEP)
 	$(call PIPELINE,folds)
 
-tune: $(FOLDS_CSV)
-	$(call PIPELINE,tune)
+# WORKERS=N runs N worker processes on the same study (cores shared out, one GPU each).
+WORKERS ?= 1
+tune: $(BEST_YAML)
+$(BEST_YAML): $(FOLDS_CSV) $(STAMPS)/tune.yaml
+	$(call PIPELINE,tune) --workers $(WORKERS)
+
+tune-report: $(INSTALLED)
+	$(call PIPELINE,tune-report)
 
 train: $(CV_JSON)
 $(CV_JSON): $(FOLDS_CSV) $(STAMPS)/train.yaml $(wildcard $(BEST_YAML))

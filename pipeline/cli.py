@@ -16,7 +16,7 @@ class Stage:
     help: str
     sections: tuple[str, ...]  # config sections whose change re-runs the stage
     entry: str | None = None  # "module:function"; None while the stage is not built yet
-    takes_file: bool = False  # acts on one submission file (--file, or the newest)
+    options: tuple[str, ...] = ()  # the command-line options it takes: "file", "workers"
 
 
 STAGES = {
@@ -38,6 +38,13 @@ STAGES = {
     "tune": Stage(
         "Optuna search over freeze depth and augmentations -> runs/<name>/tune/best.yaml",
         ("competition", "data", "folds", "model", "train", "aug", "tune"),
+        "pipeline.tune:run",
+        options=("workers",),
+    ),
+    "tune-report": Stage(
+        "the study's trials, parameter importances and history plot -> runs/<name>/tune/",
+        ("competition", "data", "folds", "model", "train", "aug", "tune"),
+        "pipeline.tune:report",
     ),
     "train": Stage(
         "train per fold (OOF, CV score), then on all data",
@@ -58,14 +65,14 @@ STAGES = {
         "score a submission (default: the newest) against the competition's solution file",
         ("competition",),
         "pipeline.submission:score",
-        takes_file=True,
+        options=("file",),
     ),
     "submissions": Stage("print submissions/ledger.csv, best CV first", ("competition",), "pipeline.submission:show"),
     "submit": Stage(
         "upload a submission (default: the newest) with the Kaggle CLI",
         ("competition",),
         "pipeline.submission:submit",
-        takes_file=True,
+        options=("file",),
     ),
     "report": Stage("plots and the run report -> runs/<name>/report/", ("competition",)),
 }
@@ -83,17 +90,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default="configs/digits.yaml", help="competition YAML (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
     p.add_argument("-f", "--file", help="score and submit: the submission file (default: the newest)")
+    p.add_argument("-w", "--workers", type=int, default=1, help="tune: worker processes on the study (default 1)")
     p.add_argument("-o", "--output", help="makevars only: the Make fragment to write")
     return p
 
 
-def run_stage(name: str, cfg: C.Config, file: str | None = None) -> None:
+def run_stage(name: str, cfg: C.Config, **options) -> None:
     stage = STAGES[name]
     if stage.entry is None:
         raise PipelineError(f"stage {name!r} is not built yet")
     module, function = stage.entry.split(":")
-    options = {"file": file} if stage.takes_file else {}
-    getattr(importlib.import_module(module), function)(cfg, **options)
+    given = {key: value for key, value in options.items() if key in stage.options}
+    getattr(importlib.import_module(module), function)(cfg, **given)
 
 
 def makevars(cfg: C.Config, output: str) -> None:
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise PipelineError("makevars needs -o FILE")
             makevars(cfg, args.output)
         else:
-            run_stage(args.stage, cfg, args.file)
+            run_stage(args.stage, cfg, file=args.file, workers=args.workers)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -213,11 +213,60 @@ class Aug(Section):
         return blur
 
 
+class Param(Section):
+    """One dimension of the search: a dotted config key's type and range."""
+
+    type: Literal["int", "float", "categorical", "bool"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+    optional: bool = False  # int/float: a switch too; off means 0, which turns an augmentation off
+
+    @model_validator(mode="after")
+    def _range_fits_type(self) -> "Param":
+        if self.type in ("int", "float"):
+            if self.low is None or self.high is None or self.low > self.high:
+                raise ValueError(f"{self.type} needs low <= high, got low={self.low}, high={self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"log needs low > 0, got {self.low}")
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("categorical needs choices")
+        return self
+
+
 class Tune(Section):
-    n_trials: PositiveInt = 20
-    timeout: str | None = None
-    storage: str | None = None
-    space: dict[str, Any] = {}
+    n_trials: PositiveInt = 20  # in all, over every run and worker
+    timeout: str | None = None  # per run: "8h", "30m", "90s" or seconds
+    storage: str | None = None  # None: a journal file under runs/<name>/tune/; sqlite:///...; postgresql://...
+    space: dict[str, Param] = {}  # dotted config key -> range; empty: the default space
+    folds: list[int] | None = None  # the folds a trial trains; None: all
+    epochs: PositiveInt | None = None  # per fold in a trial; None: train.epochs
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 0
+    heartbeat_s: PositiveInt = 60  # RDB storage: a trial whose worker is silent for grace_s is retried
+    grace_s: PositiveInt = 180
+    max_retry: Annotated[int, Field(ge=0)] = 3
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, timeout: str | None) -> str | None:
+        if timeout is not None:
+            seconds(timeout)
+        return timeout
+
+
+def seconds(duration: str | int | float) -> float:
+    """ "8h", "30m", "90s" or a number of seconds -> seconds."""
+    text = str(duration).strip().lower()
+    units = {"h": 3600, "m": 60, "s": 1}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{duration!r} is not a duration like 8h, 30m, 90s") from None
 
 
 class Predict(Section):

@@ -3,7 +3,7 @@ after every epoch so that a killed run continues where it stopped."""
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,13 +30,7 @@ class Setup:
     rows: np.ndarray  # image index of every folds.csv row
     targets: np.ndarray  # encoded target of every folds.csv row
     channels: int
-
-    @property
-    def image_size(self) -> int:
-        if self.cfg.model.image_size:
-            return self.cfg.model.image_size
-        height, width = np.asarray(self.images[0]).shape[:2]
-        return max(height, width)
+    image_size: int  # side of the square model input
 
 
 @dataclass(frozen=True)
@@ -110,7 +104,10 @@ def fit(
     epochs: int,
     fingerprint: str,
     name: str,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
+    """Train for `epochs`, resuming from out/last.pt; `on_epoch` sees each epoch's metrics row
+    (tuning reports it to Optuna's pruner, which may stop the fit by raising)."""
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
     device, model, frozen, workers = parts.device, parts.model, parts.frozen, parts.workers
@@ -124,7 +121,7 @@ def fit(
         mixup=engine.create_mixup(cfg, task.n_outputs) if task.kind == "classification" else None,
         ema=ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
     )
-    history, best = _resume(out, model, state, frozen, fingerprint)
+    history, best = _resume(out, model, state, fingerprint)
     for epoch in range(len(history) + 1, epochs + 1):
         if setup.cfg.model.unfreeze_epoch and epoch >= setup.cfg.model.unfreeze_epoch and frozen.params:
             frozen.unfreeze()
@@ -142,6 +139,8 @@ def fit(
         history.append(row)
         _checkpoint(out, model, state, history, best, fingerprint)
         print(_summary(name, row, task.metric))
+        if on_epoch is not None:
+            on_epoch(row)
     return FitResult(best["epoch"], best["score"], str(out / "model.pt"), fingerprint)
 
 
@@ -156,6 +155,10 @@ def _validate(model, valid_set, setup: Setup, device, workers, row: dict, best: 
     cfg, task = setup.cfg.train, setup.task
     loader = create_loader(valid_set, cfg.batch_size * 2, False, workers, cfg.seed, device.device.type == "cuda")
     result = engine.evaluate(model, loader, task, device)
+    if not math.isfinite(result["loss"]):
+        raise PipelineError(
+            f"epoch {row['epoch']}: the validation loss is {result['loss']}: training diverged; lower train.lr"
+        )
     metrics = task.metrics(result["predictions"], result["targets"], result["sizes"])
     row = {**row, "valid_loss": result["loss"], **metrics}
     score = metrics[task.metric]
@@ -201,7 +204,7 @@ def _checkpoint(out: Path, model, state: engine.Step, history: list, best: dict,
     write_csv(out / "metrics.csv", pd.DataFrame(history))
 
 
-def _resume(out: Path, model, state: engine.Step, frozen: models.Frozen, fingerprint: str):
+def _resume(out: Path, model, state: engine.Step, fingerprint: str):
     """The history and best so far, restored from last.pt when it belongs to this config."""
     path = out / "last.pt"
     if not path.exists():

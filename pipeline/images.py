@@ -93,6 +93,20 @@ class CachedImages(Sequence):
         return self.pixels[offset : offset + height * width * channels].reshape(height, width, channels)
 
 
+def uniform_side(images: Sequence) -> int | None:
+    """The longer side when every image has the same height and width, else None (also when
+    that would take decoding every image)."""
+    if isinstance(images, CachedImages):
+        sizes = images.index[:, 1:3]
+    elif isinstance(images, list):
+        sizes = np.array([image.shape[:2] for image in images])
+    else:
+        return None
+    if len(sizes) == 0 or not (sizes == sizes[0]).all():
+        return None
+    return int(sizes[0].max())
+
+
 class LazyImages(Sequence):
     """Decodes each image from its file on access, for competitions too large to cache."""
 

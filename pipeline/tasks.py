@@ -31,6 +31,10 @@ class Classification:
     def n_outputs(self) -> int:
         return len(self.classes)
 
+    @property
+    def labels(self) -> list:
+        return self.classes
+
     def encode(self, table: pd.DataFrame, targets: list[str]) -> np.ndarray:
         index = {str(c): i for i, c in enumerate(self.classes)}
         return table[targets[0]].astype(str).map(index).to_numpy(np.int64)
@@ -77,6 +81,10 @@ class Keypoints:
     @property
     def n_outputs(self) -> int:
         return len(self.columns)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.columns
 
     def encode(self, table: pd.DataFrame, targets: list[str]) -> np.ndarray:
         """(N, K*2) pixels, NaN where a point is missing; scaled per image by the dataset."""
@@ -128,18 +136,23 @@ def competition_metric(cfg: Config) -> str:
 
 
 def create_task(cfg: Config, table: pd.DataFrame, targets: list[str]) -> Classification | Keypoints:
-    metric = cfg.train.metric
     if cfg.competition.task == "classification":
         if len(targets) != 1:
             raise PipelineError(f"classification trains one label column; the data has {targets}")
+        return configured_task(cfg, sorted(table[targets[0]].unique(), key=lambda c: (str(type(c)), c)))
+    return configured_task(cfg, targets)
+
+
+def configured_task(cfg: Config, labels: list) -> Classification | Keypoints:
+    """The task for `cfg` over known labels: the classes, or the keypoint columns."""
+    if cfg.competition.task == "classification":
         if cfg.train.loss not in ("auto", "cross_entropy"):
             raise PipelineError(f"train.loss={cfg.train.loss!r} is a keypoint loss; classification uses cross_entropy")
-        classes = sorted(table[targets[0]].unique(), key=lambda c: (str(type(c)), c))
-        return Classification(classes, cfg.train.label_smoothing, competition_metric(cfg))
-    if metric not in ("auto", "rmse"):
-        raise PipelineError(f"train.metric={metric!r} is a classification metric; keypoints use rmse")
+        return Classification(labels, cfg.train.label_smoothing, competition_metric(cfg))
+    if cfg.train.metric not in ("auto", "rmse"):
+        raise PipelineError(f"train.metric={cfg.train.metric!r} is a classification metric; keypoints use rmse")
     loss = "l1" if cfg.train.loss == "auto" else cfg.train.loss
-    return Keypoints(targets, loss, cfg.model.head_activation == "tanh")
+    return Keypoints(labels, loss, cfg.model.head_activation == "tanh")
 
 
 def task_from_meta(meta: dict) -> Classification | Keypoints:

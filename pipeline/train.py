@@ -22,7 +22,7 @@ from pipeline import sources
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv, write_text
 from pipeline.fit import FitResult, Setup, fit
-from pipeline.images import FileSource, open_images
+from pipeline.images import FileSource, open_images, uniform_side
 from pipeline.loader import ConcatImages
 from pipeline.paths import Paths
 from pipeline.tasks import HIGHER_IS_BETTER, create_task
@@ -86,7 +86,10 @@ def prepare(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame]:
         rows = np.concatenate([rows, len(store) + np.arange(int((~competition).sum()))])
     task = create_task(cfg, data.train.table, data.targets)
     targets = task.encode(folds, data.targets)
-    return Setup(cfg, task, images, rows, targets, _channels(cfg)), folds
+    size = cfg.model.image_size or uniform_side(store)
+    if size is None:
+        raise PipelineError("model.image_size is not set and the competition's images differ in size: set it")
+    return Setup(cfg, task, images, rows, targets, _channels(cfg), size), folds
 
 
 def _channels(cfg: C.Config) -> int:

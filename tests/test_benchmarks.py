@@ -10,7 +10,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize(
-    "script", ["loop_overhead.py", "predict_speed.py", pytest.param("demo.py", marks=pytest.mark.slow)]
+    "script",
+    [
+        "loop_overhead.py",
+        "predict_speed.py",
+        pytest.param("demo.py", marks=pytest.mark.slow),
+        pytest.param("tune_demo.py", marks=pytest.mark.slow),
+    ],
 )
 def test_benchmark_runs_in_tiny_mode(script):
     run = subprocess.run([sys.executable, str(BENCHMARKS / script), "--tiny"], capture_output=True, text=True)

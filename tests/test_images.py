@@ -4,7 +4,7 @@ from conftest import make_config, write_image
 
 from pipeline import sources
 from pipeline.errors import PipelineError
-from pipeline.images import ArraySource, CachedImages, FileSource, LazyImages, decode, open_images
+from pipeline.images import ArraySource, CachedImages, FileSource, LazyImages, decode, open_images, uniform_side
 
 
 def test_files_decode_once_into_a_memory_mapped_cache(image_csv_dir, tmp_path):
@@ -62,3 +62,10 @@ def test_unreadable_image_names_the_file(image_csv_dir, tmp_path):
 def test_missing_image_file(tmp_path):
     with pytest.raises(PipelineError, match="nothing.png does not exist"):
         decode(tmp_path / "nothing.png", 3)
+
+
+def test_uniform_side(tmp_path, rng):
+    same = open_images(ArraySource(rng.integers(0, 256, (3, 5, 7, 1), dtype=np.uint8), "s"), tmp_path)
+    assert uniform_side(same) == 7
+    mixed = [np.zeros((4, 4, 1), np.uint8), np.zeros((6, 4, 1), np.uint8)]
+    assert uniform_side(mixed) is None and uniform_side(LazyImages(FileSource((), 1))) is None

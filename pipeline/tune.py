@@ -1,0 +1,387 @@
+"""The tune stage: an Optuna study over dotted config keys (freeze depth, augmentations, lr, ...)
+that runs all night, in several worker processes, and resumes.
+
+Each trial trains `tune.folds` with the sampled overrides and returns their mean CV metric;
+every epoch is reported (step = fold position x epochs + epoch) so the pruner can stop a poor
+trial early. The best trial's overrides go to runs/<name>/tune/best.yaml, which train merges.
+
+Exactly `tune.n_trials` trials run, however many workers share the study: a worker takes a
+trial only while holding a lock (a file lock beside a journal or SQLite storage, an advisory
+lock on PostgreSQL) after counting the trials finished or running. A trial whose worker died
+is failed and its parameters queued again: on one machine when its process is gone, on an RDB
+storage when its heartbeat stops.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import optuna
+import yaml
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+
+from pipeline import config as C
+from pipeline import models
+from pipeline.errors import PipelineError
+from pipeline.files import write_csv, write_text
+from pipeline.fit import Setup, fit
+from pipeline.paths import Paths
+from pipeline.tasks import HIGHER_IS_BETTER, competition_metric, configured_task
+from pipeline.train import _channels, prepare
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SEARCHED_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
+
+
+# --- the search space --------------------------------------------------------------------------
+
+
+def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
+    """Freeze depth over the backbone's stages, every augmentation as a switch with its strength,
+    and the optimisation knobs the bag-of-tricks paper names."""
+    P = C.Param
+    space = {
+        "model.freeze_depth": P(type="int", low=0, high=n_stages),
+        "train.lr": P(type="float", low=cfg.train.lr / 10, high=cfg.train.lr * 10, log=True),
+        "train.weight_decay": P(type="float", low=1e-5, high=0.1, log=True),
+        "train.label_smoothing": P(type="float", low=0.0, high=0.2),
+        "aug.hflip": P(type="float", low=0.25, high=0.5, optional=True),
+        "aug.vflip": P(type="float", low=0.25, high=0.5, optional=True),
+        "aug.rotate": P(type="float", low=5, high=30, optional=True),
+        "aug.shift": P(type="float", low=0.02, high=0.2, optional=True),
+        "aug.scale": P(type="float", low=0.05, high=0.3, optional=True),
+        "aug.shear": P(type="float", low=2, high=15, optional=True),
+        "aug.perspective": P(type="float", low=0.02, high=0.1, optional=True),
+        "aug.brightness": P(type="float", low=0.05, high=0.3, optional=True),
+        "aug.contrast": P(type="float", low=0.05, high=0.3, optional=True),
+        "aug.blur": P(type="categorical", choices=[0, 3, 5]),
+        "aug.noise": P(type="float", low=0.01, high=0.1, optional=True),
+        "aug.cutout": P(type="float", low=0.05, high=0.3, optional=True),
+    }
+    if _channels(cfg) == 3:
+        space["aug.hue"] = P(type="float", low=0.01, high=0.1, optional=True)
+        space["aug.saturation"] = P(type="float", low=0.05, high=0.3, optional=True)
+    if cfg.competition.task == "classification":
+        space["train.mixup_alpha"] = P(type="float", low=0.1, high=0.4, optional=True)
+        space["aug.random_resized_crop"] = P(type="float", low=0.3, high=0.9, optional=True)
+    return space
+
+
+def sample(trial: optuna.Trial, space: dict[str, C.Param]) -> dict:
+    """Dotted key -> value for one trial."""
+    values = {}
+    for key, p in space.items():
+        if p.optional and not trial.suggest_categorical(f"{key}:on", [False, True]):
+            values[key] = 0
+        elif p.type == "int":
+            values[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log)
+        elif p.type == "float":
+            values[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+        elif p.type == "bool":
+            values[key] = trial.suggest_categorical(key, [False, True])
+        else:
+            values[key] = trial.suggest_categorical(key, p.choices)
+    return values
+
+
+def with_overrides(cfg: C.Config, overrides: dict, source: str) -> C.Config:
+    raw = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        section, _, leaf = key.partition(".")
+        raw.setdefault(section, {})[leaf] = value
+    return C.validate(raw, source)
+
+
+# --- storage, study and the slot lock ----------------------------------------------------------
+
+
+def study_name(cfg: C.Config) -> str:
+    """The same for every run of one config, whatever n_trials or timeout it asks for."""
+    searched = cfg.to_yaml(SEARCHED_SECTIONS) + json.dumps(
+        cfg.tune.model_dump(mode="json", include={"space", "folds", "epochs", "sampler", "pruner", "seed"}),
+        sort_keys=True,
+    )
+    return f"{cfg.competition.name}-{hashlib.sha256(searched.encode()).hexdigest()[:10]}"
+
+
+def storage_of(cfg: C.Config, paths: Paths):
+    url = cfg.tune.storage
+    if url is None:
+        folder = paths.runs / "tune"
+        folder.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))
+        return optuna.storages.JournalStorage(backend)
+    if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://")):
+        raise PipelineError(
+            f"tune.storage={url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB (or leave it "
+            "unset for a journal file)"
+        )
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=cfg.tune.heartbeat_s,
+            grace_period=cfg.tune.grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=cfg.tune.max_retry),
+        )
+    except Exception as exc:  # SQLAlchemy raises many kinds for a database it cannot reach
+        raise PipelineError(f"tune.storage={url!r} cannot be opened: {str(exc).splitlines()[0]}") from None
+
+
+def create_study(cfg: C.Config, paths: Paths) -> optuna.Study:
+    direction = "maximize" if HIGHER_IS_BETTER[competition_metric(cfg)] else "minimize"
+    pruner = {
+        "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "hyperband": optuna.pruners.HyperbandPruner(),
+        "none": optuna.pruners.NopPruner(),
+    }[cfg.tune.pruner]
+    study = optuna.create_study(
+        study_name=study_name(cfg),
+        storage=storage_of(cfg, paths),
+        pruner=pruner,
+        direction=direction,
+        load_if_exists=True,
+    )
+    # each worker and each resumed run draws its own sequence, reproducibly from tune.seed
+    seed = cfg.tune.seed + 1000 * int(os.environ.get("PIPELINE_TUNE_WORKER", 0)) + len(study.trials)
+    study.sampler = (
+        optuna.samplers.TPESampler(seed=seed) if cfg.tune.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    )
+    return study
+
+
+@contextlib.contextmanager
+def slot_lock(study: optuna.Study, paths: Paths) -> Iterator[None]:
+    """One worker at a time counts the trials and takes the next."""
+    storage = study._storage
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.dialect.name == "postgresql":
+        key = int(hashlib.sha256(study.study_name.encode()).hexdigest()[:15], 16)
+        with storage.engine.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+            try:
+                yield
+            finally:
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+        return
+    lock = paths.runs / "tune" / f"{study.study_name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def retry_dead_trials(study: optuna.Study) -> None:
+    """Running trials of this machine whose process is gone: failed, and queued again."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") != host or _alive(attrs.get("pid", -1)):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "retried", True)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        print(f"trial {trial.number}: its worker (pid {attrs.get('pid')}) died; queued again")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def taken(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: finished, running, or failed by their own error (not
+    those failed because their worker died: those run again)."""
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return sum(
+        t.state in counted or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def next_trial(study: optuna.Study, paths: Paths, n_trials: int) -> optuna.Trial | None:
+    with slot_lock(study, paths):
+        if isinstance(study._storage, optuna.storages.RDBStorage):
+            optuna.storages.fail_stale_trials(study)  # silent heartbeats: failed, retried by the callback
+        else:
+            retry_dead_trials(study)
+        if taken(study) >= n_trials:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        return trial
+
+
+# --- the objective -----------------------------------------------------------------------------
+
+
+def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths) -> float:
+    """Mean CV metric of the trial's folds; every epoch reported to the pruner."""
+    cfg = base.cfg
+    values = sample(trial, space)
+    trial_cfg = with_overrides(cfg, values, f"trial {trial.number}")
+    trial.set_user_attr("overrides", values)
+    out = paths.runs / "tune" / f"trial-{trial.number}"
+    C.save_resolved(trial_cfg, out / "config.yaml")
+    setup = dataclasses.replace(base, cfg=trial_cfg, task=configured_task(trial_cfg, base.task.labels))
+    fold_ids = cfg.tune.folds if cfg.tune.folds is not None else sorted(k for k in set(folds["fold"]) if k >= 0)
+    epochs = cfg.tune.epochs or cfg.train.epochs
+    scores = []
+    for position, fold in enumerate(fold_ids):
+        is_valid = (folds["fold"] == fold).to_numpy()
+        report = functools.partial(_report, trial, setup.task.metric, position * epochs, fold)
+        result = fit(
+            setup,
+            np.flatnonzero(~is_valid),
+            np.flatnonzero(is_valid),
+            out / f"fold{fold}",
+            epochs,
+            study_name(cfg),
+            f"trial {trial.number} fold {fold}",
+            on_epoch=report,
+        )
+        scores.append(result.score)
+    return float(np.mean(scores))
+
+
+def _report(trial: optuna.Trial, metric: str, first_step: int, fold: int, row: dict) -> None:
+    """Each epoch's metric to Optuna, steps running on across folds, so pruners compare trials."""
+    trial.report(row[metric], first_step + row["epoch"] - 1)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {row['epoch']}")
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths) -> None:
+    out = paths.runs / "tune" / f"trial-{trial.number}"
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage):  # RDB storage: tells others we live
+            value = objective(trial, base, folds, space, paths)
+        study.tell(trial, value)
+        print(f"trial {trial.number}: {base.task.metric} {value:.5f}")
+    except optuna.TrialPruned as exc:
+        study.tell(trial, state=TrialState.PRUNED)
+        print(f"trial {trial.number}: {exc}")
+    except (PipelineError, RuntimeError, FloatingPointError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number}: failed: {reason}")
+    finally:
+        for checkpoint in out.rglob("*.pt"):  # keep configs and metrics, not the weights
+            checkpoint.unlink()
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def run(cfg: C.Config, workers: int = 1) -> None:
+    paths = Paths.of(cfg)
+    if workers > 1:
+        create_study(cfg, paths)  # tables and study exist before the workers race to open them
+        spawn_workers(cfg, paths, workers)
+    else:
+        work(cfg, paths)
+    write_best(cfg, paths, create_study(cfg, paths))
+
+
+def work(cfg: C.Config, paths: Paths) -> None:
+    """One worker: trials until the study has n_trials or this run's timeout passes."""
+    study = create_study(cfg, paths)
+    base, folds = prepare(cfg, paths)
+    space = cfg.tune.space or default_space(cfg, len(models.stages(models.create_model(cfg.model, 1, 1))) - 1)
+    for key in space:
+        with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
+    deadline = time.monotonic() + C.seconds(cfg.tune.timeout) if cfg.tune.timeout else float("inf")
+    while time.monotonic() < deadline:
+        trial = next_trial(study, paths, cfg.tune.n_trials)
+        if trial is None:
+            break
+        run_trial(study, trial, base, folds, space, paths)
+
+
+def _probe_value(p: C.Param):
+    return p.choices[0] if p.type == "categorical" else (False if p.type == "bool" else p.low)
+
+
+def spawn_workers(cfg: C.Config, paths: Paths, workers: int) -> None:
+    """`workers` processes on one study, the cores shared out and one GPU each where there are GPUs."""
+    resolved = paths.runs / "tune" / "config.yaml"
+    C.save_resolved(cfg, resolved)
+    gpus = _gpu_count()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    processes = []
+    for i in range(workers):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "PIPELINE_TUNE_WORKER": str(i),
+        }
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        processes.append(subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "-c", str(resolved)], env=env))
+    codes = [p.wait() for p in processes]
+    if any(codes):
+        raise PipelineError(f"tune workers exited with {codes}")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def write_best(cfg: C.Config, paths: Paths, study: optuna.Study) -> None:
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not finished:
+        raise PipelineError(f"study {study.study_name} has no complete trial yet")
+    best = study.best_trial
+    overrides = best.user_attrs["overrides"]
+    header = (
+        f"# best of {len(finished)} complete trials in study {study.study_name}: trial {best.number}, "
+        f"{competition_metric(cfg)} {best.value:.5f}\n"
+    )
+    write_text(paths.runs / "tune" / "best.yaml", header + yaml.safe_dump(overrides, sort_keys=True))
+    C.save_resolved(cfg, paths.resolved("tune"))
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    print(
+        f"tune: best {competition_metric(cfg)} {best.value:.5f} (trial {best.number}) of "
+        f"{', '.join(f'{v} {k}' for k, v in counts.items() if v)} -> {paths.runs / 'tune' / 'best.yaml'}"
+    )
+
+
+def report(cfg: C.Config) -> None:
+    """`make tune-report`: the trials table, parameter importances and the history plot."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    paths = Paths.of(cfg)
+    study = create_study(cfg, paths)
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
+    write_csv(paths.runs / "tune" / "trials.csv", frame)
+    print(frame.drop(columns=[c for c in frame.columns if c.startswith("user_attrs_")]).to_string(index=False))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2:
+        importances = optuna.importance.get_param_importances(study)
+        write_text(paths.runs / "tune" / "importances.json", json.dumps(importances, indent=2))
+        print("parameter importances: " + ", ".join(f"{k} {v:.3f}" for k, v in importances.items()))
+    axes = plot_optimization_history(study)
+    axes.figure.savefig(paths.runs / "tune" / "history.png", dpi=100)
+    print(f"tune report: {paths.runs / 'tune' / 'trials.csv'}, history.png")

@@ -1,0 +1,180 @@
+"""Tuning: a tiny space, test_resnet, one epoch per fold, two folds."""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import tiny
+from optuna.trial import TrialState
+
+from pipeline import folds, train, tune
+from pipeline.paths import Paths
+
+SPACE = {
+    "train.lr": {"type": "float", "low": 0.001, "high": 0.02, "log": True},
+    "aug.rotate": {"type": "float", "low": 2, "high": 15, "optional": True},
+}
+
+
+def tune_config(digits_dir, n_trials=3, storage=None, epochs=1):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+    raw = cfg.model_dump(mode="json")
+    raw["tune"] = {"n_trials": n_trials, "space": SPACE, "epochs": epochs, "storage": storage, "pruner": "none"}
+    return type(cfg).model_validate(raw)
+
+
+def load(cfg) -> optuna.Study:
+    return tune.create_study(cfg, Paths.of(cfg))
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def test_best_yaml_is_written_and_used_by_train(digits_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tune_config(digits_dir)
+    folds.run(cfg)
+    tune.run(cfg)
+    best = yaml.safe_load((tmp_path / "runs/tiny/tune/best.yaml").read_text())
+    assert set(best) == {"train.lr", "aug.rotate"}
+    assert states(load(cfg)) == ["COMPLETE"] * 3
+    assert (tmp_path / "runs/tiny/tune/trial-0/config.yaml").exists()
+    assert (tmp_path / "runs/tiny/tune/trial-2/fold1/metrics.csv").exists()
+    assert not list((tmp_path / "runs/tiny/tune").rglob("*.pt"))  # weights are not kept
+    train.run(cfg)
+    resolved = yaml.safe_load((tmp_path / "runs/tiny/train.config.yaml").read_text())
+    assert resolved["train"]["lr"] == pytest.approx(best["train.lr"]) and "using the tuned settings" in (
+        capsys.readouterr().out
+    )
+    tune.run(cfg)  # a second run finds the study full and adds nothing
+    assert len(load(cfg).trials) == 3
+    tune.report(cfg)
+    assert (tmp_path / "runs/tiny/tune/history.png").stat().st_size > 1000
+
+
+def test_absurd_learning_rate_fails_its_trial_not_the_study(digits_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tune_config(digits_dir)
+    folds.run(cfg)
+    load(cfg).enqueue_trial({"train.lr": 1e9, "aug.rotate:on": False}, skip_if_exists=False)
+    with pytest.warns(UserWarning, match="out of range"):  # Optuna's word on the enqueued value
+        tune.run(cfg)
+    study = load(cfg)
+    first = study.trials[0]
+    assert first.state in (TrialState.FAIL, TrialState.PRUNED)
+    assert first.state == TrialState.PRUNED or "diverged" in first.user_attrs["fail_reason"]
+    assert states(study).count("COMPLETE") == 2
+
+
+def test_killed_study_restarts_to_the_requested_trials(digits_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tune_config(digits_dir, n_trials=3, epochs=6)
+    folds.run(cfg)
+    config = tmp_path / "tune.yaml"
+    config.write_text(cfg.to_yaml())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "tune", "-c", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while TrialState.RUNNING not in [t.state for t in load(cfg).trials]:
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    tune.run(cfg)
+    study = load(cfg)
+    killed = study.trials[0]
+    assert killed.state == TrialState.FAIL and killed.user_attrs.get("retried")
+    assert states(study).count("COMPLETE") == 3
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params  # the same parameters, run again
+
+
+def count_finished(cfg) -> tuple[int, list[int]]:
+    study = load(cfg)
+    finished = [t.number for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    return len(study.trials), finished
+
+
+@pytest.mark.slow
+def test_two_workers_on_the_journal_finish_exactly_n(digits_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tune_config(digits_dir, n_trials=5)
+    folds.run(cfg)
+    tune.run(cfg, workers=2)
+    total, finished = count_finished(cfg)
+    assert total == 5 and sorted(finished) == [0, 1, 2, 3, 4]
+    assert len({t.user_attrs["pid"] for t in load(cfg).trials}) == 2  # both workers took trials
+
+
+def _postgres_binary(name: str) -> str | None:
+    return shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+
+
+@pytest.fixture
+def postgres_url():
+    """A real PostgreSQL server on loopback in a temporary folder, for the length of a test."""
+    initdb, pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
+    if initdb is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    folder = Path(tempfile.mkdtemp(prefix="pg-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(folder, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust")
+    run(
+        pg_ctl,
+        "-D",
+        str(data),
+        "-l",
+        str(folder / "log"),
+        "-w",
+        "start",
+        "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+    )
+    try:
+        run(
+            str(Path(pg_ctl).resolve().with_name("createdb")),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "optuna",
+        )
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_finish_exactly_n(digits_dir, tmp_path, monkeypatch, postgres_url):
+    monkeypatch.chdir(tmp_path)
+    cfg = tune_config(digits_dir, n_trials=5, storage=postgres_url)
+    folds.run(cfg)
+    tune.run(cfg, workers=2)
+    total, finished = count_finished(cfg)
+    assert total == 5 and sorted(finished) == [0, 1, 2, 3, 4]
+    assert (tmp_path / "runs/tiny/tune/best.yaml").exists()
