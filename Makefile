@@ -107,6 +107,6 @@ lint: $(INSTALLED)
 	$(PY) -m ruff check $(ROOT)/pipeline $(ROOT)/tests $(ROOT)/benchmarks
 
 bench: $(INSTALLED)
-	@shopt -s nullglob; scripts=($(ROOT)/benchmarks/*.py); \
+	@shopt -s nullglob; scripts=($(ROOT)/benchmarks/[!_]*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in benchmarks/ yet"; fi; \
 	for script in "$${scripts[@]}"; do $(PY) "$$script" || exit 1; done

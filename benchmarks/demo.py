@@ -15,30 +15,19 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _stages import ROOT, stage
 from sklearn.svm import SVC
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet"]
 
 
-def stage(name: str, config: Path, overrides: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "pipeline", name, "-c", str(config), *overrides],
-        cwd=cwd,
-        check=True,
-        stdout=None if name in ("scrape", "train", "score") else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
+SHOW = ("scrape", "train", "score")  # stages whose output the benchmark prints
 
 
 def svc(data: Path, folds: pd.DataFrame, limit: int | None) -> tuple[float, float, float]:
@@ -60,9 +49,9 @@ def pipeline_run(config: Path, overrides: list[str], scrape: bool) -> dict:
     """data, [scrape,] folds, train, predict, score in a scratch folder; the figures of the run."""
     with tempfile.TemporaryDirectory() as scratch:
         cwd = Path(scratch)
-        stage("data", config, overrides, cwd)
+        stage("data", config, overrides, cwd, show=SHOW)
         seconds = {
-            name: stage(name, config, overrides, cwd)
+            name: stage(name, config, overrides, cwd, show=SHOW)
             for name in (["scrape"] if scrape else []) + ["folds", "train", "predict", "score"]
         }
         cv = json.loads((cwd / "runs" / "digits" / "cv.json").read_text())

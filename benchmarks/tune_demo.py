@@ -12,15 +12,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from _stages import ROOT, stage
 
-ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ["tune.n_trials=20", "tune.folds=[0]", "tune.epochs=10", "tune.timeout=30m"]
 TINY = [
     "folds.n_splits=2",
@@ -32,16 +29,7 @@ TINY = [
 ]
 
 
-def stage(name: str, config: Path, overrides: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "pipeline", name, "-c", str(config), *overrides],
-        cwd=cwd,
-        check=True,
-        stdout=None if name == "tune" else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
+SHOW = ("tune",)  # stages whose output the benchmark prints
 
 
 def main() -> None:
@@ -56,12 +44,12 @@ def main() -> None:
         cwd = Path(scratch)
         runs = cwd / "runs" / "digits"
         for name in ("data", "folds", "train"):
-            stage(name, config, overrides, cwd)
+            stage(name, config, overrides, cwd, show=SHOW)
         default = json.loads((runs / "cv.json").read_text())
-        seconds = stage("tune", config, overrides, cwd)
+        seconds = stage("tune", config, overrides, cwd, show=SHOW)
         best = yaml.safe_load((runs / "tune" / "best.yaml").read_text())
         header = (runs / "tune" / "best.yaml").read_text().splitlines()[0]
-        stage("train", config, overrides, cwd)
+        stage("train", config, overrides, cwd, show=SHOW)
         tuned = json.loads((runs / "cv.json").read_text())
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"{header}\ntuned overrides: {best}")
