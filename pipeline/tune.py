@@ -48,11 +48,11 @@ SEARCHED_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
 
 
 def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
-    """Freeze depth over the backbone's stages, every augmentation as a switch with its strength,
-    and the optimisation knobs the bag-of-tricks paper names."""
+    """Freeze depth over the backbone's stages (with pretrained weights: freezing random weights
+    only hurts), every augmentation as a switch with its strength, and the optimisation knobs
+    the bag-of-tricks paper names."""
     P = C.Param
     space = {
-        "model.freeze_depth": P(type="int", low=0, high=n_stages),
         "train.lr": P(type="float", low=cfg.train.lr / 10, high=cfg.train.lr * 10, log=True),
         "train.weight_decay": P(type="float", low=1e-5, high=0.1, log=True),
         "train.label_smoothing": P(type="float", low=0.0, high=0.2),
@@ -69,6 +69,8 @@ def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
         "aug.noise": P(type="float", low=0.01, high=0.1, optional=True),
         "aug.cutout": P(type="float", low=0.05, high=0.3, optional=True),
     }
+    if cfg.model.pretrained != "none":
+        space["model.freeze_depth"] = P(type="int", low=0, high=n_stages)
     if _channels(cfg) == 3:
         space["aug.hue"] = P(type="float", low=0.01, high=0.1, optional=True)
         space["aug.saturation"] = P(type="float", low=0.05, high=0.3, optional=True)
