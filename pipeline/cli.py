@@ -74,7 +74,9 @@ STAGES = {
         "pipeline.submission:submit",
         options=("file",),
     ),
-    "report": Stage("plots and the run report -> runs/<name>/report/", ("competition",)),
+    "report": Stage(
+        "plots and the run report -> runs/<name>/report/index.html", ("competition",), "pipeline.report:run"
+    ),
 }
 
 

@@ -1,0 +1,348 @@
+"""`make report`: what the model gets wrong, in pictures, from the files the stages wrote.
+
+runs/<name>/report/index.html shows the key numbers and every plot: learning curves and the
+learning-rate schedule, the CV table and CV against held-out or public scores, the confusion
+matrix, most confused pairs, per-class accuracy and top losses (classification), true (green)
+and predicted (red) keypoints, RMSE per keypoint and the worst images (keypoints), the lr-find
+curve, the scrape summary and the tuning history, each where its stage has run.
+"""
+
+import html
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from pipeline import config as C
+from pipeline import engine
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, write_text
+from pipeline.paths import Paths
+
+Section = tuple[str, str]  # (title, HTML)
+
+
+# --- plots: plain inputs in, a Figure out ------------------------------------------------------
+
+
+def save(figure: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    return path
+
+
+def plot_learning_curves(histories: dict[str, pd.DataFrame], metric: str) -> Figure:
+    """Per fold: train and valid loss, and the metric, per epoch."""
+    figure = Figure(figsize=(11, 4))
+    loss, score = figure.subplots(1, 2)
+    for name, history in histories.items():
+        line = loss.plot(history["epoch"], history["train_loss"], label=f"{name} train")[0]
+        if "valid_loss" in history:
+            loss.plot(history["epoch"], history["valid_loss"], "--", color=line.get_color(), label=f"{name} valid")
+        if metric in history:
+            score.plot(history["epoch"], history[metric], color=line.get_color(), label=name)
+    loss.set(xlabel="epoch", ylabel="loss", title="loss (solid: train, dashed: valid)")
+    score.set(xlabel="epoch", ylabel=metric, title=f"valid {metric}")
+    loss.legend(fontsize=7)
+    score.legend(fontsize=7)
+    return figure
+
+
+def plot_schedule(train: C.Train, epochs: int, steps_per_epoch: int = 100) -> Figure:
+    total = epochs * steps_per_epoch
+    lr = [train.lr * engine.lr_factor(s, total, train, steps_per_epoch) for s in range(total)]
+    figure = Figure(figsize=(6, 3))
+    axes = figure.subplots()
+    axes.plot(np.arange(total) / steps_per_epoch, lr)
+    axes.set(xlabel="epoch", ylabel="learning rate", title=f"{train.scheduler} schedule")
+    return figure
+
+
+def plot_confusion(confusion: np.ndarray, classes: Sequence[str]) -> Figure:
+    side = max(4.0, 0.45 * len(classes) + 2)
+    figure = Figure(figsize=(side, side))
+    axes = figure.subplots()
+    axes.imshow(confusion, cmap="Blues")
+    ticks = np.arange(len(classes))
+    axes.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title="confusion matrix (out of fold)")
+    axes.set_xticklabels(classes, rotation=90)
+    axes.set_yticklabels(classes)
+    if len(classes) <= 20:
+        for (i, j), count in np.ndenumerate(confusion):
+            axes.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if count > confusion.max() / 2 else "black",
+            )
+    return figure
+
+
+def plot_bars(values: pd.Series, title: str, xlabel: str) -> Figure:
+    figure = Figure(figsize=(max(5.0, 0.35 * len(values) + 2), 3.5))
+    axes = figure.subplots()
+    axes.bar([str(i) for i in values.index], values.to_numpy())
+    axes.set(title=title, xlabel=xlabel)
+    axes.tick_params(axis="x", rotation=90)
+    return figure
+
+
+def plot_stacked(counts: pd.DataFrame, title: str) -> Figure:
+    figure = Figure(figsize=(max(5.0, 0.4 * len(counts) + 3), 4))
+    axes = figure.subplots()
+    bottom = np.zeros(len(counts))
+    for column in counts.columns:
+        axes.bar([str(i) for i in counts.index], counts[column].to_numpy(), bottom=bottom, label=str(column))
+        bottom += counts[column].to_numpy()
+    axes.set(title=title, xlabel="label")
+    axes.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return figure
+
+
+def plot_grid(
+    images: Sequence[np.ndarray], captions: Sequence[str], points: Sequence[tuple] = (), columns: int = 4
+) -> Figure:
+    """Images with captions; for keypoints, (true, predicted) (K, 2) pixel arrays per image."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    figure = Figure(figsize=(2.6 * columns, 2.9 * rows))
+    for i, axes in enumerate(np.atleast_1d(figure.subplots(rows, columns)).ravel()):
+        axes.axis("off")
+        if i >= len(images):
+            continue
+        image = np.asarray(images[i])
+        axes.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+        axes.set_title(captions[i], fontsize=7)
+        if i < len(points):
+            truth, predicted = points[i]
+            axes.scatter(truth[:, 0], truth[:, 1], s=12, c="lime", label="true")
+            axes.scatter(predicted[:, 0], predicted[:, 1], s=12, c="red", marker="x", label="predicted")
+    return figure
+
+
+def plot_scores(ledger: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(5, 4))
+    axes = figure.subplots()
+    for column, marker in (("local_score", "o"), ("public_score", "s")):
+        scored = ledger[pd.to_numeric(ledger[column], errors="coerce").notna()]
+        axes.scatter(scored["cv_score"], pd.to_numeric(scored[column]), marker=marker, label=column)
+    axes.set(xlabel="CV score", ylabel="held-out / public score", title="CV against the leaderboard")
+    axes.legend(fontsize=7)
+    return figure
+
+
+# --- sections: what a run's files say ----------------------------------------------------------
+
+
+def _img(name: str, alt: str) -> str:
+    return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.5f}", border=0, classes="numbers")
+
+
+def cv_section(paths: Paths, out: Path) -> Section:
+    cv = json.loads((paths.runs / "cv.json").read_text())
+    table = pd.DataFrame({"fold": cv["fold_ids"], cv["metric"]: cv["folds"], "best epoch": cv["best_epochs"]})
+    summary = (
+        f"<p class='headline'>CV {html.escape(cv['metric'])} {cv['score']:.5f} ± {cv['std']:.5f} "
+        f"(out of fold {cv['oof_score']:.5f}; {'higher' if cv['higher_is_better'] else 'lower'} is better)</p>"
+    )
+    return "Cross-validation", summary + _table(table)
+
+
+def curves_section(paths: Paths, out: Path, cfg: C.Config, metric: str) -> Section:
+    histories = {p.parent.name: pd.read_csv(p) for p in sorted(paths.runs.glob("fold*/metrics.csv"))}
+    if (paths.runs / "full" / "metrics.csv").exists():
+        histories["full"] = pd.read_csv(paths.runs / "full" / "metrics.csv")
+    save(plot_learning_curves(histories, metric), out / "learning_curves.png")
+    save(plot_schedule(cfg.train, cfg.train.epochs), out / "lr_schedule.png")
+    return "Learning curves", _img("learning_curves.png", "learning curves") + _img("lr_schedule.png", "lr schedule")
+
+
+def ledger_section(paths: Paths, out: Path, cfg: C.Config) -> Section | None:
+    from pipeline.submission import read_ledger
+
+    ledger = read_ledger()
+    ledger = ledger[ledger["competition"] == cfg.competition.name]
+    if ledger.empty:
+        return None
+    body = _table(ledger[["file", "cv_metric", "cv_score", "local_score", "public_score", "models", "tta"]])
+    if ledger[["local_score", "public_score"]].apply(pd.to_numeric, errors="coerce").notna().any().any():
+        save(plot_scores(ledger), out / "cv_vs_leaderboard.png")
+        body += _img("cv_vs_leaderboard.png", "CV against held-out and public scores")
+    return "Submissions", body
+
+
+def out_of_fold(paths: Paths) -> pd.DataFrame:
+    return pd.concat(
+        [pd.read_csv(p, dtype={"id": str}) for p in sorted(paths.runs.glob("fold*/oof.csv"))], ignore_index=True
+    )
+
+
+def classification_sections(paths: Paths, out: Path, oof: pd.DataFrame, image_of: Callable) -> list[Section]:
+    columns = [c for c in oof.columns if c.startswith("prob_")]
+    classes = [c.removeprefix("prob_") for c in columns]
+    target = next(c for c in oof.columns if c not in ("id", "fold", *columns))
+    actual = oof[target].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probabilities = oof[columns].to_numpy()
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(confusion, (actual, predicted), 1)
+    save(plot_confusion(confusion, classes), out / "confusion.png")
+    pairs = [(classes[i], classes[j], confusion[i, j]) for i, j in zip(*np.nonzero(confusion), strict=True) if i != j]
+    confused = pd.DataFrame(sorted(pairs, key=lambda p: -p[2])[:10], columns=["actual", "predicted", "count"])
+    per_class = pd.Series(np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1), index=classes)
+    save(plot_bars(per_class, "accuracy per class (out of fold)", "class"), out / "per_class.png")
+    p_actual = probabilities[np.arange(len(oof)), actual]
+    worst = np.argsort(p_actual)[:16]  # the lowest probability of the actual class: the highest loss
+    captions = [
+        f"{classes[predicted[i]]}/{classes[actual[i]]} loss {-np.log(max(p_actual[i], 1e-15)):.2f} p {p_actual[i]:.2f}"
+        for i in worst
+    ]
+    save(plot_grid([image_of(oof["id"].iloc[i]) for i in worst], captions), out / "top_losses.png")
+    return [
+        ("Confusion", _img("confusion.png", "confusion matrix") + "<h3>Most confused</h3>" + _table(confused)),
+        ("Accuracy per class", _img("per_class.png", "accuracy per class")),
+        (
+            "Top losses",
+            "<p>predicted/actual, loss, probability of the actual class</p>" + _img("top_losses.png", "top losses"),
+        ),
+    ]
+
+
+def keypoint_sections(paths: Paths, out: Path, oof: pd.DataFrame, image_of: Callable) -> list[Section]:
+    predicted_columns = [c for c in oof.columns if c.startswith("pred_")]
+    columns = [c.removeprefix("pred_") for c in predicted_columns]
+    truth, predicted = oof[columns].to_numpy(float), oof[predicted_columns].to_numpy(float)
+    squared = (predicted - truth) ** 2
+    names = [c[:-2] for c in columns[0::2]]
+    per_point = pd.Series(np.sqrt(np.nanmean(squared[:, 0::2] + squared[:, 1::2], axis=0)), index=names)
+    save(plot_bars(per_point, "RMSE per keypoint (pixels, out of fold)", "keypoint"), out / "rmse_per_keypoint.png")
+    per_image = np.sqrt(np.nanmean(squared, axis=1))
+    rng = np.random.default_rng(0)
+    for name, rows in (
+        ("samples", rng.choice(len(oof), size=min(12, len(oof)), replace=False)),
+        ("worst", np.argsort(-np.nan_to_num(per_image))[:12]),
+    ):
+        points = [(truth[i].reshape(-1, 2), predicted[i].reshape(-1, 2)) for i in rows]
+        captions = [f"id {oof['id'].iloc[i]}: RMSE {per_image[i]:.2f} px" for i in rows]
+        save(plot_grid([image_of(oof["id"].iloc[i]) for i in rows], captions, points), out / f"keypoints_{name}.png")
+    return [
+        ("Keypoints", "<p>green: true, red: predicted</p>" + _img("keypoints_samples.png", "keypoint samples")),
+        ("RMSE per keypoint", _img("rmse_per_keypoint.png", "RMSE per keypoint")),
+        ("Worst images", _img("keypoints_worst.png", "worst keypoint images")),
+    ]
+
+
+def scrape_section(paths: Paths, out: Path) -> Section | None:
+    if not paths.extra_csv.exists():
+        return None
+    manifest = pd.read_csv(paths.extra_csv, dtype=str, keep_default_na=False)
+    images = manifest[manifest["kind"] == "image"]
+    save(
+        plot_stacked(pd.crosstab(images["label"], images["status"]), "scraped image links by outcome"),
+        out / "scrape.png",
+    )
+    kept = images[images["status"] == "kept"].head(16)
+    from pipeline.images import decode
+
+    grid = [decode(paths.data / p, 3) for p in kept["path"]]
+    save(plot_grid(grid, [f"kept: {label}" for label in kept["label"]]), out / "scrape_kept.png")
+    rejected = images[~images["status"].isin(["kept", "pending"])][["label", "status", "detail", "url"]].head(20)
+    return "Scraped images", (
+        _img("scrape.png", "scrape outcomes")
+        + _img("scrape_kept.png", "kept samples")
+        + "<h3>Rejected (never stored; their links and reasons)</h3>"
+        + _table(rejected)
+    )
+
+
+def tune_section(cfg: C.Config, paths: Paths, out: Path) -> Section | None:
+    if not (paths.runs / "tune" / "best.yaml").exists():
+        return None
+    import optuna
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    from pipeline.tune import create_study
+
+    study = create_study(cfg, paths)
+    axes = plot_optimization_history(study)
+    save(axes.figure, out / "tune_history.png")
+    body = _img("tune_history.png", "optimization history")
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) >= 2:
+        importances = pd.Series(optuna.importance.get_param_importances(study))
+        save(plot_bars(importances, "parameter importances", "parameter"), out / "tune_importances.png")
+        body += _img("tune_importances.png", "parameter importances")
+    return "Tuning", f"<pre>{html.escape((paths.runs / 'tune' / 'best.yaml').read_text())}</pre>" + body
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
+img {{ max-width: 100%; display: block; margin: 0.5em 0 1.5em; border: 1px solid #ddd; }}
+table.numbers {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
+table.numbers td, table.numbers th {{ padding: 2px 10px; border-bottom: 1px solid #eee; text-align: right; }}
+.headline {{ font-size: 1.3em; font-weight: bold; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+<p id="image-check">images not checked yet</p>
+{body}
+<script>
+// A line anyone (and the test in a headless browser) can read: did every picture load?
+window.addEventListener("load", () => {{
+  const images = [...document.images];
+  const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.getElementById("image-check").textContent = `${{loaded}} of ${{images.length}} images loaded`;
+}});
+</script>
+</body></html>
+"""
+
+
+def render(title: str, sections: list[Section]) -> str:
+    body = "\n".join(f"<h2>{html.escape(name)}</h2>\n{content}" for name, content in sections)
+    return PAGE.format(title=html.escape(title), body=body)
+
+
+def run(cfg: C.Config) -> None:
+    from pipeline.train import merge_tuned, prepare
+
+    paths = Paths.of(cfg)
+    if not (paths.runs / "cv.json").exists():
+        raise PipelineError(f"{paths.runs / 'cv.json'} does not exist: run `make train` first")
+    cfg = merge_tuned(cfg, paths)
+    out = paths.runs / "report"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    setup, folds = prepare(cfg, paths)
+    row_of = {i: n for n, i in enumerate(folds["id"].astype(str))}
+    image_of = lambda image_id: setup.images[setup.rows[row_of[str(image_id)]]]  # noqa: E731
+    oof = out_of_fold(paths)
+    sections = [cv_section(paths, out), curves_section(paths, out, cfg, setup.task.metric)]
+    if setup.task.kind == "classification":
+        sections += classification_sections(paths, out, oof, image_of)
+    else:
+        sections += keypoint_sections(paths, out, oof, image_of)
+    if (paths.runs / "lr_find.png").exists():
+        shutil.copy(paths.runs / "lr_find.png", out / "lr_find.png")
+        sections.append(("Learning-rate finder", _img("lr_find.png", "lr find")))
+    sections += [
+        s
+        for s in (ledger_section(paths, out, cfg), scrape_section(paths, out), tune_section(cfg, paths, out))
+        if s is not None
+    ]
+    write_text(out / "index.html", render(f"{cfg.competition.name}: run report", sections))
+    print(f"report: {len(list(out.glob('*.png')))} plots -> {out / 'index.html'}")

@@ -1,0 +1,129 @@
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run, tiny
+from PIL import Image
+
+from pipeline import lr_find, report
+from pipeline.config import Train
+
+
+def nonblank_png(path) -> bool:
+    with Image.open(path) as image:
+        return path.stat().st_size > 1000 and np.asarray(image.convert("L")).std() > 1
+
+
+@pytest.mark.parametrize(
+    ("name", "figure"),
+    [
+        (
+            "curves",
+            lambda: report.plot_learning_curves(
+                {
+                    "fold0": pd.DataFrame(
+                        {"epoch": [1, 2], "train_loss": [1.0, 0.5], "valid_loss": [1.1, 0.7], "accuracy": [0.5, 0.8]}
+                    )
+                },
+                "accuracy",
+            ),
+        ),
+        ("schedule", lambda: report.plot_schedule(Train(), epochs=3)),
+        ("confusion", lambda: report.plot_confusion(np.array([[5, 1], [2, 7]]), ["a", "b"])),
+        ("bars", lambda: report.plot_bars(pd.Series([0.9, 0.7], index=["a", "b"]), "accuracy", "class")),
+        (
+            "stacked",
+            lambda: report.plot_stacked(pd.DataFrame({"kept": [3, 1], "corrupt": [1, 2]}, index=["a", "b"]), "scrape"),
+        ),
+        (
+            "grid",
+            lambda: report.plot_grid(
+                [np.full((8, 8, 1), 200, np.uint8), np.zeros((8, 8, 3), np.uint8)],
+                ["one", "two"],
+                [(np.array([[2.0, 3.0]]), np.array([[4.0, 4.0]]))],
+            ),
+        ),
+        (
+            "scores",
+            lambda: report.plot_scores(
+                pd.DataFrame({"cv_score": [0.9, 0.95], "local_score": [0.88, 0.94], "public_score": [None, 0.93]})
+            ),
+        ),
+    ],
+)
+def test_each_plot_writes_a_png(name, figure, tmp_path):
+    path = report.save(figure(), tmp_path / f"{name}.png")
+    assert nonblank_png(path)
+
+
+def referenced_images(index) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', index.read_text())
+
+
+def test_classification_report_links_every_image(digits_dir, tmp_path, monkeypatch):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "solution": "solution.csv"})
+    run(cfg, tmp_path, monkeypatch)
+    lr_find.run(cfg)
+    report.run(cfg)
+    index = tmp_path / "runs/tiny/report/index.html"
+    images = referenced_images(index)
+    for expected in (
+        "learning_curves.png",
+        "lr_schedule.png",
+        "confusion.png",
+        "per_class.png",
+        "top_losses.png",
+        "lr_find.png",
+    ):
+        assert expected in images
+    assert all(nonblank_png(index.parent / name) for name in images)
+    assert "CV accuracy" in index.read_text() and "Most confused" in index.read_text()
+
+
+def test_keypoint_report_links_every_image(faces_dir, tmp_path, monkeypatch):
+    cfg = tiny({"layout": "pixel_string", "dir": str(faces_dir)}, task="keypoints")
+    run(cfg, tmp_path, monkeypatch)
+    report.run(cfg)
+    index = tmp_path / "runs/tiny/report/index.html"
+    images = referenced_images(index)
+    assert {"keypoints_samples.png", "rmse_per_keypoint.png", "keypoints_worst.png"} <= set(images)
+    assert all(nonblank_png(index.parent / name) for name in images)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=5000",
+    "--run-all-compositor-stages-before-draw",
+]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(digits_dir, tmp_path, monkeypatch):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir)})
+    run(cfg, tmp_path, monkeypatch)
+    report.run(cfg)
+    index = tmp_path / "runs/tiny/report/index.html"
+    profile = [f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(
+        [CHROMIUM, *FLAGS, *profile, "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    n = len(referenced_images(index))
+    assert f"{n} of {n} images loaded" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, *FLAGS, *profile, f"--screenshot={shot}", "--window-size=1200,2400", index.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert nonblank_png(shot)
