@@ -142,9 +142,11 @@ def storage_of(cfg: C.Config, paths: Paths):
 
 def create_study(cfg: C.Config, paths: Paths) -> optuna.Study:
     direction = "maximize" if HIGHER_IS_BETTER[competition_metric(cfg)] else "minimize"
+    # no pruning in a trial's first half-fold: one-cycle's warm-up makes early epochs say little
+    warmup = max(1, (cfg.tune.epochs or cfg.train.epochs) // 2)
     pruner = {
-        "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-        "hyperband": optuna.pruners.HyperbandPruner(),
+        "median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup),
+        "hyperband": optuna.pruners.HyperbandPruner(min_resource=warmup),
         "none": optuna.pruners.NopPruner(),
     }[cfg.tune.pruner]
     study = optuna.create_study(
