@@ -21,6 +21,7 @@ from pipeline import config as C
 from pipeline import engine
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_text
+from pipeline.images import decode
 from pipeline.paths import Paths
 
 Section = tuple[str, str]  # (title, HTML)
@@ -252,17 +253,16 @@ def scrape_section(paths: Paths, out: Path) -> Section | None:
         out / "scrape.png",
     )
     kept = images[images["status"] == "kept"].head(16)
-    from pipeline.images import decode
-
-    grid = [decode(paths.data / p, 3) for p in kept["path"]]
-    save(plot_grid(grid, [f"kept: {label}" for label in kept["label"]]), out / "scrape_kept.png")
-    rejected = images[~images["status"].isin(["kept", "pending"])][["label", "status", "detail", "url"]].head(20)
-    return "Scraped images", (
-        _img("scrape.png", "scrape outcomes")
-        + _img("scrape_kept.png", "kept samples")
-        + "<h3>Rejected (never stored; their links and reasons)</h3>"
-        + _table(rejected)
-    )
+    shown = images[(images["status"] != "kept") & (images["path"] != "")].groupby("status").head(4).head(16)
+    body = _img("scrape.png", "scrape outcomes")
+    for name, rows in (("kept", kept), ("rejected", shown)):
+        grid = [decode(paths.data / p, 3) for p in rows["path"]]
+        captions = [f"{status}: {label}" for status, label in zip(rows["status"], rows["label"], strict=True)]
+        save(plot_grid(grid, captions), out / f"scrape_{name}.png")
+        body += f"<h3>{name.capitalize()} samples</h3>" + _img(f"scrape_{name}.png", f"{name} samples")
+    unreadable = images[(images["path"] == "") & ~images["status"].isin(["kept", "pending"])]
+    table = _table(unreadable[["label", "status", "detail", "url"]].head(20))
+    return "Scraped images", body + "<h3>Rejected and never stored (links and reasons)</h3>" + table
 
 
 def tune_section(cfg: C.Config, paths: Paths, out: Path) -> Section | None:

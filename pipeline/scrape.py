@@ -6,7 +6,9 @@ and 5xx, a User-Agent, a per-host rate limit) and parsed with BeautifulSoup. Eve
 found is recorded in `data/<name>/extra.csv` as soon as its page is parsed, then downloaded
 (streamed, capped, content-type checked), fully decoded and compared by sha256 and perceptual
 hash with what is already kept, with the training images and with the test images. Kept
-images are stored as RGB PNGs named by content hash under `data/<name>/extra/<label>/`.
+images are stored as RGB PNGs named by content hash under `data/<name>/extra/<label>/`;
+decodable rejects (duplicates, leaks, too small) only as thumbnails under
+`extra/.rejected/<status>/`, for the report; undecodable files nowhere.
 A re-run skips every URL the manifest already settled, so an interrupted scrape loses nothing.
 """
 
@@ -44,6 +46,7 @@ from pipeline.paths import Paths
 COLUMNS = ["kind", "label", "page", "url", "status", "detail", "sha256", "phash", "width", "height", "bytes", "path"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 SAVE_EVERY = 25  # results between manifest writes
+THUMBNAIL = 96  # side of the stored thumbnail of a decodable but rejected image
 
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -187,7 +190,7 @@ def verify(data: bytes, cfg: Scrape) -> Outcome:
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     if min(rgb.size) < cfg.min_side:
-        return Outcome("too_small", f"{rgb.size[0]}x{rgb.size[1]}")
+        return Outcome("too_small", f"{rgb.size[0]}x{rgb.size[1]}", data=data, image=rgb)
     return Outcome("ok", data=data, image=rgb)
 
 
@@ -390,16 +393,20 @@ def fetch_image(
     outcome = download(http, url, cfg.scrape)
     if outcome.status == "downloaded":
         outcome = verify(outcome.data, cfg.scrape)
-    if outcome.status != "ok":
+    if outcome.image is None:
         manifest.record({**row, "status": outcome.status, "detail": outcome.detail})
         return
     sha, hashed = hashlib.sha256(outcome.data).hexdigest(), phash(outcome.image)
-    status = seen.judge(sha, hashed)
-    path = ""
+    status = seen.judge(sha, hashed) if outcome.status == "ok" else outcome.status
     if status == "kept":
         path = f"extra/{label}/{sha[:20]}.png"
-        with atomic_path(paths.data / path) as tmp:
-            outcome.image.save(tmp, format="PNG")
+        image = outcome.image
+    else:  # a thumbnail, for the report's grid of rejected images; never training data
+        path = f"extra/.rejected/{status}/{sha[:20]}.png"
+        image = outcome.image.copy()
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+    with atomic_path(paths.data / path) as tmp:
+        image.save(tmp, format="PNG")
     width, height = outcome.image.size
     manifest.record(
         {

@@ -201,13 +201,15 @@ def retry_dead_trials(study: optuna.Study) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return pid > 0
+    return True
 
 
 def taken(study: optuna.Study) -> int:

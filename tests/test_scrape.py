@@ -12,7 +12,7 @@ import pytest
 from conftest import make_config
 from PIL import Image
 
-from pipeline import scrape
+from pipeline import report, scrape
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
 
@@ -185,6 +185,13 @@ def test_every_kind_of_file_ends_with_its_status(competition, site, tmp_path, mo
             image.load()
             assert image.mode == "RGB"
     assert site.requests["/flaky.png"] == 2  # the 500 was retried
+    thumbnails = {p.parent.name for p in (competition / "extra" / ".rejected").rglob("*.png")}
+    assert thumbnails == {"duplicate", "near_duplicate", "test_leak", "too_small"}  # decodable rejects only
+    title, page = report.scrape_section(Paths.of(cfg), tmp_path)
+    assert all(
+        (tmp_path / name).stat().st_size > 1000 for name in ("scrape.png", "scrape_kept.png", "scrape_rejected.png")
+    )
+    assert "img/corrupt.jpg" in page  # never stored, listed with its reason
     out = capsys.readouterr().out
     assert "1 pages, 16 image links, 6 kept" in out and "test_leak 1" in out and "corrupt 2" in out
 
