@@ -15,7 +15,7 @@ from pipeline.paths import Paths
 class Stage:
     help: str
     sections: tuple[str, ...]  # config sections whose change re-runs the stage
-    entry: str | None = None  # "module:function"; None while the stage is not built yet
+    entry: str  # "module:function"
     options: tuple[str, ...] = ()  # the command-line options it takes: "file", "workers"
 
 
@@ -99,8 +99,6 @@ def parser() -> argparse.ArgumentParser:
 
 def run_stage(name: str, cfg: C.Config, **options) -> None:
     stage = STAGES[name]
-    if stage.entry is None:
-        raise PipelineError(f"stage {name!r} is not built yet")
     module, function = stage.entry.split(":")
     given = {key: value for key, value in options.items() if key in stage.options}
     getattr(importlib.import_module(module), function)(cfg, **given)

@@ -55,11 +55,6 @@ def test_data_and_folds_stages_write_outputs_and_resolved_config(tmp_path, pixel
     assert resolved["folds"]["seed"] == 3 and resolved["folds"]["kind"] == "stratified"
 
 
-def test_stage_not_built_yet_says_so(tmp_path, pixel_columns_dir, capsys):
-    assert main(["report", "-c", str(tiny_config(tmp_path, pixel_columns_dir))]) == 2
-    assert "not built yet" in capsys.readouterr().err
-
-
 def make(cwd: Path, *args: str) -> str:
     run = subprocess.run(["make", "-f", str(ROOT / "Makefile"), *args], capture_output=True, text=True, cwd=cwd)
     assert run.returncode == 0, run.stderr
