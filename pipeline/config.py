@@ -383,6 +383,14 @@ def validate(raw: dict, source: str = "config") -> Config:
         raise PipelineError(f"{source}: {_describe(exc.errors()[0])}") from None
 
 
+def with_overrides(cfg: Config, overrides: dict, source: str) -> Config:
+    """`cfg` with dotted `key: value` overrides applied, validated again; errors name `source`."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        _set_dotted(raw, key, value, f"{source}: {key}")
+    return validate(raw, source)
+
+
 def save_resolved(cfg: Config, path: Path) -> None:
     from pipeline.files import write_text
 
@@ -405,17 +413,22 @@ def _apply_override(raw: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise PipelineError(f"override {item!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    _set_dotted(raw, key, value, f"override {item!r}")
+
+
+def _set_dotted(raw: dict, key: str, value, where: str) -> None:
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise PipelineError(f"override {item!r}: {part!r} is not a section")
+            raise PipelineError(f"{where}: {part!r} is not a section")
         node = child
-    try:
-        node[leaf] = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        node[leaf] = text
+    node[leaf] = value
 
 
 def _describe(error: dict) -> str:

@@ -176,19 +176,19 @@ def verify(data: bytes, cfg: Scrape) -> Outcome:
     """A full decode, not a header check: truncated, empty, non-image, tiny and bomb files fail."""
     if not data:
         return Outcome("corrupt", "empty file")
-    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, cfg.max_pixels
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # from the header: a bomb is refused before it is decoded
+            if width * height > cfg.max_pixels:
+                return Outcome("too_large", f"{width}x{height} pixels, over scrape.max_pixels")
             image.load()
             rgb = image.convert("RGB")
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger limit
         return Outcome("too_large", str(exc).split(".")[0])
     except Image.UnidentifiedImageError:
         return Outcome("not_image", "not an image format")
     except (OSError, SyntaxError, ValueError) as exc:
         return Outcome("corrupt", str(exc)[:120])
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
     if min(rgb.size) < cfg.min_side:
         return Outcome("too_small", f"{rgb.size[0]}x{rgb.size[1]}", data=data, image=rgb)
     return Outcome("ok", data=data, image=rgb)

@@ -56,12 +56,8 @@ def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
     if not best.exists():
         return cfg
     overrides = yaml.safe_load(best.read_text()) or {}
-    merged = cfg.model_dump(mode="json")
-    for key, value in overrides.items():
-        section, _, leaf = key.partition(".")
-        merged.setdefault(section, {})[leaf] = value
     print(f"using the tuned settings in {best}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    return C.validate(merged, str(best))
+    return C.with_overrides(cfg, overrides, str(best))
 
 
 def prepare(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame]:

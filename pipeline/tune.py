@@ -97,14 +97,6 @@ def sample(trial: optuna.Trial, space: dict[str, C.Param]) -> dict:
     return values
 
 
-def with_overrides(cfg: C.Config, overrides: dict, source: str) -> C.Config:
-    raw = cfg.model_dump(mode="json")
-    for key, value in overrides.items():
-        section, _, leaf = key.partition(".")
-        raw.setdefault(section, {})[leaf] = value
-    return C.validate(raw, source)
-
-
 # --- storage, study and the slot lock ----------------------------------------------------------
 
 
@@ -243,7 +235,7 @@ def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths
     """Mean CV metric of the trial's folds; every epoch reported to the pruner."""
     cfg = base.cfg
     values = sample(trial, space)
-    trial_cfg = with_overrides(cfg, values, f"trial {trial.number}")
+    trial_cfg = C.with_overrides(cfg, values, f"trial {trial.number}")
     trial.set_user_attr("overrides", values)
     out = paths.runs / "tune" / f"trial-{trial.number}"
     C.save_resolved(trial_cfg, out / "config.yaml")
@@ -314,7 +306,7 @@ def work(cfg: C.Config, paths: Paths) -> None:
     base, folds = prepare(cfg, paths)
     space = cfg.tune.space or default_space(cfg, len(models.stages(models.create_model(cfg.model, 1, 1))) - 1)
     for key in space:
-        with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
+        C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
     deadline = time.monotonic() + C.seconds(cfg.tune.timeout) if cfg.tune.timeout else float("inf")
     while time.monotonic() < deadline:
         trial = next_trial(study, paths, cfg.tune.n_trials)

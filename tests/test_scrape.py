@@ -262,3 +262,10 @@ def test_scraped_images_join_training_with_fold_minus_one(competition, site, tmp
     cfg.data.use_extra = False
     folds.run(cfg)
     assert (pd.read_csv(Paths.of(cfg).folds_csv)["fold"] == -1).sum() == 0
+
+
+def test_decompression_bomb_is_refused_from_its_header():
+    bomb = encoded(Image.new("RGB", (2000, 2000)))  # a few kB of PNG, 4 million pixels decoded
+    cfg = make_config({"layout": "class_folders", "dir": "."}, scrape={"max_pixels": 1_000_000}).scrape
+    outcome = scrape.verify(bomb, cfg)
+    assert outcome.status == "too_large" and "2000x2000" in outcome.detail and len(bomb) < 50_000
