@@ -26,14 +26,15 @@ help:
 	@echo "  folds     split the training rows into folds -> runs/<name>/folds.csv"
 	@echo "  tune      Optuna search -> runs/<name>/tune/best.yaml (run it overnight; WORKERS=N processes)"
 	@echo "  tune-report  trials table, parameter importances, optimization history plot"
-	@echo "  train     train per fold (OOF, CV score), then on all data"
+	@echo "  train     train per fold (OOF, CV score), then on all data (GPUS=0,1,... several GPUs)"
 	@echo "  lr-find   fastai's learning-rate finder on fold 0 (plot + suggestion)"
 	@echo "  predict   write submissions/<name>/<stamp>_<cv>.csv (+ a row in submissions/ledger.csv)"
 	@echo "  score     score the newest submission (or FILE=...) against the local solution file"
 	@echo "  submissions  the ledger, best CV first"
 	@echo "  submit    upload the newest submission (or FILE=...) with the Kaggle CLI"
 	@echo "  report    plots and the run report"
-	@echo "Other: test (fast suite), test-slow, lint, bench, venv, clean (this config's runs/<name>)"
+	@echo "Other: test (fast suite), test-slow, lint, venv, clean (this config's runs/<name>),"
+	@echo "       bench (re-runs benchmarks/ and rewrites BENCHMARKS.md's tables; ONLY=\"script.py ...\")"
 
 venv: $(INSTALLED)
 
@@ -76,9 +77,11 @@ $(BEST_YAML): $(FOLDS_CSV) $(STAMPS)/tune.yaml
 tune-report: $(INSTALLED)
 	$(call PIPELINE,tune-report)
 
+# GPUS=0,1,2,3 trains on those GPUs: DDP per fold or one fold per GPU (train.distributed).
+GPUS ?=
 train: $(CV_JSON)
 $(CV_JSON): $(FOLDS_CSV) $(STAMPS)/train.yaml $(wildcard $(BEST_YAML))
-	$(call PIPELINE,train)
+	$(call PIPELINE,train) $(if $(GPUS),--gpus $(GPUS))
 
 lr-find: $(FOLDS_CSV)
 	$(call PIPELINE,lr-find)
@@ -107,6 +110,4 @@ lint: $(INSTALLED)
 	$(PY) -m ruff check $(ROOT)/pipeline $(ROOT)/tests $(ROOT)/benchmarks
 
 bench: $(INSTALLED)
-	@shopt -s nullglob; scripts=($(ROOT)/benchmarks/[!_]*.py); \
-	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in benchmarks/ yet"; fi; \
-	for script in "$${scripts[@]}"; do $(PY) "$$script" || exit 1; done
+	$(PY) $(ROOT)/benchmarks/_run.py $(ONLY)

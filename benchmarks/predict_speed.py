@@ -8,11 +8,11 @@ Target: ratio >= 0.9.
 """
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from _stages import machine
 
 from pipeline import engine, models, predict
 from pipeline.config import Model, Train
@@ -56,10 +56,10 @@ def main() -> None:
         bare.append(bare_loop(model, batches))
         ours.append(pipeline_loop(model, batches, device))
     ratio = statistics.median(ours) / statistics.median(bare)
-    print("| machine | model | batch | bare forward img/s | pipeline predict img/s | ratio |")
+    print("| machine | model | batch | bare forward img/s | pipeline predict img/s | ratio (target >= 0.9) |")
     print("|---|---|---|---|---|---|")
     print(
-        f"| {platform.machine()}, {torch.get_num_threads()} threads | {args.model} {args.size}x{args.size} "
+        f"| {machine()}, {torch.get_num_threads()} threads | {args.model} {args.size}x{args.size} "
         f"| {args.batch_size} | {statistics.median(bare):.0f} | {statistics.median(ours):.0f} | {ratio:.3f} |"
     )
 

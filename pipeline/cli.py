@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ class Stage:
     help: str
     sections: tuple[str, ...]  # config sections whose change re-runs the stage
     entry: str  # "module:function"
-    options: tuple[str, ...] = ()  # the command-line options it takes: "file", "workers"
+    options: tuple[str, ...] = ()  # the command-line options it takes: "file", "workers", "gpus"
 
 
 STAGES = {
@@ -50,6 +51,7 @@ STAGES = {
         "train per fold (OOF, CV score), then on all data",
         ("competition", "data", "folds", "model", "train", "aug"),
         "pipeline.train:run",
+        options=("gpus",),
     ),
     "lr-find": Stage(
         "fastai's learning-rate finder on fold 0 -> runs/<name>/lr_find.png and a suggestion",
@@ -93,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
     p.add_argument("-f", "--file", help="score and submit: the submission file (default: the newest)")
     p.add_argument("-w", "--workers", type=int, default=1, help="tune: worker processes on the study (default 1)")
+    p.add_argument("-g", "--gpus", help="train: several GPUs, e.g. 0,1,2,3 (DDP per fold or a fold per GPU)")
     p.add_argument("-o", "--output", help="makevars only: the Make fragment to write")
     return p
 
@@ -131,6 +134,10 @@ def makevars(cfg: C.Config, output: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
+    if "RANK" in os.environ:  # under torchrun (imported only then: makevars runs without torch)
+        from pipeline import distributed
+
+        distributed.quiet_other_ranks()
     try:
         cfg = C.load(args.config, args.overrides)
         if args.stage == "makevars":
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise PipelineError("makevars needs -o FILE")
             makevars(cfg, args.output)
         else:
-            run_stage(args.stage, cfg, file=args.file, workers=args.workers)
+            run_stage(args.stage, cfg, file=args.file, workers=args.workers, gpus=args.gpus)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

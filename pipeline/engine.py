@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.config import Train
 from pipeline.errors import PipelineError
 
@@ -27,6 +28,8 @@ class Device:
     @classmethod
     def choose(cls, cfg: Train) -> "Device":
         name = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        if name == "cuda" and distributed.world_size() > 1:  # torchrun: one GPU per rank
+            name = f"cuda:{distributed.local_rank()}"
         try:
             device = torch.device(name)
         except RuntimeError:
@@ -163,7 +166,7 @@ def _optimizer_step(model: nn.Module, state: Step, steps_per_epoch: int) -> None
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     if state.ema is not None:
-        state.ema.update(model, step=state.step)
+        state.ema.update(getattr(model, "module", model), step=state.step)  # DDP: the wrapped model
 
 
 @torch.no_grad()

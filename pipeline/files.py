@@ -12,7 +12,14 @@ import pandas as pd
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    Under torchrun only rank 0 writes: the other ranks get /dev/null, which takes any write and
+    keeps nothing, so the stages run the same code on every rank.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        yield Path(os.devnull)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -3,7 +3,7 @@ after every epoch so that a killed run continues where it stopped."""
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from timm.utils import ModelEmaV3
 
-from pipeline import engine, models, transforms
+from pipeline import batch_aug, distributed, engine, models, transforms
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv, write_text
@@ -50,6 +50,8 @@ class FitResult:
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
     model = models.create_model(setup.cfg.model, setup.task.n_outputs, setup.channels)
+    if setup.cfg.train.sync_bn and distributed.world_size() > 1:  # before freeze() keeps its norms
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     frozen = models.freeze(model, setup.cfg.model.freeze_depth, setup.cfg.model.freeze_blocks)
     return model, frozen
 
@@ -67,6 +69,7 @@ def datasets(setup: Setup, model: torch.nn.Module, train_rows: np.ndarray, valid
     train = ImageDataset(setup.images, setup.rows[train_rows], setup.targets[train_rows], augment, finish, keypoints)
     if valid_rows is None:
         return train, None
+    valid_rows = distributed.shard(valid_rows)  # each rank validates its share; _validate gathers them
     valid = ImageDataset(setup.images, setup.rows[valid_rows], setup.targets[valid_rows], None, finish, keypoints)
     return train, valid
 
@@ -76,12 +79,14 @@ class Parts:
     """A fresh model on its device, its frozen stages, optimizer and datasets."""
 
     device: engine.Device
-    model: torch.nn.Module
+    model: torch.nn.Module  # what is saved and validated
+    trained: torch.nn.Module  # what trains: the model, or the model in DistributedDataParallel
     frozen: models.Frozen
     optimizer: torch.optim.Optimizer
     train_set: ImageDataset
     valid_set: ImageDataset | None
     workers: int
+    train_batches: Callable[[int], Iterable]  # an epoch's seed -> its training batches
 
 
 def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None) -> Parts:
@@ -93,7 +98,35 @@ def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
     train_set, valid_set = datasets(setup, model, train_rows, valid_rows)
     groups = models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult)
     workers = default_workers() if cfg.workers is None else cfg.workers
-    return Parts(device, model, frozen, engine.create_optimizer(groups, cfg), train_set, valid_set, workers)
+    optimizer = engine.create_optimizer(groups, cfg)
+    normalisation = transforms.normalisation(model.pretrained_cfg, setup.channels)
+    batches = _train_batches(setup, train_set, normalisation, device, workers)
+    return Parts(device, model, wrap(model, device), frozen, optimizer, train_set, valid_set, workers, batches)
+
+
+def wrap(model: torch.nn.Module, device: engine.Device) -> torch.nn.Module:
+    """The model in DistributedDataParallel under torchrun, else itself. Wrap again after
+    unfreezing: DDP registers the parameters that need gradients when it is built."""
+    if distributed.world_size() == 1:
+        return model
+    distributed.init(device.device)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.device.index] if device.device.type == "cuda" else None
+    )
+
+
+def _train_batches(setup: Setup, train_set: ImageDataset, mean_std: tuple, device: engine.Device, workers: int):
+    """Batches made on the device from resident images when train.device_aug says so, else a
+    DataLoader over the per-image path."""
+    cfg, n, side = setup.cfg, len(train_set), setup.image_size
+    on_cuda = device.device.type == "cuda"
+    if batch_aug.should_use(cfg.train.device_aug, cfg.aug, setup.task.kind, device.device, n, setup.channels, side):
+        images = batch_aug.resident_images(setup.images, train_set.rows, side, device.device)
+        targets = torch.as_tensor(train_set.targets).to(device.device)
+        augment = batch_aug.BatchAugment(cfg.aug, *mean_std)
+        print(f"device_aug: {n} training images resident on {device.device}, augmented there")
+        return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed)
+    return lambda seed: create_loader(train_set, cfg.train.batch_size, True, workers, seed, on_cuda)
 
 
 def fit(
@@ -110,9 +143,8 @@ def fit(
     (tuning reports it to Optuna's pruner, which may stop the fit by raising)."""
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
-    device, model, frozen, workers = parts.device, parts.model, parts.frozen, parts.workers
-    batches = max(1, len(parts.train_set) // cfg.batch_size)  # the train loader drops the last partial batch
-    steps_per_epoch = math.ceil(batches / cfg.accumulate)
+    device, model, frozen, workers, trained = parts.device, parts.model, parts.frozen, parts.workers, parts.trained
+    steps_per_epoch = math.ceil(len(parts.train_batches(cfg.seed)) / cfg.accumulate)
     state = engine.Step(
         parts.optimizer,
         device.scaler(),
@@ -125,11 +157,10 @@ def fit(
     for epoch in range(len(history) + 1, epochs + 1):
         if setup.cfg.model.unfreeze_epoch and epoch >= setup.cfg.model.unfreeze_epoch and frozen.params:
             frozen.unfreeze()
+            trained = wrap(model, device)
         engine.seed_everything(cfg.seed * 1_000_003 + epoch)
-        loader = create_loader(
-            parts.train_set, cfg.batch_size, True, workers, cfg.seed * 1_000_003 + epoch, device.device.type == "cuda"
-        )
-        row = {"epoch": epoch, **_train_epoch(model, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
+        loader = parts.train_batches(cfg.seed * 1_000_003 + epoch)
+        row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
         evaluated = state.ema.module if state.ema is not None else model
         if parts.valid_set is not None:
             row, best = _validate(evaluated, parts.valid_set, setup, device, workers, row, best, out)
@@ -145,16 +176,22 @@ def fit(
 
 
 def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
+    """One epoch; under torchrun the loss and speed are those of all ranks together."""
     try:
-        return engine.train_one_epoch(model, loader, task, state, device, frozen, desc)
+        row = engine.train_one_epoch(model, loader, task, state, device, frozen, desc)
     except FloatingPointError as exc:
         raise PipelineError(f"{desc}: training diverged ({exc}); lower train.lr") from None
+    ranks = distributed.world_size()
+    return {**row, "train_loss": distributed.mean(row["train_loss"]), "images_per_s": row["images_per_s"] * ranks}
 
 
 def _validate(model, valid_set, setup: Setup, device, workers, row: dict, best: dict, out: Path):
     cfg, task = setup.cfg.train, setup.task
     loader = create_loader(valid_set, cfg.batch_size * 2, False, workers, cfg.seed, device.device.type == "cuda")
     result = engine.evaluate(model, loader, task, device)
+    result["loss"] = distributed.mean(result["loss"], weight=len(valid_set))
+    for key in ("predictions", "targets", "sizes"):
+        result[key] = distributed.unshard(result[key])
     if not math.isfinite(result["loss"]):
         raise PipelineError(
             f"epoch {row['epoch']}: the validation loss is {result['loss']}: training diverged; lower train.lr"

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pipeline import distributed
 
 
 class ConcatImages(Sequence):
@@ -89,13 +91,19 @@ def default_workers() -> int:
 def create_loader(
     dataset: ImageDataset, batch_size: int, train: bool, workers: int, seed: int, pin_memory: bool = False
 ) -> DataLoader:
+    """Under torchrun a training loader serves this rank's share of the rows and of the batch."""
     generator = torch.Generator()
     generator.manual_seed(seed)
-    dataset.reseed(seed)
+    dataset.reseed(seed + distributed.rank())
+    sampler = None
+    if train and distributed.world_size() > 1:
+        sampler = DistributedSampler(dataset, distributed.world_size(), distributed.rank(), seed=seed, drop_last=True)
+        batch_size = distributed.rank_batch(batch_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,
         pin_memory=pin_memory,

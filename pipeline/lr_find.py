@@ -13,7 +13,6 @@ from pipeline import config as C
 from pipeline import engine
 from pipeline.files import atomic_path, write_csv
 from pipeline.fit import Setup, assemble
-from pipeline.loader import create_loader
 from pipeline.paths import Paths
 from pipeline.train import merge_tuned, prepare
 
@@ -78,10 +77,7 @@ def run(cfg: C.Config) -> None:
 
 def sweep_setup(setup: Setup, train_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     parts = assemble(setup, train_rows, None)
-    cfg = setup.cfg.train
-    loader = create_loader(
-        parts.train_set, cfg.batch_size, True, parts.workers, cfg.seed, parts.device.device.type == "cuda"
-    )
+    loader = parts.train_batches(setup.cfg.train.seed)
     return sweep(parts.model, loader, setup.task, parts.optimizer, parts.device)
 
 

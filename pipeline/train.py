@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from pipeline import config as C
-from pipeline import sources
+from pipeline import distributed, sources
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv, write_text
 from pipeline.fit import FitResult, Setup, fit
@@ -30,12 +30,16 @@ from pipeline.tasks import HIGHER_IS_BETTER, create_task
 TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
 
 
-def run(cfg: C.Config) -> None:
+def run(cfg: C.Config, gpus: str | None = None) -> None:
+    """Every fold, the CV summary and the full fit; with `gpus` (several), as launch decides."""
+    if gpus:
+        from pipeline import launch
+
+        launch.run(cfg, gpus)
+        return
     paths = Paths.of(cfg)
-    cfg = merge_tuned(cfg, paths)
-    setup, folds = prepare(cfg, paths)
-    fingerprint = _fingerprint(cfg, paths)
-    fold_ids = cfg.train.folds if cfg.train.folds is not None else sorted(f for f in folds["fold"].unique() if f >= 0)
+    setup, folds, fingerprint, fold_ids = train_folds(cfg, paths)
+    cfg = setup.cfg
     results = [train_fold(setup, folds, k, paths.runs / f"fold{k}", fingerprint) for k in fold_ids]
     cv = {**summarize(results, setup, folds, fold_ids), "fingerprint": fingerprint}
     print(
@@ -48,6 +52,18 @@ def run(cfg: C.Config) -> None:
         print(f"full fit: {epochs} epochs on {len(folds)} rows -> {result.model_path}")
     C.save_resolved(cfg, paths.resolved("train"))
     write_text(paths.runs / "cv.json", json.dumps(cv, indent=2))  # last: its presence means the stage finished
+
+
+def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int]]:
+    """What training the folds needs, the tuned settings merged: (setup, folds, fingerprint, fold ids)."""
+    cfg = merge_tuned(cfg, paths)
+    setup, folds = prepare(cfg, paths)
+    return setup, folds, _fingerprint(cfg, paths), fold_ids_of(cfg, folds)
+
+
+def fold_ids_of(cfg: C.Config, folds: pd.DataFrame) -> list[int]:
+    """train.folds, or every fold of folds.csv (-1 marks extra rows that are never validated on)."""
+    return cfg.train.folds if cfg.train.folds is not None else sorted(int(f) for f in folds["fold"].unique() if f >= 0)
 
 
 def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
@@ -132,6 +148,7 @@ def fit_once(
         print(f"{name}: the config changed since it was trained; training it again")
         shutil.rmtree(out)
     result = fit(setup, train_rows, valid_rows, out, epochs, fingerprint, name)
+    distributed.barrier()  # under torchrun: rank 0's files are written before any rank reads them
     if after is not None:
         after()
     result.save(done)  # the fold counts as finished only now

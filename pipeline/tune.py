@@ -3,7 +3,8 @@ that runs all night, in several worker processes, and resumes.
 
 Each trial trains `tune.folds` with the sampled overrides and returns their mean CV metric;
 every epoch is reported (step = fold position x epochs + epoch) so the pruner can stop a poor
-trial early. The best trial's overrides go to runs/<name>/tune/best.yaml, which train merges.
+trial at the end of a fold. The first trial of a study runs the config's own values. The best
+trial's overrides go to runs/<name>/tune/best.yaml, which train merges.
 
 Exactly `tune.n_trials` trials run, however many workers share the study: a worker takes a
 trial only while holding a lock (a file lock beside a journal or SQLite storage, an advisory
@@ -32,7 +33,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from pipeline import config as C
-from pipeline import models
+from pipeline import distributed, models
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv, write_text
 from pipeline.fit import Setup, fit
@@ -78,6 +79,23 @@ def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
         space["train.mixup_alpha"] = P(type="float", low=0.1, high=0.4, optional=True)
         space["aug.random_resized_crop"] = P(type="float", low=0.3, high=0.9, optional=True)
     return space
+
+
+def baseline_params(cfg: C.Config, space: dict[str, C.Param]) -> dict:
+    """The config's own values as the trial's parameters, so the first trial measures the
+    default and the search can only improve on it; a value outside its range is left to the
+    sampler."""
+    params = {}
+    for key, p in space.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if p.optional:
+            params[f"{key}:on"] = bool(value)
+            if not value:
+                continue
+        inside = value in p.choices if p.type == "categorical" else p.type == "bool" or p.low <= value <= p.high
+        if inside:
+            params[key] = value
+    return params
 
 
 def sample(trial: optuna.Trial, space: dict[str, C.Param]) -> dict:
@@ -126,7 +144,9 @@ def storage_of(cfg: C.Config, paths: Paths):
             url,
             heartbeat_interval=cfg.tune.heartbeat_s,
             grace_period=cfg.tune.grace_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=cfg.tune.max_retry),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=cfg.tune.max_retry
+            ),
         )
     except Exception as exc:  # SQLAlchemy raises many kinds for a database it cannot reach
         raise PipelineError(f"tune.storage={url!r} cannot be opened: {str(exc).splitlines()[0]}") from None
@@ -134,11 +154,13 @@ def storage_of(cfg: C.Config, paths: Paths):
 
 def create_study(cfg: C.Config, paths: Paths) -> optuna.Study:
     direction = "maximize" if HIGHER_IS_BETTER[competition_metric(cfg)] else "minimize"
-    # no pruning in a trial's first half-fold: one-cycle's warm-up makes early epochs say little
-    warmup = max(1, (cfg.tune.epochs or cfg.train.epochs) // 2)
+    # Pruning looks only at the last epoch of each fold: mid-way through a one-cycle schedule a
+    # high learning rate or strong regularisation scores low and ends best, so comparing there
+    # prunes exactly the trials worth finishing.
+    epochs = cfg.tune.epochs or cfg.train.epochs
     pruner = {
-        "median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup),
-        "hyperband": optuna.pruners.HyperbandPruner(min_resource=warmup),
+        "median": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=epochs - 1, interval_steps=epochs),
+        "hyperband": optuna.pruners.HyperbandPruner(min_resource=epochs),
         "none": optuna.pruners.NopPruner(),
     }[cfg.tune.pruner]
     study = optuna.create_study(
@@ -156,11 +178,17 @@ def create_study(cfg: C.Config, paths: Paths) -> optuna.Study:
     return study
 
 
+def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The study's RDB storage (Optuna wraps it in a cache layer), or None for a journal."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
 @contextlib.contextmanager
 def slot_lock(study: optuna.Study, paths: Paths) -> Iterator[None]:
     """One worker at a time counts the trials and takes the next."""
-    storage = study._storage
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.dialect.name == "postgresql":
+    storage = rdb_of(study)
+    if storage is not None and storage.engine.dialect.name == "postgresql":
         key = int(hashlib.sha256(study.study_name.encode()).hexdigest()[:15], 16)
         with storage.engine.connect() as connection:
             connection.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
@@ -214,9 +242,11 @@ def taken(study: optuna.Study) -> int:
     )
 
 
-def next_trial(study: optuna.Study, paths: Paths, n_trials: int) -> optuna.Trial | None:
+def next_trial(study: optuna.Study, paths: Paths, n_trials: int, baseline: dict) -> optuna.Trial | None:
     with slot_lock(study, paths):
-        if isinstance(study._storage, optuna.storages.RDBStorage):
+        if not study.trials:
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        if rdb_of(study) is not None:
             optuna.storages.fail_stale_trials(study)  # silent heartbeats: failed, retried by the callback
         else:
             retry_dead_trials(study)
@@ -245,7 +275,7 @@ def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths
     scores = []
     for position, fold in enumerate(fold_ids):
         is_valid = (folds["fold"] == fold).to_numpy()
-        report = functools.partial(_report, trial, setup.task.metric, position * epochs, fold)
+        report = functools.partial(_report, trial, setup.task.metric, position * epochs, len(fold_ids) * epochs, fold)
         result = fit(
             setup,
             np.flatnonzero(~is_valid),
@@ -260,10 +290,12 @@ def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths
     return float(np.mean(scores))
 
 
-def _report(trial: optuna.Trial, metric: str, first_step: int, fold: int, row: dict) -> None:
-    """Each epoch's metric to Optuna, steps running on across folds, so pruners compare trials."""
-    trial.report(row[metric], first_step + row["epoch"] - 1)
-    if trial.should_prune():
+def _report(trial: optuna.Trial, metric: str, first_step: int, steps: int, fold: int, row: dict) -> None:
+    """Each epoch's metric to Optuna, steps running on across folds, so pruners compare trials;
+    a trial at its last step is finished, not pruned."""
+    step = first_step + row["epoch"] - 1
+    trial.report(row[metric], step)
+    if step < steps - 1 and trial.should_prune():
         raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {row['epoch']}")
 
 
@@ -307,12 +339,17 @@ def work(cfg: C.Config, paths: Paths) -> None:
     space = cfg.tune.space or default_space(cfg, len(models.stages(models.create_model(cfg.model, 1, 1))) - 1)
     for key in space:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
+    baseline = baseline_params(cfg, space)
     deadline = time.monotonic() + C.seconds(cfg.tune.timeout) if cfg.tune.timeout else float("inf")
     while time.monotonic() < deadline:
-        trial = next_trial(study, paths, cfg.tune.n_trials)
-        if trial is None:
+        trial = next_trial(study, paths, cfg.tune.n_trials, baseline)
+        if trial is not None:
+            run_trial(study, trial, base, folds, space, paths)
+        elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # the study is full only if those finish: if their worker died, this one runs them again
+            time.sleep(min(cfg.tune.heartbeat_s, 5))
+        else:
             break
-        run_trial(study, trial, base, folds, space, paths)
 
 
 def _probe_value(p: C.Param):
@@ -324,17 +361,9 @@ def spawn_workers(cfg: C.Config, paths: Paths, workers: int) -> None:
     resolved = paths.runs / "tune" / "config.yaml"
     C.save_resolved(cfg, resolved)
     gpus = _gpu_count()
-    threads = max(1, (os.cpu_count() or 1) // workers)
     processes = []
     for i in range(workers):
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "PIPELINE_TUNE_WORKER": str(i),
-        }
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        env = {**distributed.worker_env([str(i % gpus)] if gpus else [], workers), "PIPELINE_TUNE_WORKER": str(i)}
         processes.append(subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "-c", str(resolved)], env=env))
     codes = [p.wait() for p in processes]
     if any(codes):
@@ -353,9 +382,10 @@ def write_best(cfg: C.Config, paths: Paths, study: optuna.Study) -> None:
         raise PipelineError(f"study {study.study_name} has no complete trial yet")
     best = study.best_trial
     overrides = best.user_attrs["overrides"]
+    baseline = [f"the config's own values {t.value:.5f}" for t in finished if t.user_attrs.get("baseline")]
     header = (
         f"# best of {len(finished)} complete trials in study {study.study_name}: trial {best.number}, "
-        f"{competition_metric(cfg)} {best.value:.5f}\n"
+        f"{competition_metric(cfg)} {', '.join([f'{best.value:.5f}', *baseline])}\n"
     )
     write_text(paths.runs / "tune" / "best.yaml", header + yaml.safe_dump(overrides, sort_keys=True))
     C.save_resolved(cfg, paths.resolved("tune"))

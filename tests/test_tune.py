@@ -26,11 +26,11 @@ SPACE = {
 }
 
 
-def tune_config(digits_dir, n_trials=3, storage=None, epochs=1):
+def tune_config(digits_dir, n_trials=3, storage=None, epochs=1, **tune_keys):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
     raw = cfg.model_dump(mode="json")
     raw["tune"] = {"n_trials": n_trials, "space": SPACE, "epochs": epochs, "storage": storage, "pruner": "none"}
-    return type(cfg).model_validate(raw)
+    return type(cfg).model_validate({**raw, "tune": {**raw["tune"], **tune_keys}})
 
 
 def load(cfg) -> optuna.Study:
@@ -48,7 +48,11 @@ def test_best_yaml_is_written_and_used_by_train(digits_dir, tmp_path, monkeypatc
     tune.run(cfg)
     best = yaml.safe_load((tmp_path / "runs/tiny/tune/best.yaml").read_text())
     assert set(best) == {"train.lr", "aug.rotate"}
-    assert states(load(cfg)) == ["COMPLETE"] * 3
+    study = load(cfg)
+    assert states(study) == ["COMPLETE"] * 3
+    first = study.trials[0]  # the config's own values come first, so the search can only improve on them
+    assert first.user_attrs["baseline"] and first.user_attrs["overrides"] == {"train.lr": 0.01, "aug.rotate": 10}
+    assert "the config's own values" in (tmp_path / "runs/tiny/tune/best.yaml").read_text().splitlines()[0]
     assert (tmp_path / "runs/tiny/tune/trial-0/config.yaml").exists()
     assert (tmp_path / "runs/tiny/tune/trial-2/fold1/metrics.csv").exists()
     assert not list((tmp_path / "runs/tiny/tune").rglob("*.pt"))  # weights are not kept
@@ -178,3 +182,32 @@ def test_two_workers_on_postgresql_finish_exactly_n(digits_dir, tmp_path, monkey
     total, finished = count_finished(cfg)
     assert total == 5 and sorted(finished) == [0, 1, 2, 3, 4]
     assert (tmp_path / "runs/tiny/tune/best.yaml").exists()
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgresql_retry_the_trial_of_one_killed(digits_dir, tmp_path, monkeypatch, postgres_url):
+    """Three workers (as on three machines) share a study; one is killed mid-trial. Its heartbeat
+    stops, another worker fails the trial and runs its parameters again, and the study still
+    ends with exactly n complete trials."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tune_config(digits_dir, n_trials=6, storage=postgres_url, epochs=4, heartbeat_s=1, grace_s=3)
+    folds.run(cfg)
+    config = tmp_path / "tune.yaml"
+    config.write_text(cfg.to_yaml())
+    command = [sys.executable, "-m", "pipeline", "tune", "-c", str(config)]
+    workers = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL) for _ in range(3)]
+    deadline = time.monotonic() + 180
+    while not (running := [t for t in load(cfg).trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    victim = next(w for w in workers if w.pid == running[0].user_attrs["pid"])
+    time.sleep(1.5)  # its heartbeat has been recorded
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert [w.wait(timeout=300) for w in workers if w is not victim] == [0, 0]
+    study = load(cfg)
+    killed = study.trials[running[0].number]
+    assert killed.state == TrialState.FAIL
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
+    assert states(study).count("COMPLETE") == 6

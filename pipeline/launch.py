@@ -1,0 +1,100 @@
+"""`make train GPUS=0,1,2,3`: several GPUs on one machine, in one of two ways.
+
+    ddp    each fold in turn on every GPU: torchrun starts one process per GPU, DDP averages the
+           gradients (train.batch_size is the global batch), rank 0 writes.
+    folds  one fold per GPU at a time, each an ordinary single-GPU fit in its own process;
+           then the summary and the full fit on the first GPU.
+
+train.distributed=auto picks by the number of training rows: below DDP_MIN_ROWS an epoch is so
+short that DDP's per-step gradient all-reduce and the smaller per-GPU batches cost more than
+they gain, while independent folds scale perfectly; above it, DDP brings each fold (and the full
+fit, which `folds` trains on one GPU) to the end sooner.
+"""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import torch
+
+from pipeline import config as C
+from pipeline.distributed import worker_env
+from pipeline.errors import PipelineError
+from pipeline.paths import Paths
+
+DDP_MIN_ROWS = 20_000
+
+
+def run(cfg: C.Config, gpus: str) -> None:
+    ids = parse_gpus(gpus)
+    paths = Paths.of(cfg)
+    if not paths.folds_csv.exists():
+        raise PipelineError(f"{paths.folds_csv} does not exist: run `make folds` first")
+    mode = choose(cfg.train.distributed, len(pd.read_csv(paths.folds_csv)), len(ids))
+    resolved = paths.runs / "launch.config.yaml"
+    C.save_resolved(cfg, resolved)
+    print(f"train on GPUs {','.join(ids)}: {mode}")
+    if mode == "ddp":
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}"]
+        _check(
+            subprocess.run([*torchrun, "-m", "pipeline", "train", "-c", str(resolved)], env=worker_env(ids, len(ids)))
+        )
+        return
+    train_folds_in_parallel(cfg, paths, ids)
+    _check(subprocess.run([sys.executable, "-m", "pipeline", "train", "-c", str(resolved)], env=worker_env(ids[:1], 1)))
+
+
+def parse_gpus(gpus: str) -> list[str]:
+    ids = [g.strip() for g in str(gpus).split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
+        raise PipelineError(f"GPUS={gpus!r}: give distinct GPU numbers separated by commas, e.g. GPUS=0,1,2,3")
+    return ids
+
+
+def choose(policy: str, rows: int, n_gpus: int) -> str:
+    if n_gpus == 1:
+        return "folds"  # one process on one GPU: nothing to distribute
+    if policy != "auto":
+        return policy
+    return "ddp" if rows >= DDP_MIN_ROWS else "folds"
+
+
+def train_folds_in_parallel(cfg: C.Config, paths: Paths, ids: list[str]) -> None:
+    """Fold k on GPU ids[k % len(ids)], one process per GPU working through its folds."""
+    from pipeline.train import fold_ids_of
+
+    fold_ids = fold_ids_of(cfg, pd.read_csv(paths.folds_csv))
+    context = multiprocessing.get_context("spawn")  # a fresh process: CUDA_VISIBLE_DEVICES set before CUDA starts
+    workers = [
+        context.Process(target=_fold_worker, args=(cfg, fold_ids[i :: len(ids)], ids[i], len(ids)))
+        for i in range(min(len(ids), len(fold_ids)))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    failed = [f"GPU {ids[i]} (exit {w.exitcode})" for i, w in enumerate(workers) if w.exitcode]
+    if failed:
+        raise PipelineError(f"fold workers failed on {', '.join(failed)}; their errors are above")
+
+
+def _fold_worker(cfg: C.Config, fold_ids: list[int], gpu: str, processes: int) -> None:
+    from pipeline.train import train_fold, train_folds
+
+    os.environ.update(worker_env([gpu], processes))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    paths = Paths.of(cfg)
+    try:
+        setup, folds, fingerprint, _ = train_folds(cfg, paths)
+        for k in fold_ids:
+            train_fold(setup, folds, k, paths.runs / f"fold{k}", fingerprint)
+    except PipelineError as exc:
+        print(f"error: GPU {gpu}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _check(process: subprocess.CompletedProcess) -> None:
+    if process.returncode:
+        raise PipelineError(f"{' '.join(map(str, process.args[:6]))} ... exited with {process.returncode}")

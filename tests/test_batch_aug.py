@@ -1,0 +1,97 @@
+"""The batched, device-resident augmentation path (train.device_aug), checked on the CPU."""
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from conftest import run, tiny
+
+from pipeline import batch_aug, transforms
+from pipeline.batch_aug import BatchAugment, DeviceBatches, Draws
+from pipeline.config import Aug
+from pipeline.errors import PipelineError
+
+MEAN_STD = ((0.5,), (0.25,))
+EVERYTHING = Aug(rotate=20, shift=0.1, scale=0.1, shear=5, hflip=0.5, brightness=0.2, contrast=0.2, cutout=0.3, p=0.8)
+
+
+def images(n: int = 10, side: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 1), dtype=np.uint8)
+
+
+def as_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("aug", "same_as"),
+    [(Aug(), None), (Aug(hflip=1.0), A.HorizontalFlip(p=1.0)), (Aug(vflip=1.0), A.VerticalFlip(p=1.0))],
+)
+def test_exact_ops_match_the_per_image_albumentations_path(aug, same_as):
+    batch = images()
+    finish = transforms.finish(16, *MEAN_STD)
+    expected = torch.stack([finish(image=same_as(image=i)["image"] if same_as else i)["image"] for i in batch])
+    augment = BatchAugment(aug, *MEAN_STD)
+    got = augment.apply(as_tensor(batch), augment.draw(len(batch), torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # one grey level is 0.016 here
+
+
+def test_a_whole_pixel_shift_moves_the_image_exactly():
+    batch = images(2)
+    n, shift = len(batch), torch.tensor([[2 * 3 / 16, -2 * 2 / 16]] * 2)  # 3 px right, 2 px up
+    no = torch.zeros(n)
+    theta = batch_aug._inverse_affine(torch.zeros(n, 2, dtype=bool), no, no, torch.ones(n), shift)
+    got = BatchAugment(Aug(shift=0.2), (0.0,), (1.0,)).apply(
+        as_tensor(batch), Draws(theta, no + 1, no, no[:, None, None].expand(n, 1, 4))
+    )
+    expected = np.zeros_like(batch)
+    expected[:, :-2, 3:] = batch[:, 2:, :-3]
+    torch.testing.assert_close(got * 255, as_tensor(expected).float(), atol=1e-3, rtol=0)
+
+
+def test_device_batches_are_the_per_image_ops_in_the_served_order():
+    """The batched gather and ops give what each image, augmented alone with its own draws,
+    gives: the same batches for the same seed, whichever way (or device) they are made."""
+    batch, targets = images(10), torch.arange(10)
+    augment = BatchAugment(EVERYTHING, *MEAN_STD)
+    served = list(DeviceBatches(as_tensor(batch), targets, augment, batch_size=4, seed=7))
+    assert len(served) == 2 and all(len(b[0]) == 4 for b in served)  # the last partial batch dropped
+    generator = torch.Generator().manual_seed(7)
+    order = torch.randperm(10, generator=generator)
+    draws = augment.draw(10, generator)
+    alone = [
+        augment.apply(as_tensor(batch[[int(r)]]), draws.rows(torch.tensor([i]), torch.device("cpu")))
+        for i, r in enumerate(order[:8])
+    ]
+    torch.testing.assert_close(torch.cat([b[0] for b in served]), torch.cat(alone), atol=1e-6, rtol=0)
+    assert torch.equal(torch.cat([b[1] for b in served]), order[:8])
+    again = list(DeviceBatches(as_tensor(batch), targets, augment, batch_size=4, seed=7))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(served, again, strict=True))
+    other = next(iter(DeviceBatches(as_tensor(batch), targets, augment, batch_size=4, seed=8)))
+    assert not torch.equal(other[0], served[0][0])
+
+
+def test_draws_follow_the_probabilities():
+    augment = BatchAugment(Aug(hflip=0.5, rotate=10, p=0.3), *MEAN_STD)
+    draws = augment.draw(4000, torch.Generator().manual_seed(0))
+    flipped = draws.theta[:, 0, 0] < 0
+    warped = (draws.theta[:, 0, 1].abs() > 1e-6) | ~torch.isclose(draws.theta[:, 0, 0].abs(), torch.tensor(1.0))
+    assert abs(flipped.float().mean() - 0.5) < 0.03 and abs(warped.float().mean() - 0.3) < 0.03
+    assert torch.equal(draws.holes, torch.zeros(4000, 1, 4))  # no cutout asked for
+
+
+def test_what_it_cannot_do_is_named():
+    with pytest.raises(PipelineError, match=r"aug\.blur=3.*aug\.noise=0\.1"):
+        BatchAugment(Aug(blur=3, noise=0.1, rotate=5), *MEAN_STD)
+    cpu = torch.device("cpu")
+    with pytest.raises(PipelineError, match=r"device_aug=on cannot be used with keypoint targets; set"):
+        batch_aug.should_use("on", Aug(), "keypoints", cpu, 10, 1, 16)
+    assert not batch_aug.should_use("auto", Aug(), "classification", cpu, 10, 1, 16)  # auto: GPUs only
+    assert batch_aug.should_use("on", Aug(), "classification", cpu, 10, 1, 16)
+
+
+def test_training_with_device_aug_on_the_cpu(digits_dir, tmp_path, monkeypatch, capsys):
+    data = {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}
+    cv = run(tiny(data, epochs=2, full_fit=False, device_aug="on"), tmp_path, monkeypatch)  # 28px digits, 32px input
+    assert "training images resident on cpu, augmented there" in capsys.readouterr().out
+    assert np.isfinite(cv["score"])

@@ -1,0 +1,91 @@
+"""Several processes for training, on the CPU: DDP over gloo under torchrun, and a fold per process."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run, tiny
+
+from pipeline import distributed, folds, launch, train
+from pipeline.errors import PipelineError
+from pipeline.files import write_text
+
+TOLERANCE = 0.05  # DDP on 2 processes vs 1: each rank's BatchNorm sees half the batch (no SyncBN on CPU)
+
+
+@pytest.fixture
+def blobs_dir(tmp_path):
+    """A learnable pixel_columns competition: 32x32 noise with a bright square whose corner is the class."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 3
+    images = rng.integers(0, 80, (96, 32, 32))
+    for i, label in enumerate(labels):
+        y, x = [(2, 2), (2, 20), (20, 11)][label]
+        images[i, y : y + 10, x : x + 10] = 255
+    frame = pd.DataFrame(images.reshape(96, -1), columns=[f"pixel{i}" for i in range(1024)])
+    frame.insert(0, "label", labels)
+    folder = tmp_path / "blobs"
+    folder.mkdir()
+    frame.to_csv(folder / "train.csv", index=False)
+    frame.drop(columns="label").head(6).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+def blobs_config(blobs_dir, **train_keys):
+    data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
+    return tiny(data, epochs=4, full_fit=True, device="cpu", **train_keys)
+
+
+def one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, mode: str) -> tuple[dict, dict, str]:
+    """The CV of one process, then of `make train GPUS=0,1` with train.distributed=mode, and what it printed."""
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+    single = run(blobs_config(blobs_dir), tmp_path / "one", monkeypatch)
+    monkeypatch.chdir(tmp_path / "two")
+    cfg = blobs_config(blobs_dir, distributed=mode)
+    folds.run(cfg)
+    capfd.readouterr()
+    train.run(cfg, gpus="0,1")
+    return single, json.loads((tmp_path / "two/runs/tiny/cv.json").read_text()), capfd.readouterr().out
+
+
+def test_ddp_on_two_processes_matches_one_process(blobs_dir, tmp_path, monkeypatch, capfd):
+    single, ddp, out = one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, "ddp")
+    assert "train on GPUs 0,1: ddp" in out
+    assert abs(ddp["score"] - single["score"]) <= TOLERANCE, (ddp["score"], single["score"])
+    assert out.count("fold 0 epoch 4 ") == 1  # rank 1 printed nothing
+    metrics = pd.read_csv(tmp_path / "two/runs/tiny/fold0/metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2, 3, 4]
+    assert (tmp_path / "two/runs/tiny/full/model.pt").exists()
+    assert not list((tmp_path / "two/runs").rglob("*.tmp"))
+
+
+def test_a_fold_per_process_gives_the_sequential_cv(blobs_dir, tmp_path, monkeypatch, capfd):
+    single, parallel, out = one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, "folds")
+    assert "train on GPUs 0,1: folds" in out
+    assert parallel["folds"] == pytest.approx(single["folds"], abs=1e-6)
+    assert parallel["best_epochs"] == single["best_epochs"]
+
+
+def test_only_rank_0_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    write_text(tmp_path / "cv.json", "{}")
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("RANK", "0")
+    write_text(tmp_path / "cv.json", "{}")
+    assert (tmp_path / "cv.json").read_text() == "{}"
+
+
+def test_the_launch_mode_follows_the_dataset():
+    assert launch.choose("auto", 5_000, 4) == "folds" and launch.choose("auto", 50_000, 4) == "ddp"
+    assert launch.choose("ddp", 5_000, 4) == "ddp" and launch.choose("ddp", 50_000, 1) == "folds"
+    with pytest.raises(PipelineError, match=r"GPUS='0,x'"):
+        launch.parse_gpus("0,x")
+
+
+def test_the_global_batch_must_divide_among_the_ranks(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert distributed.rank_batch(66) == 22
+    with pytest.raises(PipelineError, match=r"train.batch_size=64 is the global batch .* among 3 processes"):
+        distributed.rank_batch(64)
