@@ -11,7 +11,7 @@ ColorJitter(brightness=.05), ToTensor, Normalize; ours: brightness 0.05, resize 
 Targets: ours at least 3x the peer on cached data, and on the digits at least 2x the demo
 model's training images/s (`test_resnet`, batch 64), so the loader is never the bottleneck.
 
-    python benchmarks/loader_speed.py [--images 4000] [--rounds 3] [--workers N] [--tiny]
+    python benchmarks/loader_speed.py [--images 2000] [--rounds 3] [--workers N] [--tiny]
 """
 
 import argparse
@@ -137,7 +137,7 @@ def compare(kind: str, n: int, rounds: int, workers: int, scratch: Path) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--tiny", action="store_true", help="a few batches, for the test suite")

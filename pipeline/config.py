@@ -179,6 +179,7 @@ class Train(Section):
     device_aug: Literal["auto", "on", "off"] = "auto"  # batches made on the GPU from resident images
     distributed: Literal["auto", "ddp", "folds"] = "auto"  # with several GPUs; auto: by dataset size
     sync_bn: bool = False  # DDP: batch statistics over all ranks' shares of the batch
+    compile: bool = False  # torch.compile the model that trains (pays off on GPUs after its warm-up)
     workers: Annotated[int, Field(ge=0)] | None = None  # None: chosen from the cores
     seed: int = 0
     full_fit: bool = True  # after the folds, train on all rows

@@ -101,18 +101,20 @@ def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
     optimizer = engine.create_optimizer(groups, cfg)
     normalisation = transforms.normalisation(model.pretrained_cfg, setup.channels)
     batches = _train_batches(setup, train_set, normalisation, device, workers)
-    return Parts(device, model, wrap(model, device), frozen, optimizer, train_set, valid_set, workers, batches)
+    trained = wrap(model, device, cfg.compile)
+    return Parts(device, model, trained, frozen, optimizer, train_set, valid_set, workers, batches)
 
 
-def wrap(model: torch.nn.Module, device: engine.Device) -> torch.nn.Module:
-    """The model in DistributedDataParallel under torchrun, else itself. Wrap again after
-    unfreezing: DDP registers the parameters that need gradients when it is built."""
-    if distributed.world_size() == 1:
-        return model
-    distributed.init(device.device)
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.device.index] if device.device.type == "cuda" else None
-    )
+def wrap(model: torch.nn.Module, device: engine.Device, compiled: bool) -> torch.nn.Module:
+    """What trains: the model, in DistributedDataParallel under torchrun, then torch.compile'd
+    when asked (DDP first, as PyTorch advises). Wrap again after unfreezing: DDP registers the
+    parameters that need gradients when it is built."""
+    trained = model
+    if distributed.world_size() > 1:
+        distributed.init(device.device)
+        device_ids = [device.device.index] if device.device.type == "cuda" else None
+        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(trained) if compiled else trained
 
 
 def _train_batches(setup: Setup, train_set: ImageDataset, mean_std: tuple, device: engine.Device, workers: int):
@@ -157,7 +159,7 @@ def fit(
     for epoch in range(len(history) + 1, epochs + 1):
         if setup.cfg.model.unfreeze_epoch and epoch >= setup.cfg.model.unfreeze_epoch and frozen.params:
             frozen.unfreeze()
-            trained = wrap(model, device)
+            trained = wrap(model, device, cfg.compile)
         engine.seed_everything(cfg.seed * 1_000_003 + epoch)
         loader = parts.train_batches(cfg.seed * 1_000_003 + epoch)
         row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}

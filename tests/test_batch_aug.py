@@ -95,3 +95,22 @@ def test_training_with_device_aug_on_the_cpu(digits_dir, tmp_path, monkeypatch, 
     cv = run(tiny(data, epochs=2, full_fit=False, device_aug="on"), tmp_path, monkeypatch)  # 28px digits, 32px input
     assert "training images resident on cpu, augmented there" in capsys.readouterr().out
     assert np.isfinite(cv["score"])
+
+
+def test_two_ranks_share_out_the_same_epoch(monkeypatch):
+    """Under DDP each rank serves every other image of the one-process order, with the same
+    draws, in its half of each batch."""
+    batch, targets = as_tensor(images(16)), torch.arange(16)
+    augment = BatchAugment(EVERYTHING, *MEAN_STD)
+    whole = list(DeviceBatches(batch, targets, augment, batch_size=8, seed=3))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ranks = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        ranks.append(list(DeviceBatches(batch, targets, augment, batch_size=8, seed=3)))
+    served = torch.cat([b[1] for b in whole])
+    assert all(len(b[0]) == 4 for r in ranks for b in r) and len(ranks[0]) == len(whole) == 2
+    for rank, batches in enumerate(ranks):
+        assert torch.equal(torch.cat([b[1] for b in batches]), served[rank::2])
+        images_served = torch.cat([b[0] for b in whole])[rank::2]
+        torch.testing.assert_close(torch.cat([b[0] for b in batches]), images_served, atol=1e-6, rtol=0)

@@ -1,11 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import KEYPOINTS, run, tiny
 
+from pipeline import engine, folds, train
 from pipeline import fit as fit_module
-from pipeline import folds, train
+from pipeline.paths import Paths
 
 
 def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monkeypatch):
@@ -134,3 +136,14 @@ def test_scraped_rows_train_but_never_validate(digits_dir, tmp_path, monkeypatch
     assert (fold_table["fold"] == -1).sum() == 4
     oof = pd.concat([pd.read_csv(tmp_path / f"runs/tiny/fold{k}/oof.csv") for k in (0, 1)])
     assert len(oof) == 36 and not oof["id"].astype(str).str.startswith("extra/").any()
+
+
+def test_compile_wraps_the_model_that_trains(digits_dir, tmp_path, monkeypatch):
+    """torch.compile'd for training; saved, validated and averaged (EMA) unwrapped."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, compile=True)
+    folds.run(cfg)
+    setup, _ = train.prepare(cfg, Paths.of(cfg))
+    parts = fit_module.assemble(setup, np.arange(20), np.arange(20, 36))
+    assert isinstance(parts.trained, torch._dynamo.eval_frame.OptimizedModule)
+    assert engine.unwrap(parts.trained) is parts.model
