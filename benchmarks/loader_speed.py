@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from pipeline import transforms
+from pipeline import batch_aug, transforms
 from pipeline.config import Aug
 from pipeline.images import FileSource, open_images
 from pipeline.loader import ImageDataset, create_loader, default_workers
@@ -123,16 +123,30 @@ def demo_model_rate(rounds: int) -> float:
     return statistics.median(pipeline_loop(model, data, state, device) for _ in range(rounds))
 
 
-def compare(kind: str, n: int, rounds: int, workers: int, scratch: Path) -> tuple[float, float]:
+def batched_loader(paths, labels, kind: str, cache: Path):
+    """train.device_aug=on, here on the CPU: the cached images resident at the model's size once,
+    each batch gathered and augmented in a few batched ops (pipeline.batch_aug)."""
+    _, channels, size, aug, _, (mean, std), _ = KINDS[kind]
+    images = open_images(FileSource(tuple(paths), channels), cache, policy="always")
+    resident = batch_aug.resident_images(images, np.arange(len(paths)), size, torch.device("cpu"))
+    augment, targets = batch_aug.BatchAugment(aug, mean, std), torch.as_tensor(labels)
+    return lambda epoch: batch_aug.DeviceBatches(resident, targets, augment, BATCH, epoch)
+
+
+def compare(kind: str, n: int, rounds: int, workers: int, scratch: Path) -> dict[str, float]:
+    """Median images/s of each loader over alternating epochs."""
     root = scratch / kind
     paths, labels = KINDS[kind][0](root, n)
-    ours = pipeline_loader(paths, labels, kind, scratch / "cache", workers)
-    theirs = peer_loader(root, kind, workers)
-    rates = {"ours": [], "peer": []}
+    loaders = {
+        "peer": peer_loader(root, kind, workers),
+        "per-image": pipeline_loader(paths, labels, kind, scratch / "cache", workers),
+        "batched": batched_loader(paths, labels, kind, scratch / "cache"),
+    }
+    rates = {name: [] for name in loaders}
     for epoch in range(rounds):
-        rates["peer"].append(epoch_rate(theirs(epoch)))
-        rates["ours"].append(epoch_rate(ours(epoch)))
-    return statistics.median(rates["peer"]), statistics.median(rates["ours"])
+        for name, loader in loaders.items():
+            rates[name].append(epoch_rate(loader(epoch)))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def main() -> None:
@@ -147,18 +161,24 @@ def main() -> None:
     torch.manual_seed(0)
     model_rate = demo_model_rate(args.rounds)
     print(
-        "| machine | images | workers | ImageFolder + PIL img/s | pipeline loader img/s | ratio (target >= 3) "
-        "| demo model training img/s | loader / model (target >= 2) |"
+        "| machine | images | workers | ImageFolder + PIL img/s | pipeline per-image img/s | ratio (target >= 3) "
+        "| pipeline batched img/s (device_aug=on) | ratio | demo model training img/s "
+        "| per-image / model, batched / model (target >= 2) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         for kind in KINDS:
-            peer, ours = compare(kind, args.images, args.rounds, args.workers, Path(scratch))
+            rate = compare(kind, args.images, args.rounds, args.workers, Path(scratch))
             _, channels, size, *_ = KINDS[kind]
-            versus_model = f"{model_rate:.0f} | {ours / model_rate:.1f}" if kind == "digits" else " | "
+            versus_model = (
+                f"{model_rate:.0f} | {rate['per-image'] / model_rate:.1f}, {rate['batched'] / model_rate:.1f}"
+                if kind == "digits"
+                else " | "
+            )
             print(
                 f"| {machine()} | {args.images} {kind}, {size}x{size}x{channels} input | {args.workers} "
-                f"| {peer:.0f} | {ours:.0f} | {ours / peer:.1f} | {versus_model} |"
+                f"| {rate['peer']:.0f} | {rate['per-image']:.0f} | {rate['per-image'] / rate['peer']:.1f} "
+                f"| {rate['batched']:.0f} | {rate['batched'] / rate['peer']:.1f} | {versus_model} |"
             )
 
 
