@@ -105,7 +105,9 @@ class BatchAugment:
             x = (x * draws.contrast.view(-1, 1, 1, 1) + draws.brightness.view(-1, 1, 1, 1)).clamp_(0, 1)
         if self.aug.cutout:
             x = x * ~_hole_mask(draws.holes, x.shape[-1])[:, None]
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once, not copied to the device every batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
 
 def _inverse_affine(
