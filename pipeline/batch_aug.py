@@ -137,29 +137,40 @@ def _hole_mask(holes: torch.Tensor, side: int) -> torch.Tensor:
 
 class DeviceBatches:
     """One epoch of shuffled, augmented batches from images held on the device: yields what a
-    DataLoader over ImageDataset yields, (images, targets, sizes), the last partial batch dropped."""
+    DataLoader over ImageDataset yields, (images, targets, sizes), the last partial batch dropped.
+    `rows`: which of `images` each item is (default: all of them, in order), so the resident
+    images are shared by every fold's and every trial's batches."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, augment: BatchAugment, batch_size: int, seed: int):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        augment: BatchAugment,
+        batch_size: int,
+        seed: int,
+        rows: torch.Tensor | None = None,
+    ):
         self.images, self.targets, self.augment = images, targets, augment
+        self.rows = torch.arange(len(images), device=images.device) if rows is None else rows
         self.batch_size, self.seed = batch_size, seed
         self.sizes = torch.tensor(images.shape[-2:], dtype=torch.float32).expand(batch_size, 2)
 
     def __len__(self) -> int:
-        """Under torchrun: this rank's share of the rows, in its share of each batch."""
-        per_rank = len(self.images) // distributed.world_size()
+        """Under torchrun: this rank's share of the items, in its share of each batch."""
+        per_rank = len(self.rows) // distributed.world_size()
         return max(1, per_rank // distributed.rank_batch(self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(self.images), generator=generator)
-        draws = self.augment.draw(len(order), generator)  # row i: the draws of the i-th image served
+        order = torch.randperm(len(self.rows), generator=generator)
+        draws = self.augment.draw(len(order), generator)  # row i: the draws of the i-th item served
         mine = torch.from_numpy(distributed.shard(np.arange(len(order))))  # positions this rank serves
         batch, device = distributed.rank_batch(self.batch_size), self.images.device
         for start in range(0, len(self) * batch, batch):
             position = mine[start : start + batch]
-            rows = order[position].to(device, non_blocking=True)
-            images = self.augment.apply(self.images[rows], draws.rows(position, device))
-            yield images, self.targets[rows], self.sizes[: len(rows)]
+            items = order[position].to(device, non_blocking=True)
+            images = self.augment.apply(self.images[self.rows[items]], draws.rows(position, device))
+            yield images, self.targets[items], self.sizes[: len(items)]
 
 
 def resident_images(images: Sequence, rows: np.ndarray, side: int, device: torch.device) -> torch.Tensor:

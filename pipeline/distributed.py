@@ -75,13 +75,14 @@ def mean(value: float, weight: float = 1.0) -> float:
     return float((values * weights).sum() / weights.sum())
 
 
-def rank_batch(batch_size: int) -> int:
-    """This rank's share of the global batch."""
-    if batch_size % world_size():
+def rank_batch(batch_size: int, ranks: int | None = None) -> int:
+    """Each rank's share of the global batch, among `ranks` (default: this run's world size)."""
+    ranks = ranks or world_size()
+    if batch_size % ranks:
         raise PipelineError(
-            f"train.batch_size={batch_size} is the global batch and must divide evenly among {world_size()} processes"
+            f"train.batch_size={batch_size} is the global batch and must divide evenly among {ranks} processes"
         )
-    return batch_size // world_size()
+    return batch_size // ranks
 
 
 def shard(rows: np.ndarray) -> np.ndarray:

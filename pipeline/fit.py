@@ -4,7 +4,7 @@ after every epoch so that a killed run continues where it stopped."""
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ class Setup:
     targets: np.ndarray  # encoded target of every folds.csv row
     channels: int
     image_size: int  # side of the square model input
+    # (device, side) -> every image as uint8 on that device (train.device_aug), made on first use
+    resident: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -120,14 +122,17 @@ def wrap(model: torch.nn.Module, device: engine.Device, compiled: bool) -> torch
 def _train_batches(setup: Setup, train_set: ImageDataset, mean_std: tuple, device: engine.Device, workers: int):
     """Batches made on the device from resident images when train.device_aug says so, else a
     DataLoader over the per-image path."""
-    cfg, n, side = setup.cfg, len(train_set), setup.image_size
+    cfg, n, side = setup.cfg, len(setup.images), setup.image_size
     on_cuda = device.device.type == "cuda"
     if batch_aug.should_use(cfg.train.device_aug, cfg.aug, setup.task.kind, device.device, n, setup.channels, side):
-        images = batch_aug.resident_images(setup.images, train_set.rows, side, device.device)
+        key = (str(device.device), side)
+        if key not in setup.resident:  # once per stage, shared by its folds and trials
+            setup.resident[key] = batch_aug.resident_images(setup.images, np.arange(n), side, device.device)
+            print(f"device_aug: {n} images resident on {device.device}, augmented there")
+        images, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device.device)
         targets = torch.as_tensor(train_set.targets).to(device.device)
         augment = batch_aug.BatchAugment(cfg.aug, *mean_std)
-        print(f"device_aug: {n} training images resident on {device.device}, augmented there")
-        return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed)
+        return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed, rows)
     return lambda seed: create_loader(train_set, cfg.train.batch_size, True, workers, seed, on_cuda)
 
 

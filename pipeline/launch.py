@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline import config as C
+from pipeline import distributed
 from pipeline.distributed import worker_env
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
@@ -37,6 +38,7 @@ def run(cfg: C.Config, gpus: str) -> None:
     C.save_resolved(cfg, resolved)
     print(f"train on GPUs {','.join(ids)}: {mode}")
     if mode == "ddp":
+        distributed.rank_batch(cfg.train.batch_size, len(ids))  # here, not as a traceback from every rank
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}"]
         _check(
             subprocess.run([*torchrun, "-m", "pipeline", "train", "-c", str(resolved)], env=worker_env(ids, len(ids)))

@@ -89,3 +89,11 @@ def test_the_global_batch_must_divide_among_the_ranks(monkeypatch):
     assert distributed.rank_batch(66) == 22
     with pytest.raises(PipelineError, match=r"train.batch_size=64 is the global batch .* among 3 processes"):
         distributed.rank_batch(64)
+
+
+def test_ddp_refuses_a_batch_that_does_not_divide_before_starting(blobs_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = blobs_config(blobs_dir, distributed="ddp")
+    folds.run(cfg)
+    with pytest.raises(PipelineError, match=r"train.batch_size=8 is the global batch .* among 3 processes"):
+        train.run(cfg, gpus="0,1,2")
