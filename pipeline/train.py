@@ -140,19 +140,23 @@ def fit_once(
 ) -> FitResult:
     """fit(), unless `out` already holds a finished fit of this config."""
     done = out / "result.json"
-    if done.exists():
-        result = FitResult.load(done)
-        if result.fingerprint == fingerprint:
-            print(f"{name}: finished before ({setup.task.metric} {result.score:.5f}), skipped")
-            return result
+    before = FitResult.load(done) if done.exists() else None
+    distributed.barrier()  # under torchrun: every rank has read it before rank 0 may remove it
+    if before is not None:
+        if before.fingerprint == fingerprint:
+            print(f"{name}: finished before ({setup.task.metric} {before.score:.5f}), skipped")
+            return before
         print(f"{name}: the config changed since it was trained; training it again")
-        shutil.rmtree(out)
+        if distributed.is_main():
+            shutil.rmtree(out)
+        distributed.barrier()  # removed before any rank looks for a checkpoint to resume
     result = fit(setup, train_rows, valid_rows, out, epochs, fingerprint, name)
-    distributed.barrier()  # under torchrun: rank 0's files are written before any rank reads them
+    distributed.barrier()  # rank 0's files are written before any rank reads them
     if after is not None:
         after()
     result.save(done)  # the fold counts as finished only now
-    (out / "last.pt").unlink(missing_ok=True)
+    if distributed.is_main():
+        (out / "last.pt").unlink(missing_ok=True)
     return result
 
 

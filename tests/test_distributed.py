@@ -34,7 +34,7 @@ def blobs_dir(tmp_path):
 
 def blobs_config(blobs_dir, **train_keys):
     data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
-    return tiny(data, epochs=4, full_fit=True, device="cpu", **train_keys)
+    return tiny(data, **{"epochs": 4, "full_fit": True, "device": "cpu", **train_keys})
 
 
 def one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, mode: str) -> tuple[dict, dict, str]:
@@ -59,6 +59,9 @@ def test_ddp_on_two_processes_matches_one_process(blobs_dir, tmp_path, monkeypat
     assert list(metrics["epoch"]) == [1, 2, 3, 4]
     assert (tmp_path / "two/runs/tiny/full/model.pt").exists()
     assert not list((tmp_path / "two/runs").rglob("*.tmp"))
+    changed = blobs_config(blobs_dir, distributed="ddp", epochs=2)  # every fold stale: rank 0 alone removes it
+    train.run(changed, gpus="0,1")
+    assert list(pd.read_csv(tmp_path / "two/runs/tiny/fold1/metrics.csv")["epoch"]) == [1, 2]
 
 
 def test_a_fold_per_process_gives_the_sequential_cv(blobs_dir, tmp_path, monkeypatch, capfd):
