@@ -176,7 +176,7 @@ class Train(Section):
     device: str = "auto"  # auto: cuda when available
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: on cuda, bf16 where supported, else fp16
     channels_last: bool = True  # on cuda
-    device_aug: Literal["auto", "on", "off"] = "auto"  # batches made on the GPU from resident images
+    device_aug: Literal["auto", "on", "off"] = "auto"  # batches made on the device from resident images
     distributed: Literal["auto", "ddp", "folds"] = "auto"  # with several GPUs; auto: by dataset size
     sync_bn: bool = False  # DDP: batch statistics over all ranks' shares of the batch
     compile: bool = False  # torch.compile the model that trains (pays off on GPUs after its warm-up)

@@ -61,7 +61,7 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
 def datasets(setup: Setup, model: torch.nn.Module, train_rows: np.ndarray, valid_rows: np.ndarray | None):
     cfg, keypoints = setup.cfg, setup.task.kind == "keypoints"
     size = setup.image_size
-    finish = transforms.finish(size, *transforms.normalisation(model.pretrained_cfg, setup.channels))
+    finish = transforms.finish(size)
     swap = None
     if keypoints:
         swap = transforms.flip_permutation(transforms.point_names(setup.task.columns), cfg.aug.flip_pairs)
@@ -88,6 +88,7 @@ class Parts:
     train_set: ImageDataset
     valid_set: ImageDataset | None
     workers: int
+    normalise: transforms.Normalise
     train_batches: Callable[[int], Iterable]  # an epoch's seed -> its training batches
 
 
@@ -101,10 +102,10 @@ def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
     groups = models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult)
     workers = default_workers() if cfg.workers is None else cfg.workers
     optimizer = engine.create_optimizer(groups, cfg)
-    normalisation = transforms.normalisation(model.pretrained_cfg, setup.channels)
-    batches = _train_batches(setup, train_set, normalisation, device, workers)
+    normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, setup.channels))
+    batches = _train_batches(setup, train_set, normalise, device, workers)
     trained = wrap(model, device, cfg.compile)
-    return Parts(device, model, trained, frozen, optimizer, train_set, valid_set, workers, batches)
+    return Parts(device, model, trained, frozen, optimizer, train_set, valid_set, workers, normalise, batches)
 
 
 def wrap(model: torch.nn.Module, device: engine.Device, compiled: bool) -> torch.nn.Module:
@@ -119,11 +120,12 @@ def wrap(model: torch.nn.Module, device: engine.Device, compiled: bool) -> torch
     return torch.compile(trained) if compiled else trained
 
 
-def _train_batches(setup: Setup, train_set: ImageDataset, mean_std: tuple, device: engine.Device, workers: int):
+def _train_batches(
+    setup: Setup, train_set: ImageDataset, normalise: transforms.Normalise, device: engine.Device, workers: int
+):
     """Batches made on the device from resident images when train.device_aug says so, else a
     DataLoader over the per-image path."""
     cfg, n, side = setup.cfg, len(setup.images), setup.image_size
-    on_cuda = device.device.type == "cuda"
     if batch_aug.should_use(cfg.train.device_aug, cfg.aug, setup.task.kind, device.device, n, setup.channels, side):
         key = (str(device.device), side)
         if key not in setup.resident:  # once per stage, shared by its folds and trials
@@ -131,9 +133,9 @@ def _train_batches(setup: Setup, train_set: ImageDataset, mean_std: tuple, devic
             print(f"device_aug: {n} images resident on {device.device}, augmented there")
         images, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device.device)
         targets = torch.as_tensor(train_set.targets).to(device.device)
-        augment = batch_aug.BatchAugment(cfg.aug, *mean_std)
+        augment = batch_aug.BatchAugment(cfg.aug, normalise)
         return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed, rows)
-    return lambda seed: create_loader(train_set, cfg.train.batch_size, True, workers, seed, on_cuda)
+    return lambda seed: create_loader(train_set, cfg.train.batch_size, True, workers, seed, device, normalise)
 
 
 def fit(
@@ -150,7 +152,7 @@ def fit(
     (tuning reports it to Optuna's pruner, which may stop the fit by raising)."""
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
-    device, model, frozen, workers, trained = parts.device, parts.model, parts.frozen, parts.workers, parts.trained
+    device, model, frozen, trained = parts.device, parts.model, parts.frozen, parts.trained
     steps_per_epoch = math.ceil(len(parts.train_batches(cfg.seed)) / cfg.accumulate)
     state = engine.Step(
         parts.optimizer,
@@ -170,7 +172,7 @@ def fit(
         row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
         evaluated = state.ema.module if state.ema is not None else model
         if parts.valid_set is not None:
-            row, best = _validate(evaluated, parts.valid_set, setup, device, workers, row, best, out)
+            row, best = _validate(evaluated, parts, setup, row, best, out)
         else:
             _save_model(evaluated, setup, out / "model.pt")
             best = {"epoch": epoch, "score": float("nan")}
@@ -192,11 +194,11 @@ def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
     return {**row, "train_loss": distributed.mean(row["train_loss"]), "images_per_s": row["images_per_s"] * ranks}
 
 
-def _validate(model, valid_set, setup: Setup, device, workers, row: dict, best: dict, out: Path):
-    cfg, task = setup.cfg.train, setup.task
-    loader = create_loader(valid_set, cfg.batch_size * 2, False, workers, cfg.seed, device.device.type == "cuda")
+def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict, out: Path):
+    cfg, task, device = setup.cfg.train, setup.task, parts.device
+    loader = create_loader(parts.valid_set, cfg.batch_size * 2, False, parts.workers, cfg.seed, device, parts.normalise)
     result = engine.evaluate(model, loader, task, device)
-    result["loss"] = distributed.mean(result["loss"], weight=len(valid_set))
+    result["loss"] = distributed.mean(result["loss"], weight=len(parts.valid_set))
     for key in ("predictions", "targets", "sizes"):
         result[key] = distributed.unshard(result[key])
     if not math.isfinite(result["loss"]):

@@ -1,7 +1,7 @@
-"""Datasets over the uint8 image store and the DataLoader factory."""
+"""Datasets over the uint8 image store and the loader factory."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import albumentations as A
 import numpy as np
@@ -27,7 +27,7 @@ class ConcatImages(Sequence):
 
 
 class ImageDataset(Dataset):
-    """Rows of an image store with their targets, augmented then finished to model input.
+    """Rows of an image store with their targets, augmented then finished to a uint8 tensor.
 
     Keypoint targets (N, K*2) in pixels leave as (K*2,) in [-1, 1] of the augmented image,
     NaN where missing. Each item also returns the original (height, width) for metrics.
@@ -56,7 +56,8 @@ class ImageDataset(Dataset):
             image, target = self._move_points(image, target)
         elif self.augment is not None:
             image = self.augment(image=image)["image"]
-        return self.finish(image=image)["image"], torch.as_tensor(target), size
+        image = self.finish(image=image)["image"]  # may be the store's read-only array: torch.tensor copies
+        return torch.tensor(image.transpose(2, 0, 1)), torch.as_tensor(target), size
 
     def _move_points(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         points = target.reshape(-1, 2)
@@ -88,10 +89,32 @@ def default_workers() -> int:
     return 0 if cores <= 2 else min(8, cores - 1)
 
 
+class DeviceLoader:
+    """A DataLoader's uint8 batches moved to the device (from pinned memory, non-blocking) and
+    normalised there; targets and sizes stay where the DataLoader made them."""
+
+    def __init__(self, loader: DataLoader, device, normalise: Callable[[torch.Tensor], torch.Tensor]):
+        self.loader, self.device, self.normalise = loader, device, normalise
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for images, targets, sizes in self.loader:
+            yield self.normalise(self.device.images(images)), targets, sizes
+
+
 def create_loader(
-    dataset: ImageDataset, batch_size: int, train: bool, workers: int, seed: int, pin_memory: bool = False
-) -> DataLoader:
-    """Under torchrun a training loader serves this rank's share of the rows and of the batch."""
+    dataset: ImageDataset,
+    batch_size: int,
+    train: bool,
+    workers: int,
+    seed: int,
+    device,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+) -> DeviceLoader:
+    """Batches of `dataset` on `device` (an engine.Device), normalised. Under torchrun a
+    training loader serves this rank's share of the rows and of the batch."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     dataset.reseed(seed + distributed.rank())
@@ -99,15 +122,16 @@ def create_loader(
     if train and distributed.world_size() > 1:
         sampler = DistributedSampler(dataset, distributed.world_size(), distributed.rank(), seed=seed, drop_last=True)
         batch_size = distributed.rank_batch(batch_size)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=train and sampler is None,
         sampler=sampler,
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,
-        pin_memory=pin_memory,
+        pin_memory=device.device.type == "cuda",
         generator=generator,
         worker_init_fn=_reseed_worker if workers else None,
         persistent_workers=False,
     )
+    return DeviceLoader(loader, device, normalise)

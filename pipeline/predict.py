@@ -132,13 +132,11 @@ def predict_test(cfg: Config, paths: Paths) -> tuple[pd.DataFrame, np.ndarray, o
     for path, weight in chosen_models(cfg, paths):
         model, meta = load_model(path, device)
         task = task_from_meta(meta)
-        finish = transforms.finish(
-            meta["image_size"], *transforms.normalisation(model.pretrained_cfg, meta["in_chans"])
-        )
-        dataset = ImageDataset(images, np.arange(len(images)), None, None, finish)
+        dataset = ImageDataset(images, np.arange(len(images)), None, None, transforms.finish(meta["image_size"]))
+        normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, meta["in_chans"]))
         batch_size = cfg.predict.batch_size or 2 * cfg.train.batch_size
         workers = default_workers() if cfg.train.workers is None else cfg.train.workers
-        loader = create_loader(dataset, batch_size, False, workers, 0, device.device.type == "cuda")
+        loader = create_loader(dataset, batch_size, False, workers, 0, device, normalise)
         swap = _swap(task, cfg)
         predictions, sizes = predict_images(model, task, loader, device, views(cfg.predict.tta), swap)
         total = total + weight * predictions

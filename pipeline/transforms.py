@@ -1,13 +1,14 @@
 """Albumentations pipelines built from `aug.*`, the one description that training and tuning share.
 
 Augmentations run on the uint8 image at its own size; keypoints move with it (never dropped:
-remove_invisible=False). Then `finish` resizes to the model's size and normalises with the
-backbone's mean and std.
+remove_invisible=False). Then `finish` resizes to the model's size, still uint8: batches cross
+from the workers and to the GPU at a quarter of float32's bytes, and `Normalise` maps them to
+the backbone's mean and std on the device, a batch at a time (as timm's prefetcher does).
 """
 
 import albumentations as A
 import numpy as np
-from albumentations.pytorch import ToTensorV2
+import torch
 
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
@@ -95,9 +96,25 @@ def compose(steps: list[A.BasicTransform], keypoints: bool, seed: int) -> A.Comp
     return A.Compose(steps, keypoint_params=params, seed=seed)
 
 
-def finish(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> A.Compose:
-    """uint8 (H, W, C) -> float (C, size, size), normalised."""
-    return A.Compose([A.Resize(size, size), A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+def finish(size: int) -> A.Compose:
+    """uint8 (H, W, C) -> uint8 (size, size, C)."""
+    return A.Compose([A.Resize(size, size)])
+
+
+class Normalise:
+    """(B, C, H, W) batches of 0-255 values -> float32 (x / 255 - mean) / std, on their device.
+    A float batch is normalised in place: its owner passes a temporary."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        std_ = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = 1 / (255 * std_)
+        self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images if images.is_floating_point() else images.float()
+        if self.scale.device != x.device:  # moved once, not copied to the device every batch
+            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
+        return x.mul_(self.scale).add_(self.shift)
 
 
 def normalisation(pretrained_cfg: dict, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -10,8 +10,9 @@ from pipeline import batch_aug, transforms
 from pipeline.batch_aug import BatchAugment, DeviceBatches, Draws
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
+from pipeline.loader import ImageDataset
 
-MEAN_STD = ((0.5,), (0.25,))
+NORMALISE = transforms.Normalise((0.5,), (0.25,))
 EVERYTHING = Aug(rotate=20, shift=0.1, scale=0.1, shear=5, hflip=0.5, brightness=0.2, contrast=0.2, cutout=0.3, p=0.8)
 
 
@@ -29,9 +30,10 @@ def as_tensor(batch: np.ndarray) -> torch.Tensor:
 )
 def test_exact_ops_match_the_per_image_albumentations_path(aug, same_as):
     batch = images()
-    finish = transforms.finish(16, *MEAN_STD)
-    expected = torch.stack([finish(image=same_as(image=i)["image"] if same_as else i)["image"] for i in batch])
-    augment = BatchAugment(aug, *MEAN_STD)
+    steps = transforms.compose([same_as] if same_as else [], False, 0)
+    per_image = ImageDataset(batch, np.arange(len(batch)), None, steps, transforms.finish(16))
+    expected = NORMALISE(torch.stack([per_image[i][0] for i in range(len(batch))]))
+    augment = BatchAugment(aug, NORMALISE)
     got = augment.apply(as_tensor(batch), augment.draw(len(batch), torch.Generator().manual_seed(0)))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # one grey level is 0.016 here
 
@@ -41,7 +43,7 @@ def test_a_whole_pixel_shift_moves_the_image_exactly():
     n, shift = len(batch), torch.tensor([[2 * 3 / 16, -2 * 2 / 16]] * 2)  # 3 px right, 2 px up
     no = torch.zeros(n)
     theta = batch_aug._inverse_affine(torch.zeros(n, 2, dtype=bool), no, no, torch.ones(n), shift)
-    got = BatchAugment(Aug(shift=0.2), (0.0,), (1.0,)).apply(
+    got = BatchAugment(Aug(shift=0.2), transforms.Normalise((0.0,), (1.0,))).apply(
         as_tensor(batch), Draws(theta, no + 1, no, no[:, None, None].expand(n, 1, 4))
     )
     expected = np.zeros_like(batch)
@@ -53,7 +55,7 @@ def test_device_batches_are_the_per_image_ops_in_the_served_order():
     """The batched gather and ops give what each image, augmented alone with its own draws,
     gives: the same batches for the same seed, whichever way (or device) they are made."""
     batch, targets = images(10), torch.arange(10)
-    augment = BatchAugment(EVERYTHING, *MEAN_STD)
+    augment = BatchAugment(EVERYTHING, NORMALISE)
     served = list(DeviceBatches(as_tensor(batch), targets, augment, batch_size=4, seed=7))
     assert len(served) == 2 and all(len(b[0]) == 4 for b in served)  # the last partial batch dropped
     generator = torch.Generator().manual_seed(7)
@@ -72,7 +74,7 @@ def test_device_batches_are_the_per_image_ops_in_the_served_order():
 
 
 def test_draws_follow_the_probabilities():
-    augment = BatchAugment(Aug(hflip=0.5, rotate=10, p=0.3), *MEAN_STD)
+    augment = BatchAugment(Aug(hflip=0.5, rotate=10, p=0.3), NORMALISE)
     draws = augment.draw(4000, torch.Generator().manual_seed(0))
     flipped = draws.theta[:, 0, 0] < 0
     warped = (draws.theta[:, 0, 1].abs() > 1e-6) | ~torch.isclose(draws.theta[:, 0, 0].abs(), torch.tensor(1.0))
@@ -82,12 +84,15 @@ def test_draws_follow_the_probabilities():
 
 def test_what_it_cannot_do_is_named():
     with pytest.raises(PipelineError, match=r"aug\.blur=3.*aug\.noise=0\.1"):
-        BatchAugment(Aug(blur=3, noise=0.1, rotate=5), *MEAN_STD)
+        BatchAugment(Aug(blur=3, noise=0.1, rotate=5), NORMALISE)
     cpu = torch.device("cpu")
     with pytest.raises(PipelineError, match=r"device_aug=on cannot be used with keypoint targets; set"):
         batch_aug.should_use("on", Aug(), "keypoints", cpu, 10, 1, 16)
-    assert not batch_aug.should_use("auto", Aug(), "classification", cpu, 10, 1, 16)  # auto: GPUs only
-    assert batch_aug.should_use("on", Aug(), "classification", cpu, 10, 1, 16)
+    with pytest.raises(PipelineError, match=r"with 10000000000 images of 1x16x16 \(more than 25% of cpu's memory\)"):
+        batch_aug.should_use("on", Aug(), "classification", cpu, 10**10, 1, 16)
+    assert not batch_aug.should_use("auto", Aug(), "classification", cpu, 10**10, 1, 16)
+    assert not batch_aug.should_use("auto", Aug(blur=3), "classification", cpu, 10, 1, 16)
+    assert batch_aug.should_use("auto", Aug(), "classification", cpu, 10, 1, 16)
 
 
 def test_training_with_device_aug_on_the_cpu(digits_dir, tmp_path, monkeypatch, capsys):
@@ -101,7 +106,7 @@ def test_two_ranks_share_out_the_same_epoch(monkeypatch):
     """Under DDP each rank serves every other image of the one-process order, with the same
     draws, in its half of each batch."""
     batch, targets = as_tensor(images(16)), torch.arange(16)
-    augment = BatchAugment(EVERYTHING, *MEAN_STD)
+    augment = BatchAugment(EVERYTHING, NORMALISE)
     whole = list(DeviceBatches(batch, targets, augment, batch_size=8, seed=3))
     monkeypatch.setenv("WORLD_SIZE", "2")
     ranks = []

@@ -30,7 +30,7 @@ def test_flip_moves_every_point_and_swaps_the_pairs():
 def test_flip_in_normalised_coordinates_is_negation():
     swap = transforms.flip_permutation(transforms.point_names(COLUMNS), "auto")
     augment = transforms.compose(transforms.augmentations(Aug(hflip=1.0), 1, 12, swap), keypoints=True, seed=0)
-    finish = transforms.finish(12, (0.5,), (0.5,))
+    finish = transforms.finish(12)
     target = np.array([[3.0, 2.0, np.nan, np.nan, 5.0, 6.0]], np.float32)  # the right eye is not labelled
     flipped = ImageDataset([np.zeros((8, 12, 1), np.uint8)], [0], target, augment, finish, keypoints=True)[0][1]
     plain = ImageDataset([np.zeros((8, 12, 1), np.uint8)], [0], target, None, finish, keypoints=True)[0][1]

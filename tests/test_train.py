@@ -43,8 +43,10 @@ def test_keypoints_with_missing_points(faces_dir, tmp_path, monkeypatch):
     assert {"rmse", "acc_0.1", "acc_0.01"} <= set(metrics)
 
 
-def test_killed_run_resumes_to_the_same_cv(digits_dir, tmp_path, monkeypatch):
-    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, epochs=2, full_fit=False)
+@pytest.mark.parametrize("device_aug", ["on", "off"])  # batched (auto's choice here), then per image
+def test_killed_run_resumes_to_the_same_cv(digits_dir, tmp_path, monkeypatch, device_aug):
+    data = {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}
+    cfg = tiny(data, epochs=2, full_fit=False, device_aug=device_aug)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     uninterrupted = run(cfg, tmp_path / "a", monkeypatch)
 
