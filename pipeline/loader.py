@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline import distributed
+from pipeline.engine import Device
 
 
 class ConcatImages(Sequence):
@@ -93,7 +94,7 @@ class DeviceLoader:
     """A DataLoader's uint8 batches moved to the device (from pinned memory, non-blocking) and
     normalised there; targets and sizes stay where the DataLoader made them."""
 
-    def __init__(self, loader: DataLoader, device, normalise: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, loader: DataLoader, device: Device, normalise: Callable[[torch.Tensor], torch.Tensor]):
         self.loader, self.device, self.normalise = loader, device, normalise
 
     def __len__(self) -> int:
@@ -110,10 +111,10 @@ def create_loader(
     train: bool,
     workers: int,
     seed: int,
-    device,
+    device: Device,
     normalise: Callable[[torch.Tensor], torch.Tensor],
 ) -> DeviceLoader:
-    """Batches of `dataset` on `device` (an engine.Device), normalised. Under torchrun a
+    """Batches of `dataset` on `device`, normalised. Under torchrun a
     training loader serves this rank's share of the rows and of the batch."""
     generator = torch.Generator()
     generator.manual_seed(seed)
