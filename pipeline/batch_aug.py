@@ -174,6 +174,32 @@ class DeviceBatches:
             yield images, self.targets[items], self.sizes[: len(items)]
 
 
+class ResidentBatches:
+    """Evaluation batches from the resident images: `rows` in order, unaugmented, normalised;
+    what a DataLoader over the per-image path yields for them, with no per-image work.
+    `sizes`: each row's original (height, width), for the metrics."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        rows: torch.Tensor,
+        targets: torch.Tensor,
+        sizes: torch.Tensor,
+        batch_size: int,
+        normalise: Normalise,
+    ):
+        self.images, self.rows, self.targets, self.sizes = images, rows, targets, sizes
+        self.batch_size, self.normalise = batch_size, normalise
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.rows), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            yield self.normalise(self.images[self.rows[part]]), self.targets[part], self.sizes[part]
+
+
 def resident_images(images: Sequence, rows: np.ndarray, side: int, device: torch.device) -> torch.Tensor:
     """The rows' uint8 images as one (N, C, side, side) tensor on `device`, resized as the
     per-image path resizes them."""

@@ -1,6 +1,7 @@
 """fit(): train one model for some epochs on some rows, validating on others, with a checkpoint
 after every epoch so that a killed run continues where it stopped."""
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -78,18 +79,16 @@ def datasets(setup: Setup, model: torch.nn.Module, train_rows: np.ndarray, valid
 
 @dataclass(frozen=True)
 class Parts:
-    """A fresh model on its device, its frozen stages, optimizer and datasets."""
+    """A fresh model on its device, its frozen stages, optimizer and batches."""
 
     device: engine.Device
     model: torch.nn.Module  # what is saved and validated
     trained: torch.nn.Module  # what trains: the model, or the model in DistributedDataParallel
     frozen: models.Frozen
     optimizer: torch.optim.Optimizer
-    train_set: ImageDataset
-    valid_set: ImageDataset | None
-    workers: int
-    normalise: transforms.Normalise
     train_batches: Callable[[int], Iterable]  # an epoch's seed -> its training batches
+    valid_batches: Callable[[], Iterable] | None  # this rank's validation rows, in order
+    n_valid: int  # this rank's validation rows
 
 
 def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None) -> Parts:
@@ -103,9 +102,10 @@ def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
     workers = default_workers() if cfg.workers is None else cfg.workers
     optimizer = engine.create_optimizer(groups, cfg)
     normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, setup.channels))
-    batches = _train_batches(setup, train_set, normalise, device, workers)
+    train, valid = _batches(setup, train_set, valid_set, normalise, device, workers)
     trained = wrap(model, device, cfg.compile)
-    return Parts(device, model, trained, frozen, optimizer, train_set, valid_set, workers, normalise, batches)
+    n_valid = 0 if valid_set is None else len(valid_set)
+    return Parts(device, model, trained, frozen, optimizer, train, valid, n_valid)
 
 
 def wrap(model: torch.nn.Module, device: engine.Device, compiled: bool) -> torch.nn.Module:
@@ -120,22 +120,57 @@ def wrap(model: torch.nn.Module, device: engine.Device, compiled: bool) -> torch
     return torch.compile(trained) if compiled else trained
 
 
-def _train_batches(
-    setup: Setup, train_set: ImageDataset, normalise: transforms.Normalise, device: engine.Device, workers: int
-):
-    """Batches made on the device from resident images when train.device_aug says so, else a
-    DataLoader over the per-image path."""
+Batches = tuple[Callable[[int], Iterable], Callable[[], Iterable] | None]  # (an epoch's seed -> training, validation)
+
+
+def _batches(
+    setup: Setup,
+    train_set: ImageDataset,
+    valid_set: ImageDataset | None,
+    normalise: transforms.Normalise,
+    device: engine.Device,
+    workers: int,
+) -> Batches:
+    """Made on the device from resident images when train.device_aug says so, else DataLoaders
+    over the per-image path."""
     cfg, n, side = setup.cfg, len(setup.images), setup.image_size
     if batch_aug.should_use(cfg.train.device_aug, cfg.aug, setup.task.kind, device.device, n, setup.channels, side):
-        key = (str(device.device), side)
-        if key not in setup.resident:  # once per stage, shared by its folds and trials
-            setup.resident[key] = batch_aug.resident_images(setup.images, np.arange(n), side, device.device)
-            print(f"device_aug: {n} images resident on {device.device}, augmented there")
-        images, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device.device)
-        targets = torch.as_tensor(train_set.targets).to(device.device)
-        augment = batch_aug.BatchAugment(cfg.aug, normalise)
-        return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed, rows)
-    return lambda seed: create_loader(train_set, cfg.train.batch_size, True, workers, seed, device, normalise)
+        return _resident_batches(setup, train_set, valid_set, normalise, device.device)
+    batch, seed = cfg.train.batch_size, cfg.train.seed
+    valid = None
+    if valid_set is not None:
+        valid = functools.partial(create_loader, valid_set, 2 * batch, False, workers, seed, device, normalise)
+    return lambda epoch_seed: create_loader(train_set, batch, True, workers, epoch_seed, device, normalise), valid
+
+
+def _resident_batches(
+    setup: Setup,
+    train_set: ImageDataset,
+    valid_set: ImageDataset | None,
+    normalise: transforms.Normalise,
+    device: torch.device,
+) -> Batches:
+    cfg, n, side = setup.cfg, len(setup.images), setup.image_size
+    key = (str(device), side)
+    if key not in setup.resident:  # once per stage, shared by its folds and trials
+        setup.resident[key] = batch_aug.resident_images(setup.images, np.arange(n), side, device)
+        print(f"device_aug: {n} images resident on {device}, augmented there")
+    images, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device)
+    targets = torch.as_tensor(train_set.targets).to(device)
+    augment = batch_aug.BatchAugment(cfg.aug, normalise)
+    valid = None
+    if valid_set is not None:
+        sizes = np.array([np.shape(setup.images[r])[:2] for r in valid_set.rows], dtype=np.float32)
+        valid = functools.partial(
+            batch_aug.ResidentBatches,
+            images,
+            torch.as_tensor(valid_set.rows).to(device),
+            torch.as_tensor(valid_set.targets),
+            torch.from_numpy(sizes),
+            2 * cfg.train.batch_size,
+            normalise,
+        )
+    return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed, rows), valid
 
 
 def fit(
@@ -171,7 +206,7 @@ def fit(
         loader = parts.train_batches(cfg.seed * 1_000_003 + epoch)
         row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
         evaluated = state.ema.module if state.ema is not None else model
-        if parts.valid_set is not None:
+        if parts.valid_batches is not None:
             row, best = _validate(evaluated, parts, setup, row, best, out)
         else:
             _save_model(evaluated, setup, out / "model.pt")
@@ -195,10 +230,9 @@ def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
 
 
 def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict, out: Path):
-    cfg, task, device = setup.cfg.train, setup.task, parts.device
-    loader = create_loader(parts.valid_set, cfg.batch_size * 2, False, parts.workers, cfg.seed, device, parts.normalise)
-    result = engine.evaluate(model, loader, task, device)
-    result["loss"] = distributed.mean(result["loss"], weight=len(parts.valid_set))
+    task = setup.task
+    result = engine.evaluate(model, parts.valid_batches(), task, parts.device)
+    result["loss"] = distributed.mean(result["loss"], weight=parts.n_valid)
     for key in ("predictions", "targets", "sizes"):
         result[key] = distributed.unshard(result[key])
     if not math.isfinite(result["loss"]):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import run, tiny
 
-from pipeline import batch_aug, transforms
-from pipeline.batch_aug import BatchAugment, DeviceBatches, Draws
+from pipeline import batch_aug, engine, transforms
+from pipeline.batch_aug import BatchAugment, DeviceBatches, Draws, ResidentBatches
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
-from pipeline.loader import ImageDataset
+from pipeline.loader import ImageDataset, create_loader
 
 NORMALISE = transforms.Normalise((0.5,), (0.25,))
 EVERYTHING = Aug(rotate=20, shift=0.1, scale=0.1, shear=5, hflip=0.5, brightness=0.2, contrast=0.2, cutout=0.3, p=0.8)
@@ -71,6 +71,20 @@ def test_device_batches_are_the_per_image_ops_in_the_served_order():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(served, again, strict=True))
     other = next(iter(DeviceBatches(as_tensor(batch), targets, augment, batch_size=4, seed=8)))
     assert not torch.equal(other[0], served[0][0])
+
+
+def test_validation_from_resident_images_is_the_per_image_loaders():
+    batch, rows = images(10, side=12), np.array([3, 1, 4, 1, 5, 9, 2])  # 12 px resized to 16 on both paths
+    targets = np.arange(10) * 10
+    cpu = engine.Device(torch.device("cpu"), None, False)
+    per_image = ImageDataset(batch, rows, targets[rows], None, transforms.finish(16))
+    expected = list(create_loader(per_image, 4, False, 0, 0, cpu, NORMALISE))
+    resident = batch_aug.resident_images(batch, np.arange(10), 16, cpu.device)
+    sizes = torch.full((len(rows), 2), 12.0)
+    got = list(ResidentBatches(resident, torch.as_tensor(rows), torch.as_tensor(targets[rows]), sizes, 4, NORMALISE))
+    assert len(got) == len(expected) == 2
+    for ours, theirs in zip(got, expected, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
 def test_draws_follow_the_probabilities():
