@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PositiveFloat,
@@ -135,6 +136,14 @@ class Folds(Section):
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _words_for_yaml_booleans(value: Any) -> Any:
+    """YAML reads a bare on/off (in a file or in `key=value`) as true/false: give the words back."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+OnOff = BeforeValidator(_words_for_yaml_booleans)
 NonNegative = Annotated[float, Field(ge=0.0)]
 
 
@@ -174,9 +183,9 @@ class Train(Section):
     loss: Literal["auto", "cross_entropy", "l1", "mse", "smooth_l1"] = "auto"
     metric: Literal["auto", "accuracy", "log_loss", "macro_f1", "rmse"] = "auto"
     device: str = "auto"  # auto: cuda when available
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: on cuda, bf16 where supported, else fp16
+    amp: Annotated[Literal["auto", "bf16", "fp16", "off"], OnOff] = "auto"  # auto: on cuda, bf16 if supported
     channels_last: bool = True  # on cuda
-    device_aug: Literal["auto", "on", "off"] = "auto"  # batches made on the device from resident images
+    device_aug: Annotated[Literal["auto", "on", "off"], OnOff] = "auto"  # batches made from resident images
     distributed: Literal["auto", "ddp", "folds"] = "auto"  # with several GPUs; auto: by dataset size
     sync_bn: bool = False  # DDP: batch statistics over all ranks' shares of the batch
     compile: bool = False  # torch.compile the model that trains (pays off on GPUs after its warm-up)

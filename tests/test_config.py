@@ -39,6 +39,16 @@ def test_overrides_are_typed_by_yaml(tmp_path):
     assert cfg.train.epochs == 2 and cfg.model.name == "resnet34" and cfg.data.image_shape == (4, 16)
 
 
+def test_bare_on_and_off_stay_words(tmp_path):
+    """YAML 1.1 reads on/off as booleans; the settings spelled with them still take them."""
+    cfg = C.load(write(tmp_path, MINIMAL), ["train.device_aug=off", "train.amp=off"])
+    assert cfg.train.device_aug == "off" and cfg.train.amp == "off"
+    path = tmp_path / "on.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL) + "train:\n  device_aug: on\n")
+    assert C.load(path).train.device_aug == "on"
+    assert "train.amp" in load_error(tmp_path, MINIMAL, ["train.amp=on"])
+
+
 def test_unknown_key_in_file_names_key_and_allowed(tmp_path):
     message = load_error(tmp_path, {**MINIMAL, "train": {"epoch": 3}})
     assert "'train.epoch'" in message and "epochs" in message and "batch_size" in message
