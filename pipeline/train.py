@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipeline import batch_aug, distributed, engine, sources
 from pipeline import config as C
-from pipeline import distributed, sources
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv, write_text
 from pipeline.fit import FitResult, Setup, fit
@@ -101,6 +101,9 @@ def prepare(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame]:
     size = cfg.model.image_size or uniform_side(store)
     if size is None:
         raise PipelineError("model.image_size is not set and the competition's images differ in size: set it")
+    # a train.device_aug=on that cannot be is said now, before any fold's files are touched
+    device = engine.Device.choose(cfg.train).device
+    batch_aug.should_use(cfg.train.device_aug, cfg.aug, task.kind, device, len(images), _channels(cfg), size)
     return Setup(cfg, task, images, rows, targets, _channels(cfg), size), folds
 
 

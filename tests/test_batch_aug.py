@@ -7,6 +7,7 @@ import torch
 from conftest import run, tiny
 
 from pipeline import batch_aug, engine, transforms
+from pipeline import config as C
 from pipeline.batch_aug import BatchAugment, DeviceBatches, Draws, ResidentBatches
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
@@ -107,6 +108,17 @@ def test_what_it_cannot_do_is_named():
     assert not batch_aug.should_use("auto", Aug(), "classification", cpu, 10**10, 1, 16)
     assert not batch_aug.should_use("auto", Aug(blur=3), "classification", cpu, 10, 1, 16)
     assert batch_aug.should_use("auto", Aug(), "classification", cpu, 10, 1, 16)
+
+
+def test_an_impossible_device_aug_on_stops_train_before_any_fold_is_touched(digits_dir, tmp_path, monkeypatch):
+    data = {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}
+    cfg = tiny(data, full_fit=False)
+    run(cfg, tmp_path, monkeypatch)
+    before = (tmp_path / "runs/tiny/fold0/result.json").read_text()
+    impossible = C.with_overrides(cfg, {"train.device_aug": "on", "aug.blur": 3}, "test")
+    with pytest.raises(PipelineError, match=r"device_aug=on cannot be used with aug\.blur=3"):
+        run(impossible, tmp_path, monkeypatch)
+    assert (tmp_path / "runs/tiny/fold0/result.json").read_text() == before
 
 
 def test_training_with_device_aug_on_the_cpu(digits_dir, tmp_path, monkeypatch, capsys):
