@@ -136,15 +136,17 @@ class Folds(Section):
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
 
 
 def _words_for_yaml_booleans(value: Any) -> Any:
     """YAML reads a bare on/off (in a file or in `key=value`) as true/false: give the words back."""
-    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 
 
 OnOff = BeforeValidator(_words_for_yaml_booleans)
-NonNegative = Annotated[float, Field(ge=0.0)]
 
 
 class Model(Section):

@@ -59,16 +59,16 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
     return model, frozen
 
 
-def datasets(setup: Setup, model: torch.nn.Module, train_rows: np.ndarray, valid_rows: np.ndarray | None):
+def datasets(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None):
     cfg, keypoints = setup.cfg, setup.task.kind == "keypoints"
     size = setup.image_size
-    finish = transforms.finish(size)
     swap = None
     if keypoints:
         swap = transforms.flip_permutation(transforms.point_names(setup.task.columns), cfg.aug.flip_pairs)
     augment = transforms.compose(
         transforms.augmentations(cfg.aug, setup.channels, size, swap), keypoints, cfg.train.seed
     )
+    finish = transforms.finish(size)
     train = ImageDataset(setup.images, setup.rows[train_rows], setup.targets[train_rows], augment, finish, keypoints)
     if valid_rows is None:
         return train, None
@@ -97,7 +97,7 @@ def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
     engine.seed_everything(cfg.seed)
     model, frozen = build_model(setup)
     model.to(device.device, memory_format=device.memory_format)
-    train_set, valid_set = datasets(setup, model, train_rows, valid_rows)
+    train_set, valid_set = datasets(setup, train_rows, valid_rows)
     groups = models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult)
     workers = default_workers() if cfg.workers is None else cfg.workers
     optimizer = engine.create_optimizer(groups, cfg)
