@@ -17,7 +17,7 @@ PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS)
 
 STAGES := data scrape folds tune tune-report train lr-find predict score submissions submit report
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow lint bench clean $(STAGES)
+.PHONY: help venv test test-slow lint bench gpu-check clean $(STAGES)
 
 help:
 	@echo "Stages (CONFIG=$(CONFIG), overrides in ARGS=\"key=value ...\"):"
@@ -35,6 +35,7 @@ help:
 	@echo "  report    plots and the run report"
 	@echo "Other: test (fast suite), test-slow, lint, venv, clean (this config's runs/<name>),"
 	@echo "       bench (re-runs benchmarks/ and rewrites BENCHMARKS.md's tables; ONLY=\"script.py ...\")"
+	@echo "       gpu-check (on a CUDA machine: the GPU tests, the demos end to end, device_path.py)"
 
 venv: $(INSTALLED)
 
@@ -111,3 +112,6 @@ lint: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) $(ROOT)/benchmarks/_run.py $(ONLY)
+
+gpu-check: $(INSTALLED)
+	$(PY) $(ROOT)/benchmarks/gpu_check.py

@@ -50,7 +50,7 @@ STAGES = {
     "train": Stage(
         "train per fold (OOF, CV score), then on all data",
         ("competition", "data", "folds", "model", "train", "aug"),
-        "pipeline.train:run",
+        "pipeline.launch:run",
         options=("gpus",),
     ),
     "lr-find": Stage(
@@ -126,8 +126,8 @@ def makevars(cfg: C.Config, output: str) -> None:
         "EXTRA_CSV": paths.extra_csv,
         "FOLDS_CSV": paths.folds_csv,
         "EXTRA_DEP": paths.extra_csv if scrape_wanted else "",
-        "CV_JSON": paths.runs / "cv.json",
-        "BEST_YAML": paths.runs / "tune" / "best.yaml",
+        "CV_JSON": paths.cv_json,
+        "BEST_YAML": paths.best_yaml,
     }
     write_text(output, "".join(f"{key} := {value}\n" for key, value in variables.items()))
 

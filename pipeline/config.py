@@ -193,8 +193,10 @@ class Train(Section):
     compile: bool = False  # torch.compile the model that trains (pays off on GPUs after its warm-up)
     workers: Annotated[int, Field(ge=0)] | None = None  # None: chosen from the cores
     seed: int = 0
-    full_fit: bool = True  # after the folds, train on all rows
-    full_epochs_scale: PositiveFloat = 1.0  # full-fit epochs = mean best epoch x this
+    full_fit: bool = True  # after the folds, train on all rows with the same schedule
+    # the epoch whose weights a fold keeps: last (the full fit's recipe, an unbiased CV) or best
+    # (chosen on the fold's own validation rows: its CV is optimistic)
+    checkpoint: Literal["last", "best"] = "last"
     folds: list[int] | None = None  # train only these folds (tuning uses a subset)
 
 
@@ -285,7 +287,8 @@ def seconds(duration: str | int | float) -> float:
 
 
 class Predict(Section):
-    models: Literal["full", "folds", "both"] = "full"
+    # auto: the full model when its recipe's CV is within noise of the fold models', else the folds
+    models: Literal["auto", "full", "folds", "both"] = "auto"
     weights: Literal["equal", "score"] = "equal"  # how models are averaged: equally or by fold score
     tta: list[str] = []  # views besides the plain one: hflip, vflip, shift:<fraction>, scale:<factor>
     batch_size: PositiveInt | None = None  # None: twice train.batch_size

@@ -2,10 +2,9 @@
 after every epoch so that a killed run continues where it stopped."""
 
 import functools
-import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,10 @@ from timm.utils import ModelEmaV3
 from pipeline import batch_aug, distributed, engine, models, transforms
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, write_csv, write_text
+from pipeline.files import atomic_path, write_csv
 from pipeline.loader import ImageDataset, create_loader, default_workers
+from pipeline.paths import FitFiles
+from pipeline.records import FitResult
 from pipeline.tasks import HIGHER_IS_BETTER
 
 
@@ -34,21 +35,6 @@ class Setup:
     image_size: int  # side of the square model input
     # (device, side) -> every image as uint8 on that device (train.device_aug), made on first use
     resident: dict = field(default_factory=dict, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class FitResult:
-    best_epoch: int
-    score: float
-    model_path: str
-    fingerprint: str
-
-    @classmethod
-    def load(cls, path: Path) -> "FitResult":
-        return cls(**json.loads(path.read_text()))
-
-    def save(self, path: Path) -> None:
-        write_text(path, json.dumps(asdict(self)))
 
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
@@ -177,14 +163,17 @@ def fit(
     setup: Setup,
     train_rows: np.ndarray,
     valid_rows: np.ndarray | None,
-    out: Path,
+    out: FitFiles,
     epochs: int,
     fingerprint: str,
     name: str,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
-    """Train for `epochs`, resuming from out/last.pt; `on_epoch` sees each epoch's metrics row
-    (tuning reports it to Optuna's pruner, which may stop the fit by raising)."""
+    """Train for `epochs`, resuming from the checkpoint in `out`; `on_epoch` sees each epoch's
+    metrics row (tuning reports it to Optuna's pruner, which may stop the fit by raising).
+
+    Every epoch is validated and scored; the weights saved for prediction are those of the
+    epoch train.checkpoint names: the last (the recipe the full fit repeats) or the best."""
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
     device, model, frozen, trained = parts.device, parts.model, parts.frozen, parts.trained
@@ -198,6 +187,7 @@ def fit(
         ema=ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
     )
     history, best = _resume(out, model, state, fingerprint)
+    keeps_best = cfg.checkpoint == "best" and parts.valid_batches is not None
     for epoch in range(len(history) + 1, epochs + 1):
         if setup.cfg.model.unfreeze_epoch and epoch >= setup.cfg.model.unfreeze_epoch and frozen.params:
             frozen.unfreeze()
@@ -206,17 +196,21 @@ def fit(
         loader = parts.train_batches(cfg.seed * 1_000_003 + epoch)
         row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
         evaluated = state.ema.module if state.ema is not None else model
+        improved = False
         if parts.valid_batches is not None:
-            row, best = _validate(evaluated, parts, setup, row, best, out)
+            row, best, improved = _validate(evaluated, parts, setup, row, best, out)
         else:
-            _save_model(evaluated, setup, out / "model.pt")
             best = {"epoch": epoch, "score": float("nan")}
+        if (improved and keeps_best) or (epoch == epochs and not keeps_best):
+            _save_model(evaluated, setup, out.model)
         history.append(row)
         _checkpoint(out, model, state, history, best, fingerprint)
         print(_summary(name, row, task.metric))
         if on_epoch is not None:
             on_epoch(row)
-    return FitResult(best["epoch"], best["score"], str(out / "model.pt"), fingerprint)
+    last_score = float(history[-1].get(task.metric, float("nan")))
+    kept = "best" if keeps_best else "last"
+    return FitResult(best["epoch"], best["score"], epochs, last_score, kept, str(out.model), fingerprint)
 
 
 def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
@@ -229,7 +223,9 @@ def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
     return {**row, "train_loss": distributed.mean(row["train_loss"]), "images_per_s": row["images_per_s"] * ranks}
 
 
-def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict, out: Path):
+def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict | None, out: FitFiles):
+    """The epoch's row with its validation metrics, the best epoch so far, and whether this one
+    is it. The predictions are kept for the last epoch and for the best."""
     task = setup.task
     result = engine.evaluate(model, parts.valid_batches(), task, parts.device)
     result["loss"] = distributed.mean(result["loss"], weight=parts.n_valid)
@@ -243,12 +239,18 @@ def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict, out: Pat
     row = {**row, "valid_loss": result["loss"], **metrics}
     score = metrics[task.metric]
     sign = 1 if HIGHER_IS_BETTER[task.metric] else -1
-    if best is None or sign * score > sign * best["score"]:
+    predictions = np.column_stack([result["predictions"], result["sizes"]])
+    _save_array(out.valid_predictions("last"), predictions)
+    improved = best is None or sign * score > sign * best["score"]
+    if improved:
         best = {"epoch": row["epoch"], "score": score}
-        _save_model(model, setup, out / "model.pt")
-        with atomic_path(out / "valid_predictions.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, np.column_stack([result["predictions"], result["sizes"]]))
-    return row, best
+        _save_array(out.valid_predictions("best"), predictions)
+    return row, best, improved
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
@@ -267,7 +269,7 @@ def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
 
 
-def _checkpoint(out: Path, model, state: engine.Step, history: list, best: dict, fingerprint: str) -> None:
+def _checkpoint(out: FitFiles, model, state: engine.Step, history: list, best: dict, fingerprint: str) -> None:
     checkpoint = {
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -279,20 +281,20 @@ def _checkpoint(out: Path, model, state: engine.Step, history: list, best: dict,
     }
     if state.ema is not None:
         checkpoint["ema"] = state.ema.state_dict()
-    with atomic_path(out / "last.pt") as tmp:
+    with atomic_path(out.checkpoint) as tmp:
         torch.save(checkpoint, tmp)
-    write_csv(out / "metrics.csv", pd.DataFrame(history))
+    write_csv(out.metrics, pd.DataFrame(history))
 
 
-def _resume(out: Path, model, state: engine.Step, fingerprint: str):
-    """The history and best so far, restored from last.pt when it belongs to this config."""
-    path = out / "last.pt"
+def _resume(out: FitFiles, model, state: engine.Step, fingerprint: str):
+    """The history and best so far, restored from the checkpoint when it belongs to this config."""
+    path = out.checkpoint
     if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
+        out.root.mkdir(parents=True, exist_ok=True)
         return [], None
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if checkpoint.get("fingerprint") != fingerprint:
-        print(f"{out}: the checkpoint belongs to another config; starting again")
+        print(f"{out.root}: the checkpoint belongs to another config; starting again")
         return [], None
     model.load_state_dict(checkpoint["model"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -301,7 +303,7 @@ def _resume(out: Path, model, state: engine.Step, fingerprint: str):
     if state.ema is not None:
         state.ema.load_state_dict(checkpoint["ema"])
     history = checkpoint["history"]
-    print(f"{out}: resuming after epoch {len(history)}")
+    print(f"{out.root}: resuming after epoch {len(history)}")
     return history, checkpoint["best"]
 
 

@@ -1,4 +1,5 @@
-"""`make train GPUS=0,1,2,3`: several GPUs on one machine, in one of two ways.
+"""How the train stage runs: in this process, or with `make train GPUS=0,1,2,3` on several GPUs
+of one machine, in one of two ways.
 
     ddp    each fold in turn on every GPU: torchrun starts one process per GPU, DDP averages the
            gradients (train.batch_size is the global batch), rank 0 writes.
@@ -16,11 +17,10 @@ import os
 import subprocess
 import sys
 
-import pandas as pd
 import torch
 
 from pipeline import config as C
-from pipeline import distributed
+from pipeline import distributed, plan, train
 from pipeline.distributed import worker_env
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
@@ -28,13 +28,15 @@ from pipeline.paths import Paths
 DDP_MIN_ROWS = 20_000
 
 
-def run(cfg: C.Config, gpus: str) -> None:
+def run(cfg: C.Config, gpus: str | None = None) -> None:
+    """The train stage: in this process, or on the GPUs `gpus` names (several) as train.distributed says."""
+    if not gpus:
+        train.run(cfg)
+        return
     ids = parse_gpus(gpus)
     paths = Paths.of(cfg)
-    if not paths.folds_csv.exists():
-        raise PipelineError(f"{paths.folds_csv} does not exist: run `make folds` first")
-    mode = choose(cfg.train.distributed, len(pd.read_csv(paths.folds_csv)), len(ids))
-    resolved = paths.runs / "launch.config.yaml"
+    mode = choose(cfg.train.distributed, len(plan.read_folds(paths)), len(ids))
+    resolved = paths.resolved("launch")
     C.save_resolved(cfg, resolved)
     print(f"train on GPUs {','.join(ids)}: {mode}")
     if mode == "ddp":
@@ -65,9 +67,7 @@ def choose(policy: str, rows: int, n_gpus: int) -> str:
 
 def train_folds_in_parallel(cfg: C.Config, paths: Paths, ids: list[str]) -> None:
     """Fold k on GPU ids[k % len(ids)], one process per GPU working through its folds."""
-    from pipeline.train import fold_ids_of
-
-    fold_ids = fold_ids_of(cfg, pd.read_csv(paths.folds_csv))
+    fold_ids = plan.fold_ids_of(cfg, plan.read_folds(paths))
     context = multiprocessing.get_context("spawn")  # a fresh process: CUDA_VISIBLE_DEVICES set before CUDA starts
     workers = [
         context.Process(target=_fold_worker, args=(cfg, fold_ids[i :: len(ids)], ids[i], len(ids)))
@@ -83,15 +83,13 @@ def train_folds_in_parallel(cfg: C.Config, paths: Paths, ids: list[str]) -> None
 
 
 def _fold_worker(cfg: C.Config, fold_ids: list[int], gpu: str, processes: int) -> None:
-    from pipeline.train import train_fold, train_folds
-
     os.environ.update(worker_env([gpu], processes))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     paths = Paths.of(cfg)
     try:
-        setup, folds, fingerprint, _ = train_folds(cfg, paths)
+        setup, folds, fingerprint, _ = train.train_folds(cfg, paths)
         for k in fold_ids:
-            train_fold(setup, folds, k, paths.runs / f"fold{k}", fingerprint)
+            train.train_fold(setup, folds, k, paths.fold(k), fingerprint)
     except PipelineError as exc:
         print(f"error: GPU {gpu}: {exc}", file=sys.stderr)
         sys.exit(2)

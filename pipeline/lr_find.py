@@ -10,11 +10,10 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline import config as C
-from pipeline import engine
+from pipeline import engine, plan
 from pipeline.files import atomic_path, write_csv
 from pipeline.fit import Setup, assemble
 from pipeline.paths import Paths
-from pipeline.train import merge_tuned, prepare
 
 
 def sweep(
@@ -62,8 +61,8 @@ def suggest(lrs: np.ndarray, losses: np.ndarray) -> float:
 
 def run(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
-    cfg = merge_tuned(cfg, paths)
-    setup, folds = prepare(cfg, paths)
+    cfg = plan.merge_tuned(cfg, paths)
+    setup, folds = plan.prepare(cfg, paths)
     train_rows = np.flatnonzero(folds["fold"].to_numpy() != 0)
     lrs, losses = sweep_setup(setup, train_rows)
     suggestion = suggest(lrs, losses)

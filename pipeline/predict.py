@@ -6,7 +6,6 @@ which are the keypoint coordinates the network predicts: a point p predicted in 
 at theta @ [p, 1] in the image, exactly. A horizontal flip also swaps left/right points.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import engine, models, sources, submission, transforms
+from pipeline import engine, models, plan, sources, submission, transforms
 from pipeline.config import Config, Model
 from pipeline.errors import PipelineError
 from pipeline.images import open_images
 from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import Paths
-from pipeline.tasks import HIGHER_IS_BETTER, task_from_meta
+from pipeline.records import CV, Scores, StatedCV
+from pipeline.tasks import task_from_meta
 
 
 @dataclass(frozen=True)
@@ -101,51 +101,18 @@ def load_model(path: Path, device: engine.Device) -> tuple[torch.nn.Module, dict
     return model.to(device.device, memory_format=device.memory_format), meta
 
 
-def chosen_models(cfg: Config, paths: Paths) -> list[tuple[Path, float]]:
-    """(model file, weight) for predict.models, weights summing to 1."""
-    cv = read_cv(paths)
-    folds = [(paths.runs / f"fold{k}" / "model.pt", s) for k, s in zip(cv["fold_ids"], cv["folds"], strict=True)]
-    full = [(paths.runs / "full" / "model.pt", float(np.mean(cv["folds"])))]
-    chosen = {"full": full, "folds": folds, "both": folds + full}[cfg.predict.models]
-    if cfg.predict.weights == "equal":
-        weights = np.ones(len(chosen))
-    else:
-        scores = np.array([s for _, s in chosen])
-        weights = scores if cv["higher_is_better"] else 1.0 / np.maximum(scores, 1e-12)
-    return [(path, float(w)) for (path, _), w in zip(chosen, weights / weights.sum(), strict=True)]
-
-
-def read_cv(paths: Paths) -> dict:
-    path = paths.runs / "cv.json"
-    if not path.exists():
-        raise PipelineError(f"{path} does not exist: run `make train` first")
-    return json.loads(path.read_text())
-
-
-def predict_test(cfg: Config, paths: Paths) -> tuple[pd.DataFrame, np.ndarray, object]:
-    """The test table, the ensemble's predictions (probabilities, or keypoints in pixels clipped
-    to each image), and the task they belong to."""
-    data = sources.read(cfg)
-    images = open_images(data.test.images, paths.cache("test"), cfg.data.cache, cfg.data.cache_limit_gb)
-    device = engine.Device.choose(cfg.train)
-    total, task, sizes = 0.0, None, None
-    for path, weight in chosen_models(cfg, paths):
-        model, meta = load_model(path, device)
-        task = task_from_meta(meta)
-        dataset = ImageDataset(images, np.arange(len(images)), None, None, transforms.finish(meta["image_size"]))
-        normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, meta["in_chans"]))
-        batch_size = cfg.predict.batch_size or 2 * cfg.train.batch_size
-        workers = default_workers() if cfg.train.workers is None else cfg.train.workers
-        loader = create_loader(dataset, batch_size, False, workers, 0, device, normalise)
-        swap = _swap(task, cfg)
-        predictions, sizes = predict_images(model, task, loader, device, views(cfg.predict.tta), swap)
-        total = total + weight * predictions
-        print(f"predicted {len(images)} test images with {path} (weight {weight:.3f})")
-    if task.kind == "keypoints":
-        pixels = task.to_pixels(total, sizes)
-        limits = np.where(np.arange(pixels.shape[1]) % 2 == 0, sizes[:, 1:2], sizes[:, 0:1]) - 1
-        total = np.clip(pixels, 0, limits)
-    return data.test.table, total, task
+def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: engine.Device) -> tuple[np.ndarray, object]:
+    """The model at `path` on `rows` of `images`, with predict.tta: (N, outputs + 2) raw
+    predictions (probabilities, or keypoints in [-1, 1]) then each image's (height, width)."""
+    model, meta = load_model(path, device)
+    task = task_from_meta(meta)
+    dataset = ImageDataset(images, rows, None, None, transforms.finish(meta["image_size"]))
+    normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, meta["in_chans"]))
+    batch_size = cfg.predict.batch_size or 2 * cfg.train.batch_size
+    workers = default_workers() if cfg.train.workers is None else cfg.train.workers
+    loader = create_loader(dataset, batch_size, False, workers, 0, device, normalise)
+    predictions, sizes = predict_images(model, task, loader, device, views(cfg.predict.tta), _swap(task, cfg))
+    return np.column_stack([predictions, sizes]), task
 
 
 def _swap(task, cfg: Config) -> torch.Tensor | None:
@@ -154,10 +121,117 @@ def _swap(task, cfg: Config) -> torch.Tensor | None:
     return torch.as_tensor(transforms.flip_permutation(transforms.point_names(task.columns), cfg.aug.flip_pairs))
 
 
+# --- which models, and the CV that describes them ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The models a submission holds, their weights, and the CV estimate of exactly them."""
+
+    models: str  # "full", "folds" or "both"
+    members: list[tuple[Path, float]]  # (model file, weight), weights summing to 1
+    estimate: Scores
+    method: str  # how the estimate was made
+
+
+def choose(cfg: Config, paths: Paths, cv: CV) -> Choice:
+    """predict.models, `auto` resolved, with the CV of what it takes."""
+    models = cfg.predict.models
+    if models == "auto":
+        models, reason = auto_models(paths, cv)
+        print(f"predict.models=auto: {models}, {reason}")
+    if models != "folds" and not paths.full.model.exists():
+        raise PipelineError(f"predict.models={models} needs {paths.full.model}: set train.full_fit=true and train")
+    estimate, method = _estimate(cfg, paths, cv, models)
+    return Choice(models, _members(cfg, paths, cv, models), estimate, method)
+
+
+def _estimate(cfg: Config, paths: Paths, cv: CV, models: str) -> tuple[Scores, str]:
+    if models == "full" and cv.kept == "best":
+        untested = "; its TTA unmeasured: the folds keep their best epochs" if cfg.predict.tta else ""
+        return cv.recipe, f"OOF of the folds' last epochs, the full fit's recipe{untested}"
+    estimate, tta = fold_models_estimate(cfg, paths, cv)
+    described = {
+        "full": f"OOF of the folds' last epochs, the full fit's recipe{tta}",
+        "folds": f"OOF of the fold models ({cv.kept} epochs){tta}",
+        "both": f"OOF of the fold models ({cv.kept} epochs){tta}; the full model, their recipe on all rows, joins them",
+    }
+    return estimate, described[models]
+
+
+def auto_models(paths: Paths, cv: CV) -> tuple[str, str]:
+    """The full model when its recipe's CV is within noise of the fold models', else the folds."""
+    if not paths.full.model.exists():
+        return "folds", "there is no full fit (train.full_fit=false)"
+    if cv.kept == "last":
+        return "full", "the fold models keep their last epoch, the full fit's recipe, and score as it does"
+    gain = cv.gain(cv.best.mean, cv.last.mean)
+    figures = f"best epochs {cv.best.mean:.5f}, the full fit's recipe (last epochs) {cv.last.mean:.5f}"
+    if gain <= cv.noise():
+        return "full", f"its recipe is within the folds' noise {cv.noise():.5f} of the fold models ({figures})"
+    return "folds", f"the fold models beat its recipe by more than the folds' noise {cv.noise():.5f} ({figures})"
+
+
+def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str]:
+    """The fold models' OOF score with predict.tta: cv.json's without TTA; with it, each fold
+    model predicts its validation rows through the same views as the test images."""
+    if not cfg.predict.tta:
+        return cv.fold_models, ""
+    setup, folds = plan.prepare(plan.merge_tuned(cfg, paths), paths)
+    device, targets = engine.Device.choose(cfg.train), plan.target_columns(folds)
+    frames = []
+    for k in cv.fold_ids:
+        rows = plan.validation_rows(folds, k)
+        raw, _ = predict_rows(cfg, paths.fold(k).model, setup.images, setup.rows[rows], device)
+        frames.append(plan.oof_frame(setup.task, folds, rows, raw))
+    per_fold = [setup.task.oof_score(frame, targets) for frame in frames]
+    return Scores.of(per_fold, setup.task.oof_score(pd.concat(frames), targets)), f", TTA {' '.join(cfg.predict.tta)}"
+
+
+def _members(cfg: Config, paths: Paths, cv: CV, models: str) -> list[tuple[Path, float]]:
+    folds = [(paths.fold(k).model, s) for k, s in zip(cv.fold_ids, cv.fold_models.folds, strict=True)]
+    full = [(paths.full.model, cv.recipe.mean)]
+    chosen = {"full": full, "folds": folds, "both": folds + full}[models]
+    if cfg.predict.weights == "equal":
+        weights = np.ones(len(chosen))
+    else:
+        scores = np.array([s for _, s in chosen])
+        weights = scores if cv.higher_is_better else 1.0 / np.maximum(scores, 1e-12)
+    return [(path, float(w)) for (path, _), w in zip(chosen, weights / weights.sum(), strict=True)]
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def predict_test(
+    cfg: Config, paths: Paths, members: list[tuple[Path, float]]
+) -> tuple[pd.DataFrame, np.ndarray, object]:
+    """The test table, the weighted mean of the members' predictions (probabilities, or
+    keypoints in pixels clipped to each image), and the task they belong to."""
+    data = sources.read(cfg)
+    images = open_images(data.test.images, paths.cache("test"), cfg.data.cache, cfg.data.cache_limit_gb)
+    device = engine.Device.choose(cfg.train)
+    total, task, sizes = 0.0, None, None
+    for path, weight in members:
+        raw, task = predict_rows(cfg, path, images, np.arange(len(images)), device)
+        total, sizes = total + weight * raw[:, :-2], raw[:, -2:]
+        print(f"predicted {len(images)} test images with {path} (weight {weight:.3f})")
+    if task.kind == "keypoints":
+        pixels = task.to_pixels(total, sizes)
+        limits = np.where(np.arange(pixels.shape[1]) % 2 == 0, sizes[:, 1:2], sizes[:, 0:1]) - 1
+        total = np.clip(pixels, 0, limits)
+    return data.test.table, total, task
+
+
 def run(cfg: Config) -> None:
     paths = Paths.of(cfg)
-    table, predictions, task = predict_test(cfg, paths)
-    cv = read_cv(paths)
-    path = submission.write(cfg, paths, table, predictions, task, cv)
-    direction = "higher" if HIGHER_IS_BETTER[cv["metric"]] else "lower"
-    print(f"submission {path} (CV {cv['metric']} {cv['score']:.5f}, {direction} is better)")
+    cv = CV.load(paths.cv_json)
+    choice = choose(cfg, paths, cv)
+    table, predictions, task = predict_test(cfg, paths, choice.members)
+    stated = StatedCV(cv.metric, choice.estimate.oof, choice.estimate.std, choice.method, choice.models)
+    path = submission.write(cfg, paths, table, predictions, task, stated)
+    direction = "higher" if cv.higher_is_better else "lower"
+    print(
+        f"submission {path}: {stated.models} models, CV {stated.metric} {stated.score:.5f} ± {stated.std:.5f} "
+        f"({stated.method}; {direction} is better)"
+    )

@@ -8,7 +8,6 @@ curve, the scrape summary and the tuning history, each where its stage has run.
 """
 
 import html
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,11 +17,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipeline import config as C
-from pipeline import engine
-from pipeline.errors import PipelineError
+from pipeline import engine, plan
 from pipeline.files import atomic_path, write_text
 from pipeline.images import decode
 from pipeline.paths import Paths
+from pipeline.records import CV
 
 Section = tuple[str, str]  # (title, HTML)
 
@@ -128,12 +127,35 @@ def plot_grid(
 
 
 def plot_scores(ledger: pd.DataFrame) -> Figure:
+    """Each submission's stated CV (± its folds' spread) against its held-out and public scores;
+    on the diagonal, the CV predicted the score exactly."""
     figure = Figure(figsize=(5, 4))
     axes = figure.subplots()
+    cv, spread = pd.to_numeric(ledger["cv_score"]), pd.to_numeric(ledger["cv_std"]).fillna(0.0)
     for column, marker in (("local_score", "o"), ("public_score", "s")):
-        scored = ledger[pd.to_numeric(ledger[column], errors="coerce").notna()]
-        axes.scatter(scored["cv_score"], pd.to_numeric(scored[column]), marker=marker, label=column)
-    axes.set(xlabel="CV score", ylabel="held-out / public score", title="CV against the leaderboard")
+        score = pd.to_numeric(ledger[column], errors="coerce")
+        scored = score.notna()
+        axes.errorbar(cv[scored], score[scored], xerr=spread[scored], fmt=marker, capsize=3, label=column)
+    low, high = axes.get_xlim()
+    axes.plot([low, high], [low, high], color="grey", linewidth=0.8, label="score = CV")
+    axes.set(xlabel="stated CV (± folds' spread)", ylabel="held-out / public score", title="CV against the leaderboard")
+    axes.legend(fontsize=7)
+    return figure
+
+
+def plot_best_and_last(cv: CV) -> Figure:
+    """Each fold's score at its best epoch and at its last: far apart, the schedule ends past its best."""
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    x = np.arange(len(cv.fold_ids))
+    axes.bar(x - 0.2, cv.best.folds, width=0.4, label="best epoch")
+    axes.bar(x + 0.2, cv.last.folds, width=0.4, label="last epoch (the full fit's recipe)")
+    low = min(cv.best.folds + cv.last.folds)
+    high = max(cv.best.folds + cv.last.folds)
+    margin = max(high - low, 1e-3)
+    axes.set_ylim(low - margin, high + margin / 2)
+    axes.set_xticks(x, [f"fold {k}" for k in cv.fold_ids])
+    axes.set(ylabel=cv.metric, title="best against last epoch per fold")
     axes.legend(fontsize=7)
     return figure
 
@@ -150,19 +172,31 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def cv_section(paths: Paths, out: Path) -> Section:
-    cv = json.loads((paths.runs / "cv.json").read_text())
-    table = pd.DataFrame({"fold": cv["fold_ids"], cv["metric"]: cv["folds"], "best epoch": cv["best_epochs"]})
-    summary = (
-        f"<p class='headline'>CV {html.escape(cv['metric'])} {cv['score']:.5f} ± {cv['std']:.5f} "
-        f"(out of fold {cv['oof_score']:.5f}; {'higher' if cv['higher_is_better'] else 'lower'} is better)</p>"
+    cv = CV.load(paths.cv_json)
+    table = pd.DataFrame(
+        {
+            "fold": cv.fold_ids,
+            "best epoch": cv.best_epochs,
+            f"{cv.metric} at best": cv.best.folds,
+            f"{cv.metric} at last": cv.last.folds,
+        }
     )
-    return "Cross-validation", summary + _table(table)
+    direction = "higher" if cv.higher_is_better else "lower"
+    summary = (
+        f"<p class='headline'>CV {html.escape(cv.metric)} {cv.last.mean:.5f} ± {cv.last.std:.5f} at the last epoch, "
+        f"the full fit's recipe (out of fold {cv.last.oof:.5f}); {cv.best.mean:.5f} ± {cv.best.std:.5f} at the "
+        f"best epochs (out of fold {cv.best.oof:.5f}); {direction} is better. The fold models keep the {cv.kept} "
+        f"epoch of {cv.epochs}.</p>"
+    )
+    if cv.unstable:
+        summary += "<p><b>" + html.escape(cv.describe()[-1]) + "</b></p>"
+    save(plot_best_and_last(cv), out / "best_and_last.png")
+    return "Cross-validation", summary + _table(table) + _img("best_and_last.png", "best against last epoch per fold")
 
 
 def curves_section(paths: Paths, out: Path, cfg: C.Config, metric: str) -> Section:
-    histories = {p.parent.name: pd.read_csv(p) for p in sorted(paths.runs.glob("fold*/metrics.csv"))}
-    if (paths.runs / "full" / "metrics.csv").exists():
-        histories["full"] = pd.read_csv(paths.runs / "full" / "metrics.csv")
+    fits = {f"fold{k}": paths.fold(k) for k in CV.load(paths.cv_json).fold_ids} | {"full": paths.full}
+    histories = {name: pd.read_csv(files.metrics) for name, files in fits.items() if files.metrics.exists()}
     save(plot_learning_curves(histories, metric), out / "learning_curves.png")
     save(plot_schedule(cfg.train, cfg.train.epochs), out / "lr_schedule.png")
     return "Learning curves", _img("learning_curves.png", "learning curves") + _img("lr_schedule.png", "lr schedule")
@@ -175,7 +209,11 @@ def ledger_section(paths: Paths, out: Path, cfg: C.Config) -> Section | None:
     ledger = ledger[ledger["competition"] == cfg.competition.name]
     if ledger.empty:
         return None
-    body = _table(ledger[["file", "cv_metric", "cv_score", "local_score", "public_score", "models", "tta"]])
+    cv = pd.to_numeric(ledger["cv_score"], errors="coerce")
+    gaps = {f"{c}_gap": pd.to_numeric(ledger[f"{c}_score"], errors="coerce") - cv for c in ("local", "public")}
+    ledger = ledger.assign(**gaps)
+    columns = ["file", "models", "tta", "cv_metric", "cv_score", "cv_std", "local_score", "local_gap"]
+    body = _table(ledger[[*columns, "public_score", "public_gap", "cv_method"]])
     if ledger[["local_score", "public_score"]].apply(pd.to_numeric, errors="coerce").notna().any().any():
         save(plot_scores(ledger), out / "cv_vs_leaderboard.png")
         body += _img("cv_vs_leaderboard.png", "CV against held-out and public scores")
@@ -183,9 +221,8 @@ def ledger_section(paths: Paths, out: Path, cfg: C.Config) -> Section | None:
 
 
 def out_of_fold(paths: Paths) -> pd.DataFrame:
-    return pd.concat(
-        [pd.read_csv(p, dtype={"id": str}) for p in sorted(paths.runs.glob("fold*/oof.csv"))], ignore_index=True
-    )
+    frames = [pd.read_csv(paths.fold(k).oof, dtype={"id": str}) for k in CV.load(paths.cv_json).fold_ids]
+    return pd.concat(frames, ignore_index=True)
 
 
 def classification_sections(paths: Paths, out: Path, oof: pd.DataFrame, image_of: Callable) -> list[Section]:
@@ -318,16 +355,13 @@ def render(title: str, sections: list[Section]) -> str:
 
 
 def run(cfg: C.Config) -> None:
-    from pipeline.train import merge_tuned, prepare
-
     paths = Paths.of(cfg)
-    if not (paths.runs / "cv.json").exists():
-        raise PipelineError(f"{paths.runs / 'cv.json'} does not exist: run `make train` first")
-    cfg = merge_tuned(cfg, paths)
-    out = paths.runs / "report"
+    CV.load(paths.cv_json)  # a clear error before anything is removed, when there is none
+    cfg = plan.merge_tuned(cfg, paths)
+    out = paths.report_dir
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    setup, folds = prepare(cfg, paths)
+    setup, folds = plan.prepare(cfg, paths)
     row_of = {i: n for n, i in enumerate(folds["id"].astype(str))}
     image_of = lambda image_id: setup.images[setup.rows[row_of[str(image_id)]]]  # noqa: E731
     oof = out_of_fold(paths)

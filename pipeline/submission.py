@@ -14,6 +14,7 @@ from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv
 from pipeline.paths import Paths
+from pipeline.records import StatedCV
 from pipeline.tasks import HIGHER_IS_BETTER
 
 LEDGER = Path("submissions") / "ledger.csv"
@@ -23,6 +24,8 @@ LEDGER_COLUMNS = [
     "utc_time",
     "cv_metric",
     "cv_score",
+    "cv_std",
+    "cv_method",
     "models",
     "tta",
     "config_hash",
@@ -141,21 +144,24 @@ def _in_sample_order(frame: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
 # --- writing and the ledger --------------------------------------------------------------------
 
 
-def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, cv: dict) -> Path:
+def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
+    """The validated submission file, and its ledger row with the CV of the models in it."""
     sample = read_sample(cfg)
     labels = task.classes if submission_format(cfg, task, sample) == "label" else None
     frame = validate(build(cfg, table, predictions, task, sample), sample, labels)
     stamp = dt.datetime.now(dt.timezone.utc)
-    path = Path("submissions") / cfg.competition.name / f"{stamp:%Y%m%dT%H%M%SZ}_{cv['score']:.5f}.csv"
+    path = Path("submissions") / cfg.competition.name / f"{stamp:%Y%m%dT%H%M%SZ}_{stated.score:.5f}.csv"
     write_csv(path, frame)
     add_to_ledger(
         {
             "file": str(path),
             "competition": cfg.competition.name,
             "utc_time": stamp.isoformat(timespec="seconds"),
-            "cv_metric": cv["metric"],
-            "cv_score": cv["score"],
-            "models": cfg.predict.models,
+            "cv_metric": stated.metric,
+            "cv_score": stated.score,
+            "cv_std": stated.std,
+            "cv_method": stated.method,
+            "models": stated.models,
             "tta": " ".join(cfg.predict.tta) or "none",
             "config_hash": cfg.fingerprint(),
             **_git_state(),
@@ -168,7 +174,8 @@ def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarra
 def read_ledger() -> pd.DataFrame:
     if not LEDGER.exists():
         return pd.DataFrame(columns=LEDGER_COLUMNS)
-    return pd.read_csv(LEDGER, dtype={"git_commit": str, "config_hash": str})
+    ledger = pd.read_csv(LEDGER, dtype={"git_commit": str, "config_hash": str, "cv_method": str})
+    return ledger.reindex(columns=LEDGER_COLUMNS)  # a ledger from an older version gains the new columns
 
 
 def add_to_ledger(row: dict) -> None:
@@ -239,15 +246,20 @@ def _metric(metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> flo
 
 
 def show(cfg: Config) -> None:
-    """The ledger as a table, best CV first."""
+    """The ledger as a table, best CV first: the CV each file states beside its local and public
+    scores, and the gap between them (score - CV)."""
     ledger = read_ledger()
     if ledger.empty:
         print(f"{LEDGER} is empty: run `make predict`")
         return
     higher = ledger["cv_metric"].map(HIGHER_IS_BETTER).fillna(True)
-    ledger = ledger.assign(_key=np.where(higher, -ledger["cv_score"], ledger["cv_score"])).sort_values("_key")
-    columns = ["file", "cv_metric", "cv_score", "local_score", "public_score", "models", "tta", "config_hash"]
-    print(ledger[columns].to_string(index=False))
+    cv = pd.to_numeric(ledger["cv_score"], errors="coerce")
+    for column in ("local", "public"):
+        ledger[f"{column}_gap"] = pd.to_numeric(ledger[f"{column}_score"], errors="coerce") - cv
+    ledger = ledger.assign(_key=np.where(higher, -cv, cv)).sort_values("_key")
+    columns = ["file", "models", "tta", "cv_metric", "cv_score", "cv_std", "local_score", "local_gap"]
+    columns += ["public_score", "public_gap", "config_hash"]
+    print(ledger[columns].to_string(index=False, na_rep="", float_format=lambda v: f"{v:.5f}"))
 
 
 def submit(cfg: Config, file: str | None = None) -> None:

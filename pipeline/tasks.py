@@ -63,6 +63,11 @@ class Classification:
     def prediction_columns(self) -> list[str]:
         return [f"prob_{c}" for c in self.classes]
 
+    def oof_score(self, frame: pd.DataFrame, targets: list[str]) -> float:
+        """The competition metric of an out-of-fold table (targets and prediction columns)."""
+        probabilities = frame[self.prediction_columns()].to_numpy(np.float64)
+        return self.metrics(probabilities, self.encode(frame, targets))[self.metric]
+
 
 class Keypoints:
     kind = "keypoints"
@@ -123,6 +128,12 @@ class Keypoints:
 
     def prediction_columns(self) -> list[str]:
         return [f"pred_{c}" for c in self.columns]
+
+    def oof_score(self, frame: pd.DataFrame, targets: list[str]) -> float:
+        """RMSE in pixels over the labelled coordinates of an out-of-fold table."""
+        truth = frame[targets].to_numpy(np.float64)
+        error = frame[self.prediction_columns()].to_numpy(np.float64) - truth
+        return float(np.sqrt(np.nanmean(error**2)))
 
     def to_pixels(self, predictions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         half_side = np.where(np.arange(predictions.shape[1]) % 2 == 0, sizes[:, 1:2], sizes[:, 0:1]) / 2.0

@@ -33,13 +33,12 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from pipeline import config as C
-from pipeline import distributed, models
+from pipeline import distributed, models, plan
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv, write_text
 from pipeline.fit import Setup, fit
 from pipeline.paths import Paths
 from pipeline.tasks import HIGHER_IS_BETTER, competition_metric, configured_task
-from pipeline.train import _channels, prepare
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEARCHED_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
@@ -72,7 +71,7 @@ def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
     }
     if cfg.model.pretrained != "none":
         space["model.freeze_depth"] = P(type="int", low=0, high=n_stages)
-    if _channels(cfg) == 3:
+    if plan.channels(cfg) == 3:
         space["aug.hue"] = P(type="float", low=0.01, high=0.1, optional=True)
         space["aug.saturation"] = P(type="float", low=0.05, high=0.3, optional=True)
     if cfg.competition.task == "classification":
@@ -130,7 +129,7 @@ def study_name(cfg: C.Config) -> str:
 def storage_of(cfg: C.Config, paths: Paths):
     url = cfg.tune.storage
     if url is None:
-        folder = paths.runs / "tune"
+        folder = paths.tune_dir
         folder.mkdir(parents=True, exist_ok=True)
         backend = optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))
         return optuna.storages.JournalStorage(backend)
@@ -197,7 +196,7 @@ def slot_lock(study: optuna.Study, paths: Paths) -> Iterator[None]:
             finally:
                 connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
         return
-    lock = paths.runs / "tune" / f"{study.study_name}.lock"
+    lock = paths.tune_dir / f"{study.study_name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -267,20 +266,20 @@ def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths
     values = sample(trial, space)
     trial_cfg = C.with_overrides(cfg, values, f"trial {trial.number}")
     trial.set_user_attr("overrides", values)
-    out = paths.runs / "tune" / f"trial-{trial.number}"
+    out = paths.trial(trial.number)
     C.save_resolved(trial_cfg, out / "config.yaml")
     setup = dataclasses.replace(base, cfg=trial_cfg, task=configured_task(trial_cfg, base.task.labels))
     fold_ids = cfg.tune.folds if cfg.tune.folds is not None else sorted(k for k in set(folds["fold"]) if k >= 0)
     epochs = cfg.tune.epochs or cfg.train.epochs
     scores = []
     for position, fold in enumerate(fold_ids):
-        is_valid = (folds["fold"] == fold).to_numpy()
+        valid = plan.validation_rows(folds, fold)
         report = functools.partial(_report, trial, setup.task.metric, position * epochs, len(fold_ids) * epochs, fold)
         result = fit(
             setup,
-            np.flatnonzero(~is_valid),
-            np.flatnonzero(is_valid),
-            out / f"fold{fold}",
+            np.setdiff1d(np.arange(len(folds)), valid),
+            valid,
+            paths.trial_fold(trial.number, fold),
             epochs,
             study_name(cfg),
             f"trial {trial.number} fold {fold}",
@@ -300,7 +299,7 @@ def _report(trial: optuna.Trial, metric: str, first_step: int, steps: int, fold:
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths) -> None:
-    out = paths.runs / "tune" / f"trial-{trial.number}"
+    out = paths.trial(trial.number)
     try:
         with get_heartbeat_thread(trial._trial_id, study._storage):  # RDB storage: tells others we live
             value = objective(trial, base, folds, space, paths)
@@ -335,7 +334,7 @@ def run(cfg: C.Config, workers: int = 1) -> None:
 def work(cfg: C.Config, paths: Paths) -> None:
     """One worker: trials until the study has n_trials or this run's timeout passes."""
     study = create_study(cfg, paths)
-    base, folds = prepare(cfg, paths)
+    base, folds = plan.prepare(cfg, paths)
     space = cfg.tune.space or default_space(cfg, len(models.stages(models.create_model(cfg.model, 1, 1))) - 1)
     for key in space:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
@@ -358,7 +357,7 @@ def _probe_value(p: C.Param):
 
 def spawn_workers(cfg: C.Config, paths: Paths, workers: int) -> None:
     """`workers` processes on one study, the cores shared out and one GPU each where there are GPUs."""
-    resolved = paths.runs / "tune" / "config.yaml"
+    resolved = paths.tune_dir / "config.yaml"
     C.save_resolved(cfg, resolved)
     gpus = _gpu_count()
     processes = []
@@ -387,12 +386,12 @@ def write_best(cfg: C.Config, paths: Paths, study: optuna.Study) -> None:
         f"# best of {len(finished)} complete trials in study {study.study_name}: trial {best.number}, "
         f"{competition_metric(cfg)} {', '.join([f'{best.value:.5f}', *baseline])}\n"
     )
-    write_text(paths.runs / "tune" / "best.yaml", header + yaml.safe_dump(overrides, sort_keys=True))
+    write_text(paths.best_yaml, header + yaml.safe_dump(overrides, sort_keys=True))
     C.save_resolved(cfg, paths.resolved("tune"))
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     print(
         f"tune: best {competition_metric(cfg)} {best.value:.5f} (trial {best.number}) of "
-        f"{', '.join(f'{v} {k}' for k, v in counts.items() if v)} -> {paths.runs / 'tune' / 'best.yaml'}"
+        f"{', '.join(f'{v} {k}' for k, v in counts.items() if v)} -> {paths.best_yaml}"
     )
 
 
@@ -403,13 +402,13 @@ def report(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
     study = create_study(cfg, paths)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
-    write_csv(paths.runs / "tune" / "trials.csv", frame)
+    write_csv(paths.tune_dir / "trials.csv", frame)
     print(frame.drop(columns=[c for c in frame.columns if c.startswith("user_attrs_")]).to_string(index=False))
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) >= 2:
         importances = optuna.importance.get_param_importances(study)
-        write_text(paths.runs / "tune" / "importances.json", json.dumps(importances, indent=2))
+        write_text(paths.tune_dir / "importances.json", json.dumps(importances, indent=2))
         print("parameter importances: " + ", ".join(f"{k} {v:.3f}" for k, v in importances.items()))
     axes = plot_optimization_history(study)
-    axes.figure.savefig(paths.runs / "tune" / "history.png", dpi=100)
+    axes.figure.savefig(paths.tune_dir / "history.png", dpi=100)
     print(f"tune report: {paths.runs / 'tune' / 'trials.csv'}, history.png")

@@ -142,6 +142,24 @@ def faces_dir(tmp_path, rng):
     return folder
 
 
+@pytest.fixture
+def blobs_dir(tmp_path):
+    """A learnable pixel_columns competition: 32x32 noise with a bright square whose corner is the class."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 3
+    images = rng.integers(0, 80, (96, 32, 32))
+    for i, label in enumerate(labels):
+        y, x = [(2, 2), (2, 20), (20, 11)][label]
+        images[i, y : y + 10, x : x + 10] = 255
+    frame = pd.DataFrame(images.reshape(96, -1), columns=[f"pixel{i}" for i in range(1024)])
+    frame.insert(0, "label", labels)
+    folder = tmp_path / "blobs"
+    folder.mkdir()
+    frame.to_csv(folder / "train.csv", index=False)
+    frame.drop(columns="label").head(6).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
 def tiny(data: dict, task: str = "classification", epochs: int = 1, **train_keys):
     return make_config(
         data,

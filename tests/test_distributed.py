@@ -2,35 +2,16 @@
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import run, tiny
 
-from pipeline import distributed, folds, launch, train
+from pipeline import distributed, folds, launch
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
 
 TOLERANCE = 0.05  # DDP on 2 processes vs 1: each rank's BatchNorm sees half the batch (no SyncBN on CPU)
-
-
-@pytest.fixture
-def blobs_dir(tmp_path):
-    """A learnable pixel_columns competition: 32x32 noise with a bright square whose corner is the class."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(96) % 3
-    images = rng.integers(0, 80, (96, 32, 32))
-    for i, label in enumerate(labels):
-        y, x = [(2, 2), (2, 20), (20, 11)][label]
-        images[i, y : y + 10, x : x + 10] = 255
-    frame = pd.DataFrame(images.reshape(96, -1), columns=[f"pixel{i}" for i in range(1024)])
-    frame.insert(0, "label", labels)
-    folder = tmp_path / "blobs"
-    folder.mkdir()
-    frame.to_csv(folder / "train.csv", index=False)
-    frame.drop(columns="label").head(6).to_csv(folder / "test.csv", index=False)
-    return folder
 
 
 def blobs_config(blobs_dir, **train_keys):
@@ -55,7 +36,7 @@ def one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, mode: str) -
     cfg = blobs_config(blobs_dir, distributed=mode)
     folds.run(cfg)
     capfd.readouterr()
-    train.run(cfg, gpus="0,1")
+    launch.run(cfg, gpus="0,1")
     return single, json.loads((tmp_path / "two/runs/tiny/cv.json").read_text()), capfd.readouterr().out
 
 
@@ -69,7 +50,7 @@ def test_ddp_on_two_processes_matches_one_process(blobs_dir, tmp_path, monkeypat
     assert (tmp_path / "two/runs/tiny/full/model.pt").exists()
     assert not list((tmp_path / "two/runs").rglob("*.tmp"))
     changed = blobs_config(blobs_dir, distributed="ddp", epochs=2)  # every fold stale: rank 0 alone removes it
-    train.run(changed, gpus="0,1")
+    launch.run(changed, gpus="0,1")
     assert list(pd.read_csv(tmp_path / "two/runs/tiny/fold1/metrics.csv")["epoch"]) == [1, 2]
 
 
@@ -108,4 +89,4 @@ def test_ddp_refuses_a_batch_that_does_not_divide_before_starting(blobs_dir, tmp
     cfg = blobs_config(blobs_dir, distributed="ddp")
     folds.run(cfg)
     with pytest.raises(PipelineError, match=r"train.batch_size=8 is the global batch .* among 3 processes"):
-        train.run(cfg, gpus="0,1,2")
+        launch.run(cfg, gpus="0,1,2")

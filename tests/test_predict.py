@@ -128,6 +128,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
 
     from pipeline import submission
     from pipeline.paths import Paths
+    from pipeline.records import StatedCV
     from pipeline.tasks import Classification
 
     monkeypatch.chdir(tmp_path)
@@ -140,7 +141,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
         pd.DataFrame({"id": [1, 2]}),
         np.eye(2),
         Classification([0, 1]),
-        {"metric": "accuracy", "score": 0.99, "higher_is_better": True},
+        StatedCV("accuracy", 0.99, 0.002, "OOF of the folds' last epochs, the full fit's recipe", "full"),
     )
     monkeypatch.setenv("FAKE_KAGGLE_FILE", path.name)
     submission.submit(cfg)

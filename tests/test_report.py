@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline import lr_find, report
 from pipeline.config import Train
+from pipeline.records import CV, Scores
 
 
 def nonblank_png(path) -> bool:
@@ -49,7 +50,30 @@ def nonblank_png(path) -> bool:
         (
             "scores",
             lambda: report.plot_scores(
-                pd.DataFrame({"cv_score": [0.9, 0.95], "local_score": [0.88, 0.94], "public_score": [None, 0.93]})
+                pd.DataFrame(
+                    {
+                        "cv_score": [0.9, 0.95],
+                        "cv_std": [0.01, 0.02],
+                        "local_score": [0.88, 0.94],
+                        "public_score": [None, 0.93],
+                    }
+                )
+            ),
+        ),
+        (
+            "best_and_last",
+            lambda: report.plot_best_and_last(
+                CV(
+                    "accuracy",
+                    True,
+                    "last",
+                    10,
+                    [0, 1],
+                    [50, 50],
+                    [4, 9],
+                    Scores.of([0.98, 1.0], 0.99),
+                    Scores.of([0.96, 1.0], 0.98),
+                )
             ),
         ),
     ],
@@ -77,6 +101,7 @@ def test_classification_report_links_every_image(digits_dir, tmp_path, monkeypat
         "per_class.png",
         "top_losses.png",
         "lr_find.png",
+        "best_and_last.png",
     ):
         assert expected in images
     assert all(nonblank_png(index.parent / name) for name in images)

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +9,10 @@ from conftest import KEYPOINTS, make_config
 from pipeline import submission
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
+from pipeline.records import StatedCV
 from pipeline.tasks import Classification, Keypoints
 
-CV = {"metric": "accuracy", "score": 0.98765, "higher_is_better": True}
+CV = StatedCV("accuracy", 0.98765, 0.01, "OOF of the fold models (last epochs)", "folds")
 
 
 def digits_cfg(folder: Path, **predict):
@@ -104,7 +106,7 @@ def test_ledger_gets_one_row_per_submission(in_tmp, capsys):
                 pd.DataFrame({"id": [1, 2]}),
                 np.eye(2),
                 Classification([0, 1]),
-                {**CV, "score": score},
+                dataclasses.replace(CV, score=score),
             )
         )
     ledger = pd.read_csv("submissions/ledger.csv")

@@ -5,7 +5,7 @@ import torch
 import yaml
 from conftest import KEYPOINTS, run, tiny
 
-from pipeline import engine, folds, train
+from pipeline import engine, folds, plan, train
 from pipeline import fit as fit_module
 from pipeline.paths import Paths
 
@@ -145,7 +145,7 @@ def test_compile_wraps_the_model_that_trains(digits_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, compile=True)
     folds.run(cfg)
-    setup, _ = train.prepare(cfg, Paths.of(cfg))
+    setup, _ = plan.prepare(cfg, Paths.of(cfg))
     parts = fit_module.assemble(setup, np.arange(20), np.arange(20, 36))
     assert isinstance(parts.trained, torch._dynamo.eval_frame.OptimizedModule)
     assert engine.unwrap(parts.trained) is parts.model

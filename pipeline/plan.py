@@ -1,0 +1,99 @@
+"""What the stages that train or read trained models share: the config with the tuned settings
+merged, the prepared data (images, targets, task for every folds.csv row), the fold plan, and
+the fingerprint that ties a fit to the config and folds it was trained on."""
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline import batch_aug, engine, sources
+from pipeline import config as C
+from pipeline.errors import PipelineError
+from pipeline.files import sha256_file
+from pipeline.fit import Setup
+from pipeline.images import FileSource, open_images, uniform_side
+from pipeline.loader import ConcatImages
+from pipeline.paths import Paths
+from pipeline.tasks import create_task
+
+TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
+
+
+def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
+    """Overrides found by `make tune` (runs/<name>/tune/best.yaml) on top of the config."""
+    if not paths.best_yaml.exists():
+        return cfg
+    overrides = yaml.safe_load(paths.best_yaml.read_text()) or {}
+    print(f"using the tuned settings in {paths.best_yaml}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    return C.with_overrides(cfg, overrides, str(paths.best_yaml))
+
+
+def read_folds(paths: Paths) -> pd.DataFrame:
+    if not paths.folds_csv.exists():
+        raise PipelineError(f"{paths.folds_csv} does not exist: run `make folds` first")
+    return pd.read_csv(paths.folds_csv, dtype={"id": str})
+
+
+def fold_ids_of(cfg: C.Config, folds: pd.DataFrame) -> list[int]:
+    """train.folds, or every fold of folds.csv (-1 marks extra rows that are never validated on)."""
+    return cfg.train.folds if cfg.train.folds is not None else sorted(int(f) for f in folds["fold"].unique() if f >= 0)
+
+
+def validation_rows(folds: pd.DataFrame, fold: int) -> np.ndarray:
+    """The positions in folds.csv of fold `fold`'s validation rows."""
+    if fold not in set(folds["fold"]):
+        raise PipelineError(f"train.folds names fold {fold}; folds.csv has folds {sorted(set(folds['fold']) - {-1})}")
+    return np.flatnonzero((folds["fold"] == fold).to_numpy())
+
+
+def channels(cfg: C.Config) -> int:
+    return 1 if cfg.data.layout in ("pixel_columns", "pixel_string") else cfg.data.channels
+
+
+def fingerprint(cfg: C.Config, paths: Paths) -> str:
+    return f"{cfg.to_yaml(TRAIN_SECTIONS)}folds.csv sha256 {sha256_file(paths.folds_csv)}"
+
+
+def prepare(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame]:
+    """The images, targets and task for every row of folds.csv, in its order."""
+    folds = read_folds(paths)
+    data = sources.read(cfg)
+    store = open_images(data.train.images, paths.cache("train"), cfg.data.cache, cfg.data.cache_limit_gb)
+    position = {str(i): n for n, i in enumerate(data.train.table["id"])}
+    competition = folds["fold"] >= 0
+    missing = [i for i in folds.loc[competition, "id"] if i not in position]
+    if missing:
+        raise PipelineError(f"{paths.folds_csv}: id {missing[0]!r} is not in the train table; run `make folds` again")
+    rows = folds.loc[competition, "id"].map(position).to_numpy()
+    images = store
+    if (~competition).any():
+        extra = FileSource(tuple(paths.data / p for p in folds.loc[~competition, "id"]), channels(cfg))
+        images = ConcatImages(
+            [store, open_images(extra, paths.cache("extra"), cfg.data.cache, cfg.data.cache_limit_gb)]
+        )
+        rows = np.concatenate([rows, len(store) + np.arange(int((~competition).sum()))])
+    task = create_task(cfg, data.train.table, data.targets)
+    targets = task.encode(folds, data.targets)
+    size = cfg.model.image_size or uniform_side(store)
+    if size is None:
+        raise PipelineError("model.image_size is not set and the competition's images differ in size: set it")
+    # a train.device_aug=on that cannot be is said now, before any fold's files are touched
+    device = engine.Device.choose(cfg.train).device
+    batch_aug.should_use(cfg.train.device_aug, cfg.aug, task.kind, device, len(images), channels(cfg), size)
+    return Setup(cfg, task, images, rows, targets, channels(cfg), size), folds
+
+
+def target_columns(folds: pd.DataFrame) -> list[str]:
+    """folds.csv holds id, the targets and fold."""
+    return [c for c in folds.columns if c not in ("id", "fold")]
+
+
+def oof_frame(task, folds: pd.DataFrame, rows: np.ndarray, raw: np.ndarray) -> pd.DataFrame:
+    """folds.csv's `rows` (id, targets, fold) with the model's predictions beside them, in the
+    competition's units. `raw`: (N, outputs + 2), the predictions then each image's (height,
+    width); keypoints are predicted in [-1, 1] and written in pixels."""
+    predictions, sizes = raw[:, :-2], raw[:, -2:]
+    if task.kind == "keypoints":
+        predictions = task.to_pixels(predictions, sizes)
+    frame = folds.iloc[rows].reset_index(drop=True)
+    return pd.concat([frame, pd.DataFrame(predictions, columns=task.prediction_columns())], axis=1)

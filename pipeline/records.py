@@ -1,0 +1,158 @@
+"""Typed records of what the stages leave behind: one fit's result, and the train stage's CV
+summary (cv.json). Each reads and writes its own file."""
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.files import write_text
+
+KEPT_EPOCHS = ("best", "last")
+COUNTING_METRICS = ("accuracy", "macro_f1")  # one validation row moves them by at least 1/rows
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One fit's scores at its best and its last epoch (NaN without validation rows), and which
+    of the two its saved weights are."""
+
+    best_epoch: int
+    best_score: float
+    last_epoch: int
+    last_score: float
+    kept: str  # "best" or "last" (train.checkpoint)
+    model_path: str
+    fingerprint: str
+
+    @property
+    def score(self) -> float:
+        """The score of the weights kept in model.pt."""
+        return self.best_score if self.kept == "best" else self.last_score
+
+    @classmethod
+    def read(cls, path: Path) -> "FitResult | None":
+        """The record at `path`; None when there is none, or when an older version wrote it (its
+        fit is then trained again)."""
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (FileNotFoundError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        write_text(path, json.dumps(asdict(self)))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One epoch choice (best or last) over the folds: each fold's score, their mean and spread,
+    and the score of all out-of-fold predictions pooled."""
+
+    folds: list[float]
+    mean: float
+    std: float
+    oof: float
+
+    @classmethod
+    def of(cls, folds: list[float], oof: float) -> "Scores":
+        folds = [float(s) for s in folds]
+        mean = math.fsum(folds) / len(folds)
+        std = math.sqrt(math.fsum((s - mean) ** 2 for s in folds) / len(folds))
+        return cls(folds, mean, std, float(oof))
+
+
+@dataclass(frozen=True)
+class CV:
+    """cv.json: every fold's score at its best epoch and at its last (the full fit's recipe)."""
+
+    metric: str
+    higher_is_better: bool
+    kept: str  # the epoch whose weights the fold models keep (train.checkpoint)
+    epochs: int  # the schedule every fold and the full fit run
+    fold_ids: list[int]
+    fold_sizes: list[int]  # validation rows per fold
+    best_epochs: list[int]
+    best: Scores
+    last: Scores
+    fingerprint: str = ""
+
+    @property
+    def recipe(self) -> Scores:
+        """What the full fit's recipe scores: every fold at its last epoch."""
+        return self.last
+
+    @property
+    def fold_models(self) -> Scores:
+        """What the fold models, as saved, score."""
+        return self.best if self.kept == "best" else self.last
+
+    @property
+    def score(self) -> float:
+        return self.fold_models.mean
+
+    @property
+    def std(self) -> float:
+        return self.fold_models.std
+
+    def noise(self) -> float:
+        """How far apart two estimates may be and still agree: the folds' spread, and at least one
+        validation row's worth for a counting metric."""
+        resolution = 1.0 / min(self.fold_sizes) if self.metric in COUNTING_METRICS else 0.0
+        return max(self.best.std, self.last.std, resolution)
+
+    def gain(self, better: float, worse: float) -> float:
+        """How much `better` beats `worse`, positive when it does, in the metric's direction."""
+        return better - worse if self.higher_is_better else worse - better
+
+    @property
+    def unstable(self) -> bool:
+        """The best epochs beat the last by more than the noise: the schedule ends past its best."""
+        return self.gain(self.best.mean, self.last.mean) > self.noise()
+
+    def describe(self) -> list[str]:
+        """Both CVs, which one the fold models keep, and a warning when the schedule ends past its best."""
+        best, last = self.best, self.last
+        lines = [
+            f"CV {self.metric} {last.mean:.5f} ± {last.std:.5f} at the last epoch, the full fit's recipe "
+            f"(out-of-fold {last.oof:.5f}); {best.mean:.5f} ± {best.std:.5f} at the best epochs {self.best_epochs} "
+            f"of {self.epochs} (out-of-fold {best.oof:.5f}); the fold models keep the {self.kept} epoch"
+        ]
+        if self.unstable:
+            lines.append(
+                f"warning: the best epochs beat the last by {self.gain(best.mean, last.mean):.5f}, more than the "
+                f"folds' noise {self.noise():.5f}: the schedule ends past its best; a lower train.lr, "
+                f"train.ema_decay or more train.epochs help"
+            )
+        return lines
+
+    def to_json(self) -> dict:
+        kept = self.fold_models
+        derived = {"score": kept.mean, "std": kept.std, "oof_score": kept.oof, "folds": kept.folds}
+        return {**asdict(self), **derived, "unstable": self.unstable}
+
+    def save(self, path: Path) -> None:
+        write_text(path, json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "CV":
+        if not Path(path).exists():
+            raise PipelineError(f"{path} does not exist: run `make train` first")
+        raw = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        try:
+            values = {k: v for k, v in raw.items() if k in known}
+            return cls(**{**values, "best": Scores(**raw["best"]), "last": Scores(**raw["last"])})
+        except (KeyError, TypeError):
+            raise PipelineError(f"{path} was written by an older version: run `make train` again") from None
+
+
+@dataclass(frozen=True)
+class StatedCV:
+    """The CV a submission states: that of exactly the models in its file, and how it was made."""
+
+    metric: str
+    score: float
+    std: float
+    method: str
+    models: str  # "full", "folds" or "both"

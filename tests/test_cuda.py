@@ -1,0 +1,104 @@
+"""The GPU path on a real CUDA device: mixed precision (bf16, fp16 with loss scaling),
+channels_last, torch.compile, device-resident batches, prediction, and DDP over NCCL.
+
+Skipped where there is no CUDA device (CI); `make gpu-check` runs them where there is one.
+"""
+
+import numpy as np
+import pytest
+import torch
+from conftest import run, tiny
+
+from pipeline import batch_aug, config, predict, transforms
+from pipeline.batch_aug import BatchAugment, DeviceBatches
+from pipeline.config import Aug
+from pipeline.paths import Paths
+from pipeline.records import CV
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+EVERYTHING = Aug(rotate=20, shift=0.1, scale=0.1, shear=5, hflip=0.5, brightness=0.2, contrast=0.2, cutout=0.3, p=0.8)
+NORMALISE = transforms.Normalise((0.5,), (0.25,))
+
+
+def blobs(blobs_dir, **train_keys) -> config.Config:
+    data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
+    return tiny(data, **{"epochs": 6, "full_fit": True, "device": "cuda", **train_keys})
+
+
+@pytest.mark.parametrize(
+    ("amp", "device_aug", "compiled"),
+    [("bf16", "on", False), ("fp16", "on", False), ("fp16", "off", False), ("off", "off", False), ("bf16", "on", True)],
+)
+def test_training_on_cuda_learns(blobs_dir, tmp_path, monkeypatch, capsys, amp, device_aug, compiled):
+    """The blobs are learnable: every precision and batch path must reach near-perfect folds."""
+    cv = run(blobs(blobs_dir, amp=amp, device_aug=device_aug, compile=compiled), tmp_path, monkeypatch)
+    assert cv["score"] >= 0.9, cv
+    out = capsys.readouterr().out
+    assert ("images resident on cuda" in out) == (device_aug == "on")
+    saved = torch.load(tmp_path / "runs/tiny/full/model.pt", map_location="cpu", weights_only=True)
+    assert all(v.device.type == "cpu" and torch.isfinite(v.float()).all() for v in saved["state_dict"].values())
+
+
+def test_channels_last_and_autocast_are_in_force(blobs_dir, tmp_path, monkeypatch):
+    from pipeline import fit, folds, plan
+
+    monkeypatch.chdir(tmp_path)
+    cfg = blobs(blobs_dir, amp="bf16")
+    folds.run(cfg)
+    setup, _ = plan.prepare(cfg, Paths.of(cfg))
+    parts = fit.assemble(setup, np.arange(64), np.arange(64, 96))
+    conv = next(m for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_cuda and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images, _, _ = next(iter(parts.train_batches(0)))
+    with parts.device.autocast():
+        assert parts.model(images.to(memory_format=torch.channels_last)).dtype == torch.bfloat16
+
+
+def test_device_batches_on_cuda_equal_those_made_on_the_cpu():
+    """A seed gives the same batches on any device: the draws are made on a CPU generator."""
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 1, 24, 24), dtype=np.uint8))
+    targets = torch.arange(40)
+    augment = BatchAugment(EVERYTHING, NORMALISE)
+    on_cpu = list(DeviceBatches(batch, targets, augment, batch_size=16, seed=5))
+    on_cuda = list(DeviceBatches(batch.cuda(), targets.cuda(), augment, batch_size=16, seed=5))
+    for cpu, cuda in zip(on_cpu, on_cuda, strict=True):
+        assert torch.equal(cpu[1], cuda[1].cpu())
+        torch.testing.assert_close(cuda[0].cpu(), cpu[0], atol=2e-3, rtol=0)  # a grey level is 0.016
+
+
+def test_resident_images_fit_the_gpu_memory_rule():
+    cuda = torch.device("cuda")
+    assert batch_aug.should_use("auto", Aug(), "classification", cuda, 1000, 3, 32)
+    assert not batch_aug.should_use("auto", Aug(), "classification", cuda, 10**9, 3, 224)
+
+
+def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):
+    cfg = blobs(blobs_dir, epochs=2, amp="off")
+    run(cfg, tmp_path, monkeypatch)
+    paths = Paths.of(cfg)
+    cfg.predict.tta = ["hflip", "shift:0.05"]
+    members = predict.choose(cfg, paths, CV.load(paths.cv_json)).members
+    _, on_cuda, _ = predict.predict_test(cfg, paths, members)
+    cpu = config.with_overrides(cfg, {"train.device": "cpu"}, "test")
+    _, on_cpu, _ = predict.predict_test(cpu, paths, members)
+    np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-3)
+    bf16 = config.with_overrides(cfg, {"train.amp": "bf16"}, "test")
+    _, on_bf16, _ = predict.predict_test(bf16, paths, members)
+    assert (on_bf16.argmax(1) == on_cpu.argmax(1)).all() and np.abs(on_bf16 - on_cpu).max() < 0.05
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP over NCCL needs two GPUs")
+def test_ddp_over_nccl_matches_one_gpu(blobs_dir, tmp_path, monkeypatch):
+    import json
+
+    from pipeline import folds, launch
+
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    single = run(blobs(blobs_dir, amp="off"), tmp_path / "one", monkeypatch)
+    monkeypatch.chdir(tmp_path / "two")
+    cfg = blobs(blobs_dir, amp="off", distributed="ddp", sync_bn=True)
+    folds.run(cfg)
+    launch.run(cfg, gpus="0,1")
+    ddp = json.loads((tmp_path / "two/runs/tiny/cv.json").read_text())
+    assert abs(ddp["score"] - single["score"]) <= 0.05, (ddp["score"], single["score"])
