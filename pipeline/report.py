@@ -171,8 +171,7 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.5f}", border=0, classes="numbers")
 
 
-def cv_section(paths: Paths, out: Path) -> Section:
-    cv = CV.load(paths.cv_json)
+def cv_section(cv: CV, out: Path) -> Section:
     table = pd.DataFrame(
         {
             "fold": cv.fold_ids,
@@ -194,10 +193,10 @@ def cv_section(paths: Paths, out: Path) -> Section:
     return "Cross-validation", summary + _table(table) + _img("best_and_last.png", "best against last epoch per fold")
 
 
-def curves_section(paths: Paths, out: Path, cfg: C.Config, metric: str) -> Section:
-    fits = {f"fold{k}": paths.fold(k) for k in CV.load(paths.cv_json).fold_ids} | {"full": paths.full}
+def curves_section(paths: Paths, cv: CV, out: Path, cfg: C.Config) -> Section:
+    fits = {f"fold{k}": paths.fold(k) for k in cv.fold_ids} | {"full": paths.full}
     histories = {name: pd.read_csv(files.metrics) for name, files in fits.items() if files.metrics.exists()}
-    save(plot_learning_curves(histories, metric), out / "learning_curves.png")
+    save(plot_learning_curves(histories, cv.metric), out / "learning_curves.png")
     save(plot_schedule(cfg.train, cfg.train.epochs), out / "lr_schedule.png")
     return "Learning curves", _img("learning_curves.png", "learning curves") + _img("lr_schedule.png", "lr schedule")
 
@@ -220,8 +219,8 @@ def ledger_section(paths: Paths, out: Path, cfg: C.Config) -> Section | None:
     return "Submissions", body
 
 
-def out_of_fold(paths: Paths) -> pd.DataFrame:
-    frames = [pd.read_csv(paths.fold(k).oof, dtype={"id": str}) for k in CV.load(paths.cv_json).fold_ids]
+def out_of_fold(paths: Paths, cv: CV) -> pd.DataFrame:
+    frames = [pd.read_csv(paths.fold(k).oof, dtype={"id": str}) for k in cv.fold_ids]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -356,7 +355,7 @@ def render(title: str, sections: list[Section]) -> str:
 
 def run(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
-    CV.load(paths.cv_json)  # a clear error before anything is removed, when there is none
+    cv = CV.load(paths.cv_json)  # a clear error before anything is removed, when there is none
     cfg = plan.merge_tuned(cfg, paths)
     out = paths.report_dir
     shutil.rmtree(out, ignore_errors=True)
@@ -364,8 +363,8 @@ def run(cfg: C.Config) -> None:
     setup, folds = plan.prepare(cfg, paths)
     row_of = {i: n for n, i in enumerate(folds["id"].astype(str))}
     image_of = lambda image_id: setup.images[setup.rows[row_of[str(image_id)]]]  # noqa: E731
-    oof = out_of_fold(paths)
-    sections = [cv_section(paths, out), curves_section(paths, out, cfg, setup.task.metric)]
+    oof = out_of_fold(paths, cv)
+    sections = [cv_section(cv, out), curves_section(paths, cv, out, cfg)]
     if setup.task.kind == "classification":
         sections += classification_sections(paths, out, oof, image_of)
     else:
