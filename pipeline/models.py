@@ -11,8 +11,7 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models import group_parameters
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv, group_parameters
 from torch import nn
 
 from pipeline.config import Model

@@ -317,11 +317,12 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def run(cfg: Config) -> None:
+    paths = Paths.of(cfg)
     if not cfg.scrape.sources:
-        raise PipelineError("scrape.sources is empty: name, per label, the pages or searches to take images from")
+        nothing_to_scrape(paths)
+        return
     if cfg.competition.task != "classification":
         raise PipelineError("scraping adds labelled images: it is for classification competitions")
-    paths = Paths.of(cfg)
     gallery = served(paths.data / "gallery") if cfg.scrape.serve_gallery else contextlib.nullcontext(None)
     with gallery as base:
         counts = scrape(cfg, paths, base)
@@ -330,6 +331,17 @@ def run(cfg: Config) -> None:
         f"scrape: {counts['page']} pages, {counts['links']} image links, {counts['kept']} kept"
         f"{'; rejected: ' + rejected if rejected else ''} -> {paths.extra_csv}"
     )
+
+
+def nothing_to_scrape(paths: Paths) -> None:
+    """No sources: the stage is a no-op that leaves a manifest, so `make scrape train predict` runs
+    on every competition; a manifest from earlier sources is kept, as data.use_extra decides."""
+    if paths.extra_csv.exists():
+        kept = int((Manifest(paths.extra_csv).frame()["status"] == "kept").sum())
+        print(f"scrape: scrape.sources is empty; {paths.extra_csv} from an earlier scrape stays ({kept} images kept)")
+        return
+    Manifest(paths.extra_csv).save()
+    print(f"scrape: scrape.sources is empty, nothing to download; an empty manifest -> {paths.extra_csv}")
 
 
 def scrape(cfg: Config, paths: Paths, gallery: str | None) -> Counter:

@@ -229,8 +229,19 @@ def test_only_allowed_domains_and_clear_config_errors(competition, site, tmp_pat
     assert (manifest["kind"] == "image").sum() == 0 and site.requests["/page.html"] == 0
     with pytest.raises(PipelineError, match="serve_gallery"):
         scrape.run(config(competition, site, sources={"a": {"pages": ["{gallery}/x.html"]}}))
-    with pytest.raises(PipelineError, match="sources is empty"):
-        scrape.run(config(competition, site, sources={}))
+
+
+def test_no_sources_leave_an_empty_manifest_that_folds_read(competition, site, tmp_path, monkeypatch, capsys):
+    from pipeline import folds
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config(competition, site, sources={})
+    cfg.folds.n_splits = 2
+    scrape.run(cfg)
+    assert "sources is empty" in capsys.readouterr().out
+    assert pd.read_csv(competition / "extra.csv").empty and sum(site.requests.values()) == 0
+    folds.run(cfg)
+    assert (pd.read_csv(Paths.of(cfg).folds_csv)["fold"] >= 0).all()
 
 
 def test_links_from_every_kind_of_markup():
