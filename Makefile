@@ -17,9 +17,10 @@ PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS)
 
 STAGES := data scrape folds tune tune-report train lr-find predict score submissions submit report
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow lint bench gpu-check clean $(STAGES)
+.PHONY: help init venv test test-slow lint bench gpu-check clean $(STAGES)
 
 help:
+	@echo "A new competition: make init DIR=data/<competition> -> configs/<competition>.yaml (NAME=... to rename)"
 	@echo "Stages (CONFIG=$(CONFIG), overrides in ARGS=\"key=value ...\"):"
 	@echo "  data      build the demo or check the competition files; decode and cache images"
 	@echo "  scrape    download extra training images from scrape.sources"
@@ -38,6 +39,10 @@ help:
 	@echo "       gpu-check (on a CUDA machine: the GPU tests, the demos end to end, device_path.py)"
 
 venv: $(INSTALLED)
+
+init: $(INSTALLED)
+	@test -n "$(DIR)" || { echo "error: make init needs DIR=data/<competition>" >&2; exit 2; }
+	$(PY) -m pipeline init $(DIR) $(if $(NAME),--name $(NAME))
 
 $(INSTALLED): $(ROOT)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

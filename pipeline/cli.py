@@ -5,6 +5,7 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline import config as C
 from pipeline.errors import PipelineError
@@ -87,17 +88,34 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Run one stage of the competition pipeline.",
-        epilog=f"stages:\n{stages}\n\nexample: python -m pipeline folds -c configs/digits.yaml folds.n_splits=10",
+        epilog=f"  {'init':<9}{INIT_HELP}\nstages:\n{stages}\n\n"
+        "example: python -m pipeline folds -c configs/digits.yaml folds.n_splits=10",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("stage", choices=[*STAGES, "makevars"], metavar="STAGE", help="one of: " + ", ".join(STAGES))
+    p.add_argument(
+        "stage", choices=[*STAGES, "init", "makevars"], metavar="STAGE", help="one of: init, " + ", ".join(STAGES)
+    )
     p.add_argument("-c", "--config", default="configs/digits.yaml", help="competition YAML (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
     p.add_argument("-f", "--file", help="score and submit: the submission file (default: the newest)")
     p.add_argument("-w", "--workers", type=int, default=1, help="tune: worker processes on the study (default 1)")
     p.add_argument("-g", "--gpus", help="train: several GPUs, e.g. 0,1,2,3 (DDP per fold or a fold per GPU)")
-    p.add_argument("-o", "--output", help="makevars only: the Make fragment to write")
+    p.add_argument(
+        "-o", "--output", help="init: the config to write (default configs/<name>.yaml); makevars: the fragment"
+    )
+    p.add_argument("-n", "--name", help="init: the competition's name (default: the folder's)")
     return p
+
+
+INIT_HELP = "python -m pipeline init DIR: survey a competition folder -> configs/<name>.yaml"
+
+
+def init(args: argparse.Namespace) -> None:
+    from pipeline import survey
+
+    if len(args.overrides) != 1:
+        raise PipelineError(f"init takes one competition folder, got {args.overrides or 'none'}")
+    survey.run(Path(args.overrides[0]), Path(args.output) if args.output else None, args.name)
 
 
 def run_stage(name: str, cfg: C.Config, **options) -> None:
@@ -139,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
         distributed.quiet_other_ranks()
     try:
+        if args.stage == "init":
+            init(args)
+            return 0
         cfg = C.load(args.config, args.overrides)
         if args.stage == "makevars":
             if not args.output:

@@ -198,7 +198,7 @@ def _pixel_strings_matrix(strings: pd.Series, path: Path, column: str) -> np.nda
         try:
             row = np.array(str(text).split(), dtype=np.float32)
         except ValueError:
-            bad = next(tok for tok in str(text).split() if not _is_number(tok))
+            bad = next(tok for tok in str(text).split() if not is_number(tok))
             raise PipelineError(f"{path} line {line(i)}, column {column!r}: pixel {bad!r} is not a number") from None
         expected = len(row) if expected is None else expected
         if len(row) != expected:
@@ -207,7 +207,7 @@ def _pixel_strings_matrix(strings: pd.Series, path: Path, column: str) -> np.nda
     return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def _is_number(token: str) -> bool:
+def is_number(token: str) -> bool:
     try:
         float(token)
     except ValueError:

@@ -1,0 +1,369 @@
+"""`make init DIR`: what a competition folder holds, and the config that reads it.
+
+The layout, the task, the id and label columns, the image sizes and channels, the sample
+submission's format and the class balance are decided from the files, each with the reason,
+and written to configs/<name>.yaml with the reason as the value's comment. The config is read
+back with the competition's own reader before it is written. A folder that two layouts fit, or
+with two candidate label columns, is refused in one line naming the candidates and the key to
+set; an existing config is never overwritten.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+from pipeline import config as C
+from pipeline import sources
+from pipeline.errors import PipelineError
+from pipeline.files import write_text
+from pipeline.images import ArraySource
+
+PIXEL_COLUMN = re.compile(r"^pixel\d+$")
+COORDINATE = re.compile(r"_[xy]$", re.IGNORECASE)
+FILENAME_LABEL = r"^(?P<label>.+)_\d+$"
+SAMPLE_SUBMISSION = re.compile(r"sample.*submission.*\.csv$", re.IGNORECASE)
+SAMPLED_IMAGES = 200  # images opened to learn sizes and channels
+
+
+@dataclass
+class Decision:
+    key: str  # dotted config key
+    value: object
+    why: str
+
+
+@dataclass
+class Folder:
+    """A competition folder's CSVs (headers and first rows), subfolders and image files."""
+
+    root: Path
+    csvs: dict[str, pd.DataFrame] = field(default_factory=dict)
+    extensions: tuple[str, ...] = C.IMAGE_EXTENSIONS
+
+    @classmethod
+    def read(cls, root: Path) -> "Folder":
+        if not root.is_dir():
+            raise PipelineError(f"init: {root} is not a folder")
+        folder = cls(root)
+        for path in sorted(root.glob("*.csv")):
+            folder.csvs[path.name] = sources.read_csv(path, nrows=50)
+        return folder
+
+    @property
+    def sample_submission(self) -> str | None:
+        return next((name for name in self.csvs if SAMPLE_SUBMISSION.search(name)), None)
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The CSVs other than the sample submission."""
+        return {name: frame for name, frame in self.csvs.items() if name != self.sample_submission}
+
+    def images_in(self, folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in self.extensions)
+
+    def subfolders(self, folder: Path | None = None) -> list[Path]:
+        return sorted(p for p in (folder or self.root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+# --- layouts: each returns its decisions, or None when it does not fit the folder ---------------
+
+
+def pixel_columns(folder: Folder) -> list[Decision] | None:
+    with_pixels = {n: f for n, f in folder.tables.items() if sum(map(bool, map(PIXEL_COLUMN.match, f.columns))) >= 16}
+    if len(with_pixels) != 2:
+        return None
+    (a, first), (b, second) = with_pixels.items()
+    train, test = (a, b) if len(first.columns) > len(second.columns) else (b, a)
+    frame, other = with_pixels[train], with_pixels[test]
+    labels = [c for c in frame.columns if not PIXEL_COLUMN.match(c) and c not in other.columns]
+    shared = [c for c in frame.columns if not PIXEL_COLUMN.match(c) and c in other.columns]
+    n_pixels = sum(map(bool, map(PIXEL_COLUMN.match, frame.columns)))
+    found = f"{train} and {test} hold {n_pixels} pixel columns per image"
+    decisions = [Decision("data.layout", "pixel_columns", found), *_csv_names(train, test)]
+    decisions.append(Decision("data.label_column", _one(labels, "data.label_column", train), f"only in {train}"))
+    id_column = shared[0] if len(shared) == 1 else None
+    decisions.append(Decision("data.id_column", id_column, _id_reason(id_column, train, test)))
+    return decisions
+
+
+def pixel_string(folder: Folder) -> list[Decision] | None:
+    with_strings = {n: f for n, f in folder.tables.items() if _pixel_string_column(f)}
+    if len(with_strings) != 2:
+        return None
+    train = next((n for n, f in with_strings.items() if any(map(COORDINATE.search, f.columns))), None)
+    if train is None:
+        return None
+    test = next(n for n in with_strings if n != train)
+    image_column = _pixel_string_column(with_strings[train])
+    ids = [c for c in with_strings[test].columns if c != image_column]
+    decisions = [
+        Decision("data.layout", "pixel_string", f"{train} and {test} hold each image as a string of pixels"),
+        *_csv_names(train, test),
+        Decision("data.image_column", image_column, "its values are strings of numbers"),
+        Decision("data.id_column", _one(ids, "data.id_column", test), f"{test}'s other column"),
+    ]
+    lookup = next((n for n, f in folder.tables.items() if {"RowId", "ImageId", "FeatureName"} <= set(f.columns)), None)
+    decisions.append(Decision("data.lookup_table", lookup, "the features asked per test image" if lookup else "none"))
+    return decisions
+
+
+def image_csv(folder: Folder) -> list[Decision] | None:
+    widest_first = sorted(folder.tables.items(), key=lambda item: -len(item[1].columns))
+    for name, frame in widest_first:  # the training CSV has the targets besides the ids
+        for column in frame.columns:
+            image_dir = _folder_of(folder, frame[column].astype(str))
+            if image_dir is not None:
+                return _image_csv_decisions(folder, name, str(column), image_dir)
+    return None
+
+
+def class_folders(folder: Folder) -> list[Decision] | None:
+    for train in folder.subfolders():
+        classes = [c for c in folder.subfolders(train) if folder.images_in(c)]
+        if len(classes) >= 2:
+            test = _test_folder(folder, exclude=train)
+            return [
+                Decision("data.layout", "class_folders", f"{train.name}/ has a folder of images per class"),
+                Decision("data.train_dir", train.name, f"{len(classes)} class folders"),
+                Decision("data.test_dir", test, "the other folder of images" if test else "no test images found"),
+            ]
+    return None
+
+
+def filename_regex(folder: Folder) -> list[Decision] | None:
+    for train in folder.subfolders():
+        stems = [p.stem for p in folder.images_in(train)]
+        labels = {m.group("label") for m in map(re.compile(FILENAME_LABEL).match, stems) if m}
+        if stems and 2 <= len(labels) <= len(stems) / 2:
+            matched = sum(bool(re.match(FILENAME_LABEL, s)) for s in stems)
+            if matched == len(stems):
+                test = _test_folder(folder, exclude=train)
+                return [
+                    Decision("data.layout", "filename_regex", f"{train.name}/ names each image <label>_<number>"),
+                    Decision("data.train_dir", train.name, f"{len(labels)} labels in {len(stems)} file names"),
+                    Decision("data.pattern", FILENAME_LABEL, "the label is the name before _<number>"),
+                    Decision("data.test_dir", test, "the other folder of images" if test else "no test images found"),
+                ]
+    return None
+
+
+LAYOUTS: dict[str, Callable[[Folder], list[Decision] | None]] = {
+    "pixel_columns": pixel_columns,
+    "pixel_string": pixel_string,
+    "image_csv": image_csv,
+    "class_folders": class_folders,
+    "filename_regex": filename_regex,
+}
+
+
+def _csv_names(train: str, test: str) -> list[Decision]:
+    return [
+        Decision("data.train_csv", train, "the CSV with the targets"),
+        Decision("data.test_csv", test, "the CSV without them"),
+    ]
+
+
+def _one(candidates: list[str], key: str, where: str) -> str:
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise PipelineError(f"init: {where} has no column for {key}; set {key}")
+    raise PipelineError(f"init: {where} has {len(candidates)} candidates for {key}: {candidates}; set {key}")
+
+
+def _id_reason(id_column: str | None, train: str, test: str) -> str:
+    if id_column is None:
+        return "no id column in both CSVs: ids are row numbers from 1"
+    return f"the one column besides the pixels in both {train} and {test}"
+
+
+def _pixel_string_column(frame: pd.DataFrame) -> str | None:
+    for column in frame.columns:
+        first = frame[column].dropna()
+        tokens = str(first.iloc[0]).split() if first.dtype == object and len(first) else []
+        if len(tokens) >= 16 and all(map(sources.is_number, tokens)):
+            return str(column)
+    return None
+
+
+def _resolves(folder: Folder, image_dir: Path, names: pd.Series) -> bool:
+    files = folder.images_in(image_dir)
+    known = {p.name for p in files} | {p.stem for p in files}
+    return len(names) > 0 and names.isin(known).mean() >= 0.9
+
+
+def _folder_of(folder: Folder, names: pd.Series) -> Path | None:
+    return next((d for d in folder.subfolders() if _resolves(folder, d, names)), None)
+
+
+def _test_folder(folder: Folder, exclude: Path) -> str | None:
+    with_images = [d.name for d in folder.subfolders() if d != exclude and folder.images_in(d)]
+    return "test" if "test" in with_images else (with_images[0] if len(with_images) == 1 else None)
+
+
+def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: Path) -> list[Decision]:
+    frame = folder.tables[train]
+    test = next((n for n, f in folder.tables.items() if n != train and id_column in f.columns), None)
+    test_ids = folder.tables[test][id_column] if test else folder.csvs.get(folder.sample_submission, frame).iloc[:, 0]
+    test_dir = _folder_of(folder, test_ids.astype(str)) if test or folder.sample_submission else None
+    shared = set(folder.tables[test].columns) if test else set()
+    targets = [c for c in frame.columns if c != id_column and c not in shared]
+    coordinates = [c for c in targets if COORDINATE.search(str(c))]
+    labels = coordinates or [_one(targets, "data.label_columns", train)]
+    return [
+        Decision("data.layout", "image_csv", f"{train}'s {id_column!r} column names the images in {image_dir.name}/"),
+        Decision("data.train_csv", train, "the CSV with the targets"),
+        Decision("data.test_csv", test, "the test ids" if test else "none: the test ids are the sample's first column"),
+        Decision("data.id_column", id_column, "its values are image file names"),
+        Decision("data.label_columns", labels, "x/y coordinate columns" if coordinates else "the one target column"),
+        Decision("data.train_dir", image_dir.name, "the training images"),
+        Decision("data.test_dir", test_dir.name if test_dir else "test", "the images the test ids name"),
+    ]
+
+
+def detect_layout(folder: Folder) -> list[Decision]:
+    fits = {name: layout(folder) for name, layout in LAYOUTS.items()}
+    fits = {name: decisions for name, decisions in fits.items() if decisions is not None}
+    if "image_csv" in fits:  # a CSV that names the images says more than the file names do
+        fits.pop("filename_regex", None)
+    if len(fits) > 1:
+        raise PipelineError(f"init: {folder.root} fits the layouts {sorted(fits)}; set data.layout")
+    if not fits:
+        raise PipelineError(
+            f"init: {folder.root} fits none of the layouts {list(LAYOUTS)}: expected CSVs of pixels, "
+            "a CSV naming image files, class folders, or <label>_<n> file names"
+        )
+    return next(iter(fits.values()))
+
+
+# --- the survey ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Survey:
+    name: str
+    decisions: list[Decision]
+    found: list[str]  # what it printed: rows, classes or points, sizes, preset
+
+    def raw(self) -> dict:
+        raw: dict = {}
+        for d in self.decisions:
+            section, key = d.key.split(".")
+            raw.setdefault(section, {})[key] = d.value
+        return raw
+
+
+def task_of(layout: list[Decision]) -> Decision:
+    values = {d.key: d.value for d in layout}
+    if values["data.layout"] == "pixel_string":
+        return Decision("competition.task", "keypoints", "x/y coordinate columns in the training CSV")
+    labels = values.get("data.label_columns", [])
+    if len(labels) > 1 or (labels and COORDINATE.search(labels[0])):
+        return Decision("competition.task", "keypoints", f"{len(labels) // 2} points as x/y columns")
+    return Decision("competition.task", "classification", "one label per image")
+
+
+def images_of(data: sources.CompetitionData) -> tuple[Decision | None, str, str]:
+    """The channels decision (files only), a description of the sizes, and the image kind."""
+    images = data.train.images
+    picks = np.linspace(0, len(images) - 1, min(SAMPLED_IMAGES, len(images))).astype(int)
+    if isinstance(images, ArraySource):
+        height, width = images.images.shape[1:3]
+        return None, f"{width}x{height}", "grayscale"
+    opened = [Image.open(images.paths[i]) for i in picks]
+    sizes = pd.Series([f"{im.width}x{im.height}" for im in opened])
+    gray = all(_is_gray(im) for im in opened)
+    described = sizes.iloc[0] if sizes.nunique() == 1 else f"{sizes.nunique()} sizes, most often {sizes.mode()[0]}"
+    why = f"all {len(opened)} images looked at are gray" if gray else "colour images"
+    return Decision("data.channels", 1 if gray else 3, why), described, "grayscale" if gray else "colour"
+
+
+def _is_gray(image: Image.Image) -> bool:
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return True
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return bool(np.abs(pixels - pixels[..., :1]).max() <= 2)
+
+
+def sample_format(folder: Folder, task: str, classes: list[str]) -> Decision | None:
+    name = folder.sample_submission
+    if name is None:
+        return None
+    columns = [str(c) for c in folder.csvs[name].columns]
+    if task == "keypoints":
+        wide = all(COORDINATE.search(c) for c in columns[1:])
+        return Decision("predict.format", "keypoints_wide" if wide else "keypoints_long", f"{name}'s columns")
+    if len(columns) > 2 and set(columns[1:]) <= set(classes):
+        return Decision("predict.format", "probabilities", f"{name} has a column per class")
+    return Decision("predict.format", "label", f"{name} has one label column")
+
+
+def balance(data: sources.CompetitionData, task: str) -> str:
+    table = data.train.table[data.targets]
+    if task == "keypoints":
+        complete = int(table.notna().all(axis=1).sum())
+        return f"{len(data.targets) // 2} points; {complete} of {len(table)} rows have all of them"
+    counts = table.iloc[:, 0].astype(str).value_counts()
+    shape = "balanced" if counts.max() <= 1.5 * counts.min() else f"imbalanced, {counts.max() / counts.min():.1f} to 1"
+    return f"{len(counts)} classes, {counts.min()} to {counts.max()} rows each ({shape})"
+
+
+def survey(root: Path, name: str | None = None) -> Survey:
+    folder = Folder.read(root)
+    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-.") or "competition"
+    layout = detect_layout(folder)
+    task = task_of(layout)
+    decisions = [
+        Decision("competition.name", name, "the folder's name"),
+        task,
+        layout[0],
+        Decision("data.dir", str(root), "the folder surveyed"),
+        *[d for d in layout[1:] if d.value is not None or d.key == "data.test_dir"],
+    ]
+    sample = folder.sample_submission
+    decisions.append(Decision("data.sample_submission", sample, "its file name" if sample else "none found"))
+    data = sources.read(C.validate(Survey(name, decisions, []).raw(), f"init {root}"))
+    channels, sizes, kind = images_of(data)
+    decisions += [channels] if channels else []
+    classes = sorted(data.train.table[data.targets[0]].astype(str).unique()) if task.value == "classification" else []
+    decisions += [d for d in [sample_format(folder, task.value, classes)] if d]
+    rows = f"{len(data.train.table)} training rows, {len(data.test.table)} test rows"
+    found = [rows, balance(data, task.value), f"images: {sizes}, {kind}"]
+    return Survey(name, decisions, found)
+
+
+# --- the config file ---------------------------------------------------------------------------
+
+
+def render(result: Survey, source: Path) -> str:
+    lines = [
+        f"# {result.name}: written by `make init DIR={source}`; each value says why it was chosen.",
+        "# Keys left out take the defaults that fit the data (printed by `make train`).",
+        *(f"# {fact}" for fact in result.found),
+    ]
+    for section, keys in result.raw().items():
+        lines.append(f"\n{section}:")
+        for key, value in keys.items():
+            why = next(d.why for d in result.decisions if d.key == f"{section}.{key}")
+            text = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]
+            lines.append(f"  {text}  # {why}")
+    return "\n".join(lines) + "\n"
+
+
+def run(root: Path, output: Path | None = None, name: str | None = None) -> Path:
+    result = survey(root, name)
+    output = output or Path("configs") / f"{result.name}.yaml"
+    if output.exists():
+        raise PipelineError(f"init: {output} exists; init never overwrites a config (remove it or pass -o)")
+    text = render(result, root)
+    C.validate(yaml.safe_load(text), f"init {root}")
+    write_text(output, text)
+    print(f"init: {root}: " + "; ".join(result.found))
+    print(f"init: wrote {output}")
+    return output

@@ -1,0 +1,103 @@
+"""`make init`: every layout detected, a config that reads the competition, ambiguity refused."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import KEYPOINTS
+from PIL import Image
+
+from pipeline import cli, sources, survey
+from pipeline import config as C
+from pipeline.errors import PipelineError
+
+EXPECTED = {
+    "pixel_columns_dir": ("pixel_columns", "classification", ["label"], 30),
+    "pixel_string_dir": ("pixel_string", "keypoints", KEYPOINTS, 20),
+    "image_csv_dir": ("image_csv", "classification", ["label"], 12),
+    "class_folders_dir": ("class_folders", "classification", ["label"], 10),
+    "filename_regex_dir": ("filename_regex", "classification", ["label"], 12),
+}
+
+
+@pytest.mark.parametrize("fixture", EXPECTED)
+def test_every_layout_gets_a_config_that_reads_it(fixture, request, tmp_path, capsys):
+    folder = request.getfixturevalue(fixture)
+    output = tmp_path / "configs" / "x.yaml"
+    survey.run(folder, output)
+    cfg = C.load(output)
+    layout, task, targets, rows = EXPECTED[fixture]
+    assert (cfg.data.layout, cfg.competition.task) == (layout, task)
+    data = sources.read(cfg)
+    assert data.targets == targets and len(data.train.table) == rows
+    text = output.read_text()
+    assert f"layout: {layout}  # " in text and f"task: {task}  # " in text
+    assert f"{rows} training rows" in capsys.readouterr().out
+
+
+def test_class_balance_sizes_and_sample_format_are_found(image_csv_dir, tmp_path):
+    found = survey.survey(image_csv_dir)
+    assert found.found[1] == "3 classes, 4 to 4 rows each (balanced)"
+    assert found.found[2] == "images: 10x12, colour"
+    assert found.raw()["predict"] == {"format": "label"} and found.raw()["data"]["channels"] == 3
+
+
+def test_keypoint_columns_and_gray_png_files(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    table = pd.DataFrame(rng.uniform(0, 20, (8, 4)), columns=["nose_x", "nose_y", "tail_x", "tail_y"])
+    table.insert(0, "image_id", [f"a{i}" for i in range(8)])
+    table.loc[0, "tail_x"] = np.nan
+    for split, ids in (("train", table["image_id"]), ("test", ["b0", "b1"])):
+        for image_id in ids:
+            Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).convert("RGB").save(
+                tmp_path / split / f"{image_id}.png"
+            )
+    table.to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"image_id": ["b0", "b1"]}).to_csv(tmp_path / "test.csv", index=False)
+    found = survey.survey(tmp_path)
+    data = found.raw()["data"]
+    assert found.raw()["competition"]["task"] == "keypoints"
+    assert data["label_columns"] == ["nose_x", "nose_y", "tail_x", "tail_y"] and data["id_column"] == "image_id"
+    assert data["channels"] == 1  # RGB files whose three channels are equal
+    assert found.found[1] == "2 points; 7 of 8 rows have all of them"
+
+
+def test_two_label_columns_are_refused_with_the_key_to_set(image_csv_dir):
+    extra = pd.read_csv(image_csv_dir / "train.csv").assign(source=["a", "b"] * 6)
+    extra.to_csv(image_csv_dir / "train.csv", index=False)
+    with pytest.raises(PipelineError, match=r"2 candidates for data.label_columns: \['label', 'source'\]; set"):
+        survey.survey(image_csv_dir)
+
+
+def test_two_layouts_are_refused(class_folders_dir, rng):
+    train = pd.DataFrame(rng.integers(0, 256, (4, 64)), columns=[f"pixel{i}" for i in range(64)])
+    train.assign(label=[0, 1, 0, 1]).to_csv(class_folders_dir / "digits_train.csv", index=False)
+    train.to_csv(class_folders_dir / "digits_test.csv", index=False)
+    with pytest.raises(PipelineError, match=r"fits the layouts \['class_folders', 'pixel_columns'\]; set data.layout"):
+        survey.survey(class_folders_dir)
+
+
+def test_a_folder_of_nothing_and_an_existing_config(tmp_path, image_csv_dir, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="fits none of the layouts"):
+        survey.survey(tmp_path / "empty")
+    output = tmp_path / "mine.yaml"
+    output.write_text("# my own\n")
+    assert cli.main(["init", str(image_csv_dir), "-o", str(output)]) == 2
+    assert "never overwrites" in capsys.readouterr().err and output.read_text() == "# my own\n"
+    assert cli.main(["init"]) == 2 and "one competition folder" in capsys.readouterr().err
+
+
+def test_the_name_is_the_folders_and_the_config_lands_in_configs(image_csv_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "work" / "My Competition!"
+    for name in ("train", "test"):
+        shutil.copytree(image_csv_dir / name, folder / name)
+        shutil.copy(image_csv_dir / f"{name}.csv", folder)
+    monkeypatch.chdir(tmp_path / "work")
+    assert cli.main(["init", "My Competition!"]) == 0
+    written = yaml.safe_load((tmp_path / "work" / "configs" / "My-Competition.yaml").read_text())
+    assert written["competition"]["name"] == "My-Competition"
