@@ -163,6 +163,9 @@ class Model(Section):
 
 
 class Train(Section):
+    # how much time buys accuracy; keys left unset take defaults that fit the data (defaults.py)
+    preset: Literal["fast", "medium", "best"] = "medium"
+    time_budget: str | None = None  # "20m", "2h": epochs fitted so the folds and the full fit end in it
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 1e-3
@@ -198,6 +201,13 @@ class Train(Section):
     # (chosen on the fold's own validation rows: its CV is optimistic)
     checkpoint: Literal["last", "best"] = "last"
     folds: list[int] | None = None  # train only these folds (tuning uses a subset)
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, budget: str | None) -> str | None:
+        if budget is not None:
+            seconds(budget)
+        return budget
 
 
 class Aug(Section):
@@ -413,6 +423,14 @@ def save_resolved(cfg: Config, path: Path) -> None:
     from pipeline.files import write_text
 
     write_text(path, cfg.to_yaml())
+
+
+def save_given(cfg: Config, path: Path) -> None:
+    """Only the keys the config and its overrides set: a process started on this file decides
+    the unset keys from the data exactly as this one does."""
+    from pipeline.files import write_text
+
+    write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False))
 
 
 def _read_yaml(path: Path) -> dict:

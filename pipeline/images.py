@@ -107,6 +107,18 @@ def uniform_side(images: Sequence) -> int | None:
     return int(sizes[0].max())
 
 
+def typical_side(images: Sequence, sample: int = 64) -> int:
+    """The median longer side: of every image in a cache, of a sample of files' headers otherwise."""
+    if isinstance(images, CachedImages):
+        sides = images.index[:, 1:3].max(axis=1)
+    elif isinstance(images, LazyImages):
+        picks = np.linspace(0, len(images) - 1, min(sample, len(images))).astype(int)
+        sides = [max(header_shape(images.source.paths[i], 1)[:2]) for i in picks]
+    else:
+        sides = [max(images[i].shape[:2]) for i in range(min(sample, len(images)))]
+    return int(np.median(sides)) if len(sides) else 0
+
+
 class LazyImages(Sequence):
     """Decodes each image from its file on access, for competitions too large to cache."""
 

@@ -37,7 +37,7 @@ def run(cfg: C.Config, gpus: str | None = None) -> None:
     paths = Paths.of(cfg)
     mode = choose(cfg.train.distributed, len(plan.read_folds(paths)), len(ids))
     resolved = paths.resolved("launch")
-    C.save_resolved(cfg, resolved)
+    C.save_given(cfg, resolved)
     print(f"train on GPUs {','.join(ids)}: {mode}")
     if mode == "ddp":
         distributed.rank_batch(cfg.train.batch_size, len(ids))  # here, not as a traceback from every rank

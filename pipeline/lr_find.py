@@ -61,8 +61,8 @@ def suggest(lrs: np.ndarray, losses: np.ndarray) -> float:
 
 def run(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
-    cfg = plan.merge_tuned(cfg, paths)
     setup, folds = plan.prepare(cfg, paths)
+    cfg = setup.cfg
     train_rows = np.flatnonzero(folds["fold"].to_numpy() != 0)
     lrs, losses = sweep_setup(setup, train_rows)
     suggestion = suggest(lrs, losses)

@@ -72,6 +72,16 @@ class Paths:
         return FitFiles(self.runs / "full")
 
     @property
+    def budget_json(self) -> Path:
+        """train.time_budget's decision: the epochs that fit, kept for re-runs of the same config."""
+        return self.runs / "budget.json"
+
+    @property
+    def budget_probe(self) -> FitFiles:
+        """The timed epoch's fit, removed once timed."""
+        return FitFiles(self.runs / "budget-probe")
+
+    @property
     def tune_dir(self) -> Path:
         return self.runs / "tune"
 

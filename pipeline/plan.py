@@ -1,17 +1,18 @@
-"""What the stages that train or read trained models share: the config with the tuned settings
-merged, the prepared data (images, targets, task for every folds.csv row), the fold plan, and
-the fingerprint that ties a fit to the config and folds it was trained on."""
+"""What the stages that train or read trained models share: the config with the defaults that
+fit the data filled in and the tuned settings merged, the prepared data (images, targets, task
+for every folds.csv row), the fold plan, and the fingerprint that ties a fit to the config and
+folds it was trained on."""
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import batch_aug, engine, sources
+from pipeline import batch_aug, defaults, engine, sources
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.fit import Setup
-from pipeline.images import FileSource, open_images, uniform_side
+from pipeline.images import FileSource, open_images, typical_side, uniform_side
 from pipeline.loader import ConcatImages
 from pipeline.paths import Paths
 from pipeline.tasks import create_task
@@ -54,8 +55,10 @@ def fingerprint(cfg: C.Config, paths: Paths) -> str:
     return f"{cfg.to_yaml(TRAIN_SECTIONS)}folds.csv sha256 {sha256_file(paths.folds_csv)}"
 
 
-def prepare(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame]:
-    """The images, targets and task for every row of folds.csv, in its order."""
+def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, pd.DataFrame]:
+    """The images, targets and task for every row of folds.csv, in its order, and the config
+    they train with (Setup.cfg): its unset keys decided from the data, then (`tuned`) the
+    settings `make tune` found merged."""
     folds = read_folds(paths)
     data = sources.read(cfg)
     store = open_images(data.train.images, paths.cache("train"), cfg.data.cache, cfg.data.cache_limit_gb)
@@ -72,6 +75,17 @@ def prepare(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame]:
             [store, open_images(extra, paths.cache("extra"), cfg.data.cache, cfg.data.cache_limit_gb)]
         )
         rows = np.concatenate([rows, len(store) + np.arange(int((~competition).sum()))])
+    facts = defaults.Facts(
+        task=cfg.competition.task,
+        rows=int(competition.sum()),
+        side=typical_side(store),
+        channels=channels(cfg),
+        n_folds=folds.loc[competition, "fold"].nunique(),
+        keypoint_columns=tuple(data.targets) if cfg.competition.task == "keypoints" else (),
+    )
+    cfg, decided = defaults.resolve(cfg, facts)
+    print("\n".join(defaults.describe(decided)) if decided else "defaults: every key is set", flush=True)
+    cfg = merge_tuned(cfg, paths) if tuned else cfg
     task = create_task(cfg, data.train.table, data.targets)
     targets = task.encode(folds, data.targets)
     size = cfg.model.image_size or uniform_side(store)

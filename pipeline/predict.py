@@ -177,7 +177,7 @@ def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str
     model predicts its validation rows through the same views as the test images."""
     if not cfg.predict.tta:
         return cv.fold_models, ""
-    setup, folds = plan.prepare(plan.merge_tuned(cfg, paths), paths)
+    setup, folds = plan.prepare(cfg, paths)
     device, targets = engine.Device.choose(cfg.train), plan.target_columns(folds)
     frames = []
     for k in cv.fold_ids:

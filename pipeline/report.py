@@ -356,11 +356,11 @@ def render(title: str, sections: list[Section]) -> str:
 def run(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
     cv = CV.load(paths.cv_json)  # a clear error before anything is removed, when there is none
-    cfg = plan.merge_tuned(cfg, paths)
+    setup, folds = plan.prepare(cfg, paths)
+    cfg = setup.cfg
     out = paths.report_dir
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    setup, folds = plan.prepare(cfg, paths)
     row_of = {i: n for n, i in enumerate(folds["id"].astype(str))}
     image_of = lambda image_id: setup.images[setup.rows[row_of[str(image_id)]]]  # noqa: E731
     oof = out_of_fold(paths, cv)

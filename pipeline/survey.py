@@ -114,8 +114,11 @@ def pixel_string(folder: Folder) -> list[Decision] | None:
 
 
 def image_csv(folder: Folder) -> list[Decision] | None:
-    widest_first = sorted(folder.tables.items(), key=lambda item: -len(item[1].columns))
-    for name, frame in widest_first:  # the training CSV has the targets besides the ids
+    # the training CSV has the targets besides the ids, and is most often called train*.csv
+    likely_first = sorted(
+        folder.tables.items(), key=lambda item: (not item[0].startswith("train"), -len(item[1].columns))
+    )
+    for name, frame in likely_first:
         for column in frame.columns:
             image_dir = _folder_of(folder, frame[column].astype(str))
             if image_dir is not None:
@@ -209,7 +212,9 @@ def _test_folder(folder: Folder, exclude: Path) -> str | None:
 
 def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: Path) -> list[Decision]:
     frame = folder.tables[train]
-    test = next((n for n, f in folder.tables.items() if n != train and id_column in f.columns), None)
+    others = [(n, f) for n, f in folder.tables.items() if n != train and id_column in f.columns]
+    others.sort(key=lambda item: (not item[0].startswith("test"), len(item[1].columns)))  # test*.csv: ids only
+    test = others[0][0] if others else None
     test_ids = folder.tables[test][id_column] if test else folder.csvs.get(folder.sample_submission, frame).iloc[:, 0]
     test_dir = _folder_of(folder, test_ids.astype(str)) if test or folder.sample_submission else None
     shared = set(folder.tables[test].columns) if test else set()

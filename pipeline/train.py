@@ -16,8 +16,8 @@ import shutil
 import numpy as np
 import pandas as pd
 
+from pipeline import budget, distributed, plan
 from pipeline import config as C
-from pipeline import distributed, plan
 from pipeline.files import write_csv
 from pipeline.fit import Setup, fit
 from pipeline.paths import FitFiles, Paths
@@ -43,10 +43,12 @@ def run(cfg: C.Config) -> None:
 
 
 def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int]]:
-    """What training the folds needs, the tuned settings merged: (setup, folds, fingerprint, fold ids)."""
-    cfg = plan.merge_tuned(cfg, paths)
+    """What training the folds needs, defaults decided and tuned settings merged: (setup, folds,
+    fingerprint, fold ids)."""
     setup, folds = plan.prepare(cfg, paths)
-    return setup, folds, plan.fingerprint(cfg, paths), plan.fold_ids_of(cfg, folds)
+    fold_ids = plan.fold_ids_of(setup.cfg, folds)
+    setup = budget.fit_into(setup, folds, fold_ids, paths)
+    return setup, folds, plan.fingerprint(setup.cfg, paths), fold_ids
 
 
 def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fingerprint: str) -> FitResult:

@@ -334,7 +334,8 @@ def run(cfg: C.Config, workers: int = 1) -> None:
 def work(cfg: C.Config, paths: Paths) -> None:
     """One worker: trials until the study has n_trials or this run's timeout passes."""
     study = create_study(cfg, paths)
-    base, folds = plan.prepare(cfg, paths)
+    base, folds = plan.prepare(cfg, paths, tuned=False)
+    cfg = base.cfg
     space = cfg.tune.space or default_space(cfg, len(models.stages(models.create_model(cfg.model, 1, 1))) - 1)
     for key in space:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
@@ -358,7 +359,7 @@ def _probe_value(p: C.Param):
 def spawn_workers(cfg: C.Config, paths: Paths, workers: int) -> None:
     """`workers` processes on one study, the cores shared out and one GPU each where there are GPUs."""
     resolved = paths.tune_dir / "config.yaml"
-    C.save_resolved(cfg, resolved)
+    C.save_given(cfg, resolved)
     gpus = _gpu_count()
     processes = []
     for i in range(workers):
