@@ -12,7 +12,7 @@ and test images: an RBF SVC on the pixels, or the training rows' mean shape for 
   textures  200 grayscale texture patches of 48 px, 4 classes
   cards     1,000 grayscale card photos of 48 px, 4 corner keypoints, some missing
 
-    python benchmarks/first_run.py [--only tiny photos textures cards] [--presets fast medium]
+    python benchmarks/first_run.py [--only tiny photos textures cards] [--presets fast medium] [--tiny]
 """
 
 import argparse
@@ -31,11 +31,13 @@ from _stages import machine, stage
 from pipeline import config as C
 
 BUDGETS = {"fast": "5m", "medium": "15m"}
+TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
+SMALL = {"tiny": {"n_train": 60, "n_test": 20}, "photos": {"train_per_class": 6, "test_per_class": 3}}
 
 
-def init(name: str, scratch: Path) -> tuple[Path, str]:
+def init(name: str, scratch: Path, tiny: bool) -> tuple[Path, str]:
     """The config `make init` writes for the built competition, and what it printed."""
-    _competitions.BUILDERS[name](scratch / "data" / name)
+    _competitions.BUILDERS[name](scratch / "data" / name, **(SMALL.get(name, {}) if tiny else {}))
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "init", f"data/{name}"], cwd=scratch, capture_output=True, text=True
     )
@@ -45,9 +47,10 @@ def init(name: str, scratch: Path) -> tuple[Path, str]:
     return scratch / "configs" / f"{name}.yaml", found
 
 
-def first_run(config: Path, preset: str, scratch: Path) -> tuple[float, float]:
+def first_run(config: Path, preset: str, scratch: Path, tiny: bool) -> tuple[float, float]:
     """Held-out score and wall clock (minutes) of data, folds, train, predict and score."""
     overrides = [f"train.preset={preset}", f"train.time_budget={BUDGETS[preset]}", "data.solution=solution.csv"]
+    overrides += TINY if tiny else []
     started = time.perf_counter()
     for step in ("data", "folds", "train", "predict", "score"):
         stage(step, config, overrides, scratch, show=("train", "predict"))
@@ -56,13 +59,13 @@ def first_run(config: Path, preset: str, scratch: Path) -> tuple[float, float]:
     return float(ledger["local_score"]), minutes
 
 
-def competition_rows(name: str, presets: list[str]) -> list[str]:
+def competition_rows(name: str, presets: list[str], tiny: bool) -> list[str]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        config, found = init(name, scratch)
+        config, found = init(name, scratch, tiny)
         for preset in presets:
-            score, minutes = first_run(config, preset, scratch)
+            score, minutes = first_run(config, preset, scratch, tiny)
             run = f"{preset}, budget {BUDGETS[preset]}"
             rows.append(f"| {machine()} | {name} | {found} | {run} | {score:.4f} | {minutes:.1f} min |")
         with inside(scratch):
@@ -76,8 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=["tiny", "photos", "textures", "cards"])
     parser.add_argument("--presets", nargs="*", default=["fast", "medium"])
+    parser.add_argument("--tiny", action="store_true", help="tiny data, 2 folds, 1 epoch: for the test suite")
     args = parser.parse_args()
-    rows = [row for name in args.only for row in competition_rows(name, args.presets)]
+    only = ["tiny", "photos"] if args.tiny else args.only
+    rows = [
+        row
+        for name in only
+        for row in competition_rows(name, args.presets[:1] if args.tiny else args.presets, args.tiny)
+    ]
     print("| machine | competition | what `make init` found | run | held-out score | wall clock |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
