@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -162,10 +163,31 @@ class Model(Section):
     head_activation: Literal["none", "tanh"] = "none"  # keypoints: tanh keeps outputs in [-1, 1]
 
 
+def seconds(duration: str | int | float) -> float:
+    """ "8h", "30m", "90s" or a number of seconds -> seconds."""
+    text = str(duration).strip().lower()
+    units = {"h": 3600, "m": 60, "s": 1}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{duration!r} is not a duration like 8h, 30m, 90s") from None
+
+
+def _is_duration(duration: str | None) -> str | None:
+    if duration is not None:
+        seconds(duration)
+    return duration
+
+
+Duration = Annotated[str | None, AfterValidator(_is_duration)]  # "8h", "30m", "90s" or seconds
+
+
 class Train(Section):
     # how much time buys accuracy; keys left unset take defaults that fit the data (defaults.py)
     preset: Literal["fast", "medium", "best"] = "medium"
-    time_budget: str | None = None  # "20m", "2h": epochs fitted so the folds and the full fit end in it
+    time_budget: Duration = None  # "20m", "2h": epochs fitted so the folds and the full fit end in it
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 1e-3
@@ -201,13 +223,6 @@ class Train(Section):
     # (chosen on the fold's own validation rows: its CV is optimistic)
     checkpoint: Literal["last", "best"] = "last"
     folds: list[int] | None = None  # train only these folds (tuning uses a subset)
-
-    @field_validator("time_budget")
-    @classmethod
-    def _duration(cls, budget: str | None) -> str | None:
-        if budget is not None:
-            seconds(budget)
-        return budget
 
 
 class Aug(Section):
@@ -264,7 +279,7 @@ class Param(Section):
 
 class Tune(Section):
     n_trials: PositiveInt = 20  # in all, over every run and worker
-    timeout: str | None = None  # per run: "8h", "30m", "90s" or seconds
+    timeout: Duration = None  # per run
     storage: str | None = None  # None: a journal file under runs/<name>/tune/; sqlite:///...; postgresql://...
     space: dict[str, Param] = {}  # dotted config key -> range; empty: the default space
     folds: list[int] | None = None  # the folds a trial trains; None: all
@@ -275,25 +290,6 @@ class Tune(Section):
     heartbeat_s: PositiveInt = 60  # RDB storage: a trial whose worker is silent for grace_s is retried
     grace_s: PositiveInt = 180
     max_retry: Annotated[int, Field(ge=0)] = 3
-
-    @field_validator("timeout")
-    @classmethod
-    def _duration(cls, timeout: str | None) -> str | None:
-        if timeout is not None:
-            seconds(timeout)
-        return timeout
-
-
-def seconds(duration: str | int | float) -> float:
-    """ "8h", "30m", "90s" or a number of seconds -> seconds."""
-    text = str(duration).strip().lower()
-    units = {"h": 3600, "m": 60, "s": 1}
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{duration!r} is not a duration like 8h, 30m, 90s") from None
 
 
 class Predict(Section):
