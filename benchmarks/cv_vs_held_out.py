@@ -10,7 +10,8 @@ classification, the training rows' mean shape for keypoints.
 
   digits    the demo (configs/digits.yaml): 3,000 MNIST digits, 1,000 held out
   textures  200 grayscale texture patches, a pretrained EfficientNet-Lite0 (benchmarks/_competitions.py)
-  cards     1,000 card photos, 4 corner keypoints, some missing in training (benchmarks/_competitions.py)
+  cards     1,000 card photos, 4 corner keypoints, some missing in training; the defaults that
+            fit the data train it (benchmarks/_competitions.py)
 
     python benchmarks/cv_vs_held_out.py [--only digits textures cards] [--tiny]
 """
