@@ -29,6 +29,7 @@ COORDINATE = re.compile(r"_[xy]$", re.IGNORECASE)
 FILENAME_LABEL = r"^(?P<label>.+)_\d+$"
 SAMPLE_SUBMISSION = re.compile(r"sample.*submission.*\.csv$", re.IGNORECASE)
 SAMPLED_IMAGES = 200  # images opened to learn sizes and channels
+FAST_FIRST_PIXELS = 20_000 * 160**2  # more training pixels than this: a fast first run
 
 
 @dataclass
@@ -274,19 +275,38 @@ def task_of(layout: list[Decision]) -> Decision:
     return Decision("competition.task", "classification", "one label per image")
 
 
-def images_of(data: sources.CompetitionData) -> tuple[Decision | None, str, str]:
-    """The channels decision (files only), a description of the sizes, and the image kind."""
+@dataclass(frozen=True)
+class Pictures:
+    channels: Decision | None  # file layouts only: pixel layouts are grayscale
+    sizes: str  # "64x64", or "12 sizes, most often 500x375"
+    kind: str  # grayscale or colour
+    side: int  # the median longer side
+
+
+def images_of(data: sources.CompetitionData) -> Pictures:
     images = data.train.images
-    picks = np.linspace(0, len(images) - 1, min(SAMPLED_IMAGES, len(images))).astype(int)
     if isinstance(images, ArraySource):
         height, width = images.images.shape[1:3]
-        return None, f"{width}x{height}", "grayscale"
-    opened = [Image.open(images.paths[i]) for i in picks]
-    sizes = pd.Series([f"{im.width}x{im.height}" for im in opened])
-    gray = all(_is_gray(im) for im in opened)
-    described = sizes.iloc[0] if sizes.nunique() == 1 else f"{sizes.nunique()} sizes, most often {sizes.mode()[0]}"
-    why = f"all {len(opened)} images looked at are gray" if gray else "colour images"
-    return Decision("data.channels", 1 if gray else 3, why), described, "grayscale" if gray else "colour"
+        return Pictures(None, f"{width}x{height}", "grayscale", max(height, width))
+    picks = np.linspace(0, len(images) - 1, min(SAMPLED_IMAGES, len(images))).astype(int)
+    sizes, gray = [], True
+    for i in picks:
+        with Image.open(images.paths[i]) as image:
+            sizes.append(image.size)
+            gray = gray and _is_gray(image)
+    named = pd.Series([f"{w}x{h}" for w, h in sizes])
+    described = named.iloc[0] if named.nunique() == 1 else f"{named.nunique()} sizes, most often {named.mode()[0]}"
+    why = f"all {len(sizes)} images looked at are gray" if gray else "colour images"
+    side = int(np.median([max(size) for size in sizes]))
+    return Pictures(
+        Decision("data.channels", 1 if gray else 3, why), described, "grayscale" if gray else "colour", side
+    )
+
+
+def suggested_preset(rows: int, side: int) -> Decision:
+    if rows * min(side, 256) ** 2 > FAST_FIRST_PIXELS:
+        return Decision("train.preset", "fast", f"{rows} images of {side} px: a fast first run, then medium")
+    return Decision("train.preset", "medium", f"{rows} images of {side} px: medium fits a first run")
 
 
 def _is_gray(image: Image.Image) -> bool:
@@ -334,12 +354,14 @@ def survey(root: Path, name: str | None = None) -> Survey:
     sample = folder.sample_submission
     decisions.append(Decision("data.sample_submission", sample, "its file name" if sample else "none found"))
     data = sources.read(C.validate(Survey(name, decisions, []).raw(), f"init {root}"))
-    channels, sizes, kind = images_of(data)
-    decisions += [channels] if channels else []
+    pictures = images_of(data)
+    decisions += [pictures.channels] if pictures.channels else []
     classes = sorted(data.train.table[data.targets[0]].astype(str).unique()) if task.value == "classification" else []
     decisions += [d for d in [sample_format(folder, task.value, classes)] if d]
+    preset = suggested_preset(len(data.train.table), pictures.side)
+    decisions.append(preset)
     rows = f"{len(data.train.table)} training rows, {len(data.test.table)} test rows"
-    found = [rows, balance(data, task.value), f"images: {sizes}, {kind}"]
+    found = [rows, balance(data, task.value), f"images: {pictures.sizes}, {pictures.kind}", f"preset: {preset.value}"]
     return Survey(name, decisions, found)
 
 

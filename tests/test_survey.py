@@ -40,8 +40,10 @@ def test_every_layout_gets_a_config_that_reads_it(fixture, request, tmp_path, ca
 def test_class_balance_sizes_and_sample_format_are_found(image_csv_dir, tmp_path):
     found = survey.survey(image_csv_dir)
     assert found.found[1] == "3 classes, 4 to 4 rows each (balanced)"
-    assert found.found[2] == "images: 10x12, colour"
+    assert found.found[2:] == ["images: 10x12, colour", "preset: medium"]
     assert found.raw()["predict"] == {"format": "label"} and found.raw()["data"]["channels"] == 3
+    assert found.raw()["train"] == {"preset": "medium"}
+    assert survey.suggested_preset(50_000, 224).value == "fast"
 
 
 def test_keypoint_columns_and_gray_png_files(tmp_path):
