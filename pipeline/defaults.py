@@ -4,7 +4,8 @@ A key is unset when neither the YAML nor an override names it (pydantic's `model
 `resolve(cfg, facts)` fills those keys from the training rows, the image side and channels and
 the task, scaled by `train.preset` (AutoGluon's idea: one word trades time for accuracy):
 
-  model     tiny grayscale images (side <= 32) train a resnet18 from scratch at 32 px; anything
+  model     grayscale images of 32 px or less, or of 64 px or less when there are 1,000 or
+            more, train a resnet18 from scratch at their own size (at least 32 px); anything
             else fine-tunes a pretrained EfficientNet-Lite0 at 96 px or more. Pretrained
             weights come from the hub when cached or reachable, else from the packaged
             efficientnet_lite0 weights where the model is one, else none.
@@ -25,6 +26,7 @@ from pipeline import config as C
 from pipeline import transforms
 
 SCRATCH_SIDE = 32  # a resnet's stem and first stage divide by 4: smaller inputs lose the image
+SMALL_SIDE, MANY_ROWS = 64, 1000  # this many grayscale images of at most this side learn from scratch
 PRETRAINED_SIDE = 96  # ImageNet features need some pixels to work with
 HUB_TIMEOUT_S = 3.0
 
@@ -62,6 +64,13 @@ class Facts:
     @property
     def tiny_grayscale(self) -> bool:
         return self.channels == 1 and self.side <= SCRATCH_SIDE
+
+    @property
+    def from_scratch(self) -> bool:
+        """ImageNet's colour photos teach little about tiny grayscale images, or about small ones
+        when there are enough of them to learn from, and a scratch resnet at their own size is
+        several times cheaper than a pretrained one at 96 px."""
+        return self.tiny_grayscale or (self.channels == 1 and self.side <= SMALL_SIDE and self.rows >= MANY_ROWS)
 
     @property
     def kind(self) -> str:
@@ -116,13 +125,13 @@ def _apply(cfg: C.Config, decided: list[Default]) -> C.Config:
 def model_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
     preset = PRESETS[cfg.train.preset]
     if unset(cfg.model, "name"):
-        if facts.tiny_grayscale:
-            name = Default("model.name", "resnet18", f"{facts.kind}: small enough to train from scratch")
+        if facts.from_scratch:
+            name = Default("model.name", "resnet18", f"{facts.rows} {facts.kind}: a resnet from scratch")
         else:
             name = Default("model.name", "efficientnet_lite0", f"{facts.kind}: a pretrained backbone")
     else:
         name = Default("model.name", cfg.model.name, "set")
-    pretrained = pretrained_default(name.value, from_scratch=facts.tiny_grayscale and unset(cfg.model, "name"))
+    pretrained = pretrained_default(name.value, from_scratch=facts.from_scratch and unset(cfg.model, "name"))
     chosen = pretrained.value if unset(cfg.model, "pretrained") else cfg.model.pretrained
     floor = PRETRAINED_SIDE if chosen != "none" else SCRATCH_SIDE
     size = min(max(facts.side, floor), preset.size_cap)
@@ -136,7 +145,7 @@ def pretrained_default(name: str, *, from_scratch: bool) -> Default:
     from pipeline.models import LITE0_MODELS
 
     if from_scratch:
-        return Default("model.pretrained", "none", "tiny grayscale images: ImageNet features do not fit them")
+        return Default("model.pretrained", "none", "small grayscale images: ImageNet features fit them poorly")
     if hub_weights_available(name):
         return Default("model.pretrained", "hub", f"{name}'s weights are in the hub cache or the hub is reachable")
     if name in LITE0_MODELS:

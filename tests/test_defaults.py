@@ -102,3 +102,14 @@ def test_a_time_budget_lowers_the_epochs_once_and_keeps_the_decision(blobs_dir, 
     )
     roomy = tiny(data, epochs=2, time_budget="2h")
     assert run(roomy, tmp_path, monkeypatch)["epochs"] == 2 and "the 2 epochs asked for fit" in capsys.readouterr().out
+
+
+def test_many_small_grayscale_images_train_from_scratch_few_fine_tune():
+    many, _ = defaults.resolve(bare("keypoints"), Facts("keypoints", 1000, 48, 1, 5, tuple(CORNERS)))
+    few, _ = defaults.resolve(bare(), Facts("classification", 200, 48, 1, 5))
+    assert (many.model.name, many.model.pretrained, many.model.image_size) == ("resnet18", "none", 48)
+    assert (few.model.name, few.model.pretrained, few.model.image_size) == (
+        "efficientnet_lite0",
+        "efficientnet_lite0",
+        96,
+    )
