@@ -8,6 +8,7 @@ finished folds.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -28,7 +29,7 @@ def fit_into(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Path
     cfg = setup.cfg
     if cfg.train.time_budget is None:
         return setup
-    key = plan.fingerprint(cfg, paths)
+    key = hashlib.sha256(plan.fingerprint(cfg, paths).encode()).hexdigest()[:16]  # the config and folds
     decision = _read(paths, key)
     if decision is None:
         decision = decide(setup, folds, fold_ids, paths)
