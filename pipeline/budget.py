@@ -1,7 +1,7 @@
 """train.time_budget: the folds and the full fit fitted into a wall-clock budget.
 
-One epoch of fold 0 is timed (its training and its validation, the one-off costs of a first
-epoch included, so the estimate errs long). The epochs every fit runs are then the most that
+One epoch of fold 0 is timed (its training and its validation, with nothing frozen, the
+one-off costs of a first epoch included, so the estimate errs long). The epochs every fit runs are then the most that
 fit the budget, never more than the config or its defaults asked for. The decision is kept in
 runs/<name>/budget.json, so a re-run, or a resumed one, trains the same schedule and keeps its
 finished folds.
@@ -58,7 +58,10 @@ def decide(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths)
 
 
 def time_one_epoch(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> float:
-    """Seconds of one training and validation epoch of `fold`, on a model then thrown away."""
+    """Seconds of one training and validation epoch of `fold`, on a model then thrown away;
+    nothing frozen, as in every epoch after a fine-tune's first."""
+    unfrozen = C.with_overrides(setup.cfg, {"model.freeze_depth": 0, "model.freeze_blocks": 0}, "timing")
+    setup = dataclasses.replace(setup, cfg=unfrozen)
     valid = plan.validation_rows(folds, fold)
     probe = paths.budget_probe
     shutil.rmtree(probe.root, ignore_errors=True)
