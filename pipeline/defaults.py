@@ -123,22 +123,22 @@ def _apply(cfg: C.Config, decided: list[Default]) -> C.Config:
 
 
 def model_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
-    preset = PRESETS[cfg.train.preset]
+    decided = []
     if unset(cfg.model, "name"):
         if facts.from_scratch:
-            name = Default("model.name", "resnet18", f"{facts.rows} {facts.kind}: a resnet from scratch")
+            decided.append(Default("model.name", "resnet18", f"{facts.rows} {facts.kind}: a resnet from scratch"))
         else:
-            name = Default("model.name", "efficientnet_lite0", f"{facts.kind}: a pretrained backbone")
-    else:
-        name = Default("model.name", cfg.model.name, "set")
-    pretrained = pretrained_default(name.value, from_scratch=facts.from_scratch and unset(cfg.model, "name"))
-    chosen = pretrained.value if unset(cfg.model, "pretrained") else cfg.model.pretrained
-    floor = PRETRAINED_SIDE if chosen != "none" else SCRATCH_SIDE
-    size = min(max(facts.side, floor), preset.size_cap)
+            decided.append(Default("model.name", "efficientnet_lite0", f"{facts.kind}: a pretrained backbone"))
+    name = decided[0].value if decided else cfg.model.name
+    pretrained = cfg.model.pretrained
+    if unset(cfg.model, "pretrained"):  # only then: the hub may be asked
+        decided.append(pretrained_default(name, from_scratch=facts.from_scratch and unset(cfg.model, "name")))
+        pretrained = decided[-1].value
+    floor = PRETRAINED_SIDE if pretrained != "none" else SCRATCH_SIDE
+    cap = PRESETS[cfg.train.preset].size_cap
     model = "a pretrained" if floor > SCRATCH_SIDE else "this"
-    why = f"images of {facts.side} px, at least {floor} for {model} model, at most {preset.size_cap}"
-    why += f" ({cfg.train.preset})"
-    return [name, pretrained, Default("model.image_size", size, why)]
+    why = f"images of {facts.side} px, at least {floor} for {model} model, at most {cap} ({cfg.train.preset})"
+    return [*decided, Default("model.image_size", min(max(facts.side, floor), cap), why)]
 
 
 def pretrained_default(name: str, *, from_scratch: bool) -> Default:
@@ -178,8 +178,13 @@ def hub_weights_available(name: str) -> bool:
 
 
 def fine_tune_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
+    """Freezing is decided as a whole: a config that sets any of its keys keeps its own plan
+    (the ResNeXt write-up froze some stages for good)."""
     if cfg.model.pretrained == "none":
         return []
+    decided = [Default("train.layer_decay", 0.7, "discriminative learning rates: each stage towards the stem at 0.7x")]
+    if not all(unset(cfg.model, key) for key in ("freeze_depth", "freeze_blocks", "unfreeze_epoch")):
+        return decided
     from pipeline import models
 
     backbone = len(models.stages(models.create_model(C.Model(name=cfg.model.name), 1, facts.channels))) - 1
@@ -187,7 +192,7 @@ def fine_tune_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
     return [
         Default("model.freeze_depth", backbone, f"{why}; all {backbone} backbone stages frozen at first"),
         Default("model.unfreeze_epoch", 2, why),
-        Default("train.layer_decay", 0.7, "discriminative learning rates: each stage towards the stem at 0.7x"),
+        *decided,
     ]
 
 

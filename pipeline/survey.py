@@ -22,7 +22,7 @@ from pipeline import config as C
 from pipeline import sources
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
-from pipeline.images import ArraySource
+from pipeline.images import DECODE_ERRORS, ArraySource
 
 PIXEL_COLUMN = re.compile(r"^pixel\d+$")
 COORDINATE = re.compile(r"_[xy]$", re.IGNORECASE)
@@ -46,6 +46,7 @@ class Folder:
     root: Path
     csvs: dict[str, pd.DataFrame] = field(default_factory=dict)
     extensions: tuple[str, ...] = C.IMAGE_EXTENSIONS
+    listings: dict[Path, list[Path]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, root: Path) -> "Folder":
@@ -66,7 +67,12 @@ class Folder:
         return {name: frame for name, frame in self.csvs.items() if name != self.sample_submission}
 
     def images_in(self, folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in self.extensions)
+        """Listed once per folder: every column of every CSV is tried against the folders."""
+        if folder not in self.listings:
+            self.listings[folder] = sorted(
+                p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in self.extensions
+            )
+        return self.listings[folder]
 
     def subfolders(self, folder: Path | None = None) -> list[Path]:
         return sorted(p for p in (folder or self.root).iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -142,18 +148,16 @@ def class_folders(folder: Folder) -> list[Decision] | None:
 
 def filename_regex(folder: Folder) -> list[Decision] | None:
     for train in folder.subfolders():
-        stems = [p.stem for p in folder.images_in(train)]
-        labels = {m.group("label") for m in map(re.compile(FILENAME_LABEL).match, stems) if m}
-        if stems and 2 <= len(labels) <= len(stems) / 2:
-            matched = sum(bool(re.match(FILENAME_LABEL, s)) for s in stems)
-            if matched == len(stems):
-                test = _test_folder(folder, exclude=train)
-                return [
-                    Decision("data.layout", "filename_regex", f"{train.name}/ names each image <label>_<number>"),
-                    Decision("data.train_dir", train.name, f"{len(labels)} labels in {len(stems)} file names"),
-                    Decision("data.pattern", FILENAME_LABEL, "the label is the name before _<number>"),
-                    Decision("data.test_dir", test, "the other folder of images" if test else "no test images found"),
-                ]
+        matches = [re.match(FILENAME_LABEL, p.stem) for p in folder.images_in(train)]
+        labels = {m.group("label") for m in matches if m}
+        if matches and all(matches) and 2 <= len(labels) <= len(matches) / 2:
+            test = _test_folder(folder, exclude=train)
+            return [
+                Decision("data.layout", "filename_regex", f"{train.name}/ names each image <label>_<number>"),
+                Decision("data.train_dir", train.name, f"{len(labels)} labels in {len(matches)} file names"),
+                Decision("data.pattern", FILENAME_LABEL, "the label is the name before _<number>"),
+                Decision("data.test_dir", test, "the other folder of images" if test else "no test images found"),
+            ]
     return None
 
 
@@ -291,9 +295,12 @@ def images_of(data: sources.CompetitionData) -> Pictures:
     picks = np.linspace(0, len(images) - 1, min(SAMPLED_IMAGES, len(images))).astype(int)
     sizes, gray = [], True
     for i in picks:
-        with Image.open(images.paths[i]) as image:
-            sizes.append(image.size)
-            gray = gray and _is_gray(image)
+        try:
+            with Image.open(images.paths[i]) as image:
+                sizes.append(image.size)
+                gray = gray and _is_gray(image)
+        except DECODE_ERRORS as exc:
+            raise PipelineError(f"init: image file {images.paths[i]} cannot be decoded: {exc}") from None
     named = pd.Series([f"{w}x{h}" for w, h in sizes])
     described = named.iloc[0] if named.nunique() == 1 else f"{named.nunique()} sizes, most often {named.mode()[0]}"
     why = f"all {len(sizes)} images looked at are gray" if gray else "colour images"

@@ -71,6 +71,8 @@ def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
     }
     if cfg.model.pretrained != "none":
         space["model.freeze_depth"] = P(type="int", low=0, high=n_stages)
+        # frozen for good (the ResNeXt write-up) or, fastai's way, only for the first epoch
+        space["model.unfreeze_epoch"] = P(type="categorical", choices=[None, 2])
     if plan.channels(cfg) == 3:
         space["aug.hue"] = P(type="float", low=0.01, high=0.1, optional=True)
         space["aug.saturation"] = P(type="float", low=0.05, high=0.3, optional=True)

@@ -113,3 +113,8 @@ def test_many_small_grayscale_images_train_from_scratch_few_fine_tune():
         "efficientnet_lite0",
         96,
     )
+
+
+def test_a_freezing_plan_of_ones_own_is_kept_whole():
+    cfg, _ = defaults.resolve(bare(model={"freeze_depth": 3}), PHOTOS)
+    assert cfg.model.freeze_depth == 3 and cfg.model.unfreeze_epoch is None and cfg.train.layer_decay == 0.7

@@ -103,3 +103,9 @@ def test_the_name_is_the_folders_and_the_config_lands_in_configs(image_csv_dir, 
     assert cli.main(["init", "My Competition!"]) == 0
     written = yaml.safe_load((tmp_path / "work" / "configs" / "My-Competition.yaml").read_text())
     assert written["competition"]["name"] == "My-Competition"
+
+
+def test_an_image_that_does_not_decode_is_named(image_csv_dir):
+    (image_csv_dir / "train" / "img01.png").write_bytes(b"not a png")
+    with pytest.raises(PipelineError, match=r"img01.png cannot be decoded"):
+        survey.survey(image_csv_dir)
