@@ -150,7 +150,7 @@ def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarra
     labels = task.classes if submission_format(cfg, task, sample) == "label" else None
     frame = validate(build(cfg, table, predictions, task, sample), sample, labels)
     stamp = dt.datetime.now(dt.timezone.utc)
-    path = Path("submissions") / cfg.competition.name / f"{stamp:%Y%m%dT%H%M%SZ}_{stated.score:.5f}.csv"
+    path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")
     write_csv(path, frame)
     add_to_ledger(
         {
@@ -168,6 +168,16 @@ def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarra
             "sha256": sha256_file(path),
         }
     )
+    return path
+
+
+def _new_file(competition: str, stem: str, suffix: str) -> Path:
+    """A name no earlier submission has: two predictions in the same second must not share a file."""
+    folder = Path("submissions") / competition
+    path, copy = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        copy += 1
+        path = folder / f"{stem}-{copy}{suffix}"
     return path
 
 

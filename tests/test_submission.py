@@ -37,6 +37,17 @@ def test_label_format_round_trips_with_the_samples_dtype(in_tmp):
     assert path.parent == Path("submissions/tiny") and path.name.endswith("_0.98765.csv")
 
 
+def test_two_submissions_in_one_second_keep_both_files(in_tmp):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    cfg = digits_cfg(in_tmp)
+    table, probabilities = pd.DataFrame({"id": [1, 2]}), np.eye(2)
+    first, second = (
+        submission.write(cfg, Paths.of(cfg), table, probabilities, Classification(["0", "1"]), CV) for _ in range(2)
+    )
+    assert first != second and first.exists() and second.exists() and second.name.endswith("_0.98765.csv")
+    assert pd.read_csv("submissions/ledger.csv")["file"].tolist() == [str(first), str(second)]
+
+
 def test_probability_format_takes_the_header_from_the_sample(in_tmp):
     pd.DataFrame({"id": ["a", "b"], "dog": 0.5, "cat": 0.5}).to_csv(in_tmp / "sample.csv", index=False)
     cfg = make_config({"layout": "class_folders", "dir": str(in_tmp), "sample_submission": "sample.csv"})
