@@ -26,6 +26,8 @@ def create_model(cfg: Model, num_outputs: int, in_chans: int) -> nn.Module:
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     model = _timm_model(cfg.name, cfg.pretrained == "hub", kwargs, cfg.zero_init_last)
+    if cfg.pretrained == "hub" and model.pretrained_cfg.get("num_classes") != num_outputs:
+        zero_head(model)
     if cfg.pretrained.startswith("file:"):
         load_weights(model, read_checkpoint(Path(cfg.pretrained.removeprefix("file:"))), cfg.pretrained)
     elif cfg.pretrained == "efficientnet_lite0":
@@ -87,6 +89,20 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
             f"model.pretrained={source}: weights do not fit {model.default_cfg.get('architecture', 'the model')}: "
             f"missing or misshapen {wrong[:3]}, unexpected {unexpected[:3]}"
         )
+    if len(wrong) < len(missing) + len(misshapen):
+        zero_head(model)
+
+
+def zero_head(model: nn.Module) -> None:
+    """A new linear head on pretrained features starts at zero, as in BiT. timm initialises a
+    classifier by its outputs (efficientnets: uniform within 1/sqrt(outputs)), which for a few
+    classes puts the first logits in the tens: a loss of 4 to 5 on 3 classes, whose gradients
+    then reach the backbone the moment it unfreezes."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
 
 
 def lite0_weights(name: str) -> Path:

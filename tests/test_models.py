@@ -84,6 +84,15 @@ def test_file_weights_adapt_the_first_conv_and_replace_the_head(tmp_path):
         model.state_dict()["layer2.0.conv1.weight"], source.state_dict()["layer2.0.conv1.weight"]
     )
     assert model.fc.out_features == 5
+    assert not model.fc.weight.any() and not model.fc.bias.any()  # a new head starts at zero
+
+
+def test_a_head_that_fits_the_weights_is_loaded_not_reset(tmp_path):
+    source = models.create_model(Model(name="test_resnet"), num_outputs=5, in_chans=1)
+    torch.save(source.state_dict(), tmp_path / "own.pth")
+    model = models.create_model(Model(name="test_resnet", pretrained=f"file:{tmp_path / 'own.pth'}"), 5, 1)
+    torch.testing.assert_close(model.fc.weight, source.fc.weight)
+    assert model_of("test_efficientnet").get_classifier().weight.any()  # no pretrained weights: timm's init
 
 
 def test_weights_that_do_not_fit_are_an_error(tmp_path):
