@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import engine, models, plan, sources, submission, transforms
+from pipeline import engine, ensemble, models, plan, sources, submission, transforms
 from pipeline.config import Config, Model
 from pipeline.errors import PipelineError
 from pipeline.images import open_images
@@ -121,7 +121,51 @@ def _swap(task, cfg: Config) -> torch.Tensor | None:
     return torch.as_tensor(transforms.flip_permutation(transforms.point_names(task.columns), cfg.aug.flip_pairs))
 
 
+# --- the test images, each model's predictions on them made once --------------------------------
+
+
+class TestPredictions:
+    """The test table, and each model's predictions on its images, made once however many
+    ensembles use them."""
+
+    def __init__(self, cfg: Config, paths: Paths):
+        data = sources.read(cfg)
+        self.cfg, self.table = cfg, data.test.table
+        self.images = open_images(data.test.images, paths.cache("test"), cfg.data.cache, cfg.data.cache_limit_gb)
+        self.device = engine.Device.choose(cfg.train)
+        self.made: dict[Path, np.ndarray] = {}
+        self.task, self.sizes = None, None
+
+    def of(self, path: Path) -> np.ndarray:
+        """(N, outputs): probabilities, or keypoints in [-1, 1]."""
+        if path not in self.made:
+            raw, self.task = predict_rows(self.cfg, path, self.images, np.arange(len(self.images)), self.device)
+            self.made[path], self.sizes = raw[:, :-2], raw[:, -2:]
+            print(f"predicted {len(self.images)} test images with {path}")
+        return self.made[path]
+
+    def in_units(self, path: Path) -> np.ndarray:
+        """The competition's units: keypoints in pixels of each image."""
+        raw = self.of(path)
+        return self.task.to_pixels(raw, self.sizes) if self.task.kind == "keypoints" else raw
+
+    def blend(self, members: list["Member"]) -> np.ndarray:
+        """The weighted mean of the members' predictions, keypoints clipped to each image."""
+        total = sum(m.weight * self.in_units(m.path) for m in members)
+        if self.task.kind == "keypoints":
+            limits = np.where(np.arange(total.shape[1]) % 2 == 0, self.sizes[:, 1:2], self.sizes[:, 0:1]) - 1
+            total = np.clip(total, 0, limits)
+        return total
+
+
 # --- which models, and the CV that describes them ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    path: Path
+    weight: float  # the members' weights sum to 1
+    score: float  # its CV estimate
 
 
 @dataclass(frozen=True)
@@ -129,47 +173,61 @@ class Choice:
     """The models a submission holds, their weights, and the CV estimate of exactly them."""
 
     models: str  # "full", "folds" or "both"
-    members: list[tuple[Path, float]]  # (model file, weight), weights summing to 1
-    estimate: Scores
+    members: list[Member]
+    score: float
+    std: float  # the folds' spread
     method: str  # how the estimate was made
 
 
-def choose(cfg: Config, paths: Paths, cv: CV) -> Choice:
+def choose(cfg: Config, paths: Paths, cv: CV, test: TestPredictions) -> Choice:
     """predict.models, `auto` resolved, with the CV of what it takes."""
     models = cfg.predict.models
-    if models == "auto":
-        models, reason = auto_models(paths, cv)
-        print(f"predict.models=auto: {models}, {reason}")
-    if models != "folds" and not paths.full.model.exists():
+    if models in ("full", "both") and not paths.full.model.exists():
         raise PipelineError(f"predict.models={models} needs {paths.full.model}: set train.full_fit=true and train")
-    estimate, method = _estimate(cfg, paths, cv, models)
-    return Choice(models, _members(cfg, paths, cv, models), estimate, method)
+    fold_scores, tta = fold_models_estimate(cfg, paths, cv)
+    if models != "auto":
+        return option(cfg, paths, cv, models, fold_scores, tta, test)
+    folds = option(cfg, paths, cv, "folds", fold_scores, tta, test)
+    full = option(cfg, paths, cv, "full", fold_scores, tta, test) if paths.full.model.exists() else None
+    chosen, reason = auto_models(cv, full, folds)
+    print(f"predict.models=auto: {chosen.models}, {reason}")
+    return chosen
 
 
-def _estimate(cfg: Config, paths: Paths, cv: CV, models: str) -> tuple[Scores, str]:
+def auto_models(cv: CV, full: Choice | None, folds: Choice) -> tuple[Choice, str]:
+    """The full model when its recipe's CV is within noise of the fold models', else the folds."""
+    if full is None:
+        return folds, "there is no full fit (train.full_fit=false)"
+    figures = f"the fold models {folds.score:.5f}, the full fit's recipe (last epochs) {full.score:.5f}"
+    if cv.gain(folds.score, full.score) <= cv.noise():
+        return full, f"its recipe is within the folds' noise {cv.noise():.5f} of the fold models ({figures})"
+    return folds, f"the fold models beat its recipe by more than the folds' noise {cv.noise():.5f} ({figures})"
+
+
+def option(
+    cfg: Config, paths: Paths, cv: CV, models: str, fold_scores: Scores, tta: str, test: TestPredictions
+) -> Choice:
+    """One set of models and its CV: their OOF score, and for RMSE the averaging gain measured
+    on the test images (ensemble.py)."""
     if models == "full" and cv.kept == "best":
         untested = "; its TTA unmeasured: the folds keep their best epochs" if cfg.predict.tta else ""
-        return cv.recipe, f"OOF of the folds' last epochs, the full fit's recipe{untested}"
-    estimate, tta = fold_models_estimate(cfg, paths, cv)
-    described = {
-        "full": f"OOF of the folds' last epochs, the full fit's recipe{tta}",
-        "folds": f"OOF of the fold models ({cv.kept} epochs){tta}",
-        "both": f"OOF of the fold models ({cv.kept} epochs){tta}; the full model, their recipe on all rows, joins them",
-    }
-    return estimate, described[models]
-
-
-def auto_models(paths: Paths, cv: CV) -> tuple[str, str]:
-    """The full model when its recipe's CV is within noise of the fold models', else the folds."""
-    if not paths.full.model.exists():
-        return "folds", "there is no full fit (train.full_fit=false)"
-    if cv.kept == "last":
-        return "full", "the fold models keep their last epoch, the full fit's recipe, and score as it does"
-    gain = cv.gain(cv.best.mean, cv.last.mean)
-    figures = f"best epochs {cv.best.mean:.5f}, the full fit's recipe (last epochs) {cv.last.mean:.5f}"
-    if gain <= cv.noise():
-        return "full", f"its recipe is within the folds' noise {cv.noise():.5f} of the fold models ({figures})"
-    return "folds", f"the fold models beat its recipe by more than the folds' noise {cv.noise():.5f} ({figures})"
+        estimate, method = cv.recipe, f"OOF of the folds' last epochs, the full fit's recipe{untested}"
+    else:
+        estimate, method = (
+            fold_scores,
+            {
+                "full": f"OOF of the folds' last epochs, the full fit's recipe{tta}",
+                "folds": f"OOF of the fold models ({cv.kept} epochs){tta}",
+                "both": f"OOF of the fold models ({cv.kept} epochs){tta}; the full model, their recipe, joins them",
+            }[models],
+        )
+    members, score = _members(cfg, paths, cv, models, estimate), estimate.oof
+    if cv.metric in ensemble.MEASURES_AVERAGING and len(members) > 1:
+        weights = [m.weight for m in members]
+        members_spread = ensemble.spread([test.in_units(m.path) for m in members], weights)
+        score = ensemble.blend_rmse([m.score for m in members], weights, members_spread)
+        method += f"; less the members' spread on the test images ({members_spread:.5f} squared px): the blend's RMSE"
+    return Choice(models, members, score, estimate.std, method)
 
 
 def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str]:
@@ -188,48 +246,32 @@ def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str
     return Scores.of(per_fold, setup.task.oof_score(pd.concat(frames), targets)), f", TTA {' '.join(cfg.predict.tta)}"
 
 
-def _members(cfg: Config, paths: Paths, cv: CV, models: str) -> list[tuple[Path, float]]:
-    folds = [(paths.fold(k).model, s) for k, s in zip(cv.fold_ids, cv.fold_models.folds, strict=True)]
-    full = [(paths.full.model, cv.recipe.mean)]
+def _members(cfg: Config, paths: Paths, cv: CV, models: str, estimate: Scores) -> list[Member]:
+    """The models, each with its CV score and its weight (predict.weights)."""
+    folds = [(paths.fold(k).model, s) for k, s in zip(cv.fold_ids, estimate.folds, strict=True)]
+    full = [(paths.full.model, (cv.recipe if cv.kept == "best" else estimate).oof)]
     chosen = {"full": full, "folds": folds, "both": folds + full}[models]
     if cfg.predict.weights == "equal":
         weights = np.ones(len(chosen))
     else:
         scores = np.array([s for _, s in chosen])
         weights = scores if cv.higher_is_better else 1.0 / np.maximum(scores, 1e-12)
-    return [(path, float(w)) for (path, _), w in zip(chosen, weights / weights.sum(), strict=True)]
+    return [Member(path, float(w), s) for (path, s), w in zip(chosen, weights / weights.sum(), strict=True)]
 
 
 # --- the stage ---------------------------------------------------------------------------------
 
 
-def predict_test(
-    cfg: Config, paths: Paths, members: list[tuple[Path, float]]
-) -> tuple[pd.DataFrame, np.ndarray, object]:
-    """The test table, the weighted mean of the members' predictions (probabilities, or
-    keypoints in pixels clipped to each image), and the task they belong to."""
-    data = sources.read(cfg)
-    images = open_images(data.test.images, paths.cache("test"), cfg.data.cache, cfg.data.cache_limit_gb)
-    device = engine.Device.choose(cfg.train)
-    total, task, sizes = 0.0, None, None
-    for path, weight in members:
-        raw, task = predict_rows(cfg, path, images, np.arange(len(images)), device)
-        total, sizes = total + weight * raw[:, :-2], raw[:, -2:]
-        print(f"predicted {len(images)} test images with {path} (weight {weight:.3f})")
-    if task.kind == "keypoints":
-        pixels = task.to_pixels(total, sizes)
-        limits = np.where(np.arange(pixels.shape[1]) % 2 == 0, sizes[:, 1:2], sizes[:, 0:1]) - 1
-        total = np.clip(pixels, 0, limits)
-    return data.test.table, total, task
-
-
 def run(cfg: Config) -> None:
     paths = Paths.of(cfg)
     cv = CV.load(paths.cv_json)
-    choice = choose(cfg, paths, cv)
-    table, predictions, task = predict_test(cfg, paths, choice.members)
-    stated = StatedCV(cv.metric, choice.estimate.oof, choice.estimate.std, choice.method, choice.models)
-    path = submission.write(cfg, paths, table, predictions, task, stated)
+    test = TestPredictions(cfg, paths)
+    choice = choose(cfg, paths, cv, test)
+    predictions = test.blend(choice.members)
+    for member in choice.members:
+        print(f"{member.path} in the submission, weight {member.weight:.3f}")
+    stated = StatedCV(cv.metric, choice.score, choice.std, choice.method, choice.models)
+    path = submission.write(cfg, paths, test.table, predictions, test.task, stated)
     direction = "higher" if cv.higher_is_better else "lower"
     print(
         f"submission {path}: {stated.models} models, CV {stated.metric} {stated.score:.5f} ± {stated.std:.5f} "

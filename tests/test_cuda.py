@@ -78,13 +78,13 @@ def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):
     run(cfg, tmp_path, monkeypatch)
     paths = Paths.of(cfg)
     cfg.predict.tta = ["hflip", "shift:0.05"]
-    members = predict.choose(cfg, paths, CV.load(paths.cv_json)).members
-    _, on_cuda, _ = predict.predict_test(cfg, paths, members)
+    members = predict.choose(cfg, paths, CV.load(paths.cv_json), predict.TestPredictions(cfg, paths)).members
+    on_cuda = predict.TestPredictions(cfg, paths).blend(members)
     cpu = config.with_overrides(cfg, {"train.device": "cpu"}, "test")
-    _, on_cpu, _ = predict.predict_test(cpu, paths, members)
+    on_cpu = predict.TestPredictions(cpu, paths).blend(members)
     np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-3)
     bf16 = config.with_overrides(cfg, {"train.amp": "bf16"}, "test")
-    _, on_bf16, _ = predict.predict_test(bf16, paths, members)
+    on_bf16 = predict.TestPredictions(bf16, paths).blend(members)
     assert (on_bf16.argmax(1) == on_cpu.argmax(1)).all() and np.abs(on_bf16 - on_cpu).max() < 0.05
 
 

@@ -3,6 +3,7 @@ oof.csv in the competition's units, a full fit on the folds' schedule, and a led
 the CV of the models in the file."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -78,15 +79,33 @@ def test_a_schedule_that_ends_past_its_best_is_named():
     assert record([2.0, 2.1, 2.0], [2.6, 2.7, 2.6], metric="rmse").unstable  # lower is better
 
 
-def test_auto_takes_the_full_model_only_when_its_recipe_is_within_noise(tmp_path):
-    paths = Paths(data=tmp_path, runs=tmp_path / "runs")
-    assert predict.auto_models(paths, record([1.0] * 3, [1.0] * 3))[0] == "folds"  # no full fit
-    paths.full.model.parent.mkdir(parents=True)
-    paths.full.model.touch()
-    assert predict.auto_models(paths, record([0.99, 0.98, 0.99], [0.90, 0.92, 0.91]))[0] == "full"  # last kept
-    unstable = record([0.99, 0.98, 0.99], [0.90, 0.92, 0.91], kept="best")
-    assert predict.auto_models(paths, unstable)[0] == "folds"
-    assert predict.auto_models(paths, record([1.0, 1.0, 0.99], [0.99, 1.0, 0.99], kept="best"))[0] == "full"
+def option(models: str, score: float) -> predict.Choice:
+    return predict.Choice(models, [], score, 0.0, "")
+
+
+def test_auto_takes_the_full_model_only_when_its_recipe_is_within_noise():
+    cv = record([0.99, 0.98, 0.99], [0.90, 0.92, 0.91], kept="best")  # noise: one validation row, 0.01
+    assert predict.auto_models(cv, None, option("folds", 0.98))[0].models == "folds"  # no full fit
+    assert predict.auto_models(cv, option("full", 0.91), option("folds", 0.987))[0].models == "folds"
+    assert predict.auto_models(cv, option("full", 0.98), option("folds", 0.987))[0].models == "full"
+    rmse = record([0.61, 0.62, 0.60], [0.61, 0.62, 0.60], metric="rmse")  # noise: the folds' spread, 0.008
+    assert predict.auto_models(rmse, option("full", 0.61), option("folds", 0.48))[0].models == "folds"
+    assert predict.auto_models(rmse, option("full", 0.61), option("folds", 0.605))[0].models == "full"
+
+
+def test_a_keypoint_ensemble_states_its_averaging_gain(faces_dir, tmp_path, monkeypatch, capsys):
+    data = {"layout": "pixel_string", "dir": str(faces_dir), "sample_submission": None, "lookup_table": None}
+    cfg = tiny(data, task="keypoints", epochs=2)
+    run(cfg, tmp_path, monkeypatch)
+    cv = CV.load(Paths.of(cfg).cv_json)
+    cfg.predict.models = "folds"
+    predict.run(cfg)
+    stated = pd.read_csv("submissions/ledger.csv").iloc[-1]
+    assert "spread on the test images" in stated["cv_method"]
+    assert stated["cv_score"] < math.sqrt(np.mean(np.square(cv.last.folds)))  # each member's RMSE, pooled
+    cfg.predict.models = "auto"
+    predict.run(cfg)
+    assert "predict.models=auto:" in capsys.readouterr().out
 
 
 def test_the_ledger_states_the_cv_of_the_models_in_the_file(digits_dir, tmp_path, monkeypatch, capsys):
@@ -94,7 +113,7 @@ def test_the_ledger_states_the_cv_of_the_models_in_the_file(digits_dir, tmp_path
     run(cfg, tmp_path, monkeypatch)
     cv = CV.load(Paths.of(cfg).cv_json)
     predict.run(cfg)
-    assert "predict.models=auto: full, the fold models keep their last epoch" in capsys.readouterr().out
+    assert "predict.models=auto: full, its recipe is within the folds' noise" in capsys.readouterr().out
     cfg.predict.models = "folds"
     cfg.predict.tta = ["scale:1"]  # an identity view: the TTA path must reproduce the training OOF exactly
     predict.run(cfg)
@@ -115,8 +134,8 @@ def test_full_with_tta_under_best_checkpoints_says_its_tta_is_unmeasured(digits_
     run(cfg, tmp_path, monkeypatch)
     cv = CV.load(Paths.of(cfg).cv_json)
     cfg.predict.models, cfg.predict.tta = "full", ["hflip"]
-    choice = predict.choose(cfg, Paths.of(cfg), cv)
-    assert choice.estimate == cv.recipe and "TTA unmeasured" in choice.method
+    choice = predict.choose(cfg, Paths.of(cfg), cv, predict.TestPredictions(cfg, Paths.of(cfg)))
+    assert (choice.score, choice.std) == (cv.recipe.oof, cv.recipe.std) and "TTA unmeasured" in choice.method
 
 
 def test_an_older_cv_json_asks_for_training_again(tmp_path):
