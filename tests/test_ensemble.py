@@ -16,4 +16,5 @@ def test_the_members_rmse_less_their_spread_is_the_blends_rmse():
     estimated = ensemble.blend_rmse(rmse, weights, ensemble.spread(members, weights))
     assert estimated == pytest.approx(np.sqrt(np.mean((blend - truth) ** 2)), rel=1e-9)
     assert estimated < np.dot(weights, rmse)  # averaging beats the members' weighted mean
-    assert ensemble.spread([members[0]] * 3, [0.2, 0.3, 0.5]) == pytest.approx(0.0, abs=1e-12)  # identical members: no gain
+    identical = ensemble.spread([members[0]] * 3, [0.2, 0.3, 0.5])
+    assert identical == pytest.approx(0.0, abs=1e-12)  # identical members: no gain
