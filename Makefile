@@ -9,32 +9,35 @@ SHELL := /bin/bash
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 CONFIG ?= configs/digits.yaml
 ARGS ?=
+EXP ?=
 PYTHON ?= python3
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS)
+PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS) $(if $(EXP),train.experiment=$(EXP))
 
-STAGES := data scrape folds tune tune-report train lr-find predict score submissions submit report
+STAGES := data scrape folds tune tune-report train lr-find experiments blend predict score submissions submit report
 .DEFAULT_GOAL := help
 .PHONY: help init venv test test-slow lint bench gpu-check clean $(STAGES)
 
 help:
 	@echo "A new competition: make init DIR=data/<competition> -> configs/<competition>.yaml (NAME=... to rename)"
-	@echo "Stages (CONFIG=$(CONFIG), overrides in ARGS=\"key=value ...\"):"
+	@echo "Stages (CONFIG=$(CONFIG), overrides in ARGS=\"key=value ...\", EXP=name: the experiment, default the config's stem):"
 	@echo "  data      build the demo or check the competition files; decode and cache images"
 	@echo "  scrape    download extra training images from scrape.sources"
 	@echo "  folds     split the training rows into folds -> runs/<name>/folds.csv"
-	@echo "  tune      Optuna search -> runs/<name>/tune/best.yaml (run it overnight; WORKERS=N processes)"
+	@echo "  tune      Optuna search -> runs/<name>/<exp>/tune/best.yaml (run it overnight; WORKERS=N processes)"
 	@echo "  tune-report  trials table, parameter importances, optimization history plot"
 	@echo "  train     train per fold (OOF, CV score), then on all data (GPUS=0,1,... several GPUs)"
 	@echo "  lr-find   fastai's learning-rate finder on fold 0 (plot + suggestion)"
-	@echo "  predict   write submissions/<name>/<stamp>_<cv>.csv (+ a row in submissions/ledger.csv)"
+	@echo "  experiments  the competition's experiments (EXP=name trains one), best CV first"
+	@echo "  blend     weights for experiments (BLEND=\"a b c\", default all) on their OOF, scored by nested CV"
+	@echo "  predict   write submissions/<name>/<stamp>_<models>_<cv>.csv (+ a ledger row); BLEND=<blend> a blend"
 	@echo "  score     score the newest submission (or FILE=...) against the local solution file"
 	@echo "  submissions  the ledger, best CV first"
 	@echo "  submit    upload the newest submission (or FILE=...) with the Kaggle CLI"
 	@echo "  report    plots and the run report"
-	@echo "Other: test (fast suite), test-slow, lint, venv, clean (this config's runs/<name>),"
+	@echo "Other: test (fast suite), test-slow, lint, venv, clean (this experiment's runs/<name>/<experiment>),"
 	@echo "       bench (re-runs benchmarks/ and rewrites BENCHMARKS.md's tables; ONLY=\"script.py ...\")"
 	@echo "       gpu-check (on a CUDA machine: the GPU tests, the demos end to end, device_path.py)"
 
@@ -54,7 +57,7 @@ $(INSTALLED): $(ROOT)/pyproject.toml
 # (and refreshes the per-stage config stamps), which is then included.
 ifneq ($(filter $(STAGES) clean,$(MAKECMDGOALS)),)
   $(shell $(MAKE) -q -f $(ROOT)/Makefile venv || $(MAKE) --no-print-directory -f $(ROOT)/Makefile venv >&2)
-  VARS_MK := runs/.make/$(shell echo '$(abspath $(CONFIG)) $(ARGS)' | md5sum | cut -c1-16).mk
+  VARS_MK := runs/.make/$(shell echo '$(abspath $(CONFIG)) $(ARGS) $(EXP)' | md5sum | cut -c1-16).mk
   $(shell $(call PIPELINE,makevars) -o $(VARS_MK))
   ifneq ($(.SHELLSTATUS),0)
     $(error the config could not be read (see the error above))
@@ -63,21 +66,21 @@ ifneq ($(filter $(STAGES) clean,$(MAKECMDGOALS)),)
 endif
 
 data: $(DATA_OUT)
-$(DATA_OUT): $(STAMPS)/data.yaml
+$(DATA_OUT): $(DATA_STAMP)
 	$(call PIPELINE,data)
 
 scrape: $(EXTRA_CSV)
-$(EXTRA_CSV): $(DATA_OUT) $(STAMPS)/scrape.yaml
+$(EXTRA_CSV): $(DATA_OUT) $(SCRAPE_STAMP)
 	$(call PIPELINE,scrape)
 
 folds: $(FOLDS_CSV)
-$(FOLDS_CSV): $(DATA_OUT) $(STAMPS)/folds.yaml $(EXTRA_DEP)
+$(FOLDS_CSV): $(DATA_OUT) $(FOLDS_STAMP) $(EXTRA_DEP)
 	$(call PIPELINE,folds)
 
 # WORKERS=N runs N worker processes on the same study (cores shared out, one GPU each).
 WORKERS ?= 1
 tune: $(BEST_YAML)
-$(BEST_YAML): $(FOLDS_CSV) $(STAMPS)/tune.yaml
+$(BEST_YAML): $(FOLDS_CSV) $(TUNE_STAMP)
 	$(call PIPELINE,tune) --workers $(WORKERS)
 
 tune-report: $(INSTALLED)
@@ -86,25 +89,32 @@ tune-report: $(INSTALLED)
 # GPUS=0,1,2,3 trains on those GPUs: DDP per fold or one fold per GPU (train.distributed).
 GPUS ?=
 train: $(CV_JSON)
-$(CV_JSON): $(FOLDS_CSV) $(STAMPS)/train.yaml $(wildcard $(BEST_YAML))
+$(CV_JSON): $(FOLDS_CSV) $(TRAIN_STAMP) $(wildcard $(TUNED_YAML))
 	$(call PIPELINE,train) $(if $(GPUS),--gpus $(GPUS))
 
 lr-find: $(FOLDS_CSV)
 	$(call PIPELINE,lr-find)
 
+# BLEND="a b c" blends those experiments (default: every finished one); `make predict BLEND=<blend>`
+# submits a blend instead of this experiment.
+BLEND ?=
+comma := ,
+blend: $(FOLDS_CSV)
+	$(call PIPELINE,blend) $(if $(BLEND),'blend.experiments=[$(subst $() ,$(comma),$(strip $(BLEND)))]')
+
 # Each run writes a new, time-stamped submission: predict is not a file target.
-predict: $(CV_JSON)
-	$(call PIPELINE,predict)
+predict: $(if $(BLEND),$(FOLDS_CSV),$(CV_JSON))
+	$(call PIPELINE,predict) $(if $(BLEND),predict.blend=$(BLEND))
 
 # FILE=submissions/<name>/<file>.csv picks one; the newest by default.
 score submit: $(INSTALLED)
 	$(call PIPELINE,$@) $(if $(FILE),--file $(FILE))
 
-submissions report: $(INSTALLED)
+experiments submissions report: $(INSTALLED)
 	$(call PIPELINE,$@)
 
 clean:
-	rm -rf $(RUNS_DIR)
+	rm -rf $(EXPERIMENT_DIR)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

@@ -52,7 +52,7 @@ def pipeline_run(config: Path, overrides: list[str], scrape: bool) -> dict:
             name: stage(name, config, overrides, cwd, show=SHOW)
             for name in (["scrape"] if scrape else []) + ["folds", "train", "predict", "score"]
         }
-        cv = json.loads((cwd / "runs" / "digits" / "cv.json").read_text())
+        cv = json.loads((cwd / "runs" / "digits" / "digits" / "cv.json").read_text())
         manifest = cwd / "data" / "digits" / "extra.csv"
         statuses = pd.read_csv(manifest)["status"].value_counts() if manifest.exists() else pd.Series(dtype=int)
         return {

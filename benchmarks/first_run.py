@@ -59,20 +59,19 @@ def first_run(config: Path, preset: str, scratch: Path, tiny: bool) -> tuple[flo
     return float(ledger["local_score"]), minutes
 
 
-def competition_rows(name: str, presets: list[str], tiny: bool) -> list[str]:
-    rows = []
+def competition_rows(name: str, presets: list[str], tiny: bool) -> None:
+    """Prints each row as soon as it is measured, so an interrupted run keeps what it had."""
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         config, found = init(name, scratch, tiny)
         for preset in presets:
             score, minutes = first_run(config, preset, scratch, tiny)
             run = f"{preset}, budget {BUDGETS[preset]}"
-            rows.append(f"| {machine()} | {name} | {found} | {run} | {score:.4f} | {minutes:.1f} min |")
+            print(f"| {machine()} | {name} | {found} | {run} | {score:.4f} | {minutes:.1f} min |", flush=True)
         with inside(scratch):
             peer = Peer(C.load(config, ["data.solution=solution.csv"]))
             _, _, held_out = peer.scores()
-        rows.append(f"| {machine()} | {name} | | peer: {peer.name} | {held_out:.4f} | |")
-    return rows
+        print(f"| {machine()} | {name} | | peer: {peer.name} | {held_out:.4f} | |", flush=True)
 
 
 def main() -> None:
@@ -81,15 +80,10 @@ def main() -> None:
     parser.add_argument("--presets", nargs="*", default=["fast", "medium"])
     parser.add_argument("--tiny", action="store_true", help="tiny data, 2 folds, 1 epoch: for the test suite")
     args = parser.parse_args()
-    only = ["tiny", "photos"] if args.tiny else args.only
-    rows = [
-        row
-        for name in only
-        for row in competition_rows(name, args.presets[:1] if args.tiny else args.presets, args.tiny)
-    ]
     print("| machine | competition | what `make init` found | run | held-out score | wall clock |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    print("|---|---|---|---|---|---|", flush=True)
+    for name in ["tiny", "photos"] if args.tiny else args.only:
+        competition_rows(name, args.presets[:1] if args.tiny else args.presets, args.tiny)
 
 
 if __name__ == "__main__":

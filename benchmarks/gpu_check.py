@@ -52,7 +52,7 @@ def run_demo(name: str) -> tuple[bool, str, float]:
                 seconds[step] = stage(step, config, [], cwd, show=("train", "predict", "score")).seconds
         except subprocess.CalledProcessError as exc:
             return False, f"`{exc.cmd[3]}` exited with {exc.returncode}", sum(seconds.values())
-        cv = json.loads(next((cwd / "runs").glob("*/cv.json")).read_text())
+        cv = json.loads(next((cwd / "runs").glob("*/*/cv.json")).read_text())
         held_out = pd.read_csv(cwd / "submissions" / "ledger.csv")["local_score"].iloc[-1]
     times = ", ".join(f"{step} {s:.0f} s" for step, s in seconds.items())
     figures = f"{times}; CV {cv['metric']} {cv['score']:.4f} ± {cv['std']:.4f}, held-out {held_out:.4f}"

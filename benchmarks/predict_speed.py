@@ -14,7 +14,7 @@ import time
 import torch
 from _stages import machine
 
-from pipeline import engine, models, predict
+from pipeline import engine, inference, models
 from pipeline.config import Model, Train
 from pipeline.tasks import Classification
 
@@ -29,7 +29,7 @@ def bare_loop(model: torch.nn.Module, batches: list) -> float:
 
 def pipeline_loop(model: torch.nn.Module, batches: list, device: engine.Device) -> float:
     start = time.perf_counter()
-    predict.predict_images(model, Classification(list(range(10))), batches, device, predict.views([]), None)
+    inference.predict_images(model, Classification(list(range(10))), batches, device, inference.views([]), None)
     return sum(len(b[0]) for b in batches) / (time.perf_counter() - start)
 
 

@@ -51,7 +51,7 @@ def main() -> None:
     searched = load(config, overrides).tune.folds or []
     with tempfile.TemporaryDirectory() as scratch:
         cwd = Path(scratch)
-        runs = cwd / "runs" / "digits"
+        runs = cwd / "runs" / "digits" / "digits"
         for name in ("data", "folds", "train"):
             stage(name, config, overrides, cwd, show=SHOW)
         default = json.loads((runs / "cv.json").read_text())

@@ -38,13 +38,13 @@ STAGES = {
         "pipeline.folds:run",
     ),
     "tune": Stage(
-        "Optuna search over freeze depth and augmentations -> runs/<name>/tune/best.yaml",
+        "Optuna search over freeze depth and augmentations -> runs/<name>/<exp>/tune/best.yaml",
         ("competition", "data", "folds", "model", "train", "aug", "tune"),
         "pipeline.tune:run",
         options=("workers",),
     ),
     "tune-report": Stage(
-        "the study's trials, parameter importances and history plot -> runs/<name>/tune/",
+        "the study's trials, parameter importances and history plot -> runs/<name>/<exp>/tune/",
         ("competition", "data", "folds", "model", "train", "aug", "tune"),
         "pipeline.tune:report",
     ),
@@ -55,12 +55,22 @@ STAGES = {
         options=("gpus",),
     ),
     "lr-find": Stage(
-        "fastai's learning-rate finder on fold 0 -> runs/<name>/lr_find.png and a suggestion",
+        "fastai's learning-rate finder on fold 0 -> runs/<name>/<exp>/lr_find.png and a suggestion",
         ("competition", "data", "folds", "model", "train", "aug"),
         "pipeline.lr_find:run",
     ),
+    "experiments": Stage(
+        "the competition's experiments, best CV first: backbone, size, epochs, CVs, time, what differs",
+        ("competition",),
+        "pipeline.experiments:show",
+    ),
+    "blend": Stage(
+        "weights for several experiments on their OOF, nested-CV score -> runs/<name>/blends/<blend>.yaml",
+        ("competition", "data", "folds", "predict", "blend"),
+        "pipeline.blend:run",
+    ),
     "predict": Stage(
-        "predict the test set -> submissions/<name>/<stamp>_<cv>.csv and a ledger row",
+        "predict the test set (or predict.blend) -> submissions/<name>/<stamp>_<models>_<cv>.csv, a ledger row",
         ("competition", "data", "model", "aug", "predict"),
         "pipeline.predict:run",
     ),
@@ -133,19 +143,20 @@ def makevars(cfg: C.Config, output: str) -> None:
     """
     paths = Paths.of(cfg)
     for name, stage in STAGES.items():
-        write_if_changed(paths.stamps / f"{name}.yaml", cfg.to_yaml(stage.sections))
+        write_if_changed(paths.stamp(name), cfg.to_yaml(stage.sections))
     scrape_wanted = cfg.data.use_extra and bool(cfg.scrape.sources)
     variables = {
         "NAME": cfg.competition.name,
         "DATA_DIR": paths.data,
-        "RUNS_DIR": paths.runs,
-        "STAMPS": paths.stamps,
+        "EXPERIMENT_DIR": paths.experiment,
         "DATA_OUT": paths.resolved("data"),
         "EXTRA_CSV": paths.extra_csv,
         "FOLDS_CSV": paths.folds_csv,
         "EXTRA_DEP": paths.extra_csv if scrape_wanted else "",
         "CV_JSON": paths.cv_json,
         "BEST_YAML": paths.best_yaml,
+        "TUNED_YAML": paths.tuned_yaml,
+        **{f"{name.upper().replace('-', '_')}_STAMP": paths.stamp(name) for name in STAGES},
     }
     write_text(output, "".join(f"{key} := {value}\n" for key, value in variables.items()))
 

@@ -184,7 +184,23 @@ def _is_duration(duration: str | None) -> str | None:
 Duration = Annotated[str | None, AfterValidator(_is_duration)]  # "8h", "30m", "90s" or seconds
 
 
+RESERVED_EXPERIMENTS = ("cache", "report", "blends")  # folders the competition's experiments share
+
+
+def _experiment_name(name: str | None) -> str | None:
+    if name is not None and name in RESERVED_EXPERIMENTS:
+        raise ValueError(f"{name!r} names a folder the experiments share; reserved: {', '.join(RESERVED_EXPERIMENTS)}")
+    return name
+
+
+ExperimentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), AfterValidator(_experiment_name)]
+BlendName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")]  # default: the members joined by +
+
+
 class Train(Section):
+    # runs/<competition>/<experiment>/: its folds' and full fit's files; default the config file's stem
+    experiment: ExperimentName | None = None
+    tuned_from: ExperimentName | None = None  # whose `make tune` settings merge; default this experiment's
     # how much time buys accuracy; keys left unset take defaults that fit the data (defaults.py)
     preset: Literal["fast", "medium", "best"] = "medium"
     time_budget: Duration = None  # "20m", "2h": epochs fitted so the folds and the full fit end in it
@@ -300,6 +316,7 @@ class Predict(Section):
     batch_size: PositiveInt | None = None  # None: twice train.batch_size
     format: Literal["auto", "label", "probabilities", "keypoints_long", "keypoints_wide"] = "auto"
     submit_wait: NonNegative = 0.0  # seconds `make submit` waits for the public score
+    blend: BlendName | None = None  # submit runs/<name>/blends/<blend>.yaml instead of this experiment
 
     @field_validator("tta")
     @classmethod
@@ -337,6 +354,25 @@ class ScrapeSource(Section):
         return self
 
 
+class Blend(Section):
+    """`make blend`: weights for several experiments' out-of-fold predictions (blend.py)."""
+
+    experiments: list[ExperimentName] = []  # empty: every experiment that finished training
+    name: BlendName | None = None  # default "blend", or the members joined by "+"
+    # auto: hill_climb for accuracy and macro_f1, optimise for log_loss and rmse
+    method: Literal["auto", "hill_climb", "optimise"] = "auto"
+    models: Literal["folds", "full"] = "folds"  # each member's models: its fold ensemble or its full fit
+    space: Literal["probabilities", "ranks"] = "probabilities"  # classification: blend ranks per class
+    rounds: PositiveInt = 50  # hill_climb's additions
+
+    @field_validator("experiments")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"an experiment is named twice in {names}")
+        return names
+
+
 class Scrape(Section):
     sources: dict[str, ScrapeSource] = {}  # label -> where its images are
     serve_gallery: bool = False  # the demo: serve data/<name>/gallery on loopback for the stage
@@ -364,6 +400,7 @@ class Config(Section):
     aug: Aug = Aug()
     tune: Tune = Tune()
     predict: Predict = Predict()
+    blend: Blend = Blend()
     scrape: Scrape = Scrape()
 
     @model_validator(mode="after")
@@ -376,6 +413,8 @@ class Config(Section):
             raise ValueError("aug.random_resized_crop is for classification; keypoints use shift and scale")
         if self.folds.kind == "auto":
             self.folds.kind = "stratified" if self.competition.task == "classification" else "stratified_binned"
+        if self.train.experiment is None:
+            self.train.experiment = self.competition.name
         return self
 
     @property
@@ -396,6 +435,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
     raw = _read_yaml(path)
     for item in overrides:
         _apply_override(raw, item)
+    if isinstance(raw.get("train", {}), dict):
+        raw.setdefault("train", {}).setdefault("experiment", path.stem)
     source = f"{path}" + (f" (with overrides {' '.join(overrides)})" if overrides else "")
     return validate(raw, source)
 
@@ -426,7 +467,9 @@ def save_given(cfg: Config, path: Path) -> None:
     the unset keys from the data exactly as this one does."""
     from pipeline.files import write_text
 
-    write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False))
+    given = cfg.model_dump(mode="json", exclude_unset=True)
+    given.setdefault("train", {})["experiment"] = cfg.train.experiment  # not the saved file's stem
+    write_text(path, yaml.safe_dump(given, sort_keys=False))
 
 
 def _read_yaml(path: Path) -> dict:

@@ -14,8 +14,11 @@ members' OOF stays the estimate, which leaves the averaging gain out.
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.tasks import HIGHER_IS_BETTER
 
 MEASURES_AVERAGING = ("rmse",)
 
@@ -32,3 +35,129 @@ def blend_rmse(scores: list[float], weights: list[float], members_spread: float)
     """The blend's RMSE from its members' RMSEs and their spread."""
     mean_square = math.fsum(w * s * s for s, w in zip(scores, weights, strict=True))
     return math.sqrt(max(mean_square - members_spread, 0.0))
+
+
+# --- blend weights found on out-of-fold predictions ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """The out-of-fold truth a blend is scored against, in the competition's units: class
+    indices (N,), or keypoints (N, D) in pixels with NaN where a point is missing."""
+
+    metric: str
+    truth: np.ndarray
+
+    @property
+    def higher_is_better(self) -> bool:
+        return HIGHER_IS_BETTER[self.metric]
+
+    def rows(self, rows: np.ndarray) -> "Target":
+        return Target(self.metric, self.truth[rows])
+
+    def score(self, blended: np.ndarray) -> float:
+        """The metric of blended predictions (N, D)."""
+        if self.metric == "rmse":
+            return float(np.sqrt(np.nanmean((blended - self.truth) ** 2)))
+        if self.metric == "log_loss":
+            return self.loss(blended)
+        labels = blended.argmax(axis=1)
+        if self.metric == "accuracy":
+            return float((labels == self.truth).mean())
+        return _macro_f1(labels, self.truth, blended.shape[1])
+
+    def loss(self, blended: np.ndarray) -> float:
+        """A smooth loss to minimise: the cross entropy of blended probabilities, or the mean
+        squared error over the labelled coordinates."""
+        if self.metric == "rmse":
+            return float(np.nanmean((blended - self.truth) ** 2))
+        return float(-np.log(np.clip(blended[np.arange(len(self.truth)), self.truth], 1e-15, None)).mean())
+
+    def loss_gradient(self, stack: np.ndarray, blended: np.ndarray) -> np.ndarray:
+        """d loss / d w_i for blended = sum_i w_i stack[i]; stack (M, N, D)."""
+        if self.metric == "rmse":
+            present = ~np.isnan(self.truth)
+            residual = np.where(present, blended - np.nan_to_num(self.truth), 0.0)
+            return 2.0 * (stack * residual).sum(axis=(1, 2)) / max(int(present.sum()), 1)
+        index = np.arange(len(self.truth))
+        picked = np.clip(blended[index, self.truth], 1e-15, None)
+        return -(stack[:, index, self.truth] / picked).mean(axis=1)
+
+
+def _macro_f1(labels: np.ndarray, truth: np.ndarray, classes: int) -> float:
+    confusion = np.bincount(truth * classes + labels, minlength=classes * classes).reshape(classes, classes)
+    hits = np.diag(confusion).astype(np.float64)
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
+    return float(np.mean(np.divide(2 * hits, denominator, out=np.zeros(classes), where=denominator > 0)))
+
+
+def blend(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_i w_i stack[i]: (M, N, D), (M,) -> (N, D)."""
+    return np.tensordot(np.asarray(weights, dtype=np.float64), stack, axes=1)
+
+
+def hill_climb(stack: np.ndarray, target: Target, rounds: int = 50) -> np.ndarray:
+    """Greedy ensemble selection with replacement (Caruana et al., 2004): start from the best
+    single model, add whichever model most improves the blend, and keep the best blend seen.
+    Ties on the metric (accuracy moves in steps) go to the lower smooth loss."""
+    members = len(stack)
+
+    def rank(blended: np.ndarray) -> tuple[float, float]:
+        score = target.score(blended)
+        return (score if target.higher_is_better else -score, -target.loss(blended))
+
+    counts = np.zeros(members)
+    first = max(range(members), key=lambda m: rank(stack[m]))
+    counts[first], total = 1, stack[first].astype(np.float64)
+    best_counts, best_rank = counts.copy(), rank(total)
+    for _ in range(rounds):
+        n = counts.sum() + 1
+        ranks = [rank((total + stack[m]) / n) for m in range(members)]
+        chosen = max(range(members), key=lambda m: ranks[m])
+        counts[chosen] += 1
+        total = total + stack[chosen]
+        if ranks[chosen] > best_rank:
+            best_counts, best_rank = counts.copy(), ranks[chosen]
+    return best_counts / best_counts.sum()
+
+
+def optimise(stack: np.ndarray, target: Target) -> np.ndarray:
+    """Non-negative weights summing to 1 that minimise the smooth loss (SLSQP)."""
+    from scipy.optimize import minimize
+
+    members = len(stack)
+
+    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        blended = blend(stack, w)
+        return target.loss(blended), target.loss_gradient(stack, blended)
+
+    found = minimize(
+        objective,
+        np.full(members, 1.0 / members),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * members,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+    )
+    weights = np.clip(found.x, 0.0, None)
+    return weights / weights.sum()
+
+
+METHODS = {"hill_climb": hill_climb, "optimise": optimise}
+
+
+def fit_weights(method: str, stack: np.ndarray, target: Target) -> np.ndarray:
+    return METHODS[method](stack, target)
+
+
+def nested_scores(method: str, stack: np.ndarray, target: Target, fold_of_row: np.ndarray) -> tuple[list[float], float]:
+    """Each fold's score under weights fitted on the other folds' rows, and the score of those
+    held-out blends pooled: the blend's CV, never scored on the rows that chose its weights."""
+    pooled = np.empty(stack.shape[1:])
+    per_fold = []
+    for fold in np.unique(fold_of_row):
+        held_out = fold_of_row == fold
+        weights = fit_weights(method, stack[:, ~held_out], target.rows(~held_out))
+        pooled[held_out] = blend(stack[:, held_out], weights)
+        per_fold.append(target.rows(held_out).score(pooled[held_out]))
+    return per_fold, target.score(pooled)

@@ -3,6 +3,7 @@ after every epoch so that a killed run continues where it stopped."""
 
 import functools
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,7 @@ def fit(
         if setup.cfg.model.unfreeze_epoch and epoch >= setup.cfg.model.unfreeze_epoch and frozen.params:
             frozen.unfreeze()
             trained = wrap(model, device, cfg.compile)
+        started = time.perf_counter()
         engine.seed_everything(cfg.seed * 1_000_003 + epoch)
         loader = parts.train_batches(cfg.seed * 1_000_003 + epoch)
         row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
@@ -201,6 +203,7 @@ def fit(
             row, best, improved = _validate(evaluated, parts, setup, row, best, out)
         else:
             best = {"epoch": epoch, "score": float("nan")}
+        row["seconds"] = time.perf_counter() - started
         if (improved and keeps_best) or (epoch == epochs and not keeps_best):
             _save_model(evaluated, setup, out.model)
         history.append(row)

@@ -2,8 +2,12 @@
 
 Rows from scraped extra data get fold -1: they train every fold and validate none,
 so the CV score is measured on competition data only.
+
+Every experiment of a competition validates on the same folds, so that their out-of-fold
+predictions can be blended: once one has trained, other folds are refused.
 """
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -157,6 +161,7 @@ def run(cfg: C.Config) -> None:
     labels = strata(table, targets, cfg.folds, task)
     extra = _extra_rows(cfg, paths, table, targets)
     out = fold_table(table, targets, folds, extra)
+    refuse_other_folds(paths, out)
     write_csv(paths.folds_csv, out)
     C.save_resolved(cfg, paths.resolved("folds"))
     _print_summary(out.iloc[: len(table)], labels, cfg.folds)
@@ -165,6 +170,25 @@ def run(cfg: C.Config) -> None:
         f"folds: {cfg.folds.n_splits} folds ({cfg.folds.kind}, seed {cfg.folds.seed}) of {len(table)} rows"
         f"{extra_note} -> {paths.folds_csv}"
     )
+
+
+def validation_plan(folds: pd.DataFrame) -> str:
+    """A digest of which competition row validates in which fold: equal digests, blendable OOF."""
+    rows = folds.loc[folds["fold"] != EXTRA_FOLD, ["id", "fold"]].astype(str)
+    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def refuse_other_folds(paths: Paths, new: pd.DataFrame) -> None:
+    """Other validation folds would leave the trained experiments' OOF unblendable with new ones;
+    scraped rows (fold -1) may come and go."""
+    trained = paths.experiments()
+    if not trained or not paths.folds_csv.exists():
+        return
+    if validation_plan(pd.read_csv(paths.folds_csv, dtype={"id": str})) != validation_plan(new):
+        raise PipelineError(
+            f"{paths.folds_csv}: the experiments {', '.join(trained)} validated on these folds, and the folds "
+            f"settings now make others: keep the folds section as it was, or remove {paths.runs} to start over"
+        )
 
 
 def _extra_rows(cfg: C.Config, paths: Paths, table: pd.DataFrame, targets: list[str]) -> pd.DataFrame | None:

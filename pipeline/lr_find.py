@@ -66,11 +66,11 @@ def run(cfg: C.Config) -> None:
     train_rows = np.flatnonzero(folds["fold"].to_numpy() != 0)
     lrs, losses = sweep_setup(setup, train_rows)
     suggestion = suggest(lrs, losses)
-    write_csv(paths.runs / "lr_find.csv", pd.DataFrame({"lr": lrs, "loss": losses}))
-    plot(lrs, losses, suggestion, paths.runs / "lr_find.png")
+    write_csv(paths.lr_find("csv"), pd.DataFrame({"lr": lrs, "loss": losses}))
+    plot(lrs, losses, suggestion, paths.lr_find("png"))
     print(
         f"lr-find: steepest descent at lr {suggestion:.2e} (train.lr is {cfg.train.lr:.2e}); "
-        f"curve in {paths.runs / 'lr_find.png'}"
+        f"curve in {paths.lr_find('png')}"
     )
 
 

@@ -38,18 +38,40 @@ class FitFiles:
         return self.root / "oof.csv"
 
     def valid_predictions(self, epoch: str) -> Path:
-        """Raw predictions on the validation rows at the "best" or the "last" epoch, with sizes."""
+        """Raw predictions on the validation rows, with sizes: at the "best" or the "last" epoch,
+        or the kept epoch's through TTA views (inference.views_key)."""
         return self.root / f"valid_{epoch}.npy"
+
+    def test_predictions(self, views: str) -> Path:
+        """Raw predictions on the test images through TTA views (inference.views_key), with sizes
+        and the test ids they belong to."""
+        return self.root / f"test_{views}.npz"
+
+
+SHARED_STAGES = ("data", "scrape", "folds")  # their output serves every experiment of the competition
 
 
 @dataclass(frozen=True)
 class Paths:
+    """runs/<name>/ holds what a competition's experiments share (the folds, the image cache,
+    the blends, the report); runs/<name>/<experiment>/ what one experiment trained."""
+
     data: Path  # the competition's files, as it ships them (+ extra/ from scraping)
-    runs: Path  # everything the stages produce
+    runs: Path  # runs/<name>
+    experiment_name: str
+    tuned_from: str  # the experiment whose tuned settings this one's training merges
 
     @classmethod
     def of(cls, cfg: Config) -> "Paths":
-        return cls(data=Path(cfg.data.dir), runs=cfg.runs_dir)
+        name = cfg.train.experiment
+        return cls(Path(cfg.data.dir), cfg.runs_dir, name, cfg.train.tuned_from or name)
+
+    def of_experiment(self, name: str) -> "Paths":
+        return Paths(self.data, self.runs, name, name)
+
+    @property
+    def experiment(self) -> Path:
+        return self.runs / self.experiment_name
 
     @property
     def extra_csv(self) -> Path:
@@ -61,57 +83,99 @@ class Paths:
 
     @property
     def cv_json(self) -> Path:
-        """The train stage's summary, written last: its presence means the stage finished."""
-        return self.runs / "cv.json"
+        """The train stage's summary, written last: its presence means the experiment finished."""
+        return self.experiment / "cv.json"
 
     def fold(self, k: int) -> FitFiles:
-        return FitFiles(self.runs / _fold_dir(k))
+        return FitFiles(self.experiment / _fold_dir(k))
 
     @property
     def full(self) -> FitFiles:
-        return FitFiles(self.runs / "full")
+        return FitFiles(self.experiment / "full")
 
     @property
     def budget_json(self) -> Path:
         """train.time_budget's decision: the epochs that fit, kept for re-runs of the same config."""
-        return self.runs / "budget.json"
+        return self.experiment / "budget.json"
 
     @property
     def budget_probe(self) -> FitFiles:
         """The timed epoch's fit, removed once timed."""
-        return FitFiles(self.runs / "budget-probe")
+        return FitFiles(self.experiment / "budget-probe")
 
     @property
     def tune_dir(self) -> Path:
-        return self.runs / "tune"
+        return self.experiment / "tune"
 
     @property
     def best_yaml(self) -> Path:
         """The best trial's overrides, merged into the config by train, predict and report."""
         return self.tune_dir / "best.yaml"
 
+    @property
+    def tuned_yaml(self) -> Path:
+        """The best.yaml that train merges: this experiment's own, or train.tuned_from's."""
+        return self.of_experiment(self.tuned_from).best_yaml
+
+    def tune_file(self, what: str) -> Path:
+        """The search's own files: "journal" (the default storage), "config" (what its worker
+        processes load), "trials", "importances", "history"."""
+        names = {
+            "journal": "journal.log",
+            "config": "config.yaml",
+            "trials": "trials.csv",
+            "importances": "importances.json",
+            "history": "history.png",
+        }
+        return self.tune_dir / names[what]
+
+    def tune_lock(self, study: str) -> Path:
+        return self.tune_dir / f"{study}.lock"
+
     def trial(self, number: int) -> Path:
         """A tuning trial's config and, per fold, its fit's files (weights removed when it ends)."""
         return self.tune_dir / f"trial-{number}"
 
+    def trial_config(self, number: int) -> Path:
+        return self.trial(number) / "config.yaml"
+
     def trial_fold(self, number: int, k: int) -> FitFiles:
         return FitFiles(self.trial(number) / _fold_dir(k))
+
+    def lr_find(self, suffix: str) -> Path:
+        """The learning-rate finder's curve: "csv" or "png"."""
+        return self.experiment / f"lr_find.{suffix}"
 
     @property
     def report_dir(self) -> Path:
         return self.runs / "report"
 
     @property
-    def stamps(self) -> Path:
-        """One file per stage holding the config it depends on, rewritten only when that changes."""
-        return self.runs / ".stamps"
+    def blends_dir(self) -> Path:
+        return self.runs / "blends"
+
+    def blend(self, name: str) -> Path:
+        """A blend's members, weights and scores."""
+        return self.blends_dir / f"{name}.yaml"
+
+    def stamp(self, stage: str) -> Path:
+        """The config `stage` depends on, rewritten only when that changes."""
+        return self._home(stage) / ".stamps" / f"{stage}.yaml"
 
     def cache(self, split: str) -> Path:
         return self.runs / "cache" / split
 
     def resolved(self, stage: str) -> Path:
         """The resolved config, saved beside what `stage` produced."""
-        return self.runs / f"{stage}.config.yaml"
+        return self._home(stage) / f"{stage}.config.yaml"
+
+    def experiments(self) -> list[str]:
+        """The competition's experiments that finished training, oldest first."""
+        finished = [d for d in self.runs.iterdir() if (d / "cv.json").is_file()] if self.runs.is_dir() else []
+        return [d.name for d in sorted(finished, key=lambda d: ((d / "cv.json").stat().st_mtime, d.name))]
+
+    def _home(self, stage: str) -> Path:
+        return self.runs if stage in SHARED_STAGES else self.experiment
 
 
 def _fold_dir(k: int) -> str:

@@ -21,12 +21,16 @@ TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
 
 
 def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
-    """Overrides found by `make tune` (runs/<name>/tune/best.yaml) on top of the config."""
-    if not paths.best_yaml.exists():
+    """Overrides found by `make tune` (runs/<name>/<experiment>/tune/best.yaml, or
+    train.tuned_from's) on top of the config."""
+    tuned = paths.tuned_yaml
+    if not tuned.exists():
+        if cfg.train.tuned_from:
+            raise PipelineError(f"train.tuned_from={cfg.train.tuned_from}: {tuned} does not exist; run its `make tune`")
         return cfg
-    overrides = yaml.safe_load(paths.best_yaml.read_text()) or {}
-    print(f"using the tuned settings in {paths.best_yaml}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    return C.with_overrides(cfg, overrides, str(paths.best_yaml))
+    overrides = yaml.safe_load(tuned.read_text()) or {}
+    print(f"using the tuned settings in {tuned}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    return C.with_overrides(cfg, overrides, str(tuned))
 
 
 def read_folds(paths: Paths) -> pd.DataFrame:

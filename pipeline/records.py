@@ -1,10 +1,12 @@
-"""Typed records of what the stages leave behind: one fit's result, and the train stage's CV
-summary (cv.json). Each reads and writes its own file."""
+"""Typed records of what the stages leave behind: one fit's result, the train stage's CV
+summary (cv.json), a submission's stated CV and a blend. Each reads and writes its own file."""
 
 import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
@@ -76,6 +78,7 @@ class CV:
     best: Scores
     last: Scores
     fingerprint: str = ""
+    validation_plan: str = ""  # folds.validation_plan: experiments with equal plans blend
 
     @property
     def recipe(self) -> Scores:
@@ -155,4 +158,40 @@ class StatedCV:
     score: float
     std: float
     method: str
-    models: str  # "full", "folds" or "both"
+    models: str  # "full", "folds", "both", or "blend-<name>"
+    experiment: str  # its name, or a blend's members and weights
+
+
+@dataclass(frozen=True)
+class Blend:
+    """runs/<name>/blends/<blend>.yaml: the experiments a blend holds, their weights, and its
+    scores: nested CV (weights fitted on the other folds, scored on the held-out one) and the
+    in-sample score of the weights it submits with (fitted on every row: optimistic)."""
+
+    name: str
+    metric: str
+    method: str  # "hill_climb" or "optimise"
+    models: str  # each member's models: "folds" or "full"
+    space: str  # "probabilities" or "ranks"
+    tta: list[str]
+    validation_plan: str
+    weights: dict[str, float]  # experiment -> weight, summing to 1
+    member_scores: dict[str, float]  # experiment -> its OOF score
+    nested: Scores
+    in_sample: float
+
+    def describe_members(self) -> str:
+        return " + ".join(f"{name} {weight:.3f}" for name, weight in self.weights.items())
+
+    def save(self, path: Path) -> None:
+        write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> "Blend":
+        if not Path(path).exists():
+            raise PipelineError(f"{path} does not exist: run `make blend` first")
+        raw = yaml.safe_load(Path(path).read_text())
+        try:
+            return cls(**{**raw, "nested": Scores(**raw["nested"])})
+        except (KeyError, TypeError):
+            raise PipelineError(f"{path} was written by an older version: run `make blend` again") from None

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipeline import config as C
-from pipeline import engine, plan
+from pipeline import engine, experiments, plan
 from pipeline.files import atomic_path, write_text
 from pipeline.images import decode
 from pipeline.paths import Paths
@@ -160,6 +160,19 @@ def plot_best_and_last(cv: CV) -> Figure:
     return figure
 
 
+def plot_experiments(table: pd.DataFrame, metric: str) -> Figure:
+    """Each experiment's CV at the last epoch (± the folds' spread) and at the best epochs."""
+    figure = Figure(figsize=(max(5.0, 0.6 * len(table) + 2), 3.5))
+    axes = figure.subplots()
+    x = np.arange(len(table))
+    axes.errorbar(x, table["cv_last"], yerr=table["std_last"], fmt="o", capsize=3, label="last epoch ± folds' spread")
+    axes.scatter(x, table["cv_best"], marker="_", s=200, color="grey", label="best epochs")
+    axes.set_xticks(x, table["experiment"], rotation=90)
+    axes.set(ylabel=metric, title="experiments")
+    axes.legend(fontsize=7)
+    return figure
+
+
 # --- sections: what a run's files say ----------------------------------------------------------
 
 
@@ -191,6 +204,14 @@ def cv_section(cv: CV, out: Path) -> Section:
         summary += "<p><b>" + html.escape(cv.describe()[-1]) + "</b></p>"
     save(plot_best_and_last(cv), out / "best_and_last.png")
     return "Cross-validation", summary + _table(table) + _img("best_and_last.png", "best against last epoch per fold")
+
+
+def experiments_section(paths: Paths, out: Path, cv: CV) -> Section | None:
+    table = experiments.table(paths)
+    if len(table) < 2:
+        return None
+    save(plot_experiments(table, cv.metric), out / "experiments.png")
+    return "Experiments", _img("experiments.png", "experiments") + _table(table)
 
 
 def curves_section(paths: Paths, cv: CV, out: Path, cfg: C.Config) -> Section:
@@ -302,14 +323,14 @@ def scrape_section(paths: Paths, out: Path) -> Section | None:
 
 
 def tune_section(cfg: C.Config, paths: Paths, out: Path) -> Section | None:
-    if not (paths.runs / "tune" / "best.yaml").exists():
+    if not paths.best_yaml.exists():
         return None
     import optuna
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    from pipeline.tune import create_study
+    from pipeline.tune import load_study
 
-    study = create_study(cfg, paths)
+    study = load_study(cfg, paths)
     axes = plot_optimization_history(study)
     save(axes.figure, out / "tune_history.png")
     body = _img("tune_history.png", "optimization history")
@@ -318,7 +339,7 @@ def tune_section(cfg: C.Config, paths: Paths, out: Path) -> Section | None:
         importances = pd.Series(optuna.importance.get_param_importances(study))
         save(plot_bars(importances, "parameter importances", "parameter"), out / "tune_importances.png")
         body += _img("tune_importances.png", "parameter importances")
-    return "Tuning", f"<pre>{html.escape((paths.runs / 'tune' / 'best.yaml').read_text())}</pre>" + body
+    return "Tuning", f"<pre>{html.escape(paths.best_yaml.read_text())}</pre>" + body
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -369,12 +390,17 @@ def run(cfg: C.Config) -> None:
         sections += classification_sections(paths, out, oof, image_of)
     else:
         sections += keypoint_sections(paths, out, oof, image_of)
-    if (paths.runs / "lr_find.png").exists():
-        shutil.copy(paths.runs / "lr_find.png", out / "lr_find.png")
+    if paths.lr_find("png").exists():
+        shutil.copy(paths.lr_find("png"), out / "lr_find.png")
         sections.append(("Learning-rate finder", _img("lr_find.png", "lr find")))
     sections += [
         s
-        for s in (ledger_section(paths, out, cfg), scrape_section(paths, out), tune_section(cfg, paths, out))
+        for s in (
+            experiments_section(paths, out, cv),
+            ledger_section(paths, out, cfg),
+            scrape_section(paths, out),
+            tune_section(cfg, paths, out),
+        )
         if s is not None
     ]
     write_text(out / "index.html", render(f"{cfg.competition.name}: run report", sections))

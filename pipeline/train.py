@@ -1,11 +1,12 @@
 """The train stage: one model per fold, then one on all the data, every fit on the same
-schedule (train.epochs), so the folds measure the recipe the full fit repeats.
+schedule (train.epochs), so the folds measure the recipe the full fit repeats. An experiment
+(train.experiment) trains into its own folder, runs/<name>/<experiment>/:
 
-    runs/<name>/fold<k>/  model.pt (the epoch train.checkpoint keeps), last.pt (resume),
-                          metrics.csv, oof.csv, valid_best.npy, valid_last.npy, result.json
-    runs/<name>/cv.json   every fold's score at its best epoch and at its last, their means and
-                          spreads, the pooled out-of-fold scores (records.CV)
-    runs/<name>/full/     model.pt (its last epoch), metrics.csv, result.json
+    fold<k>/  model.pt (the epoch train.checkpoint keeps), last.pt (resume), metrics.csv,
+              oof.csv, valid_best.npy, valid_last.npy, result.json
+    cv.json   every fold's score at its best epoch and at its last, their means and spreads,
+              the pooled out-of-fold scores (records.CV)
+    full/     model.pt (its last epoch), metrics.csv, result.json
 
 A fold with result.json is finished and skipped; a fold with last.pt resumes from its last
 completed epoch. Both belong to one config: when it changes, the fold is trained anew.
@@ -20,6 +21,7 @@ from pipeline import budget, distributed, plan
 from pipeline import config as C
 from pipeline.files import write_csv
 from pipeline.fit import Setup, fit
+from pipeline.folds import validation_plan
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, FitResult, Scores
 from pipeline.tasks import HIGHER_IS_BETTER
@@ -128,4 +130,5 @@ def summarize(
         best=scores("best"),
         last=scores("last"),
         fingerprint=fingerprint,
+        validation_plan=validation_plan(folds),
     )

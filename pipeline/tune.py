@@ -131,9 +131,8 @@ def study_name(cfg: C.Config) -> str:
 def storage_of(cfg: C.Config, paths: Paths):
     url = cfg.tune.storage
     if url is None:
-        folder = paths.tune_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(folder / "journal.log"))
+        paths.tune_dir.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(paths.tune_file("journal")))
         return optuna.storages.JournalStorage(backend)
     if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://")):
         raise PipelineError(
@@ -179,6 +178,14 @@ def create_study(cfg: C.Config, paths: Paths) -> optuna.Study:
     return study
 
 
+def load_study(cfg: C.Config, paths: Paths) -> optuna.Study:
+    """This config's study as `make tune` left it, for reading: never created here."""
+    try:
+        return optuna.load_study(study_name=study_name(cfg), storage=storage_of(cfg, paths))
+    except KeyError:
+        raise PipelineError(f"there is no study {study_name(cfg)} for this config: run `make tune` first") from None
+
+
 def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage | None:
     """The study's RDB storage (Optuna wraps it in a cache layer), or None for a journal."""
     storage = getattr(study._storage, "_backend", study._storage)
@@ -198,7 +205,7 @@ def slot_lock(study: optuna.Study, paths: Paths) -> Iterator[None]:
             finally:
                 connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
         return
-    lock = paths.tune_dir / f"{study.study_name}.lock"
+    lock = paths.tune_lock(study.study_name)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -268,8 +275,7 @@ def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths
     values = sample(trial, space)
     trial_cfg = C.with_overrides(cfg, values, f"trial {trial.number}")
     trial.set_user_attr("overrides", values)
-    out = paths.trial(trial.number)
-    C.save_resolved(trial_cfg, out / "config.yaml")
+    C.save_resolved(trial_cfg, paths.trial_config(trial.number))
     setup = dataclasses.replace(base, cfg=trial_cfg, task=configured_task(trial_cfg, base.task.labels))
     fold_ids = cfg.tune.folds if cfg.tune.folds is not None else sorted(k for k in set(folds["fold"]) if k >= 0)
     epochs = cfg.tune.epochs or cfg.train.epochs
@@ -360,7 +366,7 @@ def _probe_value(p: C.Param):
 
 def spawn_workers(cfg: C.Config, paths: Paths, workers: int) -> None:
     """`workers` processes on one study, the cores shared out and one GPU each where there are GPUs."""
-    resolved = paths.tune_dir / "config.yaml"
+    resolved = paths.tune_file("config")
     C.save_given(cfg, resolved)
     gpus = _gpu_count()
     processes = []
@@ -403,15 +409,15 @@ def report(cfg: C.Config) -> None:
     from optuna.visualization.matplotlib import plot_optimization_history
 
     paths = Paths.of(cfg)
-    study = create_study(cfg, paths)
+    study = load_study(cfg, paths)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
-    write_csv(paths.tune_dir / "trials.csv", frame)
+    write_csv(paths.tune_file("trials"), frame)
     print(frame.drop(columns=[c for c in frame.columns if c.startswith("user_attrs_")]).to_string(index=False))
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) >= 2:
         importances = optuna.importance.get_param_importances(study)
-        write_text(paths.tune_dir / "importances.json", json.dumps(importances, indent=2))
+        write_text(paths.tune_file("importances"), json.dumps(importances, indent=2))
         print("parameter importances: " + ", ".join(f"{k} {v:.3f}" for k, v in importances.items()))
     axes = plot_optimization_history(study)
-    axes.figure.savefig(paths.tune_dir / "history.png", dpi=100)
-    print(f"tune report: {paths.runs / 'tune' / 'trials.csv'}, history.png")
+    axes.figure.savefig(paths.tune_file("history"), dpi=100)
+    print(f"tune report: {paths.tune_file('trials')}, {paths.tune_file('history').name}")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline import config as C
 from pipeline import folds, train
+from pipeline.paths import Paths
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # model.pretrained's default never asks the hub from a test
 
@@ -178,4 +179,4 @@ def run(cfg, cwd, monkeypatch):
     monkeypatch.chdir(cwd)
     folds.run(cfg)
     train.run(cfg)
-    return json.loads((cwd / "runs/tiny/cv.json").read_text())
+    return json.loads((cwd / Paths.of(cfg).cv_json).read_text())

@@ -114,11 +114,11 @@ def test_an_impossible_device_aug_on_stops_train_before_any_fold_is_touched(digi
     data = {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}
     cfg = tiny(data, full_fit=False)
     run(cfg, tmp_path, monkeypatch)
-    before = (tmp_path / "runs/tiny/fold0/result.json").read_text()
+    before = (tmp_path / "runs/tiny/tiny/fold0/result.json").read_text()
     impossible = C.with_overrides(cfg, {"train.device_aug": "on", "aug.blur": 3}, "test")
     with pytest.raises(PipelineError, match=r"device_aug=on cannot be used with aug\.blur=3"):
         run(impossible, tmp_path, monkeypatch)
-    assert (tmp_path / "runs/tiny/fold0/result.json").read_text() == before
+    assert (tmp_path / "runs/tiny/tiny/fold0/result.json").read_text() == before
 
 
 def test_training_with_device_aug_on_the_cpu(digits_dir, tmp_path, monkeypatch, capsys):

@@ -17,10 +17,12 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "loader_speed.py",
         "scaling.py",
         "device_path.py",
+        "blend_speed.py",
         pytest.param("demo.py", marks=pytest.mark.slow),
         pytest.param("tune_demo.py", marks=pytest.mark.slow),
         pytest.param("cv_vs_held_out.py", marks=pytest.mark.slow),
         pytest.param("first_run.py", marks=pytest.mark.slow),
+        pytest.param("blend_demo.py", marks=pytest.mark.slow),
     ],
 )
 def test_benchmark_runs_in_tiny_mode(script):

@@ -71,3 +71,23 @@ def test_make_file_targets_rerun_only_what_changed(tmp_path, pixel_columns_dir):
     assert "pipeline folds" in make(tmp_path, "folds", config, "ARGS=folds.seed=1")
     assert "pipeline data" not in make(tmp_path, "folds", config, "ARGS=folds.seed=2")
     assert len(pd.read_csv(tmp_path / "runs/tiny/folds.csv")) == 30
+
+
+@pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
+def test_make_trains_experiments_side_by_side_and_submits_their_blend(tmp_path, digits_dir):
+    config = tiny_config(
+        tmp_path,
+        digits_dir,
+        folds={"n_splits": 2},
+        model={"name": "test_resnet", "image_size": 32, "pretrained": "none"},
+        train={"epochs": 1, "batch_size": 8, "workers": 0, "full_fit": False},
+    )
+    given = f"CONFIG={config}"
+    make(tmp_path, "train", given, "EXP=a")
+    make(tmp_path, "train", given, "EXP=b", "ARGS=train.lr=0.02")
+    assert "Nothing to be done" in make(tmp_path, "train", given, "EXP=a")
+    listed = make(tmp_path, "experiments", given).split("experiment ", 1)[1].splitlines()[1:]
+    assert sorted(line.split()[0] for line in listed) == ["a", "b"]
+    assert "nested CV" in make(tmp_path, "blend", given, "BLEND=a b")
+    make(tmp_path, "predict", given, "BLEND=a+b")
+    assert len(list((tmp_path / "submissions/tiny").glob("*_blend-a+b_*.csv"))) == 1

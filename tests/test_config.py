@@ -99,3 +99,14 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = C.load(write(tmp_path, MINIMAL), ["train.lr=0.01"])
     C.save_resolved(cfg, tmp_path / "resolved.yaml")
     assert C.load(tmp_path / "resolved.yaml") == cfg
+
+
+def test_the_experiment_is_named_by_the_config_file_and_kept_when_saved(tmp_path):
+    path = tmp_path / "effnet-96.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    assert C.load(path).train.experiment == "effnet-96"
+    assert C.validate(MINIMAL).train.experiment == "digits"  # no file: the competition's name
+    named = C.load(path, ["train.experiment=seed-1"])
+    C.save_given(named, tmp_path / "launch.config.yaml")
+    assert C.load(tmp_path / "launch.config.yaml").train.experiment == "seed-1"
+    assert "names a folder the experiments share" in load_error(tmp_path, MINIMAL, ["train.experiment=blends"])

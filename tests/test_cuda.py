@@ -12,6 +12,7 @@ from conftest import run, tiny
 from pipeline import batch_aug, config, predict, transforms
 from pipeline.batch_aug import BatchAugment, DeviceBatches
 from pipeline.config import Aug
+from pipeline.inference import TestPredictions
 from pipeline.paths import Paths
 from pipeline.records import CV
 
@@ -36,7 +37,7 @@ def test_training_on_cuda_learns(blobs_dir, tmp_path, monkeypatch, capsys, amp, 
     assert cv["score"] >= 0.9, cv
     out = capsys.readouterr().out
     assert ("images resident on cuda" in out) == (device_aug == "on")
-    saved = torch.load(tmp_path / "runs/tiny/full/model.pt", map_location="cpu", weights_only=True)
+    saved = torch.load(tmp_path / "runs/tiny/tiny/full/model.pt", map_location="cpu", weights_only=True)
     assert all(v.device.type == "cpu" and torch.isfinite(v.float()).all() for v in saved["state_dict"].values())
 
 
@@ -78,13 +79,14 @@ def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):
     run(cfg, tmp_path, monkeypatch)
     paths = Paths.of(cfg)
     cfg.predict.tta = ["hflip", "shift:0.05"]
-    members = predict.choose(cfg, paths, CV.load(paths.cv_json), predict.TestPredictions(cfg, paths)).members
-    on_cuda = predict.TestPredictions(cfg, paths).blend(members)
+    members = predict.choose(cfg, paths, CV.load(paths.cv_json), TestPredictions(cfg, paths, reuse=False)).members
+    weighted = [(m.fit, m.weight) for m in members]
+    on_cuda = TestPredictions(cfg, paths, reuse=False).blend(weighted)
     cpu = config.with_overrides(cfg, {"train.device": "cpu"}, "test")
-    on_cpu = predict.TestPredictions(cpu, paths).blend(members)
+    on_cpu = TestPredictions(cpu, paths, reuse=False).blend(weighted)
     np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-3)
     bf16 = config.with_overrides(cfg, {"train.amp": "bf16"}, "test")
-    on_bf16 = predict.TestPredictions(bf16, paths).blend(members)
+    on_bf16 = TestPredictions(bf16, paths, reuse=False).blend(weighted)
     assert (on_bf16.argmax(1) == on_cpu.argmax(1)).all() and np.abs(on_bf16 - on_cpu).max() < 0.05
 
 
@@ -100,5 +102,5 @@ def test_ddp_over_nccl_matches_one_gpu(blobs_dir, tmp_path, monkeypatch):
     cfg = blobs(blobs_dir, amp="off", distributed="ddp", sync_bn=True)
     folds.run(cfg)
     launch.run(cfg, gpus="0,1")
-    ddp = json.loads((tmp_path / "two/runs/tiny/cv.json").read_text())
+    ddp = json.loads((tmp_path / "two/runs/tiny/tiny/cv.json").read_text())
     assert abs(ddp["score"] - single["score"]) <= 0.05, (ddp["score"], single["score"])

@@ -12,6 +12,7 @@ from conftest import KEYPOINTS, run, tiny
 
 from pipeline import predict, submission
 from pipeline.errors import PipelineError
+from pipeline.inference import TestPredictions
 from pipeline.paths import Paths
 from pipeline.records import CV, Scores
 
@@ -29,7 +30,7 @@ def test_every_fold_keeps_its_best_and_last_epoch_and_the_full_fit_runs_the_same
     digits_dir, tmp_path, monkeypatch
 ):
     cv = run(digits(digits_dir), tmp_path, monkeypatch)
-    runs = tmp_path / "runs/tiny"
+    runs = tmp_path / "runs/tiny/tiny"
     fold_figures = zip(cv["fold_ids"], cv["best"]["folds"], cv["last"]["folds"], cv["best_epochs"], strict=True)
     for k, best, last, epoch in fold_figures:
         history = pd.read_csv(runs / f"fold{k}/metrics.csv")
@@ -46,7 +47,7 @@ def test_every_fold_keeps_its_best_and_last_epoch_and_the_full_fit_runs_the_same
 def test_keypoint_oof_score_is_rmse_in_pixels_over_the_labelled_points(faces_dir, tmp_path, monkeypatch):
     data = {"layout": "pixel_string", "dir": str(faces_dir), "sample_submission": None, "lookup_table": None}
     cv = run(tiny(data, task="keypoints", epochs=2), tmp_path, monkeypatch)
-    oof = oof_table(tmp_path / "runs/tiny", cv["fold_ids"])
+    oof = oof_table(tmp_path / "runs/tiny/tiny", cv["fold_ids"])
     assert oof[KEYPOINTS].isna().any().any()  # some points are missing
     truth, predicted = oof[KEYPOINTS].to_numpy(), oof[[f"pred_{c}" for c in KEYPOINTS]].to_numpy()
     rmse = np.sqrt(np.nanmean((predicted - truth) ** 2))
@@ -58,8 +59,8 @@ def test_keypoint_oof_score_is_rmse_in_pixels_over_the_labelled_points(faces_dir
 def test_checkpoint_best_keeps_the_best_epoch_for_the_folds(digits_dir, tmp_path, monkeypatch):
     cv = run(digits(digits_dir, checkpoint="best"), tmp_path, monkeypatch)
     assert cv["kept"] == "best" and cv["score"] == cv["best"]["mean"] and cv["oof_score"] == cv["best"]["oof"]
-    raw = np.load(tmp_path / "runs/tiny/fold0/valid_best.npy")
-    oof = pd.read_csv(tmp_path / "runs/tiny/fold0/oof.csv")
+    raw = np.load(tmp_path / "runs/tiny/tiny/fold0/valid_best.npy")
+    oof = pd.read_csv(tmp_path / "runs/tiny/tiny/fold0/oof.csv")
     np.testing.assert_allclose(oof[["prob_0", "prob_1", "prob_2"]].to_numpy(), raw[:, :3], atol=1e-6)
 
 
@@ -134,7 +135,7 @@ def test_full_with_tta_under_best_checkpoints_says_its_tta_is_unmeasured(digits_
     run(cfg, tmp_path, monkeypatch)
     cv = CV.load(Paths.of(cfg).cv_json)
     cfg.predict.models, cfg.predict.tta = "full", ["hflip"]
-    choice = predict.choose(cfg, Paths.of(cfg), cv, predict.TestPredictions(cfg, Paths.of(cfg)))
+    choice = predict.choose(cfg, Paths.of(cfg), cv, TestPredictions(cfg, Paths.of(cfg)))
     assert (choice.score, choice.std) == (cv.recipe.oof, cv.recipe.std) and "TTA unmeasured" in choice.method
 
 

@@ -76,7 +76,7 @@ def test_a_config_saved_as_given_resolves_the_same_in_another_process(tmp_path):
     cfg = bare(train={"epochs": 4}, aug={"rotate": 5})
     C.save_given(cfg, tmp_path / "given.yaml")
     written = yaml.safe_load((tmp_path / "given.yaml").read_text())
-    assert "model" not in written and written["train"] == {"epochs": 4}
+    assert "model" not in written and written["train"] == {"epochs": 4, "experiment": "tiny"}  # not the file's stem
     again = C.load(tmp_path / "given.yaml")
     assert defaults.resolve(again, PHOTOS)[0] == defaults.resolve(cfg, PHOTOS)[0]
 
@@ -92,13 +92,15 @@ def test_a_time_budget_lowers_the_epochs_once_and_keeps_the_decision(blobs_dir, 
     cfg = tiny(data, epochs=50, time_budget="0.01s")  # less than any epoch takes
     cv = run(cfg, tmp_path, monkeypatch)
     assert "too short" in capsys.readouterr().out and cv["epochs"] == 1
-    decision = json.loads((tmp_path / "runs/tiny/budget.json").read_text())
-    assert decision["epochs"] == 1 and decision["epoch_s"] > 0 and not (tmp_path / "runs/tiny/budget-probe").exists()
-    (tmp_path / "runs/tiny/cv.json").unlink()
+    decision = json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text())
+    assert (
+        decision["epochs"] == 1 and decision["epoch_s"] > 0 and not (tmp_path / "runs/tiny/tiny/budget-probe").exists()
+    )
+    (tmp_path / "runs/tiny/tiny/cv.json").unlink()
     train.run(cfg)  # the kept decision: the same schedule, so the finished folds are kept
     assert (
         "too short" in capsys.readouterr().out
-        and json.loads((tmp_path / "runs/tiny/budget.json").read_text()) == decision
+        and json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text()) == decision
     )
     roomy = tiny(data, epochs=2, time_budget="2h")
     assert run(roomy, tmp_path, monkeypatch)["epochs"] == 2 and "the 2 epochs asked for fit" in capsys.readouterr().out

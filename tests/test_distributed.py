@@ -37,7 +37,7 @@ def one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, mode: str) -
     folds.run(cfg)
     capfd.readouterr()
     launch.run(cfg, gpus="0,1")
-    return single, json.loads((tmp_path / "two/runs/tiny/cv.json").read_text()), capfd.readouterr().out
+    return single, json.loads((tmp_path / "two/runs/tiny/tiny/cv.json").read_text()), capfd.readouterr().out
 
 
 def test_ddp_on_two_processes_matches_one_process(blobs_dir, tmp_path, monkeypatch, capfd):
@@ -45,13 +45,13 @@ def test_ddp_on_two_processes_matches_one_process(blobs_dir, tmp_path, monkeypat
     assert "train on GPUs 0,1: ddp" in out
     assert abs(ddp["score"] - single["score"]) <= TOLERANCE, (ddp["score"], single["score"])
     assert out.count("fold 0 epoch 6 ") == 1  # rank 1 printed nothing
-    metrics = pd.read_csv(tmp_path / "two/runs/tiny/fold0/metrics.csv")
+    metrics = pd.read_csv(tmp_path / "two/runs/tiny/tiny/fold0/metrics.csv")
     assert list(metrics["epoch"]) == [1, 2, 3, 4, 5, 6]
-    assert (tmp_path / "two/runs/tiny/full/model.pt").exists()
+    assert (tmp_path / "two/runs/tiny/tiny/full/model.pt").exists()
     assert not list((tmp_path / "two/runs").rglob("*.tmp"))
     changed = blobs_config(blobs_dir, distributed="ddp", epochs=2)  # every fold stale: rank 0 alone removes it
     launch.run(changed, gpus="0,1")
-    assert list(pd.read_csv(tmp_path / "two/runs/tiny/fold1/metrics.csv")["epoch"]) == [1, 2]
+    assert list(pd.read_csv(tmp_path / "two/runs/tiny/tiny/fold1/metrics.csv")["epoch"]) == [1, 2]
 
 
 def test_a_fold_per_process_gives_the_sequential_cv(blobs_dir, tmp_path, monkeypatch, capfd):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from pipeline import ensemble
 
@@ -18,3 +19,46 @@ def test_the_members_rmse_less_their_spread_is_the_blends_rmse():
     assert estimated < np.dot(weights, rmse)  # averaging beats the members' weighted mean
     identical = ensemble.spread([members[0]] * 3, [0.2, 0.3, 0.5])
     assert identical == pytest.approx(0.0, abs=1e-12)  # identical members: no gain
+
+
+def keypoint_mixture(rng, rows=2000):
+    """Truth that is exactly 0.6 of the first member and 0.4 of the second; the third is noise."""
+    members = rng.normal(size=(3, rows, 6)) * 10
+    truth = 0.6 * members[0] + 0.4 * members[1]
+    truth[rng.random(truth.shape) < 0.2] = np.nan  # missing points are masked
+    return members, ensemble.Target("rmse", truth)
+
+
+def class_mixture(rng, rows=20000):
+    """Labels drawn from 0.7 of the first member's probabilities and 0.3 of the second's."""
+    members = rng.dirichlet(np.ones(4) * 0.5, size=(3, rows))
+    mixed = 0.7 * members[0] + 0.3 * members[1]
+    labels = (rng.random((rows, 1)) > mixed.cumsum(axis=1)).sum(axis=1)
+    return members, labels
+
+
+def test_blend_weights_recover_a_known_mixture():
+    rng = np.random.default_rng(0)
+    members, target = keypoint_mixture(rng)
+    assert ensemble.optimise(members, target) == pytest.approx([0.6, 0.4, 0.0], abs=1e-3)
+    assert ensemble.hill_climb(members, target) == pytest.approx([0.6, 0.4, 0.0], abs=0.03)
+    probabilities, labels = class_mixture(rng)
+    weights = ensemble.optimise(probabilities, ensemble.Target("log_loss", labels))
+    assert weights == pytest.approx([0.7, 0.3, 0.0], abs=0.05)
+    accuracy = ensemble.Target("accuracy", labels)
+    climbed = ensemble.hill_climb(probabilities, accuracy)
+    assert accuracy.score(ensemble.blend(probabilities, climbed)) >= max(accuracy.score(p) for p in probabilities)
+    assert ensemble.Target("macro_f1", labels).score(probabilities[0]) == pytest.approx(
+        f1_score(labels, probabilities[0].argmax(axis=1), average="macro")
+    )
+
+
+def test_the_nested_cv_score_is_never_the_in_sample_one():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(300, 4))
+    members = truth + rng.normal(size=(8, 300, 4)) * np.linspace(1.0, 1.4, 8)[:, None, None]
+    target, folds = ensemble.Target("rmse", truth), np.arange(300) % 5
+    for method in ensemble.METHODS:
+        in_sample = target.score(ensemble.blend(members, ensemble.fit_weights(method, members, target)))
+        per_fold, pooled = ensemble.nested_scores(method, members, target, folds)
+        assert len(per_fold) == 5 and pooled > in_sample  # weights fitted on the rows they score flatter them

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import KEYPOINTS, run, tiny
 
-from pipeline import engine, predict
+from pipeline import engine, inference, predict
 from pipeline.cli import main
 from pipeline.config import Train
 from pipeline.errors import PipelineError
@@ -40,18 +40,18 @@ def test_keypoint_tta_maps_points_back_exactly():
     batches = [(images, torch.zeros(3), torch.full((3, 2), 16.0))]
     task, device = Keypoints(KEYPOINTS), engine.Device.choose(Train(device="cpu"))
     swap = torch.tensor([1, 0])
-    plain, _ = predict.predict_images(BrightestPoints(), task, batches, device, predict.views([]), swap)
+    plain, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views([]), swap)
     for tta in (["hflip"], ["vflip"], ["shift:0.0625"], ["hflip", "vflip", "shift:0.0625"]):
-        with_tta, _ = predict.predict_images(BrightestPoints(), task, batches, device, predict.views(tta), swap)
+        with_tta, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views(tta), swap)
         np.testing.assert_allclose(with_tta, plain, atol=1e-5, err_msg=str(tta))
 
 
 def test_views_are_exact_inverses_of_their_maps():
     points = torch.tensor([[0.25, -0.5, -0.75, 0.125]])
-    for view in predict.views(["hflip", "vflip", "shift:0.1", "scale:1.25"]):
+    for view in inference.views(["hflip", "vflip", "shift:0.1", "scale:1.25"]):
         inverse = torch.linalg.inv(torch.cat([view.theta, torch.tensor([[0.0, 0, 1]])]))[:2]
-        moved = predict.map_back(predict.View(inverse), points, None)
-        torch.testing.assert_close(predict.map_back(predict.View(view.theta), moved, None), points)
+        moved = inference.map_back(inference.View(inverse), points, None)
+        torch.testing.assert_close(inference.map_back(inference.View(view.theta), moved, None), points)
 
 
 def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, monkeypatch, capsys):
@@ -141,7 +141,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
         pd.DataFrame({"id": [1, 2]}),
         np.eye(2),
         Classification([0, 1]),
-        StatedCV("accuracy", 0.99, 0.002, "OOF of the folds' last epochs, the full fit's recipe", "full"),
+        StatedCV("accuracy", 0.99, 0.002, "OOF of the folds' last epochs, the full fit's recipe", "full", "tiny"),
     )
     monkeypatch.setenv("FAKE_KAGGLE_FILE", path.name)
     submission.submit(cfg)

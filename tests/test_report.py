@@ -8,7 +8,7 @@ import pytest
 from conftest import run, tiny
 from PIL import Image
 
-from pipeline import lr_find, report
+from pipeline import config, lr_find, report, train
 from pipeline.config import Train
 from pipeline.records import CV, Scores
 
@@ -90,11 +90,13 @@ def referenced_images(index) -> list[str]:
 def test_classification_report_links_every_image(digits_dir, tmp_path, monkeypatch):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "solution": "solution.csv"})
     run(cfg, tmp_path, monkeypatch)
+    train.run(config.with_overrides(cfg, {"train.experiment": "other", "train.lr": 0.02}, "test"))
     lr_find.run(cfg)
     report.run(cfg)
     index = tmp_path / "runs/tiny/report/index.html"
     images = referenced_images(index)
     for expected in (
+        "experiments.png",
         "learning_curves.png",
         "lr_schedule.png",
         "confusion.png",

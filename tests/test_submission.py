@@ -12,7 +12,7 @@ from pipeline.paths import Paths
 from pipeline.records import StatedCV
 from pipeline.tasks import Classification, Keypoints
 
-CV = StatedCV("accuracy", 0.98765, 0.01, "OOF of the fold models (last epochs)", "folds")
+CV = StatedCV("accuracy", 0.98765, 0.01, "OOF of the fold models (last epochs)", "folds", "tiny")
 
 
 def digits_cfg(folder: Path, **predict):

@@ -5,8 +5,10 @@ import torch
 import yaml
 from conftest import KEYPOINTS, run, tiny
 
+from pipeline import config as C
 from pipeline import engine, folds, plan, train
 from pipeline import fit as fit_module
+from pipeline.errors import PipelineError
 from pipeline.paths import Paths
 
 
@@ -20,7 +22,7 @@ def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monke
     cv = run(cfg, tmp_path, monkeypatch)
     assert cv["metric"] == "accuracy" and len(cv["folds"]) == 2 and cv["best_epochs"] == [1, 1]
     assert 0.0 <= cv["score"] <= 1.0
-    runs = tmp_path / "runs/tiny"
+    runs = tmp_path / "runs/tiny/tiny"
     oof = pd.concat([pd.read_csv(runs / f"fold{k}/oof.csv") for k in (0, 1)])
     assert sorted(oof["id"]) == list(range(1, 37))
     assert np.allclose(oof[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1.0, atol=1e-4)
@@ -36,10 +38,10 @@ def test_keypoints_with_missing_points(faces_dir, tmp_path, monkeypatch):
     )
     cv = run(cfg, tmp_path, monkeypatch)
     assert cv["metric"] == "rmse" and cv["higher_is_better"] is False and np.isfinite(cv["score"])
-    oof = pd.read_csv(tmp_path / "runs/tiny/fold0/oof.csv")
+    oof = pd.read_csv(tmp_path / "runs/tiny/tiny/fold0/oof.csv")
     assert [f"pred_{c}" for c in KEYPOINTS] == [c for c in oof.columns if c.startswith("pred_")]
     assert oof[[f"pred_{c}" for c in KEYPOINTS]].notna().all().all()
-    metrics = pd.read_csv(tmp_path / "runs/tiny/fold0/metrics.csv")
+    metrics = pd.read_csv(tmp_path / "runs/tiny/tiny/fold0/metrics.csv")
     assert {"rmse", "acc_0.1", "acc_0.01"} <= set(metrics)
 
 
@@ -62,11 +64,11 @@ def test_killed_run_resumes_to_the_same_cv(digits_dir, tmp_path, monkeypatch, de
     monkeypatch.setattr(fit_module, "_checkpoint", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "b", monkeypatch)
-    assert (tmp_path / "b/runs/tiny/fold0/last.pt").exists()
+    assert (tmp_path / "b/runs/tiny/tiny/fold0/last.pt").exists()
     monkeypatch.setattr(fit_module, "_checkpoint", save)
     resumed = run(cfg, tmp_path / "b", monkeypatch)
     assert resumed == uninterrupted
-    history = pd.read_csv(tmp_path / "b/runs/tiny/fold0/metrics.csv")
+    history = pd.read_csv(tmp_path / "b/runs/tiny/tiny/fold0/metrics.csv")
     assert history["epoch"].tolist() == [1, 2]
 
 
@@ -75,13 +77,32 @@ def test_finished_folds_are_skipped_and_tuned_settings_merged(digits_dir, tmp_pa
     run(cfg, tmp_path, monkeypatch)
     train.run(cfg)
     assert capsys.readouterr().out.count("finished before") == 2
-    (tmp_path / "runs/tiny/tune").mkdir()
-    (tmp_path / "runs/tiny/tune/best.yaml").write_text(yaml.safe_dump({"train.lr": 0.002, "aug.rotate": 5.0}))
+    (tmp_path / "runs/tiny/tiny/tune").mkdir()
+    (tmp_path / "runs/tiny/tiny/tune/best.yaml").write_text(yaml.safe_dump({"train.lr": 0.002, "aug.rotate": 5.0}))
     train.run(cfg)
     out = capsys.readouterr().out
     assert "using the tuned settings" in out and "train.lr=0.002" in out and "training it again" in out
-    resolved = yaml.safe_load((tmp_path / "runs/tiny/train.config.yaml").read_text())
+    resolved = yaml.safe_load((tmp_path / "runs/tiny/tiny/train.config.yaml").read_text())
     assert resolved["train"]["lr"] == 0.002 and resolved["aug"]["rotate"] == 5.0
+    train.run(C.with_overrides(cfg, {"train.experiment": "copy", "train.tuned_from": "tiny"}, "test"))
+    assert "using the tuned settings in runs/tiny/tiny/tune/best.yaml" in capsys.readouterr().out
+    with pytest.raises(PipelineError, match="train.tuned_from=nowhere: runs/tiny/nowhere/tune/best.yaml does not"):
+        train.run(C.with_overrides(cfg, {"train.tuned_from": "nowhere"}, "test"))
+
+
+def test_experiments_live_side_by_side_on_shared_folds(digits_dir, tmp_path, monkeypatch, capsys):
+    data = {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}
+    first, second = (tiny(data, full_fit=False, experiment=name) for name in ("first", "second"))
+    run(first, tmp_path, monkeypatch)
+    train.run(second)
+    experiment = tmp_path / "runs/tiny/first"
+    before = {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()}
+    train.run(tiny(data, full_fit=False, experiment="second", lr=0.02))
+    assert "training it again" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()} == before
+    assert Paths.of(first).experiments() == ["first", "second"]
+    with pytest.raises(PipelineError, match="the experiments first, second validated on these folds"):
+        folds.run(C.with_overrides(first, {"folds.seed": 7}, "test"))
 
 
 def test_lr_find_sweeps_plots_and_suggests(digits_dir, tmp_path, monkeypatch, capsys):
@@ -94,9 +115,9 @@ def test_lr_find_sweeps_plots_and_suggests(digits_dir, tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     folds.run(cfg)
     lr_find.run(cfg)
-    curve = pd.read_csv(tmp_path / "runs/tiny/lr_find.csv")
+    curve = pd.read_csv(tmp_path / "runs/tiny/tiny/lr_find.csv")
     assert len(curve) > 5 and curve["lr"].is_monotonic_increasing
-    assert (tmp_path / "runs/tiny/lr_find.png").stat().st_size > 1000
+    assert (tmp_path / "runs/tiny/tiny/lr_find.png").stat().st_size > 1000
     assert "lr-find: steepest descent at lr" in capsys.readouterr().out
 
 
@@ -136,7 +157,7 @@ def test_scraped_rows_train_but_never_validate(digits_dir, tmp_path, monkeypatch
     run(cfg, tmp_path, monkeypatch)
     fold_table = pd.read_csv(tmp_path / "runs/tiny/folds.csv")
     assert (fold_table["fold"] == -1).sum() == 4
-    oof = pd.concat([pd.read_csv(tmp_path / f"runs/tiny/fold{k}/oof.csv") for k in (0, 1)])
+    oof = pd.concat([pd.read_csv(tmp_path / f"runs/tiny/tiny/fold{k}/oof.csv") for k in (0, 1)])
     assert len(oof) == 36 and not oof["id"].astype(str).str.startswith("extra/").any()
 
 

@@ -46,25 +46,25 @@ def test_best_yaml_is_written_and_used_by_train(digits_dir, tmp_path, monkeypatc
     cfg = tune_config(digits_dir)
     folds.run(cfg)
     tune.run(cfg)
-    best = yaml.safe_load((tmp_path / "runs/tiny/tune/best.yaml").read_text())
+    best = yaml.safe_load((tmp_path / "runs/tiny/tiny/tune/best.yaml").read_text())
     assert set(best) == {"train.lr", "aug.rotate"}
     study = load(cfg)
     assert states(study) == ["COMPLETE"] * 3
     first = study.trials[0]  # the config's own values come first, so the search can only improve on them
     assert first.user_attrs["baseline"] and first.user_attrs["overrides"] == {"train.lr": 0.01, "aug.rotate": 10}
-    assert "the config's own values" in (tmp_path / "runs/tiny/tune/best.yaml").read_text().splitlines()[0]
-    assert (tmp_path / "runs/tiny/tune/trial-0/config.yaml").exists()
-    assert (tmp_path / "runs/tiny/tune/trial-2/fold1/metrics.csv").exists()
-    assert not list((tmp_path / "runs/tiny/tune").rglob("*.pt"))  # weights are not kept
+    assert "the config's own values" in (tmp_path / "runs/tiny/tiny/tune/best.yaml").read_text().splitlines()[0]
+    assert (tmp_path / "runs/tiny/tiny/tune/trial-0/config.yaml").exists()
+    assert (tmp_path / "runs/tiny/tiny/tune/trial-2/fold1/metrics.csv").exists()
+    assert not list((tmp_path / "runs/tiny/tiny/tune").rglob("*.pt"))  # weights are not kept
     train.run(cfg)
-    resolved = yaml.safe_load((tmp_path / "runs/tiny/train.config.yaml").read_text())
+    resolved = yaml.safe_load((tmp_path / "runs/tiny/tiny/train.config.yaml").read_text())
     assert resolved["train"]["lr"] == pytest.approx(best["train.lr"]) and "using the tuned settings" in (
         capsys.readouterr().out
     )
     tune.run(cfg)  # a second run finds the study full and adds nothing
     assert len(load(cfg).trials) == 3
     tune.report(cfg)
-    assert (tmp_path / "runs/tiny/tune/history.png").stat().st_size > 1000
+    assert (tmp_path / "runs/tiny/tiny/tune/history.png").stat().st_size > 1000
 
 
 def test_absurd_learning_rate_fails_its_trial_not_the_study(digits_dir, tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_two_workers_on_postgresql_finish_exactly_n(digits_dir, tmp_path, monkey
     tune.run(cfg, workers=2)
     total, finished = count_finished(cfg)
     assert total == 5 and sorted(finished) == [0, 1, 2, 3, 4]
-    assert (tmp_path / "runs/tiny/tune/best.yaml").exists()
+    assert (tmp_path / "runs/tiny/tiny/tune/best.yaml").exists()
 
 
 @pytest.mark.slow
