@@ -1,10 +1,9 @@
 """The blend stage: weights for several experiments, found on their out-of-fold predictions,
-scored by nested CV; and the blended submission, from each member's kept test predictions.
+scored by nested CV. The blended submission is predict.py's (`make predict BLEND=<blend>`).
 
     make blend [BLEND="a b c"]    -> runs/<name>/blends/<blend>.yaml
-    make predict BLEND=<blend>    -> a submission and a ledger row naming members and weights
 
-Every member validated on the same folds (folds.validation_plan), so each OOF row is predicted
+Every member validated on the same folds (validation.validation_plan), so each OOF row is predicted
 by every member from a model that never saw it. The weights the submission uses are fitted on
 every OOF row; the score it states is the nested CV: per fold, weights fitted on the other
 folds' rows, scored on that fold's.
@@ -12,16 +11,14 @@ folds' rows, scored on that fold's.
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from pipeline import config as C
-from pipeline import ensemble, plan, submission
+from pipeline import ensemble, sources
 from pipeline.errors import PipelineError
-from pipeline.folds import validation_plan
-from pipeline.inference import TestPredictions, oof_frames
-from pipeline.paths import Paths
-from pipeline.records import CV, Blend, Scores, StatedCV
-from pipeline.tasks import HIGHER_IS_BETTER
+from pipeline.paths import FitFiles, Paths
+from pipeline.records import CV, Blend, Scores
+from pipeline.targets import HIGHER_IS_BETTER, of_data, oof_frame, target_columns
+from pipeline.validation import read_folds, validation_plan, validation_rows
 
 SMOOTH = ("log_loss", "rmse")  # metrics the optimiser minimises directly
 
@@ -32,10 +29,10 @@ def run(cfg: C.Config) -> None:
     names = cfg.blend.experiments or paths.experiments()
     if len(names) < 2:
         raise PipelineError(f"a blend needs two or more finished experiments; {paths.runs} has {names or 'none'}")
-    setup, folds = plan.prepare(cfg, paths)
+    folds = read_folds(paths)
     members = {name: member_cv(paths, name, validation_plan(folds)) for name in names}
-    stack, target, fold_of_row = out_of_fold(cfg, paths, members, setup, folds)
-    method = _method(cfg, setup.task.metric)
+    stack, target, fold_of_row = out_of_fold(cfg, paths, members, folds)
+    method = _method(cfg, target.metric)
     weights = ensemble.fit_weights(method, stack, target)
     per_fold, pooled = ensemble.nested_scores(method, stack, target, fold_of_row)
     blend = Blend(
@@ -66,19 +63,40 @@ def member_cv(paths: Paths, name: str, plan_now: str) -> CV:
     return cv
 
 
-def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], setup, folds: pd.DataFrame):
+def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], folds: pd.DataFrame):
     """(stack (members, rows, outputs) in the competition's units, the target, each row's fold),
     rows in the same order for every member: every fold's validation rows in turn."""
+    data = sources.read(cfg)
+    targets, read = of_data(cfg, data.train.table, data.targets), _oof_reader(cfg, paths)
     fold_ids = sorted(int(f) for f in folds["fold"].unique() if f >= 0)
     stacked, frame = [], None
     for name, cv in members.items():
         if sorted(cv.fold_ids) != fold_ids:
             raise PipelineError(f"experiment {name} trained folds {cv.fold_ids} of {fold_ids}: a blend needs them all")
-        frames = oof_frames(cfg, paths.of_experiment(name), fold_ids, _epoch(cfg, name, cv), setup, folds)
+        epoch, fits, frames = _epoch(cfg, name, cv), paths.of_experiment(name), []
+        for k in fold_ids:
+            rows = validation_rows(folds, k)
+            frames.append(oof_frame(targets, folds, rows, read(fits.fold(k), rows, epoch)))
         frame = pd.concat(frames, ignore_index=True)
-        stacked.append(in_space(cfg.blend.space, frame[setup.task.prediction_columns()].to_numpy(np.float64)))
-    truth = setup.task.encode(frame, plan.target_columns(folds))  # class indices, or pixels with NaN
-    return np.stack(stacked), ensemble.Target(setup.task.metric, truth), frame["fold"].to_numpy()
+        stacked.append(in_space(cfg.blend.space, frame[targets.prediction_columns()].to_numpy(np.float64)))
+    truth = targets.encode(frame, target_columns(folds))  # class indices, or pixels with NaN
+    return np.stack(stacked), ensemble.Target(targets.metric, truth), frame["fold"].to_numpy()
+
+
+def _oof_reader(cfg: C.Config, paths: Paths):
+    """read(fit, rows, epoch): a member fold's raw predictions on its validation rows, as
+    training saved them; with predict.tta, through its model (made once and kept)."""
+    if not cfg.predict.tta:
+        return lambda fit, rows, epoch: np.load(fit.valid_predictions(epoch))
+    # torch and timm take seconds to import: only TTA, which runs the models, needs them
+    from pipeline import inference, plan
+
+    setup, _ = plan.prepare(cfg, paths)
+
+    def read(fit: FitFiles, rows: np.ndarray, epoch: str) -> np.ndarray:
+        return inference.fold_oof(cfg, fit, setup, rows, epoch)
+
+    return read
 
 
 def _epoch(cfg: C.Config, name: str, cv: CV) -> str:
@@ -98,7 +116,7 @@ def in_space(space: str, predictions: np.ndarray) -> np.ndarray:
     """blend.space=ranks: each class column as ranks in (0, 1]."""
     if space == "probabilities":
         return predictions
-    return np.column_stack([rankdata(c) / len(c) for c in predictions.T])
+    return pd.DataFrame(predictions).rank(method="average").to_numpy() / len(predictions)
 
 
 def _method(cfg: C.Config, metric: str) -> str:
@@ -124,33 +142,3 @@ def describe(blend: Blend, rows: int) -> list[str]:
     if (gain if higher else -gain) <= 0:
         lines.append(f"note: the blend does not beat its best member, {best} ({blend.member_scores[best]:.5f})")
     return lines
-
-
-# --- the blended submission --------------------------------------------------------------------
-
-
-def predict(cfg: C.Config) -> None:
-    """`make predict BLEND=<blend>`: the members' kept test predictions, weighted."""
-    paths = Paths.of(cfg)
-    blend = Blend.load(paths.blend(cfg.predict.blend))
-    if blend.validation_plan != validation_plan(plan.read_folds(paths)):
-        raise PipelineError(f"blend {blend.name} was fitted on other folds than {paths.folds_csv}: run `make blend`")
-    cfg = C.with_overrides(cfg, {"predict.tta": blend.tta}, f"blend {blend.name}")
-    test = TestPredictions(cfg, paths)
-    total = 0.0
-    for name, weight in blend.weights.items():
-        member = paths.of_experiment(name)
-        cv = CV.load(member.cv_json)
-        fits = [member.fold(k) for k in cv.fold_ids] if blend.models == "folds" else [member.full]
-        predictions = test.blend([(fit, 1.0 / len(fits)) for fit in fits])
-        total = total + weight * in_space(blend.space, predictions)
-    stated = StatedCV(
-        blend.metric,
-        blend.nested.oof,
-        blend.nested.std,
-        f"nested CV of blend {blend.name} ({blend.method}, {blend.models} models; in-sample {blend.in_sample:.5f})",
-        f"blend-{blend.name}",
-        blend.describe_members(),
-    )
-    path = submission.write(cfg, paths, test.table, total, test.task, stated)
-    print(f"submission {path}: blend {blend.name} ({stated.experiment}), CV {blend.metric} {stated.score:.5f}")

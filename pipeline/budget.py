@@ -22,6 +22,7 @@ from pipeline import plan
 from pipeline.files import write_text
 from pipeline.fit import Setup, fit
 from pipeline.paths import Paths
+from pipeline.validation import validation_rows
 
 
 def fit_into(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths) -> Setup:
@@ -62,7 +63,7 @@ def time_one_epoch(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -
     nothing frozen, as in every epoch after a fine-tune's first."""
     unfrozen = C.with_overrides(setup.cfg, {"model.freeze_depth": 0, "model.freeze_blocks": 0}, "timing")
     setup = dataclasses.replace(setup, cfg=unfrozen)
-    valid = plan.validation_rows(folds, fold)
+    valid = validation_rows(folds, fold)
     probe = paths.budget_probe
     shutil.rmtree(probe.root, ignore_errors=True)
     started = time.monotonic()

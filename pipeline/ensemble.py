@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.tasks import HIGHER_IS_BETTER
+from pipeline.targets import HIGHER_IS_BETTER, macro_f1
 
 MEASURES_AVERAGING = ("rmse",)
 
@@ -64,7 +64,7 @@ class Target:
         labels = blended.argmax(axis=1)
         if self.metric == "accuracy":
             return float((labels == self.truth).mean())
-        return _macro_f1(labels, self.truth, blended.shape[1])
+        return macro_f1(labels, self.truth, blended.shape[1])
 
     def loss(self, blended: np.ndarray) -> float:
         """A smooth loss to minimise: the cross entropy of blended probabilities, or the mean
@@ -84,13 +84,6 @@ class Target:
         return -(stack[:, index, self.truth] / picked).mean(axis=1)
 
 
-def _macro_f1(labels: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    confusion = np.bincount(truth * classes + labels, minlength=classes * classes).reshape(classes, classes)
-    hits = np.diag(confusion).astype(np.float64)
-    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
-    return float(np.mean(np.divide(2 * hits, denominator, out=np.zeros(classes), where=denominator > 0)))
-
-
 def blend(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """sum_i w_i stack[i]: (M, N, D), (M,) -> (N, D)."""
     return np.tensordot(np.asarray(weights, dtype=np.float64), stack, axes=1)
@@ -100,24 +93,26 @@ def hill_climb(stack: np.ndarray, target: Target, rounds: int = 50) -> np.ndarra
     """Greedy ensemble selection with replacement (Caruana et al., 2004): start from the best
     single model, add whichever model most improves the blend, and keep the best blend seen.
     Ties on the metric (accuracy moves in steps) go to the lower smooth loss."""
-    members = len(stack)
 
-    def rank(blended: np.ndarray) -> tuple[float, float]:
-        score = target.score(blended)
-        return (score if target.higher_is_better else -score, -target.loss(blended))
+    def best_of(candidates: list[np.ndarray]) -> tuple[int, tuple[float, float]]:
+        """The candidate ranked highest by (metric, -loss); the loss only where the metric ties."""
+        signed = [s if target.higher_is_better else -s for s in map(target.score, candidates)]
+        tied = [m for m, s in enumerate(signed) if s == max(signed)]
+        losses = {m: target.loss(candidates[m]) for m in tied}
+        chosen = min(tied, key=losses.get)
+        return chosen, (signed[chosen], -losses[chosen])
 
-    counts = np.zeros(members)
-    first = max(range(members), key=lambda m: rank(stack[m]))
+    counts = np.zeros(len(stack))
+    first, best_rank = best_of(list(stack))
     counts[first], total = 1, stack[first].astype(np.float64)
-    best_counts, best_rank = counts.copy(), rank(total)
+    best_counts = counts.copy()
     for _ in range(rounds):
         n = counts.sum() + 1
-        ranks = [rank((total + stack[m]) / n) for m in range(members)]
-        chosen = max(range(members), key=lambda m: ranks[m])
+        chosen, rank = best_of([(total + member) / n for member in stack])
         counts[chosen] += 1
         total = total + stack[chosen]
-        if ranks[chosen] > best_rank:
-            best_counts, best_rank = counts.copy(), ranks[chosen]
+        if rank > best_rank:
+            best_counts, best_rank = counts.copy(), rank
     return best_counts / best_counts.sum()
 
 

@@ -20,7 +20,7 @@ from pipeline.files import atomic_path, write_csv
 from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import FitFiles
 from pipeline.records import FitResult
-from pipeline.tasks import HIGHER_IS_BETTER
+from pipeline.targets import HIGHER_IS_BETTER
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ Every experiment of a competition validates on the same folds, so that their out
 predictions can be blended: once one has trained, other folds are refused.
 """
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from pipeline import sources
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv
 from pipeline.paths import Paths
-
-EXTRA_FOLD = -1
+from pipeline.validation import EXTRA_FOLD, read_folds, validation_plan
 
 
 def assign_folds(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> np.ndarray:
@@ -172,19 +170,13 @@ def run(cfg: C.Config) -> None:
     )
 
 
-def validation_plan(folds: pd.DataFrame) -> str:
-    """A digest of which competition row validates in which fold: equal digests, blendable OOF."""
-    rows = folds.loc[folds["fold"] != EXTRA_FOLD, ["id", "fold"]].astype(str)
-    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
-
-
 def refuse_other_folds(paths: Paths, new: pd.DataFrame) -> None:
     """Other validation folds would leave the trained experiments' OOF unblendable with new ones;
     scraped rows (fold -1) may come and go."""
     trained = paths.experiments()
     if not trained or not paths.folds_csv.exists():
         return
-    if validation_plan(pd.read_csv(paths.folds_csv, dtype={"id": str})) != validation_plan(new):
+    if validation_plan(read_folds(paths)) != validation_plan(new):
         raise PipelineError(
             f"{paths.folds_csv}: the experiments {', '.join(trained)} validated on these folds, and the folds "
             f"settings now make others: keep the folds section as it was, or remove {paths.runs} to start over"

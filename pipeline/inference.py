@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import engine, models, plan, sources, transforms
+from pipeline import engine, models, sources, transforms
 from pipeline.config import Config, Model
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.images import open_images
 from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import FitFiles, Paths
+from pipeline.targets import oof_frame
 from pipeline.tasks import task_from_meta
+from pipeline.validation import validation_rows
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,8 @@ def oof_frames(cfg: Config, paths: Paths, fold_ids: list[int], epoch: str, setup
     in the competition's units; with predict.tta, those of the kept epoch through its views."""
     frames = []
     for k in fold_ids:
-        rows = plan.validation_rows(folds, k)
-        frames.append(plan.oof_frame(setup.task, folds, rows, fold_oof(cfg, paths.fold(k), setup, rows, epoch)))
+        rows = validation_rows(folds, k)
+        frames.append(oof_frame(setup.task, folds, rows, fold_oof(cfg, paths.fold(k), setup, rows, epoch)))
     return frames
 
 

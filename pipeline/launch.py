@@ -24,6 +24,7 @@ from pipeline import distributed, plan, train
 from pipeline.distributed import worker_env
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
+from pipeline.validation import read_folds
 
 DDP_MIN_ROWS = 20_000
 
@@ -35,7 +36,7 @@ def run(cfg: C.Config, gpus: str | None = None) -> None:
         return
     ids = parse_gpus(gpus)
     paths = Paths.of(cfg)
-    mode = choose(cfg.train.distributed, len(plan.read_folds(paths)), len(ids))
+    mode = choose(cfg.train.distributed, len(read_folds(paths)), len(ids))
     resolved = paths.resolved("launch")
     C.save_given(cfg, resolved)
     print(f"train on GPUs {','.join(ids)}: {mode}")
@@ -67,7 +68,7 @@ def choose(policy: str, rows: int, n_gpus: int) -> str:
 
 def train_folds_in_parallel(cfg: C.Config, paths: Paths, ids: list[str]) -> None:
     """Fold k on GPU ids[k % len(ids)], one process per GPU working through its folds."""
-    fold_ids = plan.fold_ids_of(cfg, plan.read_folds(paths))
+    fold_ids = plan.fold_ids_of(cfg, read_folds(paths))
     context = multiprocessing.get_context("spawn")  # a fresh process: CUDA_VISIBLE_DEVICES set before CUDA starts
     workers = [
         context.Process(target=_fold_worker, args=(cfg, fold_ids[i :: len(ids)], ids[i], len(ids)))

@@ -16,6 +16,7 @@ from pipeline.images import FileSource, open_images, typical_side, uniform_side
 from pipeline.loader import ConcatImages
 from pipeline.paths import Paths
 from pipeline.tasks import create_task
+from pipeline.validation import read_folds
 
 TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
 
@@ -33,22 +34,9 @@ def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
     return C.with_overrides(cfg, overrides, str(tuned))
 
 
-def read_folds(paths: Paths) -> pd.DataFrame:
-    if not paths.folds_csv.exists():
-        raise PipelineError(f"{paths.folds_csv} does not exist: run `make folds` first")
-    return pd.read_csv(paths.folds_csv, dtype={"id": str})
-
-
 def fold_ids_of(cfg: C.Config, folds: pd.DataFrame) -> list[int]:
     """train.folds, or every fold of folds.csv (-1 marks extra rows that are never validated on)."""
     return cfg.train.folds if cfg.train.folds is not None else sorted(int(f) for f in folds["fold"].unique() if f >= 0)
-
-
-def validation_rows(folds: pd.DataFrame, fold: int) -> np.ndarray:
-    """The positions in folds.csv of fold `fold`'s validation rows."""
-    if fold not in set(folds["fold"]):
-        raise PipelineError(f"train.folds names fold {fold}; folds.csv has folds {sorted(set(folds['fold']) - {-1})}")
-    return np.flatnonzero((folds["fold"] == fold).to_numpy())
 
 
 def channels(cfg: C.Config) -> int:
@@ -99,19 +87,3 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     device = engine.Device.choose(cfg.train).device
     batch_aug.should_use(cfg.train.device_aug, cfg.aug, task.kind, device, len(images), channels(cfg), size)
     return Setup(cfg, task, images, rows, targets, channels(cfg), size), folds
-
-
-def target_columns(folds: pd.DataFrame) -> list[str]:
-    """folds.csv holds id, the targets and fold."""
-    return [c for c in folds.columns if c not in ("id", "fold")]
-
-
-def oof_frame(task, folds: pd.DataFrame, rows: np.ndarray, raw: np.ndarray) -> pd.DataFrame:
-    """folds.csv's `rows` (id, targets, fold) with the model's predictions beside them, in the
-    competition's units. `raw`: (N, outputs + 2), the predictions then each image's (height,
-    width); keypoints are predicted in [-1, 1] and written in pixels."""
-    predictions, sizes = raw[:, :-2], raw[:, -2:]
-    if task.kind == "keypoints":
-        predictions = task.to_pixels(predictions, sizes)
-    frame = folds.iloc[rows].reset_index(drop=True)
-    return pd.concat([frame, pd.DataFrame(predictions, columns=task.prediction_columns())], axis=1)

@@ -1,19 +1,23 @@
 """The predict stage: which of an experiment's models go into the submission (predict.models,
 `auto` decided by their CVs), their test predictions (inference.py) averaged, written as a
 validated submission (submission.py) with the CV of exactly those models; or, with
-predict.blend, a blend of experiments (blend.py)."""
+predict.blend, a blend of experiments (weights and nested CV from blend.py) from each member's
+kept test predictions."""
 
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from pipeline import blend, ensemble, plan, submission
-from pipeline.config import Config
+from pipeline import ensemble, plan, submission
+from pipeline.blend import in_space
+from pipeline.config import Config, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.inference import TestPredictions, oof_frames
 from pipeline.paths import FitFiles, Paths
-from pipeline.records import CV, Scores, StatedCV
+from pipeline.records import CV, Blend, Scores, StatedCV
+from pipeline.targets import target_columns
+from pipeline.validation import read_folds, validation_plan
 
 # --- which models, and the CV that describes them ----------------------------------------------
 
@@ -93,7 +97,7 @@ def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str
     if not cfg.predict.tta:
         return cv.fold_models, ""
     setup, folds = plan.prepare(cfg, paths)
-    targets = plan.target_columns(folds)
+    targets = target_columns(folds)
     frames = oof_frames(cfg, paths, cv.fold_ids, cv.kept, setup, folds)
     per_fold = [setup.task.oof_score(frame, targets) for frame in frames]
     return Scores.of(per_fold, setup.task.oof_score(pd.concat(frames), targets)), f", TTA {' '.join(cfg.predict.tta)}"
@@ -117,7 +121,7 @@ def _members(cfg: Config, paths: Paths, cv: CV, models: str, estimate: Scores) -
 
 def run(cfg: Config) -> None:
     if cfg.predict.blend:
-        blend.predict(cfg)
+        blended(cfg)
         return
     paths = Paths.of(cfg)
     cv = CV.load(paths.cv_json)
@@ -133,3 +137,30 @@ def run(cfg: Config) -> None:
         f"submission {path}: {stated.models} models, CV {stated.metric} {stated.score:.5f} ± {stated.std:.5f} "
         f"({stated.method}; {direction} is better)"
     )
+
+
+def blended(cfg: Config) -> None:
+    """`make predict BLEND=<blend>`: the members' kept test predictions, weighted."""
+    paths = Paths.of(cfg)
+    blend = Blend.load(paths.blend(cfg.predict.blend))
+    if blend.validation_plan != validation_plan(read_folds(paths)):
+        raise PipelineError(f"blend {blend.name} was fitted on other folds than {paths.folds_csv}: run `make blend`")
+    cfg = with_overrides(cfg, {"predict.tta": blend.tta}, f"blend {blend.name}")
+    test = TestPredictions(cfg, paths)
+    total = 0.0
+    for name, weight in blend.weights.items():
+        member = paths.of_experiment(name)
+        cv = CV.load(member.cv_json)
+        fits = [member.fold(k) for k in cv.fold_ids] if blend.models == "folds" else [member.full]
+        predictions = test.blend([(fit, 1.0 / len(fits)) for fit in fits])
+        total = total + weight * in_space(blend.space, predictions)
+    stated = StatedCV(
+        blend.metric,
+        blend.nested.oof,
+        blend.nested.std,
+        f"nested CV of blend {blend.name} ({blend.method}, {blend.models} models; in-sample {blend.in_sample:.5f})",
+        f"blend-{blend.name}",
+        blend.describe_members(),
+    )
+    path = submission.write(cfg, paths, test.table, total, test.task, stated)
+    print(f"submission {path}: blend {blend.name} ({stated.experiment}), CV {blend.metric} {stated.score:.5f}")

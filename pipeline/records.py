@@ -78,7 +78,7 @@ class CV:
     best: Scores
     last: Scores
     fingerprint: str = ""
-    validation_plan: str = ""  # folds.validation_plan: experiments with equal plans blend
+    validation_plan: str = ""  # validation.validation_plan: experiments with equal plans blend
 
     @property
     def recipe(self) -> Scores:

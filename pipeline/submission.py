@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv
 from pipeline.paths import Paths
 from pipeline.records import StatedCV
-from pipeline.tasks import HIGHER_IS_BETTER
+from pipeline.targets import HIGHER_IS_BETTER
 
 LEDGER = Path("submissions") / "ledger.csv"
 LEDGER_COLUMNS = [

@@ -21,10 +21,10 @@ from pipeline import budget, distributed, plan
 from pipeline import config as C
 from pipeline.files import write_csv
 from pipeline.fit import Setup, fit
-from pipeline.folds import validation_plan
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, FitResult, Scores
-from pipeline.tasks import HIGHER_IS_BETTER
+from pipeline.targets import HIGHER_IS_BETTER, oof_frame, target_columns
+from pipeline.validation import validation_plan, validation_rows
 
 
 def run(cfg: C.Config) -> None:
@@ -54,7 +54,7 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
 
 
 def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fingerprint: str) -> FitResult:
-    valid = plan.validation_rows(folds, fold)
+    valid = validation_rows(folds, fold)
     train = np.setdiff1d(np.arange(len(folds)), valid)
     return fit_once(
         setup,
@@ -102,7 +102,7 @@ def fit_once(
 def write_oof(setup: Setup, folds: pd.DataFrame, valid: np.ndarray, out: FitFiles) -> None:
     """The kept epoch's out-of-fold predictions, in the competition's units."""
     kept = "best" if setup.cfg.train.checkpoint == "best" else "last"
-    write_csv(out.oof, plan.oof_frame(setup.task, folds, valid, np.load(out.valid_predictions(kept))))
+    write_csv(out.oof, oof_frame(setup.task, folds, valid, np.load(out.valid_predictions(kept))))
 
 
 def summarize(
@@ -110,12 +110,12 @@ def summarize(
 ) -> CV:
     """Every fold at its best and its last epoch; the pooled out-of-fold scores are computed
     from the same rows and targets as oof.csv."""
-    task, targets = setup.task, plan.target_columns(folds)
-    valid = [plan.validation_rows(folds, k) for k in fold_ids]
+    task, targets = setup.task, target_columns(folds)
+    valid = [validation_rows(folds, k) for k in fold_ids]
 
     def scores(epoch: str) -> Scores:
         raw = [np.load(paths.fold(k).valid_predictions(epoch)) for k in fold_ids]
-        oof = pd.concat([plan.oof_frame(task, folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
+        oof = pd.concat([oof_frame(task, folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
         per_fold = [r.best_score if epoch == "best" else r.last_score for r in results]
         return Scores.of(per_fold, task.oof_score(oof, targets))
 

@@ -38,7 +38,9 @@ from pipeline.errors import PipelineError
 from pipeline.files import write_csv, write_text
 from pipeline.fit import Setup, fit
 from pipeline.paths import Paths
-from pipeline.tasks import HIGHER_IS_BETTER, competition_metric, configured_task
+from pipeline.targets import HIGHER_IS_BETTER, competition_metric
+from pipeline.tasks import configured_task
+from pipeline.validation import validation_rows
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEARCHED_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
@@ -281,7 +283,7 @@ def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths
     epochs = cfg.tune.epochs or cfg.train.epochs
     scores = []
     for position, fold in enumerate(fold_ids):
-        valid = plan.validation_rows(folds, fold)
+        valid = validation_rows(folds, fold)
         report = functools.partial(_report, trial, setup.task.metric, position * epochs, len(fold_ids) * epochs, fold)
         result = fit(
             setup,

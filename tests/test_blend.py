@@ -1,6 +1,8 @@
 """Experiments side by side, blended by their out-of-fold predictions."""
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -65,3 +67,11 @@ def test_experiments_are_listed_and_a_blend_refuses_one_on_other_folds(digits_di
     shutil.move(tmp_path / "first", runs / "first")
     with pytest.raises(PipelineError, match="experiment first validated on other folds"):
         blend.run(first)
+
+
+def test_the_blend_stage_reads_saved_predictions_without_torch_or_scikit_learn():
+    """`make blend` only reads arrays; importing torch, timm and scikit-learn would cost it
+    seconds on every call (the blend_speed benchmark's target is 5 s in all)."""
+    code = "import sys, pipeline.blend; print(sorted({'torch', 'timm', 'sklearn'} & set(sys.modules)))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
