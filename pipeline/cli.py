@@ -74,6 +74,12 @@ STAGES = {
         ("competition", "data", "model", "aug", "predict"),
         "pipeline.predict:run",
     ),
+    "package": Stage(
+        "Kaggle code competitions: the models predict would submit, as a dataset and an offline notebook "
+        "-> package/<name>/",
+        ("competition", "data", "model", "aug", "predict", "package"),
+        "pipeline.package:run",
+    ),
     "score": Stage(
         "score a submission (default: the newest) against the competition's solution file",
         ("competition",),

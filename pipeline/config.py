@@ -373,6 +373,26 @@ class Blend(Section):
         return names
 
 
+KaggleSlug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{2,49}$")]
+
+
+class Package(Section):
+    """`make package`: the models `make predict` submits, as a Kaggle dataset and an inference
+    notebook that runs with the internet off (package.py)."""
+
+    owner: str | None = None  # the Kaggle username the dataset and kernel belong to (`make push`)
+    dataset: KaggleSlug | None = None  # default "<competition>-models"
+    kernel: KaggleSlug | None = None  # default "<competition>-inference"
+    # wheels bundled for packages the Kaggle image lacks; inference imports only torch, timm,
+    # albumentations, numpy, pandas, Pillow, pydantic, PyYAML and tqdm, which it has
+    wheels: list[str] = []
+    accelerator: str = "none"  # or a Kaggle accelerator id: NvidiaTeslaT4, NvidiaTeslaP100, TpuV38 ...
+    private: bool = True
+    hidden_test_rows: PositiveInt | None = None  # None: the public test's rows times hidden_scale
+    hidden_scale: PositiveFloat = 1.0
+    time_limit: Duration = "9h"  # the competition's notebook run time
+
+
 class Scrape(Section):
     sources: dict[str, ScrapeSource] = {}  # label -> where its images are
     serve_gallery: bool = False  # the demo: serve data/<name>/gallery on loopback for the stage
@@ -402,6 +422,7 @@ class Config(Section):
     predict: Predict = Predict()
     blend: Blend = Blend()
     scrape: Scrape = Scrape()
+    package: Package = Package()
 
     @model_validator(mode="after")
     def _fill_derived_defaults(self) -> "Config":

@@ -143,9 +143,11 @@ class TestPredictions:
     """The test table, and each model's predictions on its images with predict.tta: made once,
     and kept beside the model (FitFiles.test_predictions) for every later submission and blend."""
 
-    def __init__(self, cfg: Config, paths: Paths, *, reuse: bool = True):
+    def __init__(self, cfg: Config, paths: Paths, *, keep: bool = True):
+        """keep=False: every model predicts afresh and nothing is written beside it (the offline
+        notebook, whose models lie in a read-only input)."""
         data = sources.read(cfg)
-        self.cfg, self.table, self.reuse = cfg, data.test.table, reuse
+        self.cfg, self.table, self.keep = cfg, data.test.table, keep
         self.images = open_images(data.test.images, paths.cache("test"), cfg.data.cache, cfg.data.cache_limit_gb)
         self.device = engine.Device.choose(cfg.train)
         self.ids = self.table["id"].astype(str).to_numpy(dtype=str)
@@ -159,16 +161,20 @@ class TestPredictions:
             if raw is None:
                 every = np.arange(len(self.images))
                 raw, self.task = predict_rows(self.cfg, fit.model, self.images, every, self.device)
-                with atomic_path(fit.test_predictions(views_key(self.cfg.predict.tta))) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, raw=raw, ids=self.ids)
+                self._keep(fit, raw)
                 print(f"predicted {len(self.images)} test images with {fit.model}")
             self.made[fit.model], self.sizes = raw[:, :-2], raw[:, -2:]
         return self.made[fit.model]
 
+    def _keep(self, fit: FitFiles, raw: np.ndarray) -> None:
+        if self.keep:
+            with atomic_path(fit.test_predictions(views_key(self.cfg.predict.tta))) as tmp, open(tmp, "wb") as f:
+                np.savez(f, raw=raw, ids=self.ids)
+
     def _kept(self, fit: FitFiles) -> np.ndarray | None:
         """The predictions kept beside the model for these test ids and views, if any."""
         path = fit.test_predictions(views_key(self.cfg.predict.tta))
-        if not (self.reuse and path.exists() and path.stat().st_mtime >= fit.model.stat().st_mtime):
+        if not (self.keep and path.exists() and path.stat().st_mtime >= fit.model.stat().st_mtime):
             return None
         with np.load(path) as kept:
             if not np.array_equal(kept["ids"], self.ids):

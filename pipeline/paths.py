@@ -48,6 +48,63 @@ class FitFiles:
         return self.root / f"test_{views}.npz"
 
 
+@dataclass(frozen=True)
+class DatasetFiles:
+    """A packaged Kaggle dataset: the submitted models and what the notebook reads them with."""
+
+    root: Path
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "dataset-metadata.json"
+
+    @property
+    def bundle(self) -> Path:
+        """How the models combine into the submission, and the CV it states."""
+        return self.root / "bundle.yaml"
+
+    @property
+    def config(self) -> Path:
+        """The config the models predict with."""
+        return self.root / "config.yaml"
+
+    @property
+    def wheels(self) -> Path:
+        return self.root / "wheels"
+
+    def model(self, experiment: str, fit: FitFiles) -> FitFiles:
+        """A submitted model's copy: models/<experiment>/<fold or full>/model.pt."""
+        return FitFiles(self.root / "models" / experiment / fit.root.name)
+
+
+@dataclass(frozen=True)
+class PackageFiles:
+    """package/<name>/: for a code competition, a Kaggle dataset (the models) and a Kaggle
+    kernel (the inference notebook)."""
+
+    root: Path
+
+    @property
+    def dataset(self) -> DatasetFiles:
+        return DatasetFiles(self.root / "dataset")
+
+    @property
+    def kernel(self) -> Path:
+        return self.root / "kernel"
+
+    @property
+    def kernel_metadata(self) -> Path:
+        return self.kernel / "kernel-metadata.json"
+
+    def notebook(self, slug: str) -> Path:
+        return self.kernel / f"{slug}.ipynb"
+
+    @property
+    def expected_submission(self) -> Path:
+        """What `make predict` writes for the packaged models: the notebook's must equal it."""
+        return self.root / "expected_submission.csv"
+
+
 SHARED_STAGES = ("data", "scrape", "folds")  # their output serves every experiment of the competition
 
 
@@ -157,6 +214,10 @@ class Paths:
     def blend(self, name: str) -> Path:
         """A blend's members, weights and scores."""
         return self.blends_dir / f"{name}.yaml"
+
+    @property
+    def package(self) -> PackageFiles:
+        return PackageFiles(Path("package") / self.runs.name)
 
     def stamp(self, stage: str) -> Path:
         """The config `stage` depends on, rewritten only when that changes."""

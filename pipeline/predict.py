@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.inference import TestPredictions, oof_frames
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, StatedCV
-from pipeline.targets import target_columns
+from pipeline.targets import HIGHER_IS_BETTER, target_columns
 from pipeline.validation import read_folds, validation_plan
 
 # --- which models, and the CV that describes them ----------------------------------------------
@@ -119,41 +119,59 @@ def _members(cfg: Config, paths: Paths, cv: CV, models: str, estimate: Scores) -
 # --- the stage ---------------------------------------------------------------------------------
 
 
-def run(cfg: Config) -> None:
-    if cfg.predict.blend:
-        blended(cfg)
-        return
-    paths = Paths.of(cfg)
+@dataclass(frozen=True)
+class Part:
+    """One experiment's share of a submission: its models' test predictions averaged with their
+    own weights, taken in `space` (blend.space), then weighted."""
+
+    weight: float
+    space: str
+    models: list[tuple[FitFiles, float]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a submission holds, and the CV that describes exactly that."""
+
+    cfg: Config  # predict.tta as the models predict with
+    parts: list[Part]
+    stated: StatedCV
+
+
+def combine(test: TestPredictions, parts: list[Part]) -> np.ndarray:
+    """The submission's predictions in the competition's units."""
+    return sum(part.weight * in_space(part.space, test.blend(part.models)) for part in parts)
+
+
+def plan_submission(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
+    """predict.blend's members, or predict.models' (`auto` decided), and the test predictions
+    their choice was made with."""
+    return _blend_plan(cfg, paths) if cfg.predict.blend else _models_plan(cfg, paths)
+
+
+def _models_plan(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
     cv = CV.load(paths.cv_json)
     test = TestPredictions(cfg, paths)
     choice = choose(cfg, paths, cv, test)
-    predictions = test.blend([(m.fit, m.weight) for m in choice.members])
     for member in choice.members:
         print(f"{member.fit.model} in the submission, weight {member.weight:.3f}")
     stated = StatedCV(cv.metric, choice.score, choice.std, choice.method, choice.models, cfg.train.experiment)
-    path = submission.write(cfg, paths, test.table, predictions, test.task, stated)
-    direction = "higher" if cv.higher_is_better else "lower"
-    print(
-        f"submission {path}: {stated.models} models, CV {stated.metric} {stated.score:.5f} ± {stated.std:.5f} "
-        f"({stated.method}; {direction} is better)"
-    )
+    models = [(m.fit, m.weight) for m in choice.members]
+    return Plan(cfg, [Part(1.0, "probabilities", models)], stated), test
 
 
-def blended(cfg: Config) -> None:
-    """`make predict BLEND=<blend>`: the members' kept test predictions, weighted."""
-    paths = Paths.of(cfg)
+def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
+    """The members' kept test predictions, weighted as `make blend` fitted them."""
     blend = Blend.load(paths.blend(cfg.predict.blend))
     if blend.validation_plan != validation_plan(read_folds(paths)):
         raise PipelineError(f"blend {blend.name} was fitted on other folds than {paths.folds_csv}: run `make blend`")
     cfg = with_overrides(cfg, {"predict.tta": blend.tta}, f"blend {blend.name}")
-    test = TestPredictions(cfg, paths)
-    total = 0.0
+    parts = []
     for name, weight in blend.weights.items():
         member = paths.of_experiment(name)
         cv = CV.load(member.cv_json)
         fits = [member.fold(k) for k in cv.fold_ids] if blend.models == "folds" else [member.full]
-        predictions = test.blend([(fit, 1.0 / len(fits)) for fit in fits])
-        total = total + weight * in_space(blend.space, predictions)
+        parts.append(Part(weight, blend.space, [(fit, 1.0 / len(fits)) for fit in fits]))
     stated = StatedCV(
         blend.metric,
         blend.nested.oof,
@@ -162,5 +180,15 @@ def blended(cfg: Config) -> None:
         f"blend-{blend.name}",
         blend.describe_members(),
     )
-    path = submission.write(cfg, paths, test.table, total, test.task, stated)
-    print(f"submission {path}: blend {blend.name} ({stated.experiment}), CV {blend.metric} {stated.score:.5f}")
+    return Plan(cfg, parts, stated), TestPredictions(cfg, paths)
+
+
+def run(cfg: Config) -> None:
+    paths = Paths.of(cfg)
+    plan, test = plan_submission(cfg, paths)
+    path = submission.write(plan.cfg, paths, test.table, combine(test, plan.parts), test.task, plan.stated)
+    stated, direction = plan.stated, "higher" if HIGHER_IS_BETTER[plan.stated.metric] else "lower"
+    print(
+        f"submission {path}: {stated.models} models ({stated.experiment}), CV {stated.metric} {stated.score:.5f} "
+        f"± {stated.std:.5f} ({stated.method}; {direction} is better)"
+    )

@@ -195,3 +195,25 @@ class Blend:
             return cls(**{**raw, "nested": Scores(**raw["nested"])})
         except (KeyError, TypeError):
             raise PipelineError(f"{path} was written by an older version: run `make blend` again") from None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """bundle.yaml of a packaged submission: each experiment's part (its weight, blend.space and
+    its models' folders, relative to the dataset, with their weights) and the CV it states."""
+
+    parts: list[dict]  # {"weight": w, "space": s, "models": [{"folder": "models/<exp>/fold0", "weight": w}]}
+    stated: StatedCV
+
+    def save(self, path: Path) -> None:
+        write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> "Bundle":
+        if not Path(path).exists():
+            raise PipelineError(f"{path} does not exist: the dataset was not made by `make package`")
+        raw = yaml.safe_load(Path(path).read_text())
+        try:
+            return cls(raw["parts"], StatedCV(**raw["stated"]))
+        except (KeyError, TypeError):
+            raise PipelineError(f"{path} was written by another version: run `make package` again") from None

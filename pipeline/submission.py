@@ -145,11 +145,16 @@ def _in_sample_order(frame: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
 # --- writing and the ledger --------------------------------------------------------------------
 
 
-def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
-    """The validated submission file, and its ledger row with the CV of the models in it."""
+def validated(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -> pd.DataFrame:
+    """The submission's rows in the competition's format, checked against its sample."""
     sample = read_sample(cfg)
     labels = task.classes if submission_format(cfg, task, sample) == "label" else None
-    frame = validate(build(cfg, table, predictions, task, sample), sample, labels)
+    return validate(build(cfg, table, predictions, task, sample), sample, labels)
+
+
+def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
+    """The validated submission file, and its ledger row with the CV of the models in it."""
+    frame = validated(cfg, table, predictions, task)
     stamp = dt.datetime.now(dt.timezone.utc)
     path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")
     write_csv(path, frame)

@@ -79,14 +79,14 @@ def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):
     run(cfg, tmp_path, monkeypatch)
     paths = Paths.of(cfg)
     cfg.predict.tta = ["hflip", "shift:0.05"]
-    members = predict.choose(cfg, paths, CV.load(paths.cv_json), TestPredictions(cfg, paths, reuse=False)).members
+    members = predict.choose(cfg, paths, CV.load(paths.cv_json), TestPredictions(cfg, paths, keep=False)).members
     weighted = [(m.fit, m.weight) for m in members]
-    on_cuda = TestPredictions(cfg, paths, reuse=False).blend(weighted)
+    on_cuda = TestPredictions(cfg, paths, keep=False).blend(weighted)
     cpu = config.with_overrides(cfg, {"train.device": "cpu"}, "test")
-    on_cpu = TestPredictions(cpu, paths, reuse=False).blend(weighted)
+    on_cpu = TestPredictions(cpu, paths, keep=False).blend(weighted)
     np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-3)
     bf16 = config.with_overrides(cfg, {"train.amp": "bf16"}, "test")
-    on_bf16 = TestPredictions(bf16, paths, reuse=False).blend(weighted)
+    on_bf16 = TestPredictions(bf16, paths, keep=False).blend(weighted)
     assert (on_bf16.argmax(1) == on_cpu.argmax(1)).all() and np.abs(on_bf16 - on_cpu).max() < 0.05
 
 
