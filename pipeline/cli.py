@@ -80,6 +80,11 @@ STAGES = {
         ("competition", "data", "model", "aug", "predict", "package"),
         "pipeline.package:run",
     ),
+    "rehearse": Stage(
+        "run the packaged notebook here as Kaggle would: offline, its image's packages only; check it",
+        ("competition", "data", "package"),
+        "pipeline.rehearse:run",
+    ),
     "score": Stage(
         "score a submission (default: the newest) against the competition's solution file",
         ("competition",),

@@ -386,6 +386,12 @@ class Package(Section):
     # wheels bundled for packages the Kaggle image lacks; inference imports only torch, timm,
     # albumentations, numpy, pandas, Pillow, pydantic, PyYAML and tqdm, which it has
     wheels: list[str] = []
+    # `make rehearse`'s stand-in for the Kaggle image: these distributions and what they require,
+    # at this machine's versions; nothing else is importable in the notebook unless a wheel brings it
+    kaggle_image: list[str] = [
+        "pip", "ipykernel", "torch", "torchvision", "timm", "numpy", "pandas", "scipy", "scikit-learn",
+        "pillow", "pyyaml", "pydantic", "tqdm", "albumentations", "matplotlib", "requests",
+    ]  # fmt: skip
     accelerator: str = "none"  # or a Kaggle accelerator id: NvidiaTeslaT4, NvidiaTeslaP100, TpuV38 ...
     private: bool = True
     hidden_test_rows: PositiveInt | None = None  # None: the public test's rows times hidden_scale

@@ -156,6 +156,9 @@ KAGGLE = Path(os.environ.get("PIPELINE_KAGGLE_ROOT", "/kaggle"))
 DATASET = KAGGLE / "input" / {dataset_slug(cfg)!r}
 COMPETITION = KAGGLE / "input" / {competition_slug(cfg)!r}
 WHEELS = {wheels!r}
+missing = [w for w in WHEELS if not (DATASET / "wheels" / w).exists()]
+if missing:
+    raise FileNotFoundError(f"wheel {{missing[0]}} is not in {{DATASET / 'wheels'}}")
 subprocess.run(
     [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *(str(DATASET / "wheels" / w) for w in WHEELS)],
     check=True,

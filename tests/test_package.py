@@ -4,10 +4,12 @@ import json
 
 import nbformat
 import pandas as pd
+import pytest
 from conftest import run, tiny
 
 from pipeline import config as C
-from pipeline import offline, package, predict
+from pipeline import offline, package, predict, rehearse
+from pipeline.errors import PipelineError
 from pipeline.paths import Paths
 
 
@@ -37,3 +39,27 @@ def test_the_package_holds_the_submitted_models_and_its_offline_prediction_equal
     pd.testing.assert_frame_equal(expected, submitted)
     out = offline.submit(dataset.root, digits_dir, tmp_path / "working" / "submission.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out), submitted)
+
+
+def test_the_rehearsal_runs_the_notebook_offline_and_names_a_missing_wheel(digits_dir, tmp_path, monkeypatch, capsys):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir)}, full_fit=False)
+    cfg = C.with_overrides(cfg, {"predict.models": "folds"}, "test")
+    run(cfg, tmp_path, monkeypatch)
+    package.run(cfg)
+    rehearse.run(cfg)
+    assert "submission.csv equals make predict's (5 rows)" in capsys.readouterr().out
+    wheel = next(Paths.of(cfg).package.dataset.wheels.glob("pipeline-*.whl"))
+    wheel.unlink()
+    with pytest.raises(PipelineError, match=f"wheel {wheel.name} is not in"):
+        rehearse.run(cfg)
+
+
+def test_the_projected_time_is_held_to_the_stated_limit(digits_dir):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir)})
+    timing = rehearse.Timing(install=10.0, predict=50.0, wall=100.0)  # on the 5 public test images
+    hidden = C.with_overrides(cfg, {"package.hidden_scale": 100, "package.time_limit": "2h"}, "test")
+    assert "projected to 500 hidden test images: 1.40 h" in rehearse.check_time(hidden, timing)
+    rows = C.with_overrides(cfg, {"package.hidden_test_rows": 10}, "test")
+    assert "projected to 10 hidden test images: 150 s" in rehearse.check_time(rows, timing)
+    with pytest.raises(PipelineError, match="over package.time_limit=1h"):
+        rehearse.check_time(C.with_overrides(hidden, {"package.time_limit": "1h"}, "test"), timing)
