@@ -16,7 +16,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS) $(if $(EXP),train.experiment=$(EXP))
 
-STAGES := data scrape folds tune tune-report train lr-find experiments blend predict package rehearse score submissions submit report
+STAGES := data scrape folds tune tune-report train lr-find experiments blend predict package rehearse push score submissions submit report
 .DEFAULT_GOAL := help
 .PHONY: help init venv test test-slow lint bench gpu-check clean $(STAGES)
 
@@ -35,6 +35,7 @@ help:
 	@echo "  predict   write submissions/<name>/<stamp>_<models>_<cv>.csv (+ a ledger row); BLEND=<blend> a blend"
 	@echo "  package   code competitions: the models predict would submit as a Kaggle dataset + offline notebook"
 	@echo "  rehearse  run the packaged notebook here, offline, in a Kaggle-like tree; compare with predict, project its time"
+	@echo "  push      upload the rehearsed package (Kaggle CLI), then submit the kernel version (package.submit)"
 	@echo "  score     score the newest submission (or FILE=...) against the local solution file"
 	@echo "  submissions  the ledger, best CV first"
 	@echo "  submit    upload the newest submission (or FILE=...) with the Kaggle CLI"
@@ -112,8 +113,8 @@ predict: $(if $(BLEND),$(FOLDS_CSV),$(CV_JSON))
 package: $(if $(BLEND),$(FOLDS_CSV),$(CV_JSON))
 	$(call PIPELINE,package) $(if $(BLEND),predict.blend=$(BLEND))
 
-rehearse: $(INSTALLED)
-	$(call PIPELINE,rehearse)
+rehearse push: $(INSTALLED)
+	$(call PIPELINE,$@)
 
 # FILE=submissions/<name>/<file>.csv picks one; the newest by default.
 score submit: $(INSTALLED)

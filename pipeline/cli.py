@@ -85,6 +85,11 @@ STAGES = {
         ("competition", "data", "package"),
         "pipeline.rehearse:run",
     ),
+    "push": Stage(
+        "upload the rehearsed package with the Kaggle CLI: dataset, kernel, then submit that kernel version",
+        ("competition", "package"),
+        "pipeline.push:run",
+    ),
     "score": Stage(
         "score a submission (default: the newest) against the competition's solution file",
         ("competition",),

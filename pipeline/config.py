@@ -397,6 +397,7 @@ class Package(Section):
     hidden_test_rows: PositiveInt | None = None  # None: the public test's rows times hidden_scale
     hidden_scale: PositiveFloat = 1.0
     time_limit: Duration = "9h"  # the competition's notebook run time
+    submit: bool = True  # `make push`: once the pushed kernel has run, submit that version
 
 
 class Scrape(Section):

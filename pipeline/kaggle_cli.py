@@ -1,8 +1,11 @@
 """The Kaggle CLI, the only way the pipeline talks to Kaggle: download a competition, submit a
-file, read back its public score. Credentials are checked for, never read into output."""
+file, read back its public score; for code competitions, upload a dataset, push a kernel and
+submit a version of it. Credentials are checked for, never read into output. The command lines
+are built by the *_args functions, which the tests parse with the installed CLI's own parser."""
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -61,25 +64,122 @@ def run(*args: str) -> str:
 def download(slug: str, folder: Path) -> None:
     """Download and unpack the competition's files into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    run("competitions", "download", "-c", slug, "-p", str(folder))
+    run(*download_args(slug, folder))
     for archive in sorted(folder.glob("*.zip")):
         with zipfile.ZipFile(archive) as zipped:
             zipped.extractall(folder)
         archive.unlink()
 
 
+def download_args(slug: str, folder: Path) -> list[str]:
+    return ["competitions", "download", "-c", slug, "-p", str(folder)]
+
+
+def submit_args(slug: str, file: Path, message: str) -> list[str]:
+    return ["competitions", "submit", "-c", slug, "-f", str(file), "-m", message]
+
+
+def submissions_args(slug: str) -> list[str]:
+    return ["competitions", "submissions", "-c", slug, "--csv"]
+
+
 def submit(slug: str, file: Path, message: str) -> None:
-    run("competitions", "submit", "-c", slug, "-f", str(file), "-m", message)
+    run(*submit_args(slug, file, message))
 
 
 def public_score(slug: str, file_name: str, wait_s: float, poll_s: float = 10.0) -> float | None:
     """The public score of our newest submission named `file_name`, polling until it is scored."""
     deadline = time.monotonic() + wait_s
     while True:
-        listing = pd.read_csv(io.StringIO(run("competitions", "submissions", "-c", slug, "--csv")))
+        listing = pd.read_csv(io.StringIO(run(*submissions_args(slug))))
         ours = listing[listing["fileName"] == file_name]
         if len(ours) and pd.notna(ours["publicScore"].iloc[0]) and str(ours["publicScore"].iloc[0]).strip():
             return float(ours["publicScore"].iloc[0])
         if time.monotonic() + poll_s > deadline:
             return None
         time.sleep(poll_s)
+
+
+# --- code competitions: a dataset, a kernel, a kernel version submitted ------------------------
+
+
+def dataset_status_args(dataset: str) -> list[str]:
+    return ["datasets", "status", dataset]
+
+
+def dataset_create_args(folder: Path, *, public: bool) -> list[str]:
+    """Subfolders (models/, wheels/) go up zipped; Kaggle unpacks them."""
+    return ["datasets", "create", "-p", str(folder), "-r", "zip", *(["-u"] if public else [])]
+
+
+def dataset_version_args(folder: Path, message: str) -> list[str]:
+    return ["datasets", "version", "-p", str(folder), "-m", message, "-r", "zip"]
+
+
+def kernel_push_args(folder: Path, accelerator: str) -> list[str]:
+    return ["kernels", "push", "-p", str(folder), *(["--accelerator", accelerator] if accelerator != "none" else [])]
+
+
+def kernel_status_args(kernel: str) -> list[str]:
+    return ["kernels", "status", kernel]
+
+
+def kernel_submit_args(competition: str, kernel: str, version: int, message: str) -> list[str]:
+    return [
+        "competitions",
+        "submit",
+        competition,
+        "-k",
+        kernel,
+        "-v",
+        str(version),
+        "-f",
+        "submission.csv",
+        "-m",
+        message,
+    ]
+
+
+def upload_dataset(
+    dataset: str, folder: Path, message: str, *, public: bool, wait_s: float, poll_s: float = 15.0
+) -> None:
+    """A new version of the dataset, or the dataset, from `folder`; returns once Kaggle has it ready."""
+    try:
+        run(*dataset_status_args(dataset))
+        exists = True
+    except PipelineError:
+        exists = False
+    run(*(dataset_version_args(folder, message) if exists else dataset_create_args(folder, public=public)))
+    deadline = time.monotonic() + wait_s
+    while "ready" not in run(*dataset_status_args(dataset)).lower():
+        if time.monotonic() + poll_s > deadline:
+            raise PipelineError(f"dataset {dataset} was not ready within {wait_s:.0f} s of its upload")
+        time.sleep(poll_s)
+
+
+def push_kernel(folder: Path, accelerator: str) -> int:
+    """The kernel pushed (Kaggle runs it); its new version number."""
+    out = run(*kernel_push_args(folder, accelerator))
+    found = re.search(r"Kernel version (\d+) successfully", out)
+    if found is None:
+        last = (out.strip() or "no output").splitlines()[-1]
+        raise PipelineError(f"`kaggle kernels push` reported no new version: {_scrub(last)}")
+    return int(found.group(1))
+
+
+def wait_for_kernel(kernel: str, wait_s: float, poll_s: float = 60.0) -> None:
+    """Until the kernel's latest run completes; an error when it fails or outlasts `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        status = run(*kernel_status_args(kernel)).strip()
+        if "COMPLETE" in status.upper():
+            return
+        if "ERROR" in status.upper() or "CANCEL" in status.upper():
+            raise PipelineError(f"kernel {kernel} did not complete: {_scrub(status.splitlines()[-1])}")
+        if time.monotonic() + poll_s > deadline:
+            raise PipelineError(f"kernel {kernel} was still running after {wait_s:.0f} s: {_scrub(status)}")
+        time.sleep(poll_s)
+
+
+def submit_kernel(competition: str, kernel: str, version: int, message: str) -> None:
+    run(*kernel_submit_args(competition, kernel, version, message))

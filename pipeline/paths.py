@@ -100,6 +100,11 @@ class PackageFiles:
         return self.kernel / f"{slug}.ipynb"
 
     @property
+    def rehearsal(self) -> Path:
+        """The last passing rehearsal's figures: `make push` uploads only what was rehearsed."""
+        return self.root / "rehearsal.json"
+
+    @property
     def expected_submission(self) -> Path:
         """What `make predict` writes for the packaged models: the notebook's must equal it."""
         return self.root / "expected_submission.csv"

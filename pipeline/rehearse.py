@@ -22,7 +22,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
@@ -38,6 +38,7 @@ from packaging.utils import canonicalize_name
 from pipeline import config as C
 from pipeline import package, sources
 from pipeline.errors import PipelineError
+from pipeline.files import write_text
 from pipeline.paths import PackageFiles, Paths
 
 
@@ -60,7 +61,9 @@ def run(cfg: C.Config) -> None:
         python = image_environment(scratch / "env", cfg.package.kaggle_image)
         timing = execute(files.notebook(package.kernel_slug(cfg)), kaggle, python, scratch, cfg.package.time_limit)
         rows = compare(kaggle / "working" / "submission.csv", files.expected_submission)
-    print(f"rehearsal: submission.csv equals make predict's ({rows} rows); {check_time(cfg, timing)}")
+    line = f"rehearsal: submission.csv equals make predict's ({rows} rows); {check_time(cfg, timing)}"
+    write_text(files.rehearsal, json.dumps({**asdict(timing), "rows": rows, "summary": line}))
+    print(line)
 
 
 def check_time(cfg: C.Config, timing: Timing) -> str:

@@ -35,6 +35,8 @@ LEDGER_COLUMNS = [
     "sha256",
     "local_score",
     "public_score",
+    "kernel",  # a code competition's submission: the kernel and its version, not a file
+    "kernel_version",
 ]
 
 

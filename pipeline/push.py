@@ -1,0 +1,56 @@
+"""`make push`: a rehearsed package uploaded with the real Kaggle CLI: a new version of the
+dataset (or the dataset), the kernel pushed (Kaggle runs it), then, for a code competition
+(package.submit), that kernel version submitted once its run completes, with the CV and the
+config hash in the message, and a ledger row saying it is a kernel submission."""
+
+import datetime as dt
+
+from pipeline import config as C
+from pipeline import kaggle_cli, package, submission
+from pipeline.errors import PipelineError
+from pipeline.paths import Paths
+from pipeline.records import Bundle
+
+DATASET_WAIT_S = 1800.0
+
+
+def run(cfg: C.Config) -> None:
+    files = Paths.of(cfg).package
+    owner = cfg.package.owner
+    if not owner:
+        raise PipelineError("package.owner is not set: the Kaggle username the dataset and the kernel go under")
+    if not files.rehearsal.exists() or files.rehearsal.stat().st_mtime < files.dataset.bundle.stat().st_mtime:
+        raise PipelineError(f"{files.root} changed since its last passing rehearsal (or has none): run `make rehearse`")
+    bundle = Bundle.load(files.dataset.bundle)
+    stated = bundle.stated
+    message = f"CV {stated.metric} {stated.score:.5f} ({stated.models}) config {cfg.fingerprint()}"
+    dataset = f"{owner}/{package.dataset_slug(cfg)}"
+    kaggle_cli.upload_dataset(
+        dataset, files.dataset.root, message, public=not cfg.package.private, wait_s=DATASET_WAIT_S
+    )
+    print(f"dataset {dataset} uploaded and ready")
+    kernel = f"{owner}/{package.kernel_slug(cfg)}"
+    version = kaggle_cli.push_kernel(files.kernel, cfg.package.accelerator)
+    print(f"kernel {kernel} version {version} pushed; Kaggle runs it")
+    if not cfg.package.submit:
+        return
+    kaggle_cli.wait_for_kernel(kernel, C.seconds(cfg.package.time_limit))
+    competition = package.competition_slug(cfg)
+    kaggle_cli.submit_kernel(competition, kernel, version, message)
+    submission.add_to_ledger(
+        {
+            "file": f"kernel {kernel} version {version}",
+            "competition": cfg.competition.name,
+            "utc_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cv_metric": stated.metric,
+            "cv_score": stated.score,
+            "cv_std": stated.std,
+            "cv_method": stated.method,
+            "models": stated.models,
+            "experiment": stated.experiment,
+            "config_hash": cfg.fingerprint(),
+            "kernel": kernel,
+            "kernel_version": version,
+        }
+    )
+    print(f"submitted {kernel} version {version} to {competition}: {message}")
