@@ -55,6 +55,7 @@ def run(cfg: C.Config) -> None:
         raise PipelineError(f"{files.root} holds no package: run `make package` first")
     if shutil.which("unshare") is None:
         raise PipelineError("the rehearsal cuts the notebook's network with `unshare -rn`, which is not on PATH")
+    files.rehearsal.unlink(missing_ok=True)  # `make push` uploads only what passed its last rehearsal
     with tempfile.TemporaryDirectory(prefix="rehearsal-") as scratch:  # in /tmp: Unix socket paths stay short
         scratch = Path(scratch)
         kaggle = kaggle_tree(scratch / "kaggle", cfg, files)
@@ -62,20 +63,33 @@ def run(cfg: C.Config) -> None:
         timing = execute(files.notebook(package.kernel_slug(cfg)), kaggle, python, scratch, cfg.package.time_limit)
         rows = compare(kaggle / "working" / "submission.csv", files.expected_submission)
     line = f"rehearsal: submission.csv equals make predict's ({rows} rows); {check_time(cfg, timing)}"
-    write_text(files.rehearsal, json.dumps({**asdict(timing), "rows": rows, "summary": line}))
+    record = {**asdict(timing), **asdict(project(cfg, timing)), "submission_rows": rows, "summary": line}
+    write_text(files.rehearsal, json.dumps(record))
     print(line)
+
+
+@dataclass(frozen=True)
+class Projection:
+    public_rows: int
+    hidden_rows: int
+    seconds: float  # the notebook's run time on the hidden test: the prediction cell scaled by rows
+
+
+def project(cfg: C.Config, timing: Timing) -> Projection:
+    public = len(sources.read(cfg).test.table)
+    hidden = cfg.package.hidden_test_rows or round(public * cfg.package.hidden_scale)
+    return Projection(public, hidden, timing.wall - timing.predict + timing.predict * hidden / public)
 
 
 def check_time(cfg: C.Config, timing: Timing) -> str:
     """The run time projected to the hidden test, refused over package.time_limit; the figures."""
-    public = len(sources.read(cfg).test.table)
-    hidden = cfg.package.hidden_test_rows or round(public * cfg.package.hidden_scale)
-    projected = timing.wall - timing.predict + timing.predict * hidden / public
+    projected = project(cfg, timing)
     figures = (
         f"{timing.wall:.0f} s offline here ({timing.install:.0f} s installing the wheels, {timing.predict:.0f} s "
-        f"predicting {public} test images); projected to {hidden} hidden test images: {_hours(projected)}"
+        f"predicting {projected.public_rows} test images); projected to {projected.hidden_rows} hidden test "
+        f"images: {_hours(projected.seconds)}"
     )
-    if projected > C.seconds(cfg.package.time_limit):
+    if projected.seconds > C.seconds(cfg.package.time_limit):
         raise PipelineError(f"the notebook would run over package.time_limit={cfg.package.time_limit}: {figures}")
     return f"{figures}, within {cfg.package.time_limit}"
 

@@ -41,13 +41,16 @@ def test_the_package_holds_the_submitted_models_and_its_offline_prediction_equal
     pd.testing.assert_frame_equal(pd.read_csv(out), submitted)
 
 
-def test_the_rehearsal_runs_the_notebook_offline_and_names_a_missing_wheel(digits_dir, tmp_path, monkeypatch, capsys):
+def test_the_rehearsal_runs_the_notebook_offline_and_names_what_is_missing(digits_dir, tmp_path, monkeypatch, capsys):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir)}, full_fit=False)
     cfg = C.with_overrides(cfg, {"predict.models": "folds"}, "test")
     run(cfg, tmp_path, monkeypatch)
     package.run(cfg)
     rehearse.run(cfg)
     assert "submission.csv equals make predict's (5 rows)" in capsys.readouterr().out
+    image = [name for name in cfg.package.kaggle_image if name != "albumentations"]
+    with pytest.raises(PipelineError, match="No module named 'albumentations'.*add its distribution to package.wheels"):
+        rehearse.run(C.with_overrides(cfg, {"package.kaggle_image": image}, "test"))
     wheel = next(Paths.of(cfg).package.dataset.wheels.glob("pipeline-*.whl"))
     wheel.unlink()
     with pytest.raises(PipelineError, match=f"wheel {wheel.name} is not in"):
