@@ -39,7 +39,7 @@ def run(cfg: C.Config) -> None:
     final = paths.package
     tmp = temporary_dir(final.root)
     try:
-        bundle, wheels = fill(PackageFiles(tmp), cfg, plan)
+        bundle, wheels = fill(PackageFiles(tmp), cfg, plan, [str(label) for label in test.task.labels])
         write_csv(PackageFiles(tmp).expected_submission, expected)
         shutil.rmtree(final.root, ignore_errors=True)
         os.replace(tmp, final.root)
@@ -54,9 +54,9 @@ def run(cfg: C.Config) -> None:
     )
 
 
-def fill(files: PackageFiles, cfg: C.Config, plan: predict.Plan) -> tuple[Bundle, list[str]]:
+def fill(files: PackageFiles, cfg: C.Config, plan: predict.Plan, labels: list[str]) -> tuple[Bundle, list[str]]:
     """The dataset and the kernel folders; the bundle and the wheels' file names."""
-    bundle = Bundle(copy_models(plan.parts, files.dataset), plan.stated)
+    bundle = Bundle(copy_models(plan.parts, files.dataset), plan.stated, labels)
     bundle.save(files.dataset.bundle)
     write_text(files.dataset.config, plan.cfg.to_yaml())
     wheels = build_wheels(cfg.package.wheels, files.dataset.wheels)

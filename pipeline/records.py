@@ -204,6 +204,7 @@ class Bundle:
 
     parts: list[dict]  # {"weight": w, "space": s, "models": [{"folder": "models/<exp>/fold0", "weight": w}]}
     stated: StatedCV
+    labels: list[str]  # the classes, or the keypoint columns, in the models' output order
 
     def save(self, path: Path) -> None:
         write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))
@@ -214,6 +215,6 @@ class Bundle:
             raise PipelineError(f"{path} does not exist: the dataset was not made by `make package`")
         raw = yaml.safe_load(Path(path).read_text())
         try:
-            return cls(raw["parts"], StatedCV(**raw["stated"]))
+            return cls(raw["parts"], StatedCV(**raw["stated"]), raw["labels"])
         except (KeyError, TypeError):
             raise PipelineError(f"{path} was written by another version: run `make package` again") from None

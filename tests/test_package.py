@@ -11,6 +11,7 @@ from pipeline import config as C
 from pipeline import offline, package, predict, rehearse
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
+from pipeline.records import Bundle
 
 
 def test_the_package_holds_the_submitted_models_and_its_offline_prediction_equals_make_predict(
@@ -27,6 +28,7 @@ def test_the_package_holds_the_submitted_models_and_its_offline_prediction_equal
         "models/tiny/fold1/model.pt",
     ]
     assert [w.name.split("-")[0] for w in dataset.wheels.glob("*.whl")] == ["pipeline"]
+    assert Bundle.load(dataset.bundle).labels == ["0", "1", "2"]
     assert json.loads(dataset.metadata.read_text())["id"] == "someone/tiny-models"
     kernel = json.loads(files.kernel_metadata.read_text())
     assert kernel["enable_internet"] is False and kernel["competition_sources"] == ["tiny"]

@@ -86,7 +86,7 @@ def test_push_uploads_a_rehearsed_package_and_records_the_kernel_version(tmp_pat
     cfg = make_config({"layout": "pixel_columns", "dir": str(tmp_path)}, package={"owner": "me"})
     files = Paths.of(cfg).package
     stated = StatedCV("accuracy", 0.9, 0.01, "OOF of the fold models", "folds", "tiny")
-    Bundle([], stated).save(files.dataset.bundle)
+    Bundle([], stated, ["0", "1"]).save(files.dataset.bundle)
     files.kernel.mkdir(parents=True)
     with pytest.raises(PipelineError, match="run `make rehearse`"):
         push.run(cfg)
