@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -29,6 +30,7 @@ from pipeline.paths import DatasetFiles, PackageFiles, Paths
 from pipeline.records import Bundle
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_FILES = ("pyproject.toml", "README.md")  # what the wheel's build reads besides pipeline/
 OWNER_PLACEHOLDER = "your-kaggle-username"  # `make push` refuses it: set package.owner
 
 
@@ -86,7 +88,12 @@ def build_wheels(requirements: list[str], folder: Path) -> list[str]:
     if not (PROJECT_ROOT / "pyproject.toml").exists():
         raise PipelineError(f"make package builds the project's wheel from its source tree; {PROJECT_ROOT} has none")
     folder.mkdir(parents=True)
-    _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(folder), str(PROJECT_ROOT))
+    with tempfile.TemporaryDirectory() as source:  # setuptools builds in the tree: a copy keeps ours clean
+        for name in SOURCE_FILES:
+            shutil.copy(PROJECT_ROOT / name, source)
+        caches = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(PROJECT_ROOT / "pipeline", Path(source) / "pipeline", ignore=caches)
+        _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(folder), source)
     if requirements:
         _pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(folder), *requirements)
     return sorted(p.name for p in folder.glob("*.whl"))
@@ -149,6 +156,7 @@ def notebook(cfg: C.Config, wheels: list[str], bundle: Bundle) -> nbformat.Noteb
     setup = f"""import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # Kaggle's tree; `make rehearse` points this at its own copy of it
