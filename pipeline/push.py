@@ -37,20 +37,6 @@ def run(cfg: C.Config) -> None:
     kaggle_cli.wait_for_kernel(kernel, C.seconds(cfg.package.time_limit))
     competition = package.competition_slug(cfg)
     kaggle_cli.submit_kernel(competition, kernel, version, message)
-    submission.add_to_ledger(
-        {
-            "file": f"kernel {kernel} version {version}",
-            "competition": cfg.competition.name,
-            "utc_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cv_metric": stated.metric,
-            "cv_score": stated.score,
-            "cv_std": stated.std,
-            "cv_method": stated.method,
-            "models": stated.models,
-            "experiment": stated.experiment,
-            "config_hash": cfg.fingerprint(),
-            "kernel": kernel,
-            "kernel_version": version,
-        }
-    )
+    row = submission.ledger_row(cfg, stated, f"kernel {kernel} version {version}", dt.datetime.now(dt.timezone.utc))
+    submission.add_to_ledger({**row, "kernel": kernel, "kernel_version": version})
     print(f"submitted {kernel} version {version} to {competition}: {message}")

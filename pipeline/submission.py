@@ -160,24 +160,27 @@ def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarra
     stamp = dt.datetime.now(dt.timezone.utc)
     path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")
     write_csv(path, frame)
-    add_to_ledger(
-        {
-            "file": str(path),
-            "competition": cfg.competition.name,
-            "utc_time": stamp.isoformat(timespec="seconds"),
-            "cv_metric": stated.metric,
-            "cv_score": stated.score,
-            "cv_std": stated.std,
-            "cv_method": stated.method,
-            "models": stated.models,
-            "experiment": stated.experiment,
-            "tta": " ".join(cfg.predict.tta) or "none",
-            "config_hash": cfg.fingerprint(),
-            **_git_state(),
-            "sha256": sha256_file(path),
-        }
-    )
+    add_to_ledger({**ledger_row(cfg, stated, str(path), stamp), "sha256": sha256_file(path)})
     return path
+
+
+def ledger_row(cfg: Config, stated: StatedCV, file: str, stamp: dt.datetime) -> dict:
+    """What every ledger row holds: the file (or kernel), when, the CV it states and how, and
+    what made it."""
+    return {
+        "file": file,
+        "competition": cfg.competition.name,
+        "utc_time": stamp.isoformat(timespec="seconds"),
+        "cv_metric": stated.metric,
+        "cv_score": stated.score,
+        "cv_std": stated.std,
+        "cv_method": stated.method,
+        "models": stated.models,
+        "experiment": stated.experiment,
+        "tta": " ".join(cfg.predict.tta) or "none",
+        "config_hash": cfg.fingerprint(),
+        **_git_state(),
+    }
 
 
 def _new_file(competition: str, stem: str, suffix: str) -> Path:
