@@ -40,7 +40,8 @@ class Competition(Section):
 
 class LayoutBase(Section):
     dir: Path | None = None  # default data/<competition.name>
-    demo: bool = False  # `make data` builds the MNIST demo competition here
+    # `make data` builds a demo competition here: MNIST digits (pixel_columns) or hands (image_csv)
+    demo: Literal["none", "digits", "hands"] = "none"
     use_extra: bool = True  # scraped images join training with fold -1
     cache: Literal["auto", "always", "never"] = "auto"
     cache_limit_gb: PositiveFloat = 4.0  # "auto" caches decoded images up to this size
@@ -433,8 +434,11 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _fill_derived_defaults(self) -> "Config":
-        if self.data.demo and self.data.layout != "pixel_columns":
-            raise ValueError("data.demo builds a Digit Recognizer folder; it needs data.layout=pixel_columns")
+        demo_layout = {"digits": "pixel_columns", "hands": "image_csv"}.get(self.data.demo, self.data.layout)
+        if self.data.layout != demo_layout:
+            raise ValueError(
+                f"data.demo={self.data.demo} builds a {demo_layout} folder; it needs data.layout={demo_layout}"
+            )
         if self.data.dir is None:
             self.data.dir = Path("data") / self.competition.name
         if self.competition.task == "keypoints" and self.aug.random_resized_crop:

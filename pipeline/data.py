@@ -8,15 +8,18 @@ from pipeline import kaggle_cli, sources
 from pipeline.config import Config, save_resolved
 from pipeline.demo import build_digits
 from pipeline.errors import PipelineError
+from pipeline.hands import build_hands
 from pipeline.images import CachedImages, open_images
 from pipeline.paths import Paths
+
+DEMOS = {"digits": build_digits, "hands": build_hands}
 
 
 def run(cfg: Config) -> None:
     paths = Paths.of(cfg)
-    if cfg.data.demo and not (paths.data / cfg.data.train_csv).exists():
-        print(f"building the demo competition in {paths.data}")
-        build_digits(paths.data)
+    if cfg.data.demo != "none" and not (paths.data / cfg.data.train_csv).exists():
+        print(f"building the {cfg.data.demo} demo competition in {paths.data}")
+        DEMOS[cfg.data.demo](paths.data)
     elif cfg.competition.kaggle and not (paths.data.is_dir() and any(paths.data.iterdir())):
         print(f"downloading {cfg.competition.kaggle} with the Kaggle CLI into {paths.data}")
         kaggle_cli.download(cfg.competition.kaggle, paths.data)
