@@ -139,7 +139,7 @@ def views_key(tta: list[str]) -> str:
     return "+".join(v.replace(":", "") for v in tta) or "plain"
 
 
-class TestPredictions:
+class PredictionsOnTest:
     """The test table, and each model's predictions on its images with predict.tta: made once,
     and kept beside the model (FitFiles.test_predictions) for every later submission and blend."""
 

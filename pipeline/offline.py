@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline import config as C
 from pipeline import submission
 from pipeline.files import write_csv
-from pipeline.inference import TestPredictions
+from pipeline.inference import PredictionsOnTest
 from pipeline.paths import DatasetFiles, FitFiles, Paths
 from pipeline.predict import Part, combine
 from pipeline.records import Bundle
@@ -23,7 +23,7 @@ def submit(dataset: Path, competition: Path, out: Path) -> Path:
     files = DatasetFiles(dataset)
     bundle = Bundle.load(files.bundle)
     cfg = C.load(files.config, [f"data.dir={competition}", "data.cache=never"])
-    test = TestPredictions(cfg, Paths.of(cfg), keep=False)
+    test = PredictionsOnTest(cfg, Paths.of(cfg), keep=False)
     parts = [
         Part(p["weight"], p["space"], [(FitFiles(dataset / m["folder"]), m["weight"]) for m in p["models"]])
         for p in bundle.parts

@@ -13,7 +13,7 @@ from pipeline import ensemble, plan, submission
 from pipeline.blend import in_space
 from pipeline.config import Config, with_overrides
 from pipeline.errors import PipelineError
-from pipeline.inference import TestPredictions, oof_frames
+from pipeline.inference import PredictionsOnTest, oof_frames
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, StatedCV
 from pipeline.targets import HIGHER_IS_BETTER, target_columns
@@ -40,7 +40,7 @@ class Choice:
     method: str  # how the estimate was made
 
 
-def choose(cfg: Config, paths: Paths, cv: CV, test: TestPredictions) -> Choice:
+def choose(cfg: Config, paths: Paths, cv: CV, test: PredictionsOnTest) -> Choice:
     """predict.models, `auto` resolved, with the CV of what it takes."""
     models = cfg.predict.models
     if models in ("full", "both") and not paths.full.model.exists():
@@ -66,7 +66,7 @@ def auto_models(cv: CV, full: Choice | None, folds: Choice) -> tuple[Choice, str
 
 
 def option(
-    cfg: Config, paths: Paths, cv: CV, models: str, fold_scores: Scores, tta: str, test: TestPredictions
+    cfg: Config, paths: Paths, cv: CV, models: str, fold_scores: Scores, tta: str, test: PredictionsOnTest
 ) -> Choice:
     """One set of models and its CV: their OOF score, and for RMSE the averaging gain measured
     on the test images (ensemble.py)."""
@@ -138,20 +138,20 @@ class Plan:
     stated: StatedCV
 
 
-def combine(test: TestPredictions, parts: list[Part]) -> np.ndarray:
+def combine(test: PredictionsOnTest, parts: list[Part]) -> np.ndarray:
     """The submission's predictions in the competition's units."""
     return sum(part.weight * in_space(part.space, test.blend(part.models)) for part in parts)
 
 
-def plan_submission(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
+def plan_submission(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
     """predict.blend's members, or predict.models' (`auto` decided), and the test predictions
     their choice was made with."""
     return _blend_plan(cfg, paths) if cfg.predict.blend else _models_plan(cfg, paths)
 
 
-def _models_plan(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
+def _models_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
     cv = CV.load(paths.cv_json)
-    test = TestPredictions(cfg, paths)
+    test = PredictionsOnTest(cfg, paths)
     choice = choose(cfg, paths, cv, test)
     for member in choice.members:
         print(f"{member.fit.model} in the submission, weight {member.weight:.3f}")
@@ -160,7 +160,7 @@ def _models_plan(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
     return Plan(cfg, [Part(1.0, "probabilities", models)], stated), test
 
 
-def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
+def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
     """The members' kept test predictions, weighted as `make blend` fitted them."""
     blend = Blend.load(paths.blend(cfg.predict.blend))
     if blend.validation_plan != validation_plan(read_folds(paths)):
@@ -180,7 +180,7 @@ def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, TestPredictions]:
         f"blend-{blend.name}",
         blend.describe_members(),
     )
-    return Plan(cfg, parts, stated), TestPredictions(cfg, paths)
+    return Plan(cfg, parts, stated), PredictionsOnTest(cfg, paths)
 
 
 def run(cfg: Config) -> None:

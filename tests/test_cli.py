@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,10 @@ def test_data_and_folds_stages_write_outputs_and_resolved_config(tmp_path, pixel
 
 
 def make(cwd: Path, *args: str) -> str:
-    run = subprocess.run(["make", "-f", str(ROOT / "Makefile"), *args], capture_output=True, text=True, cwd=cwd)
+    """Runs make as a user at a shell would, also when the tests themselves run under `make test`."""
+    outer_make = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+    env = {key: value for key, value in os.environ.items() if key not in outer_make}
+    run = subprocess.run(["make", "-f", str(ROOT / "Makefile"), *args], capture_output=True, text=True, cwd=cwd, env=env)
     assert run.returncode == 0, run.stderr
     return run.stdout
 

@@ -12,7 +12,7 @@ from conftest import run, tiny
 from pipeline import batch_aug, config, predict, transforms
 from pipeline.batch_aug import BatchAugment, DeviceBatches
 from pipeline.config import Aug
-from pipeline.inference import TestPredictions
+from pipeline.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV
 
@@ -79,14 +79,14 @@ def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):
     run(cfg, tmp_path, monkeypatch)
     paths = Paths.of(cfg)
     cfg.predict.tta = ["hflip", "shift:0.05"]
-    members = predict.choose(cfg, paths, CV.load(paths.cv_json), TestPredictions(cfg, paths, keep=False)).members
+    members = predict.choose(cfg, paths, CV.load(paths.cv_json), PredictionsOnTest(cfg, paths, keep=False)).members
     weighted = [(m.fit, m.weight) for m in members]
-    on_cuda = TestPredictions(cfg, paths, keep=False).blend(weighted)
+    on_cuda = PredictionsOnTest(cfg, paths, keep=False).blend(weighted)
     cpu = config.with_overrides(cfg, {"train.device": "cpu"}, "test")
-    on_cpu = TestPredictions(cpu, paths, keep=False).blend(weighted)
+    on_cpu = PredictionsOnTest(cpu, paths, keep=False).blend(weighted)
     np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-3)
     bf16 = config.with_overrides(cfg, {"train.amp": "bf16"}, "test")
-    on_bf16 = TestPredictions(bf16, paths, keep=False).blend(weighted)
+    on_bf16 = PredictionsOnTest(bf16, paths, keep=False).blend(weighted)
     assert (on_bf16.argmax(1) == on_cpu.argmax(1)).all() and np.abs(on_bf16 - on_cpu).max() < 0.05
 
 

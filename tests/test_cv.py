@@ -12,7 +12,7 @@ from conftest import KEYPOINTS, run, tiny
 
 from pipeline import predict, submission
 from pipeline.errors import PipelineError
-from pipeline.inference import TestPredictions
+from pipeline.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV, Scores
 
@@ -135,7 +135,7 @@ def test_full_with_tta_under_best_checkpoints_says_its_tta_is_unmeasured(digits_
     run(cfg, tmp_path, monkeypatch)
     cv = CV.load(Paths.of(cfg).cv_json)
     cfg.predict.models, cfg.predict.tta = "full", ["hflip"]
-    choice = predict.choose(cfg, Paths.of(cfg), cv, TestPredictions(cfg, Paths.of(cfg)))
+    choice = predict.choose(cfg, Paths.of(cfg), cv, PredictionsOnTest(cfg, Paths.of(cfg)))
     assert (choice.score, choice.std) == (cv.recipe.oof, cv.recipe.std) and "TTA unmeasured" in choice.method
 
 
