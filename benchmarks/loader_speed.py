@@ -133,7 +133,7 @@ def batched_loader(paths, labels, kind: str, cache: Path):
     """What train.device_aug=auto takes here: the cached images resident at the model's size
     once, each batch gathered and augmented in a few batched ops (pipeline.batch_aug)."""
     _, channels, size, aug, _, (mean, std), _ = KINDS[kind]
-    assert batch_aug.should_use("auto", aug, "classification", CPU.device, len(paths), channels, size)
+    assert batch_aug.should_use("auto", aug, CPU.device, len(paths), channels, size)
     images = open_images(FileSource(tuple(paths), channels), cache, policy="always")
     resident = batch_aug.resident_images(images, np.arange(len(paths)), size, CPU.device)
     augment, targets = batch_aug.BatchAugment(aug, transforms.Normalise(mean, std)), torch.as_tensor(labels)

@@ -1,101 +1,73 @@
 """Training batches made on the device from uint8 images that live there (train.device_aug).
 
 As the fastest CIFAR-10 trainers do: a cached dataset small enough is copied to the GPU once as
-uint8; each batch is gathered there and augmented with a few batched ops (one affine warp for
-flips, rotation, shift, scale and shear; brightness and contrast; cutout), then normalised. No
-worker processes, no host-to-device copy per batch. On the CPU the same ops on a batch beat
-albumentations called per image (whose per-call overhead bounds small images), so `auto` takes
-this path on either device whenever the augmentations allow it.
+uint8; each batch is gathered there and augmented by the ops' batched executors (aug_ops): the
+geometric ops' maps composed into one affine warp, which also moves keypoints, then the
+photometric ops in place, then normalisation. No worker processes, no host-to-device copy per
+batch. On the CPU the same ops on a batch beat albumentations called per image (whose per-call
+overhead bounds small images), so `auto` takes this path on either device whenever the
+enabled ops all have a batched executor.
 
-Random draws are kept apart from the operations: `BatchAugment.draw` makes one epoch's draws on
-a CPU generator, `apply` is a pure function of the images and their draws, so a seed gives the
-same batches on any device. Only the augmentations expressible this way are supported; the
-others (perspective, colour, blur, noise, random resized crop) and keypoint targets keep the
-per-image albumentations path.
+Random draws are kept apart from the operations: `BatchAugment.draw` makes one epoch's draws
+from a numpy generator, `apply` is a pure function of the images and their draws, so a seed
+gives the same batches on any device.
 """
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import albumentations as A
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import distributed
+from pipeline import aug_ops, distributed
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
 from pipeline.transforms import Normalise
 
-SUPPORTED = {"hflip", "vflip", "rotate", "shift", "scale", "shear", "brightness", "contrast", "cutout"}
-SETTINGS = {"p", "cutout_holes", "flip_pairs"}  # how the augmentations apply, not augmentations
 DEVICE_SHARE = 0.25  # at most this share of the device's memory (or RAM) goes to the resident images
-
-
-def unsupported(aug: Aug) -> list[str]:
-    """The enabled augmentations the batched path cannot do, as `aug.key=value`."""
-    defaults = Aug()
-    return [
-        f"aug.{name}={getattr(aug, name)}"
-        for name in type(aug).model_fields
-        if name not in SUPPORTED | SETTINGS and getattr(aug, name) != getattr(defaults, name)
-    ]
 
 
 @dataclass(frozen=True)
 class Draws:
-    """One epoch's random draws, a row per image."""
+    """One epoch's random draws, a row per image: the composed warp both ways, and each op's own."""
 
-    theta: torch.Tensor  # (N, 2, 3) affine map from output to input, normalised coordinates
-    contrast: torch.Tensor  # (N,) multiplier
-    brightness: torch.Tensor  # (N,) added, as a fraction of the pixel range
-    holes: torch.Tensor  # (N, K, 4) y0, x0, height, width as fractions of the side; height 0: none
+    theta: torch.Tensor  # (N, 2, 3) affine map from output to input, [-1, 1] coordinates
+    forward: torch.Tensor  # (N, 2, 3) the same map from input to output, for keypoints
+    ops: tuple[dict[str, torch.Tensor], ...]  # per enabled op, its parameters
 
     def rows(self, index: torch.Tensor, device: torch.device) -> "Draws":
-        return Draws(*(getattr(self, f.name)[index].to(device, non_blocking=True) for f in fields(self)))
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t[index].to(device, non_blocking=True)
+
+        return Draws(take(self.theta), take(self.forward), tuple({k: take(v) for k, v in d.items()} for d in self.ops))
 
 
 class BatchAugment:
-    """`aug.*` as batched tensor ops on (N, C, S, S) uint8 images, ending normalised float."""
+    """`aug.*` as batched tensor ops on (N, C, S, S) uint8 images, ending normalised float; with
+    `swap` (where each keypoint goes under a horizontal flip), keypoint targets move with them."""
 
-    def __init__(self, aug: Aug, normalise: Normalise):
-        if unsupported(aug):
-            raise PipelineError(f"batched augmentation cannot do {', '.join(unsupported(aug))}")
-        self.aug, self.normalise = aug, normalise
+    def __init__(self, aug: Aug, normalise: Normalise, swap: np.ndarray | None = None):
+        if aug_ops.not_batched(aug):
+            raise PipelineError(f"batched augmentation cannot do {', '.join(aug_ops.not_batched(aug))}")
+        self.ops = aug_ops.enabled(aug)
+        self.settings = [op.setting(aug) for op in self.ops]
+        self.normalise = normalise
+        self.swap = None if swap is None else torch.as_tensor(swap)
         # decided once: a test on the draws would read them back from the GPU every batch
-        self.warps = any((aug.hflip, aug.vflip, aug.rotate, aug.shift, aug.scale, aug.shear))
-        self.recolours = bool(aug.brightness or aug.contrast)
+        self.warps = any(op.geometric for op in self.ops)
 
-    def draw(self, n: int, generator: torch.Generator) -> Draws:
-        aug = self.aug
-
-        def uniform(low: float, high: float, shape: tuple = ()) -> torch.Tensor:
-            return low + (high - low) * torch.rand((n, *shape), generator=generator)
-
-        def chosen(p: float) -> torch.Tensor:
-            return torch.rand(n, generator=generator) < p
-
-        geometric = chosen(aug.p) if aug.rotate or aug.shift or aug.scale or aug.shear else torch.zeros(n, dtype=bool)
-        flips = torch.stack([chosen(aug.hflip), chosen(aug.vflip)], dim=1)
-        angle = torch.deg2rad(uniform(-aug.rotate, aug.rotate)) * geometric
-        shear = torch.deg2rad(uniform(-aug.shear, aug.shear)) * geometric
-        zoom = torch.where(geometric, uniform(1 - aug.scale, 1 + aug.scale), 1.0)
-        shift = uniform(-aug.shift, aug.shift, (2,)) * geometric[:, None] * 2  # 2: a side is 2 units long
-        photometric = chosen(aug.p) if aug.brightness or aug.contrast else torch.zeros(n, dtype=bool)
-        contrast = torch.where(photometric, uniform(1 - aug.contrast, 1 + aug.contrast), 1.0)
-        brightness = torch.where(photometric, uniform(-aug.brightness, aug.brightness), 0.0)
-        return Draws(_inverse_affine(flips, angle, shear, zoom, shift), contrast, brightness, self._holes(n, generator))
-
-    def _holes(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        aug, k = self.aug, self.aug.cutout_holes
-        if not aug.cutout:
-            return torch.zeros(n, k, 4)
-        size = aug.cutout / 2 + aug.cutout / 2 * torch.rand(n, k, 2, generator=generator)
-        corner = (1 - size) * torch.rand(n, k, 2, generator=generator)
-        count = torch.randint(1, k + 1, (n, 1), generator=generator)
-        used = (torch.arange(k)[None, :] < count) & (torch.rand(n, 1, generator=generator) < aug.p)
-        return torch.cat([corner, size * used[..., None]], dim=2)
+    def draw(self, n: int, rng: np.random.Generator) -> Draws:
+        drawn = [op.draw(setting, n, rng) for op, setting in zip(self.ops, self.settings, strict=True)]
+        forward = np.tile(np.eye(3), (n, 1, 1))
+        for op, params in zip(self.ops, drawn, strict=True):
+            if op.geometric:
+                forward = op.matrix(params) @ forward
+        as_tensors = tuple({k: torch.as_tensor(v, dtype=_dtype(v)) for k, v in d.items()} for d in drawn)
+        theta = torch.as_tensor(np.linalg.inv(forward)[:, :2], dtype=torch.float32)
+        return Draws(theta, torch.as_tensor(forward[:, :2], dtype=torch.float32), as_tensors)
 
     def apply(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
         """uint8 (N, C, S, S) -> normalised float (N, C, S, S); a pure function of its inputs.
@@ -104,36 +76,26 @@ class BatchAugment:
         if self.warps:
             grid = F.affine_grid(draws.theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if self.recolours:
-            x.mul_(draws.contrast.view(-1, 1, 1, 1)).add_(255 * draws.brightness.view(-1, 1, 1, 1)).clamp_(0, 255)
-        if self.aug.cutout:
-            x.masked_fill_(_hole_mask(draws.holes, x.shape[-1])[:, None], 0)
+        for op, params in zip(self.ops, draws.ops, strict=True):
+            if not op.geometric:
+                x = op.apply(x, params)
         return self.normalise(x)
 
-
-def _inverse_affine(
-    flips: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor
-) -> torch.Tensor:
-    """The output -> input maps (N, 2, 3) for: flip, then rotate, shear and zoom about the centre,
-    then shift; in grid_sample's normalised coordinates (a square image spans [-1, 1])."""
-    n = len(angle)
-    forward = torch.zeros(n, 3, 3)
-    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
-    # rotation x shear (x by y) x zoom, then the flips' signs on the input axes
-    forward[:, 0, 0], forward[:, 0, 1] = zoom * cos, zoom * (cos * tan - sin)
-    forward[:, 1, 0], forward[:, 1, 1] = zoom * sin, zoom * (sin * tan + cos)
-    forward[:, :2, :2] *= torch.where(flips, -1.0, 1.0)[:, None, :]
-    forward[:, :2, 2], forward[:, 2, 2] = shift, 1.0
-    return torch.linalg.inv(forward)[:, :2, :]
+    def targets(self, targets: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """Class targets as they are; keypoints (N, K*2) in [-1, 1] moved by the same warp as
+        their images, renamed where a flip renames them (NaN, missing, stays NaN)."""
+        if self.swap is None or not self.warps:
+            return targets
+        points = targets.view(len(targets), -1, 2)
+        moved = points @ draws.forward[:, :, :2].transpose(1, 2) + draws.forward[:, None, :, 2]
+        for op, params in zip(self.ops, draws.ops, strict=True):
+            if op.geometric:
+                moved = op.relabel(moved, params, self.swap.to(moved.device))
+        return moved.reshape(targets.shape)
 
 
-def _hole_mask(holes: torch.Tensor, side: int) -> torch.Tensor:
-    """(N, K, 4) fractional holes -> (N, S, S) bool, True inside any hole."""
-    centres = (torch.arange(side, device=holes.device) + 0.5) / side
-    y0, x0, height, width = holes.unbind(dim=2)  # each (N, K)
-    inside_y = (centres >= y0[..., None]) & (centres < (y0 + height)[..., None])  # (N, K, S)
-    inside_x = (centres >= x0[..., None]) & (centres < (x0 + width)[..., None])
-    return (inside_y[..., :, None] & inside_x[..., None, :]).any(dim=1)
+def _dtype(values: np.ndarray) -> torch.dtype:
+    return torch.bool if values.dtype == bool else torch.float32
 
 
 class DeviceBatches:
@@ -162,16 +124,17 @@ class DeviceBatches:
         return max(1, per_rank // distributed.rank_batch(self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(self.rows), generator=generator)
-        draws = self.augment.draw(len(order), generator)  # row i: the draws of the i-th item served
+        rng = np.random.default_rng(self.seed)
+        order = torch.from_numpy(rng.permutation(len(self.rows)))
+        draws = self.augment.draw(len(order), rng)  # row i: the draws of the i-th item served
         mine = torch.from_numpy(distributed.shard(np.arange(len(order))))  # positions this rank serves
         batch, device = distributed.rank_batch(self.batch_size), self.images.device
         for start in range(0, len(self) * batch, batch):
             position = mine[start : start + batch]
             items = order[position].to(device, non_blocking=True)
-            images = self.augment.apply(self.images[self.rows[items]], draws.rows(position, device))
-            yield images, self.targets[items], self.sizes[: len(items)]
+            drawn = draws.rows(position, device)
+            images = self.augment.apply(self.images[self.rows[items]], drawn)
+            yield images, self.augment.targets(self.targets[items], drawn), self.sizes[: len(items)]
 
 
 class ResidentBatches:
@@ -215,9 +178,9 @@ def memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def should_use(policy: str, aug: Aug, task_kind: str, device: torch.device, n: int, channels: int, side: int) -> bool:
+def should_use(policy: str, aug: Aug, device: torch.device, n: int, channels: int, side: int) -> bool:
     """train.device_aug: "on" insists (and says why it cannot), "auto" takes it whenever it can."""
-    reasons = unsupported(aug) + (["keypoint targets"] if task_kind == "keypoints" else [])
+    reasons = aug_ops.not_batched(aug)
     if n * channels * side * side > DEVICE_SHARE * memory_bytes(device):
         reasons.append(f"{n} images of {channels}x{side}x{side} (more than {DEVICE_SHARE:.0%} of {device}'s memory)")
     if policy == "on" and reasons:

@@ -19,10 +19,12 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from pipeline import aug_ops
 from pipeline.errors import PipelineError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -242,34 +244,15 @@ class Train(Section):
     folds: list[int] | None = None  # train only these folds (tuning uses a subset)
 
 
-class Aug(Section):
-    """Each augmentation is off at 0 and says its strength otherwise, so a search can tune both."""
+class AugSettings(Section):
+    """How the augmentations apply; the augmentations themselves are the ops' keys (aug_ops)."""
 
-    hflip: Probability = 0.0
-    vflip: Probability = 0.0
-    rotate: NonNegative = 0.0  # degrees
-    shift: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # fraction of the side
-    scale: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # zoom in or out by up to this fraction
-    shear: NonNegative = 0.0  # degrees
-    perspective: Annotated[float, Field(ge=0.0, le=0.3)] = 0.0
-    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
-    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    blur: Annotated[int, Field(ge=0)] = 0  # largest kernel; 0 or odd >= 3
-    noise: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # std as a fraction of the pixel range
-    cutout: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # hole side as a fraction of the image side
-    cutout_holes: PositiveInt = 1
-    random_resized_crop: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # smallest area kept; classification
     p: Probability = 0.5  # probability of each photometric or geometric transform
     flip_pairs: Literal["auto"] | list[tuple[str, str]] = "auto"  # keypoints swapped by hflip
 
-    @field_validator("blur")
-    @classmethod
-    def _odd_kernel(cls, blur: int) -> int:
-        if blur and (blur < 3 or blur % 2 == 0):
-            raise ValueError("must be 0 (off) or an odd kernel size of at least 3")
-        return blur
+
+# each augmentation is off at 0 and says its strength otherwise, so a search can tune both
+Aug = create_model("Aug", __base__=AugSettings, __module__=__name__, **aug_ops.config_fields())
 
 
 class Param(Section):

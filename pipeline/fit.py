@@ -17,7 +17,7 @@ from pipeline import batch_aug, distributed, engine, models, transforms
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
-from pipeline.loader import ImageDataset, create_loader, default_workers
+from pipeline.loader import ImageDataset, create_loader, default_workers, unit_points
 from pipeline.paths import FitFiles
 from pipeline.records import FitResult
 from pipeline.targets import HIGHER_IS_BETTER
@@ -46,14 +46,18 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
     return model, frozen
 
 
+def flip_swap(setup: Setup) -> np.ndarray | None:
+    """Where each keypoint goes under a horizontal flip; None for classification."""
+    if setup.task.kind != "keypoints":
+        return None
+    return transforms.flip_permutation(transforms.point_names(setup.task.columns), setup.cfg.aug.flip_pairs)
+
+
 def datasets(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None):
     cfg, keypoints = setup.cfg, setup.task.kind == "keypoints"
     size = setup.image_size
-    swap = None
-    if keypoints:
-        swap = transforms.flip_permutation(transforms.point_names(setup.task.columns), cfg.aug.flip_pairs)
     augment = transforms.compose(
-        transforms.augmentations(cfg.aug, setup.channels, size, swap), keypoints, cfg.train.seed
+        transforms.augmentations(cfg.aug, setup.channels, size, flip_swap(setup)), keypoints, cfg.train.seed
     )
     finish = transforms.finish(size)
     train = ImageDataset(setup.images, setup.rows[train_rows], setup.targets[train_rows], augment, finish, keypoints)
@@ -121,7 +125,7 @@ def _batches(
     """Made on the device from resident images when train.device_aug says so, else DataLoaders
     over the per-image path."""
     cfg, n, side = setup.cfg, len(setup.images), setup.image_size
-    if batch_aug.should_use(cfg.train.device_aug, cfg.aug, setup.task.kind, device.device, n, setup.channels, side):
+    if batch_aug.should_use(cfg.train.device_aug, cfg.aug, device.device, n, setup.channels, side):
         return _resident_batches(setup, train_set, valid_set, normalise, device.device)
     batch, seed = cfg.train.batch_size, cfg.train.seed
     valid = None
@@ -143,21 +147,35 @@ def _resident_batches(
         setup.resident[key] = batch_aug.resident_images(setup.images, np.arange(n), side, device)
         print(f"device_aug: {n} images resident on {device}, augmented there")
     images, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device)
-    targets = torch.as_tensor(train_set.targets).to(device)
-    augment = batch_aug.BatchAugment(cfg.aug, normalise)
+    augment = batch_aug.BatchAugment(cfg.aug, normalise, flip_swap(setup))
+    targets = torch.as_tensor(_resident_targets(setup, train_set)).to(device)
     valid = None
     if valid_set is not None:
-        sizes = np.array([np.shape(setup.images[r])[:2] for r in valid_set.rows], dtype=np.float32)
+        sizes = _original_sizes(setup, valid_set.rows)
         valid = functools.partial(
             batch_aug.ResidentBatches,
             images,
             torch.as_tensor(valid_set.rows).to(device),
-            torch.as_tensor(valid_set.targets),
+            torch.as_tensor(_resident_targets(setup, valid_set)),
             torch.from_numpy(sizes),
             2 * cfg.train.batch_size,
             normalise,
         )
     return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed, rows), valid
+
+
+def _original_sizes(setup: Setup, rows: np.ndarray) -> np.ndarray:
+    """(N, 2) float32: each row's image (height, width) before it was resized to be resident."""
+    return np.array([np.shape(setup.images[r])[:2] for r in rows], dtype=np.float32)
+
+
+def _resident_targets(setup: Setup, dataset: ImageDataset) -> np.ndarray:
+    """Classes as they are; keypoints (N, K*2) from pixels of each original image to [-1, 1],
+    which a resize to the resident side leaves where they are."""
+    if setup.task.kind != "keypoints":
+        return dataset.targets
+    points = dataset.targets.reshape(len(dataset.targets), -1, 2)
+    return unit_points(points, _original_sizes(setup, dataset.rows)).reshape(len(points), -1)
 
 
 def fit(

@@ -186,11 +186,13 @@ def refuse_other_folds(paths: Paths, new: pd.DataFrame) -> None:
 def _extra_rows(cfg: C.Config, paths: Paths, table: pd.DataFrame, targets: list[str]) -> pd.DataFrame | None:
     if not (cfg.data.use_extra and paths.extra_csv.exists()):
         return None
+    extra = read_extra(paths.extra_csv, targets)
+    if extra.empty:  # `make scrape` with no sources: a keypoint competition's too
+        return None
     if cfg.competition.task != "classification" or len(targets) != 1:
         raise PipelineError(
             f"{paths.extra_csv}: scraped extra images need a single-label classification (set data.use_extra=false)"
         )
-    extra = read_extra(paths.extra_csv, targets)
     known = {str(v): v for v in table[targets[0]].unique()}
     unknown = sorted(set(extra[targets[0]].astype(str)) - set(known))
     if unknown:

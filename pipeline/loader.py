@@ -27,6 +27,13 @@ class ConcatImages(Sequence):
         return self.parts[part][i - self.starts[part]]
 
 
+def unit_points(points: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(..., K, 2) x/y pixels of images of `sizes` (..., 2) (height, width) -> the [-1, 1]
+    coordinates of grid_sample(align_corners=False), which the networks predict."""
+    half = np.asarray(sizes, dtype=np.float32)[..., ::-1] / 2
+    return ((points + 0.5) / half[..., None, :] - 1.0).astype(np.float32)
+
+
 class ImageDataset(Dataset):
     """Rows of an image store with their targets, augmented then finished to a uint8 tensor.
 
@@ -67,8 +74,7 @@ class ImageDataset(Dataset):
             moved = self.augment(image=image, keypoints=np.nan_to_num(points), present=present)
             image, points = moved["image"], np.asarray(moved["keypoints"], dtype=np.float32)[:, :2]
             present = np.asarray(moved["present"], dtype=bool)
-        height, width = image.shape[:2]
-        scaled = (points + 0.5) / np.array([width / 2, height / 2], dtype=np.float32) - 1.0
+        scaled = unit_points(points, np.array(image.shape[:2], dtype=np.float32))
         scaled[~present] = np.nan
         return image, scaled.reshape(-1).astype(np.float32)
 

@@ -85,5 +85,5 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
         raise PipelineError("model.image_size is not set and the competition's images differ in size: set it")
     # a train.device_aug=on that cannot be is said now, before any fold's files are touched
     device = engine.Device.choose(cfg.train).device
-    batch_aug.should_use(cfg.train.device_aug, cfg.aug, task.kind, device, len(images), channels(cfg), size)
+    batch_aug.should_use(cfg.train.device_aug, cfg.aug, device, len(images), channels(cfg), size)
     return Setup(cfg, task, images, rows, targets, channels(cfg), size), folds

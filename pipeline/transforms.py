@@ -10,19 +10,9 @@ import albumentations as A
 import numpy as np
 import torch
 
+from pipeline import aug_ops
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
-
-
-class FlipWithPairs(A.HorizontalFlip):
-    """A horizontal flip that also swaps left/right keypoints (left_eye_center <-> right_eye_center)."""
-
-    def __init__(self, swap: np.ndarray, p: float = 0.5):
-        super().__init__(p=p)
-        self.swap = np.asarray(swap)
-
-    def apply_to_keypoints(self, keypoints: np.ndarray, **params) -> np.ndarray:
-        return super().apply_to_keypoints(keypoints, **params)[self.swap]
 
 
 def point_names(columns: list[str]) -> list[str]:
@@ -51,43 +41,15 @@ def flip_permutation(names: list[str], pairs: str | list[tuple[str, str]]) -> np
 
 
 def augmentations(aug: Aug, channels: int, size: int, swap: np.ndarray | None = None) -> list[A.BasicTransform]:
-    """The enabled augmentations, in the order they apply."""
-    p = aug.p
-    steps: list[A.BasicTransform] = []
-    if aug.random_resized_crop:
-        steps.append(A.RandomResizedCrop(size=(size, size), scale=(aug.random_resized_crop, 1.0)))
-    if aug.hflip:
-        steps.append(FlipWithPairs(swap, p=aug.hflip) if swap is not None else A.HorizontalFlip(p=aug.hflip))
-    if aug.vflip:
-        steps.append(A.VerticalFlip(p=aug.vflip))
-    if aug.rotate or aug.shift or aug.scale or aug.shear:
-        steps.append(
-            A.Affine(
-                rotate=(-aug.rotate, aug.rotate),
-                translate_percent=(-aug.shift, aug.shift),
-                scale=(1 - aug.scale, 1 + aug.scale),
-                shear=(-aug.shear, aug.shear),
-                p=p,
-            )
-        )
-    if aug.perspective:
-        steps.append(A.Perspective(scale=(0.0, aug.perspective), p=p))
-    if aug.brightness or aug.contrast:
-        steps.append(A.RandomBrightnessContrast(brightness_limit=aug.brightness, contrast_limit=aug.contrast, p=p))
-    if aug.hue or aug.saturation:
-        if channels != 3:
-            raise PipelineError("aug.hue and aug.saturation need RGB images; these are grayscale")
-        steps.append(A.ColorJitter(brightness=0, contrast=0, saturation=aug.saturation, hue=aug.hue, p=p))
-    if aug.blur:
-        steps.append(A.GaussianBlur(blur_limit=(3, aug.blur), p=p))
-    if aug.noise:
-        steps.append(A.GaussNoise(std_range=(0.0, aug.noise), p=p))
-    if aug.cutout:
-        side = (aug.cutout / 2, aug.cutout)
-        steps.append(
-            A.CoarseDropout(num_holes_range=(1, aug.cutout_holes), hole_height_range=side, hole_width_range=side, p=p)
-        )
-    return steps
+    """The enabled ops' albumentations transforms, in the order they apply. `swap`: where each
+    keypoint goes under a horizontal flip (None: no keypoints)."""
+    context = aug_ops.Context(channels, size, swap)
+    ops = aug_ops.enabled(aug)
+    for op in ops:
+        if op.needs_colour and channels != 3:
+            names = " and ".join(f"aug.{k.name}" for k in op.keys)
+            raise PipelineError(f"{names} need RGB images; these have {channels} channel(s)")
+    return [op.per_image(op.setting(aug), context) for op in ops]
 
 
 def compose(steps: list[A.BasicTransform], keypoints: bool, seed: int) -> A.Compose:

@@ -32,8 +32,8 @@ import yaml
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
+from pipeline import aug_ops, distributed, models, plan
 from pipeline import config as C
-from pipeline import distributed, models, plan
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv, write_text
 from pipeline.fit import Setup, fit
@@ -58,30 +58,15 @@ def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
         "train.lr": P(type="float", low=cfg.train.lr / 10, high=cfg.train.lr * 10, log=True),
         "train.weight_decay": P(type="float", low=1e-5, high=0.1, log=True),
         "train.label_smoothing": P(type="float", low=0.0, high=0.2),
-        "aug.hflip": P(type="float", low=0.25, high=0.5, optional=True),
-        "aug.vflip": P(type="float", low=0.25, high=0.5, optional=True),
-        "aug.rotate": P(type="float", low=5, high=30, optional=True),
-        "aug.shift": P(type="float", low=0.02, high=0.2, optional=True),
-        "aug.scale": P(type="float", low=0.05, high=0.3, optional=True),
-        "aug.shear": P(type="float", low=2, high=15, optional=True),
-        "aug.perspective": P(type="float", low=0.02, high=0.1, optional=True),
-        "aug.brightness": P(type="float", low=0.05, high=0.3, optional=True),
-        "aug.contrast": P(type="float", low=0.05, high=0.3, optional=True),
-        "aug.blur": P(type="categorical", choices=[0, 3, 5]),
-        "aug.noise": P(type="float", low=0.01, high=0.1, optional=True),
-        "aug.cutout": P(type="float", low=0.05, high=0.3, optional=True),
     }
     if cfg.model.pretrained != "none":
         space["model.freeze_depth"] = P(type="int", low=0, high=n_stages)
         # frozen for good (the ResNeXt write-up) or, fastai's way, only for the first epoch
         space["model.unfreeze_epoch"] = P(type="categorical", choices=[None, 2])
-    if plan.channels(cfg) == 3:
-        space["aug.hue"] = P(type="float", low=0.01, high=0.1, optional=True)
-        space["aug.saturation"] = P(type="float", low=0.05, high=0.3, optional=True)
     if cfg.competition.task == "classification":
         space["train.mixup_alpha"] = P(type="float", low=0.1, high=0.4, optional=True)
-        space["aug.random_resized_crop"] = P(type="float", low=0.3, high=0.9, optional=True)
-    return space
+    augmentations = aug_ops.search_space(plan.channels(cfg), cfg.competition.task)
+    return space | {key: P(**spec) for key, spec in augmentations.items()}
 
 
 def baseline_params(cfg: C.Config, space: dict[str, C.Param]) -> dict:

@@ -60,7 +60,9 @@ def make(cwd: Path, *args: str) -> str:
     """Runs make as a user at a shell would, also when the tests themselves run under `make test`."""
     outer_make = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
     env = {key: value for key, value in os.environ.items() if key not in outer_make}
-    run = subprocess.run(["make", "-f", str(ROOT / "Makefile"), *args], capture_output=True, text=True, cwd=cwd, env=env)
+    run = subprocess.run(
+        ["make", "-f", str(ROOT / "Makefile"), *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
     assert run.returncode == 0, run.stderr
     return run.stdout
 

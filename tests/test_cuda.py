@@ -70,8 +70,8 @@ def test_device_batches_on_cuda_equal_those_made_on_the_cpu():
 
 def test_resident_images_fit_the_gpu_memory_rule():
     cuda = torch.device("cuda")
-    assert batch_aug.should_use("auto", Aug(), "classification", cuda, 1000, 3, 32)
-    assert not batch_aug.should_use("auto", Aug(), "classification", cuda, 10**9, 3, 224)
+    assert batch_aug.should_use("auto", Aug(), cuda, 1000, 3, 32)
+    assert not batch_aug.should_use("auto", Aug(), cuda, 10**9, 3, 224)
 
 
 def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):

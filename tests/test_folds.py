@@ -112,3 +112,26 @@ def test_extra_rows_get_fold_minus_one(rng, tmp_path):
     extra = out[out["fold"] == F.EXTRA_FOLD]
     assert extra["id"].tolist() == ["extra/1/a.png", "extra/1/b.png"]
     assert list(out.columns) == ["id", "label", "fold"]
+
+
+def test_an_empty_scrape_manifest_is_no_extra_rows_for_any_task(faces_dir, tmp_path, monkeypatch):
+    """`make scrape train` on a keypoint competition: scrape writes a manifest with no rows."""
+    from conftest import tiny
+
+    from pipeline.paths import Paths
+    from pipeline.scrape import COLUMNS
+
+    cfg = tiny(
+        {"layout": "pixel_string", "dir": str(faces_dir), "sample_submission": None, "lookup_table": None}, "keypoints"
+    )
+    monkeypatch.chdir(tmp_path)
+    manifest = Paths.of(cfg).extra_csv
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(columns=COLUMNS).to_csv(manifest, index=False)
+    F.run(cfg)
+    assert (pd.read_csv(Paths.of(cfg).folds_csv)["fold"] >= 0).all()
+    pd.DataFrame([{"label": "cat", "path": "extra/cat/a.png", "status": "kept"}], columns=COLUMNS).to_csv(
+        manifest, index=False
+    )
+    with pytest.raises(PipelineError, match="scraped extra images need a single-label classification"):
+        F.run(cfg)

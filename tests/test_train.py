@@ -31,12 +31,15 @@ def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monke
     assert (runs / "full/model.pt").exists() and not (runs / "fold0/last.pt").exists()
 
 
-def test_keypoints_with_missing_points(faces_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("device_aug", ["on", "off"])  # batched (auto's choice here), then per image
+def test_keypoints_with_missing_points(faces_dir, tmp_path, monkeypatch, capsys, device_aug):
     cfg = tiny(
         {"layout": "pixel_string", "dir": str(faces_dir), "sample_submission": None, "lookup_table": None},
         task="keypoints",
+        device_aug=device_aug,
     )
     cv = run(cfg, tmp_path, monkeypatch)
+    assert ("augmented there" in capsys.readouterr().out) == (device_aug == "on")
     assert cv["metric"] == "rmse" and cv["higher_is_better"] is False and np.isfinite(cv["score"])
     oof = pd.read_csv(tmp_path / "runs/tiny/tiny/fold0/oof.csv")
     assert [f"pred_{c}" for c in KEYPOINTS] == [c for c in oof.columns if c.startswith("pred_")]
