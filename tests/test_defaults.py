@@ -2,12 +2,13 @@
 
 import json
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import make_config, run, tiny
 
+from pipeline import budget, defaults, train
 from pipeline import config as C
-from pipeline import defaults, train
 from pipeline.defaults import Facts
 
 DIGITS = Facts(task="classification", rows=1400, side=8, channels=1, n_folds=5)
@@ -120,3 +121,11 @@ def test_many_small_grayscale_images_train_from_scratch_few_fine_tune():
 def test_a_freezing_plan_of_ones_own_is_kept_whole():
     cfg, _ = defaults.resolve(bare(model={"freeze_depth": 3}), PHOTOS)
     assert cfg.model.freeze_depth == 3 and cfg.model.unfreeze_epoch is None and cfg.train.layer_decay == 0.7
+
+
+def test_the_budget_counts_the_full_fit_by_its_rows():
+    """The full fit trains on every row, fold -1's scraped extras too: 1.25 folds' worth with 5
+    folds; counted as one fold, it overran the hands demo's budget by a minute."""
+    folds = pd.DataFrame({"fold": [k for k in range(5) for _ in range(20)] + [-1] * 5})
+    assert budget.fit_epochs(folds, [0, 1, 2, 3, 4], full_fit=True) == pytest.approx(5 + 105 / 85)
+    assert budget.fit_epochs(folds, [0, 1], full_fit=False) == 2
