@@ -18,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "scaling.py",
         "device_path.py",
         "blend_speed.py",
+        "kornia_aug.py",
         pytest.param("demo.py", marks=pytest.mark.slow),
         pytest.param("tune_demo.py", marks=pytest.mark.slow),
         pytest.param("cv_vs_held_out.py", marks=pytest.mark.slow),

@@ -68,6 +68,17 @@ def test_device_batches_on_cuda_equal_those_made_on_the_cpu():
         torch.testing.assert_close(cuda[0].cpu(), cpu[0], atol=2e-3, rtol=0)  # a grey level is 0.016
 
 
+def test_keypoints_move_alike_on_cuda_and_on_the_cpu():
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 1, 24, 24), dtype=np.uint8))
+    points = torch.from_numpy(np.random.default_rng(1).uniform(-0.8, 0.8, (40, 6)).astype(np.float32))
+    points[::5, 2:4] = float("nan")
+    augment = BatchAugment(EVERYTHING, NORMALISE, swap=np.array([1, 0, 2]))
+    on_cpu = list(DeviceBatches(batch, points, augment, batch_size=16, seed=5))
+    on_cuda = list(DeviceBatches(batch.cuda(), points.cuda(), augment, batch_size=16, seed=5))
+    for cpu, cuda in zip(on_cpu, on_cuda, strict=True):
+        torch.testing.assert_close(cuda[1].cpu(), cpu[1], atol=1e-5, rtol=0, equal_nan=True)
+
+
 def test_resident_images_fit_the_gpu_memory_rule():
     cuda = torch.device("cuda")
     assert batch_aug.should_use("auto", Aug(), cuda, 1000, 3, 32)
