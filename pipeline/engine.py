@@ -134,7 +134,7 @@ def train_one_epoch(
     cfg, seen, start = state.cfg, 0, time.perf_counter()
     total_loss = torch.zeros((), device=device.device)
     state.optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # None: no bar without a TTY
     for i, (images, target, _) in enumerate(bar):
         images, target = device.images(images), target.to(device.device, non_blocking=True)
         if state.mixup is not None:
@@ -187,7 +187,7 @@ def evaluate(
     the original image sizes, and the loss when the items are labelled."""
     model.eval()
     predictions, targets, sizes, total_loss, seen = [], [], [], 0.0, 0
-    for images, target, size in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, target, size in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         with device.autocast():
             outputs = model(device.images(images))
         predictions.append(task.predict(outputs).cpu())

@@ -191,6 +191,8 @@ def _write_files(folder: Path, source: FileSource) -> None:
         pixels[offsets[i] : offsets[i] + sizes[i]] = image.reshape(-1)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(tqdm(pool.map(fill, range(len(source))), total=len(source), desc="decode images", unit="img"))
+        list(
+            tqdm(pool.map(fill, range(len(source))), total=len(source), desc="decode images", unit="img", disable=None)
+        )
     pixels.flush()
     np.save(folder / "index.npy", np.column_stack([offsets, shapes]))

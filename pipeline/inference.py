@@ -81,7 +81,7 @@ def predict_images(
     """The mean over TTA views of each image's prediction, and the original (height, width)s."""
     model.eval()
     predictions, sizes = [], []
-    for images, _, size in tqdm(loader, desc="predict", leave=False, dynamic_ncols=True):
+    for images, _, size in tqdm(loader, desc="predict", leave=False, dynamic_ncols=True, disable=None):
         images = device.images(images)
         total = 0
         for view in tta:

@@ -305,6 +305,8 @@ def scrape_section(paths: Paths, out: Path) -> Section | None:
         return None
     manifest = pd.read_csv(paths.extra_csv, dtype=str, keep_default_na=False)
     images = manifest[manifest["kind"] == "image"]
+    if images.empty:  # `make scrape` with no sources: nothing to show
+        return None
     save(
         plot_stacked(pd.crosstab(images["label"], images["status"]), "scraped image links by outcome"),
         out / "scrape.png",

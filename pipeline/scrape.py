@@ -356,7 +356,7 @@ def scrape(cfg: Config, paths: Paths, gallery: str | None) -> Counter:
             work = [(label, page, url) for page, url in links if not manifest.settled("image", url)]
             with ThreadPoolExecutor(cfg.scrape.workers) as pool:
                 jobs = pool.map(lambda job: fetch_image(http, manifest, seen, *job, cfg, paths), work)
-                list(tqdm(jobs, total=len(work), desc=f"scrape {label}", leave=False, dynamic_ncols=True))
+                list(tqdm(jobs, total=len(work), desc=f"scrape {label}", leave=False, dynamic_ncols=True, disable=None))
     finally:
         manifest.save()
     result = manifest.frame()

@@ -154,3 +154,16 @@ def test_report_renders_in_headless_chromium(digits_dir, tmp_path, monkeypatch):
         timeout=120,
     )
     assert nonblank_png(shot)
+
+
+def test_an_empty_scrape_manifest_adds_no_scrape_section(tmp_path, monkeypatch):
+    from conftest import make_config
+
+    from pipeline.paths import Paths
+    from pipeline.scrape import COLUMNS
+
+    monkeypatch.chdir(tmp_path)
+    paths = Paths.of(make_config({"layout": "image_csv", "dir": "data/x"}))
+    paths.extra_csv.parent.mkdir(parents=True)
+    pd.DataFrame(columns=COLUMNS).to_csv(paths.extra_csv, index=False)
+    assert report.scrape_section(paths, tmp_path) is None
