@@ -99,7 +99,7 @@ def main() -> None:
     ][1:]  # the first epoch warms up (cudnn.benchmark, workers)
     timm_memory = peak_memory_gb(device)
     ours = fresh_model()
-    resident = batch_aug.resident_images(images, np.arange(args.images), 32, device.device)
+    resident = batch_aug.resident_images(images, np.arange(args.images), 32, device.device).images
     targets = torch.as_tensor(labels).to(device.device)
     device_aug = batch_aug.BatchAugment(AUG, NORMALISE)
     total = (args.rounds + 1) * (args.images // args.batch_size)

@@ -135,7 +135,7 @@ def batched_loader(paths, labels, kind: str, cache: Path):
     _, channels, size, aug, _, (mean, std), _ = KINDS[kind]
     assert batch_aug.should_use("auto", aug, CPU.device, len(paths), channels, size)
     images = open_images(FileSource(tuple(paths), channels), cache, policy="always")
-    resident = batch_aug.resident_images(images, np.arange(len(paths)), size, CPU.device)
+    resident = batch_aug.resident_images(images, np.arange(len(paths)), size, CPU.device).images
     augment, targets = batch_aug.BatchAugment(aug, transforms.Normalise(mean, std)), torch.as_tensor(labels)
     return lambda epoch: batch_aug.DeviceBatches(resident, targets, augment, BATCH, epoch)
 

@@ -37,7 +37,7 @@ def epoch_seconds(n: int, side: int, batched: bool, seed: int = 0) -> float:
     labels = rng.integers(0, 10, n)
     model, state, device = pipeline_model("test_resnet", 1, BATCH, n // BATCH + 2)
     if batched:
-        resident = batch_aug.resident_images(images, np.arange(n), side, device.device)
+        resident = batch_aug.resident_images(images, np.arange(n), side, device.device).images
         augment, targets = batch_aug.BatchAugment(AUG, NORMALISE), torch.as_tensor(labels)
     else:
         augment = transforms.compose(transforms.augmentations(AUG, 1, side), False, seed)

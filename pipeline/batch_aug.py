@@ -88,9 +88,11 @@ class BatchAugment:
             return targets
         points = targets.view(len(targets), -1, 2)
         moved = points @ draws.forward[:, :, :2].transpose(1, 2) + draws.forward[:, None, :, 2]
+        if self.swap.device != moved.device:  # moved once, not copied to the device every batch
+            self.swap = self.swap.to(moved.device)
         for op, params in zip(self.ops, draws.ops, strict=True):
             if op.geometric:
-                moved = op.relabel(moved, params, self.swap.to(moved.device))
+                moved = op.relabel(moved, params, self.swap)
         return moved.reshape(targets.shape)
 
 
@@ -163,12 +165,24 @@ class ResidentBatches:
             yield self.normalise(self.images[self.rows[part]]), self.targets[part], self.sizes[part]
 
 
-def resident_images(images: Sequence, rows: np.ndarray, side: int, device: torch.device) -> torch.Tensor:
+@dataclass(frozen=True)
+class Resident:
+    """Images held on the device, and what the resize to their common side forgot."""
+
+    images: torch.Tensor  # (N, C, side, side) uint8
+    sizes: np.ndarray  # (N, 2) float32: each image's (height, width) before the resize
+
+
+def resident_images(images: Sequence, rows: np.ndarray, side: int, device: torch.device) -> Resident:
     """The rows' uint8 images as one (N, C, side, side) tensor on `device`, resized as the
-    per-image path resizes them."""
-    resize = A.Resize(side, side)
-    resized = [resize(image=np.asarray(images[r]))["image"].reshape(side, side, -1) for r in rows]
-    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous().to(device)
+    per-image path resizes them; each decoded once."""
+    resize, resized, sizes = A.Resize(side, side), [], []
+    for r in rows:
+        image = np.asarray(images[r])
+        sizes.append(image.shape[:2])
+        resized.append(resize(image=image)["image"].reshape(side, side, -1))
+    stacked = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous().to(device)
+    return Resident(stacked, np.array(sizes, dtype=np.float32))
 
 
 def memory_bytes(device: torch.device) -> int:

@@ -13,7 +13,6 @@ gallery_truth.csv      what each gallery file really is (for tests and benchmark
 
 import io
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 from sklearn.model_selection import train_test_split
 
-from pipeline.files import temporary_dir
+from pipeline.files import filled_into
 
 N_TRAIN, N_TEST = 3000, 1000
 SIDE = 28
@@ -38,19 +37,9 @@ def build_digits(folder: Path, seed: int = 0) -> None:
     pixels = pixels.astype(np.uint8)
     rest, test = train_test_split(np.arange(len(labels)), test_size=N_TEST, stratify=labels, random_state=seed)
     train, gallery = train_test_split(rest, train_size=N_TRAIN, stratify=labels[rest], random_state=seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_dir(folder)
-    try:
+    with filled_into(folder, last="train.csv") as tmp:
         _write_tables(tmp, pixels, labels, train, test)
         _write_gallery(tmp, pixels, labels, gallery, test, np.random.default_rng(seed))
-        for name in sorted(os.listdir(tmp), key=lambda n: n == "train.csv"):
-            target = folder / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(tmp / name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_tables(folder: Path, pixels: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> None:

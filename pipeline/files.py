@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,24 @@ def temporary_dir(beside: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=beside.parent, prefix=f".{beside.name}."))
     tmp.chmod(0o777 & ~_umask())
     return tmp
+
+
+@contextlib.contextmanager
+def filled_into(folder: Path, last: str) -> Iterator[Path]:
+    """Yield an empty folder beside `folder`; when the block succeeds, move each entry into
+    `folder` (replacing what is there), `last` at the end: its presence means all arrived."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_dir(folder)
+    try:
+        yield tmp
+        for name in sorted(os.listdir(tmp), key=lambda n: n == last):
+            target = folder / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(tmp / name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -146,36 +146,31 @@ def _resident_batches(
     if key not in setup.resident:  # once per stage, shared by its folds and trials
         setup.resident[key] = batch_aug.resident_images(setup.images, np.arange(n), side, device)
         print(f"device_aug: {n} images resident on {device}, augmented there")
-    images, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device)
+    resident, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device)
     augment = batch_aug.BatchAugment(cfg.aug, normalise, flip_swap(setup))
-    targets = torch.as_tensor(_resident_targets(setup, train_set)).to(device)
+    targets = torch.as_tensor(_resident_targets(setup, train_set, resident)).to(device)
     valid = None
     if valid_set is not None:
-        sizes = _original_sizes(setup, valid_set.rows)
         valid = functools.partial(
             batch_aug.ResidentBatches,
-            images,
+            resident.images,
             torch.as_tensor(valid_set.rows).to(device),
-            torch.as_tensor(_resident_targets(setup, valid_set)),
-            torch.from_numpy(sizes),
+            torch.as_tensor(_resident_targets(setup, valid_set, resident)),
+            torch.from_numpy(resident.sizes[valid_set.rows]),
             2 * cfg.train.batch_size,
             normalise,
         )
-    return lambda seed: batch_aug.DeviceBatches(images, targets, augment, cfg.train.batch_size, seed, rows), valid
+    images, batch = resident.images, cfg.train.batch_size
+    return lambda seed: batch_aug.DeviceBatches(images, targets, augment, batch, seed, rows), valid
 
 
-def _original_sizes(setup: Setup, rows: np.ndarray) -> np.ndarray:
-    """(N, 2) float32: each row's image (height, width) before it was resized to be resident."""
-    return np.array([np.shape(setup.images[r])[:2] for r in rows], dtype=np.float32)
-
-
-def _resident_targets(setup: Setup, dataset: ImageDataset) -> np.ndarray:
+def _resident_targets(setup: Setup, dataset: ImageDataset, resident: batch_aug.Resident) -> np.ndarray:
     """Classes as they are; keypoints (N, K*2) from pixels of each original image to [-1, 1],
     which a resize to the resident side leaves where they are."""
     if setup.task.kind != "keypoints":
         return dataset.targets
     points = dataset.targets.reshape(len(dataset.targets), -1, 2)
-    return unit_points(points, _original_sizes(setup, dataset.rows)).reshape(len(points), -1)
+    return unit_points(points, resident.sizes[dataset.rows]).reshape(len(points), -1)
 
 
 def fit(

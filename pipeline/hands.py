@@ -16,15 +16,13 @@ sample_submission.csv          id and the 24 columns, zero
 solution.csv                   the test rows' points, read only by local scoring
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.files import temporary_dir
+from pipeline.files import filled_into
 
 N_TRAIN, N_TEST = 1000, 300
 SIDE = 64
@@ -43,10 +41,7 @@ def build_hands(folder: Path, seed: int = 0) -> None:
     """Draw the competition into a temporary sibling folder, then move it into `folder`;
     train.csv moves last: its presence means the build finished."""
     rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_dir(folder)
-    try:
+    with filled_into(folder, last="train.csv") as tmp:
         train = _draw_split(tmp / "train", N_TRAIN, rng, "tr")
         test = _draw_split(tmp / "test", N_TEST, rng, "te")
         train = _drop_some_points(train, rng)
@@ -54,13 +49,6 @@ def build_hands(folder: Path, seed: int = 0) -> None:
         test.assign(**{c: 0.0 for c in COLUMNS}).to_csv(tmp / "sample_submission.csv", index=False)
         test.to_csv(tmp / "solution.csv", index=False)
         train.to_csv(tmp / "train.csv", index=False)
-        for name in sorted(os.listdir(tmp), key=lambda n: n == "train.csv"):
-            target = folder / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(tmp / name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _draw_split(folder: Path, n: int, rng: np.random.Generator, prefix: str) -> pd.DataFrame:

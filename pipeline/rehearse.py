@@ -31,7 +31,7 @@ import pandas as pd
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -62,8 +62,9 @@ def run(cfg: C.Config) -> None:
         python = image_environment(scratch / "env", cfg.package.kaggle_image)
         timing = execute(files.notebook(package.kernel_slug(cfg)), kaggle, python, scratch, cfg.package.time_limit)
         rows = compare(kaggle / "working" / "submission.csv", files.expected_submission)
-    line = f"rehearsal: submission.csv equals make predict's ({rows} rows); {check_time(cfg, timing)}"
-    record = {**asdict(timing), **asdict(project(cfg, timing)), "submission_rows": rows, "summary": line}
+    projected = project(cfg, timing)
+    line = f"rehearsal: submission.csv equals make predict's ({rows} rows); {check_time(cfg, projected, timing)}"
+    record = {**asdict(timing), **asdict(projected), "submission_rows": rows, "summary": line}
     write_text(files.rehearsal, json.dumps(record))
     print(line)
 
@@ -81,9 +82,8 @@ def project(cfg: C.Config, timing: Timing) -> Projection:
     return Projection(public, hidden, timing.wall - timing.predict + timing.predict * hidden / public)
 
 
-def check_time(cfg: C.Config, timing: Timing) -> str:
+def check_time(cfg: C.Config, projected: Projection, timing: Timing) -> str:
     """The run time projected to the hidden test, refused over package.time_limit; the figures."""
-    projected = project(cfg, timing)
     figures = (
         f"{timing.wall:.0f} s offline here ({timing.install:.0f} s installing the wheels, {timing.predict:.0f} s "
         f"predicting {projected.public_rows} test images); projected to {projected.hidden_rows} hidden test "
@@ -167,6 +167,10 @@ def execute(notebook: Path, kaggle: Path, python: Path, scratch: Path, limit: st
         client.execute()
     except CellExecutionError as error:
         raise PipelineError(_failure(error)) from None
+    except CellTimeoutError:
+        raise PipelineError(f"a cell of the notebook ran over package.time_limit={limit}") from None
+    except DeadKernelError as error:
+        raise PipelineError(f"the notebook's kernel died: {error}") from None
     wall = time.perf_counter() - started
     code = [c for c in book.cells if c.cell_type == "code"]
     return Timing(install=_seconds(code[0]), predict=_seconds(code[-1]), wall=wall)

@@ -79,7 +79,7 @@ def test_validation_from_resident_images_is_the_per_image_loaders():
     cpu = engine.Device(torch.device("cpu"), None, False)
     per_image = ImageDataset(batch, rows, targets[rows], None, transforms.finish(16))
     expected = list(create_loader(per_image, 4, False, 0, 0, cpu, NORMALISE))
-    resident = batch_aug.resident_images(batch, np.arange(10), 16, cpu.device)
+    resident = batch_aug.resident_images(batch, np.arange(10), 16, cpu.device).images
     sizes = torch.full((len(rows), 2), 12.0)
     got = list(ResidentBatches(resident, torch.as_tensor(rows), torch.as_tensor(targets[rows]), sizes, 4, NORMALISE))
     assert len(got) == len(expected) == 2
