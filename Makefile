@@ -92,7 +92,8 @@ tune-report: $(INSTALLED)
 # GPUS=0,1,2,3 trains on those GPUs: DDP per fold or one fold per GPU (train.distributed).
 GPUS ?=
 train: $(CV_JSON)
-$(CV_JSON): $(FOLDS_CSV) $(TRAIN_STAMP) $(wildcard $(TUNED_YAML))
+# The train stamp holds best.yaml's settings when there is one: training never starts a search.
+$(CV_JSON): $(FOLDS_CSV) $(TRAIN_STAMP)
 	$(call PIPELINE,train) $(if $(GPUS),--gpus $(GPUS))
 
 lr-find: $(FOLDS_CSV)

@@ -155,11 +155,12 @@ def makevars(cfg: C.Config, output: str) -> None:
     """Write the Make fragment naming this config's files, and refresh the per-stage config stamps.
 
     A stamp is rewritten only when the sections its stage depends on change, so Make re-runs
-    exactly the stages a config edit or an override affects.
+    exactly the stages a config edit or an override affects. The train stamp holds the tuned
+    settings too: a new best.yaml retrains, while training never starts a search.
     """
     paths = Paths.of(cfg)
     for name, stage in STAGES.items():
-        write_if_changed(paths.stamp(name), cfg.to_yaml(stage.sections))
+        write_if_changed(paths.stamp(name), cfg.to_yaml(stage.sections) + tuned_settings(paths, name))
     scrape_wanted = cfg.data.use_extra and bool(cfg.scrape.sources)
     variables = {
         "NAME": cfg.competition.name,
@@ -171,10 +172,16 @@ def makevars(cfg: C.Config, output: str) -> None:
         "EXTRA_DEP": paths.extra_csv if scrape_wanted else "",
         "CV_JSON": paths.cv_json,
         "BEST_YAML": paths.best_yaml,
-        "TUNED_YAML": paths.tuned_yaml,
         **{f"{name.upper().replace('-', '_')}_STAMP": paths.stamp(name) for name in STAGES},
     }
     write_text(output, "".join(f"{key} := {value}\n" for key, value in variables.items()))
+
+
+def tuned_settings(paths: Paths, stage: str) -> str:
+    tuned = paths.tuned_yaml
+    if stage != "train" or not tuned.is_file():
+        return ""
+    return f"# merged from {tuned}\n{tuned.read_text()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_stage(args.stage, cfg, file=args.file, workers=args.workers, gpus=args.gpus)
     except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only folder, a full disk: the system's own words name the file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -30,8 +30,37 @@ from pipeline.errors import PipelineError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+class KeyValueError(ValueError):
+    """A section-level check's finding about one of its keys, reported as that key's error."""
+
+    def __init__(self, key: str, value: Any, rule: str):
+        super().__init__(rule)
+        self.key, self.value = key, value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, raw: Any) -> Any:
+        """pydantic reads true as 1: a boolean is refused where the key takes none."""
+        for key, value in raw.items() if isinstance(raw, dict) else ():
+            given = value if isinstance(value, list) else [value]
+            field = cls.model_fields.get(key)
+            if field and any(isinstance(v, bool) for v in given) and not _takes_booleans(field):
+                raise KeyValueError(key, value, "a boolean is given where a number or a word belongs")
+        return raw
+
+
+def _takes_booleans(field) -> bool:
+    return OnOff in field.metadata or _names_bool(field.annotation)
+
+
+def _names_bool(annotation: Any) -> bool:
+    if annotation in (bool, Any):
+        return True
+    return any(_names_bool(arg) for arg in typing.get_args(annotation) if not isinstance(arg, str))
 
 
 class Competition(Section):
@@ -153,6 +182,17 @@ def _words_for_yaml_booleans(value: Any) -> Any:
 OnOff = BeforeValidator(_words_for_yaml_booleans)
 
 
+def _distinct(ids: list[int] | None) -> list[int] | None:
+    if ids is not None and not ids:
+        raise ValueError("names no fold; leave it unset for every fold")
+    if ids is not None and len(set(ids)) < len(ids):
+        raise ValueError("names a fold twice; each fold counts once in the CV")
+    return ids
+
+
+FoldIds = Annotated[list[Annotated[int, Field(ge=0)]] | None, AfterValidator(_distinct)]
+
+
 class Model(Section):
     name: str = "resnet18"  # any timm model
     pretrained: Annotated[str, Field(pattern=r"^(none|hub|efficientnet_lite0|file:.+)$")] = "none"
@@ -241,7 +281,7 @@ class Train(Section):
     # the epoch whose weights a fold keeps: last (the full fit's recipe, an unbiased CV) or best
     # (chosen on the fold's own validation rows: its CV is optimistic)
     checkpoint: Literal["last", "best"] = "last"
-    folds: list[int] | None = None  # train only these folds (tuning uses a subset)
+    folds: FoldIds = None  # train only these folds (tuning uses a subset)
 
 
 class AugSettings(Section):
@@ -282,12 +322,12 @@ class Tune(Section):
     timeout: Duration = None  # per run
     storage: str | None = None  # None: a journal file under runs/<name>/tune/; sqlite:///...; postgresql://...
     space: dict[str, Param] = {}  # dotted config key -> range; empty: the default space
-    folds: list[int] | None = None  # the folds a trial trains; None: all
+    folds: FoldIds = None  # the folds a trial trains; None: all
     epochs: PositiveInt | None = None  # per fold in a trial; None: train.epochs
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = 0
-    heartbeat_s: PositiveInt = 60  # RDB storage: a trial whose worker is silent for grace_s is retried
+    heartbeat_s: PositiveInt = 60  # a trial whose worker is silent for grace_s is retried
     grace_s: PositiveInt = 180
     max_retry: Annotated[int, Field(ge=0)] = 3
 
@@ -398,7 +438,11 @@ class Scrape(Section):
     max_pixels: PositiveInt = 40_000_000  # larger is a decompression bomb
     min_side: PositiveInt = 32
     near_duplicate_distance: Annotated[int, Field(ge=0, le=256)] = 20  # bits of a 256-bit perceptual hash
-    allowed_domains: list[str] = []  # empty: any
+    allowed_domains: list[str] = []  # empty: any; checked at every redirect hop
+    # loopback, private and link-local hosts (the demo's served gallery is trusted by its origin)
+    allow_private_addresses: bool = False
+    max_redirects: Annotated[int, Field(ge=0)] = 5
+    download_s: PositiveFloat = 60.0  # the most one image may take, however slowly it drips
     user_agent: str = "Mozilla/5.0 (compatible; pipeline-scraper/0.1)"
 
 
@@ -430,6 +474,12 @@ class Config(Section):
             self.folds.kind = "stratified" if self.competition.task == "classification" else "stratified_binned"
         if self.train.experiment is None:
             self.train.experiment = self.competition.name
+        for key, ids in (("train.folds", self.train.folds), ("tune.folds", self.tune.folds)):
+            if ids and max(ids) >= self.folds.n_splits:
+                raise ValueError(
+                    f"{key}={ids}: fold {max(ids)} does not exist; folds.n_splits={self.folds.n_splits} "
+                    f"makes folds 0 to {self.folds.n_splits - 1}"
+                )
         return self
 
     @property
@@ -493,7 +543,10 @@ def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise PipelineError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PipelineError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
     return raw
@@ -535,6 +588,9 @@ def _describe(error: dict) -> str:
     if kind == "union_tag_not_found":
         return f"key '{key}.layout' is required; it names the competition's file layout"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(ctx.get("error"), KeyValueError):
+        found = ctx["error"]
+        return f"key '{key}.{found.key}' = {found.value!r}: {found}"
     return f"key '{key}' = {error['input']!r}: {message}" if key else message
 
 

@@ -3,6 +3,7 @@ after every epoch so that a killed run continues where it stopped."""
 
 import functools
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,17 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     frozen = models.freeze(model, setup.cfg.model.freeze_depth, setup.cfg.model.freeze_blocks)
     return model, frozen
+
+
+def check(setup: Setup) -> None:
+    """Build once what every fit builds from the config (the model with its weights and frozen
+    stages, the augmentations, the device and whether it can augment), so that a config mistake
+    is said before any result is touched."""
+    cfg = setup.cfg
+    build_model(setup)
+    transforms.augmentations(cfg.aug, setup.channels, setup.image_size, flip_swap(setup))
+    device = engine.Device.choose(cfg.train).device
+    batch_aug.should_use(cfg.train.device_aug, cfg.aug, device, len(setup.images), setup.channels, setup.image_size)
 
 
 def flip_swap(setup: Setup) -> np.ndarray | None:
@@ -182,9 +194,11 @@ def fit(
     fingerprint: str,
     name: str,
     on_epoch: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train for `epochs`, resuming from the checkpoint in `out`; `on_epoch` sees each epoch's
-    metrics row (tuning reports it to Optuna's pruner, which may stop the fit by raising).
+    metrics row (tuning reports it to Optuna's pruner, which may stop the fit by raising);
+    `on_checkpoint` is called once each epoch's checkpoint is written.
 
     Every epoch is validated and scored; the weights saved for prediction are those of the
     epoch train.checkpoint names: the last (the recipe the full fit repeats) or the best."""
@@ -221,6 +235,8 @@ def fit(
             _save_model(evaluated, setup, out.model)
         history.append(row)
         _checkpoint(out, model, state, history, best, fingerprint)
+        if on_checkpoint is not None:
+            on_checkpoint()
         print(_summary(name, row, task.metric))
         if on_epoch is not None:
             on_epoch(row)
@@ -281,8 +297,7 @@ def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
         "labels": [str(c) for c in task.classes] if task.kind == "classification" else list(task.columns),
         "head_activation": setup.cfg.model.head_activation,
     }
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    _torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
 
 
 def _checkpoint(out: FitFiles, model, state: engine.Step, history: list, best: dict, fingerprint: str) -> None:
@@ -297,9 +312,19 @@ def _checkpoint(out: FitFiles, model, state: engine.Step, history: list, best: d
     }
     if state.ema is not None:
         checkpoint["ema"] = state.ema.state_dict()
-    with atomic_path(out.checkpoint) as tmp:
-        torch.save(checkpoint, tmp)
+    _torch_save(checkpoint, out.checkpoint)
     write_csv(out.metrics, pd.DataFrame(history))
+
+
+def _torch_save(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a full disk as a RuntimeError
+            free = shutil.disk_usage(tmp.parent).free / 2**20
+            raise PipelineError(
+                f"{path} could not be written ({free:.0f} MiB free on its disk): {str(exc).splitlines()[0]}"
+            ) from None
 
 
 def _resume(out: FitFiles, model, state: engine.Step, fingerprint: str):

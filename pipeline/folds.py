@@ -28,8 +28,11 @@ def assign_folds(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: st
     if len(table) < cfg.n_splits:
         raise PipelineError(f"folds.n_splits={cfg.n_splits} is more than the {len(table)} training rows")
     folds = np.full(len(table), -1, dtype=np.int64)
-    for fold, (_, valid) in enumerate(_splitter(table, targets, cfg, task)):
-        folds[valid] = fold
+    try:
+        for fold, (_, valid) in enumerate(_splitter(table, targets, cfg, task)):
+            folds[valid] = fold
+    except ValueError as exc:  # scikit-learn's splitters state their rule (a class smaller than n_splits)
+        raise PipelineError(f"folds.n_splits={cfg.n_splits} (folds.kind={cfg.kind}): {exc}") from None
     return folds
 
 

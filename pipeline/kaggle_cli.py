@@ -1,9 +1,11 @@
 """The Kaggle CLI, the only way the pipeline talks to Kaggle: download a competition, submit a
 file, read back its public score; for code competitions, upload a dataset, push a kernel and
-submit a version of it. Credentials are checked for, never read into output. The command lines
+submit a version of it. Credentials are the CLI's to find; they never reach our output. The command lines
 are built by the *_args functions, which the tests parse with the installed CLI's own parser."""
 
+import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -23,42 +25,58 @@ def _executable() -> str:
     path = shutil.which("kaggle")
     if path is None:
         raise PipelineError(
-            "the Kaggle CLI is not installed: `pip install kaggle`, then put your API token in ~/.kaggle/kaggle.json"
+            "the Kaggle CLI is not installed: `pip install kaggle`, then `kaggle auth login` (or an API token)"
         )
     return path
 
 
-def _check_credentials() -> None:
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return
-    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    if not (folder / "kaggle.json").is_file():
-        raise PipelineError(
-            f"no Kaggle credentials: put your API token in {folder / 'kaggle.json'} "
-            "(or set KAGGLE_USERNAME and KAGGLE_KEY)"
-        )
+def _config_dirs() -> list[Path]:
+    """Where the CLI (2.x) looks for kaggle.json and access_token."""
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    given = [Path(os.environ["KAGGLE_CONFIG_DIR"])] if os.environ.get("KAGGLE_CONFIG_DIR") else []
+    return [*given, Path.home() / ".kaggle", xdg]
+
+
+def _secrets() -> list[str]:
+    """Every credential the CLI accepts, as found here: environment variables, access_token files
+    and kaggle.json keys."""
+    found = [os.environ.get(name, "") for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_USERNAME")]
+    for folder in _config_dirs():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            found.append((folder / "access_token").read_text().strip())
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            found.append(json.loads((folder / "kaggle.json").read_text()).get("key", ""))
+    return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
 def _scrub(text: str) -> str:
-    """The CLI's words with any credential taken out."""
-    for secret in (os.environ.get("KAGGLE_KEY"), os.environ.get("KAGGLE_USERNAME")):
-        if secret:
-            text = text.replace(secret, "***")
+    """The CLI's words with every credential taken out."""
+    for secret in _secrets():
+        text = text.replace(secret, "***")
     return text
 
 
+def _last_words(output: str) -> str:
+    """The line that says why the CLI failed: about authentication when it says so, else its last."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()] or ["no output"]
+    about_credentials = [line for line in lines if "authenticat" in line.lower()]
+    if about_credentials:
+        return f"{about_credentials[0]} (kaggle auth login, KAGGLE_API_TOKEN, ~/.kaggle/access_token or kaggle.json)"
+    return lines[-1]
+
+
 def run(*args: str) -> str:
-    """`kaggle ARGS`; its stdout, or a one-line error with the CLI's last words."""
+    """`kaggle ARGS`; its stdout with credentials scrubbed, or a one-line error with the CLI's
+    own words. Credentials are the CLI's to find and to say are missing."""
     executable = _executable()
-    _check_credentials()
     try:
         result = subprocess.run([executable, *args], capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise PipelineError(f"`kaggle {' '.join(args[:2])}` did not finish in {TIMEOUT_S} s") from None
     if result.returncode != 0:
-        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
-        raise PipelineError(f"`kaggle {' '.join(args[:2])}` failed: {_scrub(last)}")
-    return result.stdout
+        words = _last_words(result.stderr if result.stderr.strip() else result.stdout)
+        raise PipelineError(f"`kaggle {' '.join(args[:2])}` failed: {_scrub(words)}")
+    return _scrub(result.stdout)
 
 
 def download(slug: str, folder: Path) -> None:
@@ -91,13 +109,23 @@ def public_score(slug: str, file_name: str, wait_s: float, poll_s: float = 10.0)
     """The public score of our newest submission named `file_name`, polling until it is scored."""
     deadline = time.monotonic() + wait_s
     while True:
-        listing = pd.read_csv(io.StringIO(run(*submissions_args(slug))))
+        listing = submissions_table(run(*submissions_args(slug)))
         ours = listing[listing["fileName"] == file_name]
         if len(ours) and pd.notna(ours["publicScore"].iloc[0]) and str(ours["publicScore"].iloc[0]).strip():
             return float(ours["publicScore"].iloc[0])
         if time.monotonic() + poll_s > deadline:
             return None
         time.sleep(poll_s)
+
+
+def submissions_table(output: str) -> pd.DataFrame:
+    """`competitions submissions --csv`: the CLI may print warnings (a config readable by others,
+    a newer version) before the CSV, which starts at its fileName header."""
+    lines = output.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith("fileName,")), None)
+    if header is None:
+        raise PipelineError(f"`kaggle competitions submissions` printed no CSV: {_scrub(_last_words(output))}")
+    return pd.read_csv(io.StringIO("\n".join(lines[header:])))
 
 
 # --- code competitions: a dataset, a kernel, a kernel version submitted ------------------------

@@ -137,7 +137,14 @@ class Paths:
 
     @property
     def extra_csv(self) -> Path:
+        """The scrape stage's manifest, written when the stage finishes: Make's target."""
         return self.data / "extra.csv"
+
+    @property
+    def scrape_progress(self) -> Path:
+        """The manifest as the scrape goes, which a re-run resumes from; never a Make target, so
+        an interrupted scrape is neither deleted by Make nor taken for a finished one."""
+        return self.data / "extra.progress.csv"
 
     @property
     def folds_csv(self) -> Path:
@@ -193,6 +200,10 @@ class Paths:
 
     def tune_lock(self, study: str) -> Path:
         return self.tune_dir / f"{study}.lock"
+
+    def tune_heartbeat(self, worker: str) -> Path:
+        """Touched by a tuning worker (host-pid-start) while it lives."""
+        return self.tune_dir / "workers" / f"{worker}.alive"
 
     def trial(self, number: int) -> Path:
         """A tuning trial's config and, per fold, its fit's files (weights removed when it ends)."""

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import batch_aug, defaults, engine, sources
 from pipeline import config as C
+from pipeline import defaults, sources
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.fit import Setup
@@ -83,7 +83,4 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     size = cfg.model.image_size or uniform_side(store)
     if size is None:
         raise PipelineError("model.image_size is not set and the competition's images differ in size: set it")
-    # a train.device_aug=on that cannot be is said now, before any fold's files are touched
-    device = engine.Device.choose(cfg.train).device
-    batch_aug.should_use(cfg.train.device_aug, cfg.aug, device, len(images), channels(cfg), size)
     return Setup(cfg, task, images, rows, targets, channels(cfg), size), folds

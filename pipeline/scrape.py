@@ -2,21 +2,26 @@
 with corrupt files, duplicates and copies of test images kept out.
 
 Pages are fetched with one requests Session per thread (timeouts, retries with backoff on 429
-and 5xx, a User-Agent, a per-host rate limit) and parsed with BeautifulSoup. Every image link
-found is recorded in `data/<name>/extra.csv` as soon as its page is parsed, then downloaded
-(streamed, capped, content-type checked), fully decoded and compared by sha256 and perceptual
-hash with what is already kept, with the training images and with the test images. Kept
-images are stored as RGB PNGs named by content hash under `data/<name>/extra/<label>/`;
-decodable rejects (duplicates, leaks, too small) only as thumbnails under
-`extra/.rejected/<status>/`, for the report; undecodable files nowhere.
-A re-run skips every URL the manifest already settled, so an interrupted scrape loses nothing.
+and 5xx, a User-Agent, a per-host rate limit, redirects followed by hand so that every hop is
+checked against the domain and private-address rules) and parsed with BeautifulSoup. Every
+image link found is recorded in the progress manifest as soon as its page is parsed, then
+downloaded (streamed, capped in bytes and time, content-type checked), fully decoded and, in
+link order, compared by sha256 and perceptual hash with what is already kept, with the training
+images and with the test images. Kept images are stored as RGB PNGs named by content hash under
+`data/<name>/extra/<label>/`; decodable rejects (duplicates, leaks, too small) only as
+thumbnails under `extra/.rejected/<status>/`, for the report; undecodable files nowhere.
+A re-run skips every URL the progress manifest already settled, so an interrupted scrape loses
+nothing; `data/<name>/extra.csv` is written only when the stage finishes.
 """
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import http.server
 import io
+import ipaddress
+import socket
 import threading
 import time
 from collections import Counter
@@ -30,6 +35,7 @@ import imagehash
 import numpy as np
 import pandas as pd
 import requests
+import urllib3
 from bs4 import BeautifulSoup
 from PIL import Image
 from requests.adapters import HTTPAdapter
@@ -43,7 +49,8 @@ from pipeline.files import atomic_path, write_csv
 from pipeline.images import open_images
 from pipeline.paths import Paths
 
-COLUMNS = ["kind", "label", "page", "url", "status", "detail", "sha256", "phash", "width", "height", "bytes", "path"]
+COLUMNS = ["kind", "label", "page", "url", "final_url", "status", "detail", "sha256", "phash", "width", "height"]
+COLUMNS += ["bytes", "path"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 SAVE_EVERY = 25  # results between manifest writes
 THUMBNAIL = 96  # side of the stored thumbnail of a decodable but rejected image
@@ -67,11 +74,67 @@ class RateLimit:
         time.sleep(max(0.0, slot - now))
 
 
-class Http:
-    """requests Sessions, one per thread, with retries, timeouts and the rate limit."""
+class Refused(Exception):
+    """A URL the scrape does not fetch, with its manifest status and why."""
 
-    def __init__(self, cfg: Scrape):
-        self.cfg, self.limit, self.local = cfg, RateLimit(cfg.rate_limit), threading.local()
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+BLOCKED_ADDRESS = ("is_private", "is_loopback", "is_link_local", "is_reserved", "is_multicast", "is_unspecified")
+
+
+@functools.lru_cache(maxsize=1024)
+def addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    try:
+        return tuple({ipaddress.ip_address(info[4][0].split("%")[0]) for info in socket.getaddrinfo(host, None)})
+    except (socket.gaierror, UnicodeError):
+        return ()  # the request itself then fails, and says so
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What may be fetched, checked at every redirect hop: http(s) only, on scrape.allowed_domains,
+    and never a loopback, private or link-local address (a cloud metadata service) unless
+    scrape.allow_private_addresses. `trusted`: origins fetched regardless, the demo's own gallery."""
+
+    domains: tuple[str, ...]
+    private_ok: bool
+    trusted: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, cfg: Scrape, gallery: str | None = None) -> "Policy":
+        return cls(tuple(cfg.allowed_domains), cfg.allow_private_addresses, (gallery,) if gallery else ())
+
+    def on_domain(self, url: str) -> bool:
+        """The scheme and domain rules alone: a link worth recording."""
+        parts = urlparse(url)
+        if parts.scheme not in ("http", "https"):
+            return False
+        host = parts.hostname or ""
+        return not self.domains or any(host == d or host.endswith(f".{d}") for d in self.domains)
+
+    def check(self, url: str) -> None:
+        """Raise Refused unless `url` may be fetched."""
+        if any(url.startswith(origin + "/") for origin in self.trusted):
+            return
+        if not self.on_domain(url):
+            raise Refused("refused", f"{url}: not an http(s) URL on scrape.allowed_domains")
+        host = urlparse(url).hostname or ""
+        blocked = [a for a in addresses(host) if any(getattr(a, kind) for kind in BLOCKED_ADDRESS)]
+        if blocked and not self.private_ok:
+            raise Refused(
+                "refused", f"{url}: {host} is a private address ({blocked[0]}), see scrape.allow_private_addresses"
+            )
+
+
+class Http:
+    """requests Sessions, one per thread, with retries, timeouts, the rate limit, and redirects
+    followed by hand so that the policy sees every hop."""
+
+    def __init__(self, cfg: Scrape, policy: Policy):
+        self.cfg, self.policy, self.limit, self.local = cfg, policy, RateLimit(cfg.rate_limit), threading.local()
 
     def session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
@@ -79,6 +142,7 @@ class Http:
             retry = Retry(
                 total=self.cfg.retries,
                 read=False,
+                redirect=False,
                 backoff_factor=self.cfg.backoff,
                 status_forcelist=(429, 500, 502, 503, 504),
                 allowed_methods=("GET",),
@@ -93,16 +157,17 @@ class Http:
         return self.local.session
 
     def get(self, url: str, stream: bool = False) -> requests.Response:
-        self.limit.wait(url)
-        return self.session().get(url, timeout=self.cfg.timeout, stream=stream)
-
-
-def allowed(url: str, cfg: Scrape) -> bool:
-    parts = urlparse(url)
-    if parts.scheme not in ("http", "https"):
-        return False
-    host = parts.hostname or ""
-    return not cfg.allowed_domains or any(host == d or host.endswith(f".{d}") for d in cfg.allowed_domains)
+        """The response at the end of `url`'s redirects (its .url is the final URL); Refused when
+        a hop breaks the policy or there are more than scrape.max_redirects."""
+        for _ in range(self.cfg.max_redirects + 1):
+            self.policy.check(url)
+            self.limit.wait(url)
+            response = self.session().get(url, timeout=self.cfg.timeout, stream=stream, allow_redirects=False)
+            if not response.is_redirect:
+                return response
+            response.close()
+            url = urljoin(url, response.headers["Location"])
+        raise Refused("too_many_redirects", f"more than scrape.max_redirects={self.cfg.max_redirects}, at {url}")
 
 
 # --- pages -------------------------------------------------------------------------------------
@@ -147,29 +212,44 @@ class Outcome:
     detail: str = ""
     data: bytes | None = None
     image: Image.Image | None = None
+    final_url: str = ""  # where the redirects ended
 
 
 def download(http: Http, url: str, cfg: Scrape) -> Outcome:
-    """The body of an image URL, streamed and capped, or why not."""
+    """The body of an image URL, streamed, capped in bytes and in time, or why not."""
     try:
         with http.get(url, stream=True) as response:
+            final = response.url
             if response.status_code != 200:
-                return Outcome("http_error", f"HTTP {response.status_code}")
+                return Outcome("http_error", f"HTTP {response.status_code}", final_url=final)
             kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if kind and not kind.startswith("image/"):
-                return Outcome("not_image", f"Content-Type {kind}")
+                return Outcome("not_image", f"Content-Type {kind}", final_url=final)
             if int(response.headers.get("Content-Length") or 0) > cfg.max_bytes:
-                return Outcome("too_large", f"{response.headers['Content-Length']} bytes")
-            body = io.BytesIO()
-            for chunk in response.iter_content(64 * 1024):
-                body.write(chunk)
-                if body.tell() > cfg.max_bytes:
-                    return Outcome("too_large", f"over {cfg.max_bytes} bytes")
-            return Outcome("downloaded", data=body.getvalue())
+                return Outcome("too_large", f"{response.headers['Content-Length']} bytes", final_url=final)
+            return _body(response, cfg)
+    except Refused as refused:
+        return Outcome(refused.status, refused.detail)
     except requests.exceptions.Timeout:
         return Outcome("timeout", f"no answer in {cfg.timeout} s")
-    except requests.exceptions.RequestException as exc:
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
         return Outcome("http_error", type(exc).__name__)
+
+
+def _body(response: requests.Response, cfg: Scrape) -> Outcome:
+    """read1 returns what one socket read brings, so the deadline is checked however slowly the
+    body drips (each read waits at most scrape.timeout)."""
+    deadline, body, final = time.monotonic() + cfg.download_s, io.BytesIO(), response.url
+    while chunk := response.raw.read1(64 * 1024, decode_content=True):
+        body.write(chunk)
+        if body.tell() > cfg.max_bytes:
+            return Outcome("too_large", f"over {cfg.max_bytes} bytes", final_url=final)
+        if time.monotonic() > deadline:
+            return Outcome("timeout", f"not downloaded in scrape.download_s={cfg.download_s:g} s", final_url=final)
+    announced = response.headers.get("Content-Length")
+    if announced and "Content-Encoding" not in response.headers and int(announced) != body.tell():
+        return Outcome("http_error", f"{body.tell()} bytes where Content-Length said {announced}", final_url=final)
+    return Outcome("downloaded", data=body.getvalue(), final_url=final)
 
 
 def verify(data: bytes, cfg: Scrape) -> Outcome:
@@ -256,12 +336,21 @@ def _picture(array: np.ndarray) -> Image.Image:
 
 
 class Manifest:
-    """extra.csv: a row per URL tried. Saved atomically every few results and at the end."""
+    """A row per URL tried, saved atomically every few results to the progress file (which a
+    re-run resumes from), and to extra.csv once the stage has finished."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_from: Path | None = None):
+        """Saved to `path`, starting from the rows in `resume_from` (default `path`)."""
+        source = resume_from or path
         self.path, self.lock, self.unsaved = path, threading.Lock(), 0
-        self.rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records") if path.exists() else []
+        self.rows = pd.read_csv(source, dtype=str, keep_default_na=False).to_dict("records") if source.exists() else []
         self.index = {(r["kind"], r["url"]): i for i, r in enumerate(self.rows)}
+
+    @classmethod
+    def resumed(cls, paths: Paths) -> "Manifest":
+        """The scrape so far: the progress file, else the last finished scrape's extra.csv."""
+        progress = paths.scrape_progress
+        return cls(progress, resume_from=progress if progress.exists() else paths.extra_csv)
 
     def settled(self, kind: str, url: str) -> bool:
         i = self.index.get((kind, url))
@@ -283,6 +372,10 @@ class Manifest:
     def save(self) -> None:
         with self.lock:
             self._save()
+
+    def save_as(self, path: Path) -> None:
+        """The whole manifest at `path`, written at once: the finished stage's target."""
+        write_csv(path, self.frame())
 
     def _save(self) -> None:
         write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))
@@ -340,25 +433,27 @@ def nothing_to_scrape(paths: Paths) -> None:
         kept = int((Manifest(paths.extra_csv).frame()["status"] == "kept").sum())
         print(f"scrape: scrape.sources is empty; {paths.extra_csv} from an earlier scrape stays ({kept} images kept)")
         return
-    Manifest(paths.extra_csv).save()
+    Manifest(paths.extra_csv).save_as(paths.extra_csv)
     print(f"scrape: scrape.sources is empty, nothing to download; an empty manifest -> {paths.extra_csv}")
 
 
 def scrape(cfg: Config, paths: Paths, gallery: str | None) -> Counter:
-    manifest = Manifest(paths.extra_csv)
+    """Every label's pages, then its images. Downloads run in parallel, but each image is judged
+    against what was kept in link order, so a scrape keeps the same set whatever order the
+    downloads end in, and an interrupted one resumes to the same set. extra.csv is written last."""
+    manifest = Manifest.resumed(paths)
     train, test = reference_hashes(cfg, paths)
     frame = manifest.frame()
     seen = Seen(train, test, frame[frame["status"] == "kept"], cfg.scrape.near_duplicate_distance)
-    http = Http(cfg.scrape)
+    http = Http(cfg.scrape, Policy.of(cfg.scrape, gallery))
     try:
         for label, source in cfg.scrape.sources.items():
             links = collect_links(http, manifest, label, page_urls(source, cfg.scrape, gallery), cfg.scrape)
-            work = [(label, page, url) for page, url in links if not manifest.settled("image", url)]
-            with ThreadPoolExecutor(cfg.scrape.workers) as pool:
-                jobs = pool.map(lambda job: fetch_image(http, manifest, seen, *job, cfg, paths), work)
-                list(tqdm(jobs, total=len(work), desc=f"scrape {label}", leave=False, dynamic_ncols=True, disable=None))
+            work = [(page, url) for page, url in links if not manifest.settled("image", url)]
+            fetch_all(http, manifest, seen, label, work, cfg.scrape, paths)
     finally:
         manifest.save()
+    manifest.save_as(paths.extra_csv)
     result = manifest.frame()
     counts = Counter(result.loc[result["kind"] == "image", "status"])
     counts["page"] = int((result["kind"] == "page").sum())
@@ -366,52 +461,73 @@ def scrape(cfg: Config, paths: Paths, gallery: str | None) -> Counter:
     return counts
 
 
+def fetch_all(
+    http: Http, manifest: Manifest, seen: Seen, label: str, work: list[tuple[str, str]], cfg: Scrape, paths: Paths
+) -> None:
+    """Download (page, url) pairs in parallel; settle each in their order."""
+    with ThreadPoolExecutor(cfg.workers) as pool:
+        try:
+            outcomes = pool.map(lambda job: fetch(http, job[1], cfg), work)
+            bar = tqdm(outcomes, total=len(work), desc=f"scrape {label}", leave=False, disable=None)
+            for (page, url), outcome in zip(work, bar, strict=True):
+                settle(manifest, seen, {"kind": "image", "label": label, "page": page, "url": url}, outcome, paths)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # an interrupt stops at the downloads under way
+            raise
+
+
 def collect_links(http: Http, manifest: Manifest, label: str, pages: list[str], cfg: Scrape) -> list[tuple[str, str]]:
-    """(page, image URL) for the label, from its pages; a page the manifest has is not fetched again."""
+    """(page, image URL) for the label, from its pages; a page the manifest has is not fetched again.
+    Links resolve against the page's final URL, after its redirects."""
     links = [(r["page"], r["url"]) for r in manifest.rows if r["kind"] == "image" and r["label"] == label]
     for page in pages:
-        if manifest.settled("page", page) or not allowed(page, cfg):
+        if manifest.settled("page", page) or not http.policy.on_domain(page):
             continue
-        try:
-            response = http.get(page)
-            status = "ok" if response.status_code == 200 else "http_error"
-            detail, found = f"HTTP {response.status_code}", image_links(response.text, page) if status == "ok" else []
-        except requests.exceptions.Timeout:
-            status, detail, found = "timeout", f"no answer in {cfg.timeout} s", []
-        except requests.exceptions.RequestException as exc:
-            status, detail, found = "http_error", type(exc).__name__, []
-        new = [u for u in found if allowed(u, cfg) and (page, u) not in links][: max(0, cfg.max_images - len(links))]
+        status, detail, final, found = fetch_page(http, page, cfg)
+        new = [u for u in found if http.policy.on_domain(u) and (page, u) not in links]
+        new = new[: max(0, cfg.max_images - len(links))]
         for url in new:
             manifest.record({"kind": "image", "label": label, "page": page, "url": url, "status": "pending"})
-        manifest.record(
-            {
-                "kind": "page",
-                "label": label,
-                "page": page,
-                "url": page,
-                "status": status,
-                "detail": f"{detail}, {len(new)} image links",
-            }
-        )
+        row = {"kind": "page", "label": label, "page": page, "url": page, "final_url": final, "status": status}
+        manifest.record({**row, "detail": f"{detail}, {len(new)} image links"})
         links += [(page, u) for u in new]
     manifest.save()
     return list(dict.fromkeys(links))
 
 
-def fetch_image(
-    http: Http, manifest: Manifest, seen: Seen, label: str, page: str, url: str, cfg: Config, paths: Paths
-) -> None:
-    row = {"kind": "image", "label": label, "page": page, "url": url}
-    outcome = download(http, url, cfg.scrape)
-    if outcome.status == "downloaded":
-        outcome = verify(outcome.data, cfg.scrape)
+def fetch_page(http: Http, page: str, cfg: Scrape) -> tuple[str, str, str, list[str]]:
+    """(status, detail, final URL, image links) of one result page."""
+    try:
+        response = http.get(page)
+    except Refused as refused:
+        return refused.status, refused.detail, "", []
+    except requests.exceptions.Timeout:
+        return "timeout", f"no answer in {cfg.timeout} s", "", []
+    except requests.exceptions.RequestException as exc:
+        return "http_error", type(exc).__name__, "", []
+    if response.status_code != 200:
+        return "http_error", f"HTTP {response.status_code}", response.url, []
+    return "ok", f"HTTP {response.status_code}", response.url, image_links(response.text, response.url)
+
+
+def fetch(http: Http, url: str, cfg: Scrape) -> Outcome:
+    """An image URL downloaded and fully decoded, or why not (in a worker thread: no shared state)."""
+    outcome = download(http, url, cfg)
+    if outcome.status != "downloaded":
+        return outcome
+    return dataclasses.replace(verify(outcome.data, cfg), final_url=outcome.final_url)
+
+
+def settle(manifest: Manifest, seen: Seen, row: dict, outcome: Outcome, paths: Paths) -> None:
+    """Judge a fetched image against what was kept (in link order), store it and record it."""
+    row = {**row, "final_url": outcome.final_url}
     if outcome.image is None:
         manifest.record({**row, "status": outcome.status, "detail": outcome.detail})
         return
     sha, hashed = hashlib.sha256(outcome.data).hexdigest(), phash(outcome.image)
     status = seen.judge(sha, hashed) if outcome.status == "ok" else outcome.status
     if status == "kept":
-        path = f"extra/{label}/{sha[:20]}.png"
+        path = f"extra/{row['label']}/{sha[:20]}.png"
         image = outcome.image
     else:  # a thumbnail, for the report's grid of rejected images; never training data
         path = f"extra/.rejected/{status}/{sha[:20]}.png"

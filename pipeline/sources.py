@@ -58,9 +58,12 @@ def read_csv(path: Path, **kwargs) -> pd.DataFrame:
     if not path.is_file():
         raise PipelineError(f"{path} does not exist")
     try:
-        return pd.read_csv(path, **kwargs)
+        frame = pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise PipelineError(f"{path} cannot be read as CSV: {str(exc).strip().splitlines()[-1]}") from None
+    if frame.empty:
+        raise PipelineError(f"{path} has a header but no rows")
+    return frame
 
 
 def show(value) -> str:
@@ -120,13 +123,15 @@ def check_against_sample(ids: pd.Series, layout: C.LayoutBase) -> pd.Series:
     by_name = ids.attrs.get("file_names")
     if by_name is not None and wanted == set(by_name):
         return pd.Series(by_name, index=ids.index, name=ids.name)
+    if by_name is not None and len(wanted ^ set(by_name)) < len(wanted ^ have):
+        have = set(by_name)  # the sample spells ids as file names: compare in that spelling
     missing, unexpected = sorted(wanted - have), sorted(have - wanted)
-    example = (
-        f"e.g. {missing[0]!r} is in the sample but not the test set"
-        if missing
-        else (f"e.g. {unexpected[0]!r} is in the test set but not the sample")
+    examples = [f"{missing[0]!r} is in the sample but not the test set"] if missing else []
+    examples += [f"{unexpected[0]!r} is in the test set but not the sample"] if unexpected else []
+    raise PipelineError(
+        f"{path}: test ids do not match the sample submission's {sample_ids.name!r} column "
+        f"({len(missing)} missing, {len(unexpected)} unexpected; e.g. {', and '.join(examples)})"
     )
-    raise PipelineError(f"{path}: test ids do not match the sample submission's {sample_ids.name!r} column ({example})")
 
 
 def _fingerprint(*parts) -> str:

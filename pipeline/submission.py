@@ -2,8 +2,11 @@
 before anything is written, recorded in submissions/ledger.csv; scored locally where the
 competition folder holds a solution; uploaded with the Kaggle CLI."""
 
+import contextlib
 import datetime as dt
+import fcntl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from pipeline.records import StatedCV
 from pipeline.targets import HIGHER_IS_BETTER
 
 LEDGER = Path("submissions") / "ledger.csv"
+LEDGER_LOCK = Path("submissions") / ".ledger.lock"
 LEDGER_COLUMNS = [
     "file",
     "competition",
@@ -155,12 +159,18 @@ def validated(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -
 
 
 def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
-    """The validated submission file, and its ledger row with the CV of the models in it."""
+    """The validated submission file and its ledger row with the CV of the models in it: both or
+    neither."""
     frame = validated(cfg, table, predictions, task)
     stamp = dt.datetime.now(dt.timezone.utc)
-    path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")
-    write_csv(path, frame)
-    add_to_ledger({**ledger_row(cfg, stated, str(path), stamp), "sha256": sha256_file(path)})
+    with locked_ledger():
+        path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")
+        try:
+            write_csv(path, frame)
+            _append({**ledger_row(cfg, stated, str(path), stamp), "sha256": sha256_file(path)})
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -200,17 +210,39 @@ def read_ledger() -> pd.DataFrame:
     return ledger.reindex(columns=LEDGER_COLUMNS)  # a ledger from an older version gains the new columns
 
 
+@contextlib.contextmanager
+def locked_ledger() -> Iterator[None]:
+    """Hold the ledger against every other process's update (two `make predict` at once); a
+    submissions/ that cannot be written is said before anything is."""
+    try:
+        LEDGER_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(LEDGER_LOCK, "a")  # noqa: SIM115 (held for the block)
+    except OSError as exc:
+        raise PipelineError(
+            f"{LEDGER_LOCK.parent}/ cannot be written ({exc.strerror}): a submission needs it for its ledger row"
+        ) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def add_to_ledger(row: dict) -> None:
+    with locked_ledger():
+        _append(row)
+
+
+def _append(row: dict) -> None:
     ledger, new = read_ledger(), pd.DataFrame([row]).reindex(columns=LEDGER_COLUMNS)
     write_csv(LEDGER, pd.concat([ledger, new], ignore_index=True) if len(ledger) else new)
 
 
 def update_ledger(file: str, **values) -> None:
-    ledger = read_ledger()
-    for key, value in values.items():
-        ledger[key] = ledger[key].astype(object)
-        ledger.loc[ledger["file"] == file, key] = value
-    write_csv(LEDGER, ledger)
+    with locked_ledger():
+        ledger = read_ledger()
+        for key, value in values.items():
+            ledger[key] = ledger[key].astype(object)
+            ledger.loc[ledger["file"] == file, key] = value
+        write_csv(LEDGER, ledger)
 
 
 def _git_state() -> dict:
@@ -232,7 +264,10 @@ def newest(cfg: Config, file: str | None) -> str:
     mine = ledger[ledger["competition"] == cfg.competition.name]
     if mine.empty:
         raise PipelineError(f"no submission of {cfg.competition.name} in {LEDGER}: run `make predict` first")
-    return str(mine.sort_values("utc_time")["file"].iloc[-1])
+    path = str(mine.sort_values("utc_time")["file"].iloc[-1])
+    if not Path(path).exists():
+        raise PipelineError(f"the newest submission in {LEDGER}, {path}, no longer exists: name one with FILE=...")
+    return path
 
 
 # --- stages: score, submissions, submit --------------------------------------------------------

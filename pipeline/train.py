@@ -9,7 +9,9 @@ schedule (train.epochs), so the folds measure the recipe the full fit repeats. A
     full/     model.pt (its last epoch), metrics.csv, result.json
 
 A fold with result.json is finished and skipped; a fold with last.pt resumes from its last
-completed epoch. Both belong to one config: when it changes, the fold is trained anew.
+completed epoch. Both belong to one config: when it changes, the fold is trained anew. The
+earlier fit waits in fold<k>.previous/ until its successor's first checkpoint exists, and comes
+back if the successor stops before that.
 """
 
 import shutil
@@ -20,7 +22,7 @@ import pandas as pd
 from pipeline import budget, distributed, plan
 from pipeline import config as C
 from pipeline.files import write_csv
-from pipeline.fit import Setup, fit
+from pipeline.fit import Setup, check, fit
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, FitResult, Scores
 from pipeline.targets import HIGHER_IS_BETTER, oof_frame, target_columns
@@ -48,6 +50,7 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     """What training the folds needs, defaults decided and tuned settings merged: (setup, folds,
     fingerprint, fold ids)."""
     setup, folds = plan.prepare(cfg, paths)
+    check(setup)
     fold_ids = plan.fold_ids_of(setup.cfg, folds)
     setup = budget.fit_into(setup, folds, fold_ids, paths)
     return setup, folds, plan.fingerprint(setup.cfg, paths), fold_ids
@@ -79,17 +82,31 @@ def fit_once(
     after=None,
 ) -> FitResult:
     """fit(), unless `out` already holds a finished fit of this config."""
+    previous = FitFiles(out.root.with_name(out.root.name + ".previous"))
+    if distributed.is_main():
+        restore_unreplaced(out, previous)
+    distributed.barrier()
     before = FitResult.read(out.result)
-    distributed.barrier()  # under torchrun: every rank has read it before rank 0 may remove it
+    distributed.barrier()  # under torchrun: every rank has read it before rank 0 may move it
     if before is not None:
         if before.fingerprint == fingerprint:
             print(f"{name}: finished before ({setup.task.metric} {before.score:.5f}), skipped")
             return before
-        print(f"{name}: the config changed since it was trained; training it again")
+        print(f"{name}: the config changed since it was trained; training it again ({previous.root.name} until then)")
         if distributed.is_main():
-            shutil.rmtree(out.root)
-        distributed.barrier()  # removed before any rank looks for a checkpoint to resume
-    result = fit(setup, train_rows, valid_rows, out, epochs, fingerprint, name)
+            out.root.rename(previous.root)
+        distributed.barrier()  # moved before any rank looks for a checkpoint to resume
+
+    def replaced() -> None:
+        if distributed.is_main() and previous.root.exists():
+            shutil.rmtree(previous.root)
+
+    try:
+        result = fit(setup, train_rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced)
+    except BaseException:
+        if distributed.is_main():
+            restore_unreplaced(out, previous)
+        raise
     distributed.barrier()  # rank 0's files are written before any rank reads them
     if after is not None:
         after()
@@ -97,6 +114,18 @@ def fit_once(
     if distributed.is_main():
         out.checkpoint.unlink(missing_ok=True)
     return result
+
+
+def restore_unreplaced(out: FitFiles, previous: FitFiles) -> None:
+    """An earlier fit whose successor stopped before its first checkpoint takes its place again."""
+    if not previous.root.exists():
+        return
+    if out.checkpoint.exists() or out.result.exists():
+        shutil.rmtree(previous.root)
+        return
+    if out.root.exists():
+        shutil.rmtree(out.root)
+    previous.root.rename(out.root)
 
 
 def write_oof(setup: Setup, folds: pd.DataFrame, valid: np.ndarray, out: FitFiles) -> None:

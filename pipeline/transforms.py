@@ -52,7 +52,11 @@ def augmentations(aug: Aug, channels: int, size: int, swap: np.ndarray | None = 
     return [op.per_image(op.setting(aug), context) for op in ops]
 
 
-def compose(steps: list[A.BasicTransform], keypoints: bool, seed: int) -> A.Compose:
+def compose(steps: list[A.BasicTransform], keypoints: bool, seed: int) -> A.Compose | None:
+    """The steps as one pipeline; None when there are none (albumentations would warn, on every
+    run, that its keypoint processor has nothing to process)."""
+    if not steps:
+        return None
     # `present` rides along with each point, so a flip that swaps points swaps their labels too
     params = A.KeypointParams(format="xy", remove_invisible=False, label_fields=["present"]) if keypoints else None
     return A.Compose(steps, keypoint_params=params, seed=seed)

@@ -9,8 +9,9 @@ trial's overrides go to runs/<name>/tune/best.yaml, which train merges.
 Exactly `tune.n_trials` trials run, however many workers share the study: a worker takes a
 trial only while holding a lock (a file lock beside a journal or SQLite storage, an advisory
 lock on PostgreSQL) after counting the trials finished or running. A trial whose worker died
-is failed and its parameters queued again: on one machine when its process is gone, on an RDB
-storage when its heartbeat stops.
+is failed and its parameters queued again: on a journal when its process is gone (a pid with
+another start time is another process) or its heartbeat file has been silent for tune.grace_s,
+on an RDB storage when Optuna's heartbeat stops.
 """
 
 import contextlib
@@ -23,20 +24,21 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import optuna
 import yaml
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from pipeline import aug_ops, distributed, models, plan
+from pipeline import aug_ops, distributed, models, optuna_private, plan
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv, write_text
-from pipeline.fit import Setup, fit
+from pipeline.fit import Setup, check, fit
 from pipeline.paths import Paths
 from pipeline.targets import HIGHER_IS_BETTER, competition_metric
 from pipeline.tasks import configured_task
@@ -139,7 +141,7 @@ def storage_of(cfg: C.Config, paths: Paths):
         raise PipelineError(f"tune.storage={url!r} cannot be opened: {str(exc).splitlines()[0]}") from None
 
 
-def create_study(cfg: C.Config, paths: Paths) -> optuna.Study:
+def create_study(cfg: C.Config, paths: Paths, storage=None) -> optuna.Study:
     direction = "maximize" if HIGHER_IS_BETTER[competition_metric(cfg)] else "minimize"
     # Pruning looks only at the last epoch of each fold: mid-way through a one-cycle schedule a
     # high learning rate or strong regularisation scores low and ends best, so comparing there
@@ -152,7 +154,7 @@ def create_study(cfg: C.Config, paths: Paths) -> optuna.Study:
     }[cfg.tune.pruner]
     study = optuna.create_study(
         study_name=study_name(cfg),
-        storage=storage_of(cfg, paths),
+        storage=storage or storage_of(cfg, paths),
         pruner=pruner,
         direction=direction,
         load_if_exists=True,
@@ -173,17 +175,10 @@ def load_study(cfg: C.Config, paths: Paths) -> optuna.Study:
         raise PipelineError(f"there is no study {study_name(cfg)} for this config: run `make tune` first") from None
 
 
-def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The study's RDB storage (Optuna wraps it in a cache layer), or None for a journal."""
-    storage = getattr(study._storage, "_backend", study._storage)
-    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
-
-
 @contextlib.contextmanager
-def slot_lock(study: optuna.Study, paths: Paths) -> Iterator[None]:
+def slot_lock(study: optuna.Study, storage, paths: Paths) -> Iterator[None]:
     """One worker at a time counts the trials and takes the next."""
-    storage = rdb_of(study)
-    if storage is not None and storage.engine.dialect.name == "postgresql":
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.dialect.name == "postgresql":
         key = int(hashlib.sha256(study.study_name.encode()).hexdigest()[:15], 16)
         with storage.engine.connect() as connection:
             connection.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
@@ -202,17 +197,65 @@ def slot_lock(study: optuna.Study, paths: Paths) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def retry_dead_trials(study: optuna.Study) -> None:
-    """Running trials of this machine whose process is gone: failed, and queued again."""
-    host = socket.gethostname()
+# --- which workers live (a journal storage; an RDB storage has Optuna's heartbeat) ---------------
+
+
+def process_start(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, from /proc), or "" where unknown: a
+    pid with another start time is another process that reuses the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{process_start(os.getpid())}"
+
+
+@contextlib.contextmanager
+def beating(path: Path, every_s: float) -> Iterator[None]:
+    """Touch `path` every `every_s` seconds while the block runs: this worker's heartbeat."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            path.touch()
+            if stop.wait(every_s):
+                return
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        path.unlink(missing_ok=True)
+
+
+def worker_gone(attrs: dict, paths: Paths, grace_s: float) -> bool:
+    """A trial's worker is gone when its heartbeat file has been silent for grace_s (a hung or
+    frozen process, a lost machine), or, on this machine, when its process no longer runs."""
+    beat = paths.tune_heartbeat(attrs.get("worker", ""))
+    if beat.exists() and time.time() - beat.stat().st_mtime > grace_s:
+        return True
+    if attrs.get("host") != socket.gethostname():
+        return False
+    pid = attrs.get("pid", -1)
+    return not _alive(pid) or process_start(pid) != attrs.get("process_start", process_start(pid))
+
+
+def retry_dead_trials(study: optuna.Study, paths: Paths, grace_s: float) -> None:
+    """Running trials whose worker is gone: failed, and their parameters queued again."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("host") != host or _alive(attrs.get("pid", -1)):
+        if not worker_gone(trial.user_attrs, paths, grace_s):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "retried", True)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        print(f"trial {trial.number}: its worker (pid {attrs.get('pid')}) died; queued again")
+        print(f"trial {trial.number}: its worker ({trial.user_attrs.get('worker')}) is gone; queued again")
 
 
 def _alive(pid: int) -> bool:
@@ -237,19 +280,20 @@ def taken(study: optuna.Study) -> int:
     )
 
 
-def next_trial(study: optuna.Study, paths: Paths, n_trials: int, baseline: dict) -> optuna.Trial | None:
-    with slot_lock(study, paths):
+def next_trial(study: optuna.Study, storage, paths: Paths, cfg: C.Tune, baseline: dict) -> optuna.Trial | None:
+    with slot_lock(study, storage, paths):
         if not study.trials:
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
-        if rdb_of(study) is not None:
+        if isinstance(storage, optuna.storages.RDBStorage):
             optuna.storages.fail_stale_trials(study)  # silent heartbeats: failed, retried by the callback
         else:
-            retry_dead_trials(study)
-        if taken(study) >= n_trials:
+            retry_dead_trials(study, paths, cfg.grace_s)
+        if taken(study) >= cfg.n_trials:
             return None
         trial = study.ask()
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        for key, value in (("host", socket.gethostname()), ("pid", os.getpid()), ("worker", worker_id())):
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("process_start", process_start(os.getpid()))
         return trial
 
 
@@ -296,7 +340,7 @@ def _report(trial: optuna.Trial, metric: str, first_step: int, steps: int, fold:
 def run_trial(study: optuna.Study, trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths) -> None:
     out = paths.trial(trial.number)
     try:
-        with get_heartbeat_thread(trial._trial_id, study._storage):  # RDB storage: tells others we live
+        with optuna_private.heartbeat(study, trial):  # RDB storage: tells others we live
             value = objective(trial, base, folds, space, paths)
         study.tell(trial, value)
         print(f"trial {trial.number}: {base.task.metric} {value:.5f}")
@@ -328,23 +372,26 @@ def run(cfg: C.Config, workers: int = 1) -> None:
 
 def work(cfg: C.Config, paths: Paths) -> None:
     """One worker: trials until the study has n_trials or this run's timeout passes."""
-    study = create_study(cfg, paths)
+    storage = storage_of(cfg, paths)
+    study = create_study(cfg, paths, storage)
     base, folds = plan.prepare(cfg, paths, tuned=False)
+    check(base)
     cfg = base.cfg
     space = cfg.tune.space or default_space(cfg, len(models.stages(models.create_model(cfg.model, 1, 1))) - 1)
     for key in space:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
     baseline = baseline_params(cfg, space)
     deadline = time.monotonic() + C.seconds(cfg.tune.timeout) if cfg.tune.timeout else float("inf")
-    while time.monotonic() < deadline:
-        trial = next_trial(study, paths, cfg.tune.n_trials, baseline)
-        if trial is not None:
-            run_trial(study, trial, base, folds, space, paths)
-        elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            # the study is full only if those finish: if their worker died, this one runs them again
-            time.sleep(min(cfg.tune.heartbeat_s, 5))
-        else:
-            break
+    with beating(paths.tune_heartbeat(worker_id()), cfg.tune.heartbeat_s):
+        while time.monotonic() < deadline:
+            trial = next_trial(study, storage, paths, cfg.tune, baseline)
+            if trial is not None:
+                run_trial(study, trial, base, folds, space, paths)
+            elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                # full only if those finish: when their worker is gone, this one runs them again
+                time.sleep(min(cfg.tune.heartbeat_s, 5))
+            else:
+                break
 
 
 def _probe_value(p: C.Param):

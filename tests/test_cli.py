@@ -80,6 +80,21 @@ def test_make_file_targets_rerun_only_what_changed(tmp_path, pixel_columns_dir):
 
 
 @pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
+def test_make_train_merges_best_yaml_and_never_starts_a_search(tmp_path, pixel_columns_dir):
+    config, changed = f"CONFIG={tiny_config(tmp_path, pixel_columns_dir)}", "ARGS=train.epochs=3"
+    make(tmp_path, "data", "folds", config)
+    best = tmp_path / "runs/tiny/tiny/tune/best.yaml"
+    best.parent.mkdir(parents=True)
+    best.write_text("train.lr: 0.002\n")
+    planned = make(tmp_path, "-n", "train", config, changed)  # a train and tune setting changed
+    assert "pipeline train" in planned and "pipeline tune" not in planned
+    (tmp_path / "runs/tiny/tiny/cv.json").write_text("{}")
+    assert "pipeline train" not in make(tmp_path, "-n", "train", config, changed)
+    best.write_text("train.lr: 0.003\n")  # a new search's result retrains
+    assert "pipeline train" in make(tmp_path, "-n", "train", config, changed)
+
+
+@pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
 def test_make_trains_experiments_side_by_side_and_submits_their_blend(tmp_path, digits_dir):
     config = tiny_config(
         tmp_path,

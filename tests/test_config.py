@@ -110,3 +110,24 @@ def test_the_experiment_is_named_by_the_config_file_and_kept_when_saved(tmp_path
     C.save_given(named, tmp_path / "launch.config.yaml")
     assert C.load(tmp_path / "launch.config.yaml").train.experiment == "seed-1"
     assert "names a folder the experiments share" in load_error(tmp_path, MINIMAL, ["train.experiment=blends"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=true", "key 'train.epochs' = True: a boolean is given where a number"),
+        ("train.folds=[true]", "key 'train.folds' = [True]: a boolean"),
+        ("train.folds=[0,0]", "key 'train.folds' = [0, 0]: names a fold twice; each fold counts once"),
+        ("train.folds=[]", "key 'train.folds' = []: names no fold"),
+        ("tune.folds=[9]", "tune.folds=[9]: fold 9 does not exist; folds.n_splits=5 makes folds 0 to 4"),
+    ],
+)
+def test_repeats_and_booleans_where_numbers_belong_are_errors(tmp_path, override, message):
+    assert message in load_error(tmp_path, MINIMAL, [override])
+
+
+def test_a_yaml_syntax_error_names_its_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("competition:\n  name: x\n  task: [classification\ndata:\n  layout: pixel_columns\n")
+    with pytest.raises(PipelineError, match=r"broken.yaml is not valid YAML at line 4, column 5"):
+        C.load(path)

@@ -135,3 +135,9 @@ def test_an_empty_scrape_manifest_is_no_extra_rows_for_any_task(faces_dir, tmp_p
     )
     with pytest.raises(PipelineError, match="scraped extra images need a single-label classification"):
         F.run(cfg)
+
+
+def test_more_splits_than_every_class_has_rows_is_one_error(rng):
+    table = classification_table(rng, n=30, classes=(0, 1, 2, 3))
+    with pytest.raises(PipelineError, match=r"folds.n_splits=25 \(folds.kind=stratified\): n_splits=25 cannot be"):
+        F.assign_folds(table, ["label"], C.Folds(n_splits=25, kind="stratified"), "classification")

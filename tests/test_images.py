@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 from conftest import make_config, write_image
+from PIL import Image
 
-from pipeline import sources
+from pipeline import images, sources
 from pipeline.errors import PipelineError
 from pipeline.images import ArraySource, CachedImages, FileSource, LazyImages, decode, open_images, uniform_side
 
@@ -69,3 +70,13 @@ def test_uniform_side(tmp_path, rng):
     assert uniform_side(same) == 7
     mixed = [np.zeros((4, 4, 1), np.uint8), np.zeros((6, 4, 1), np.uint8)]
     assert uniform_side(mixed) is None and uniform_side(LazyImages(FileSource((), 1))) is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_images_are_scaled_by_their_depth_not_clipped(tmp_path, suffix, capsys):
+    images._say_once.cache_clear()  # said once per process
+    path = tmp_path / f"grey{suffix}"
+    Image.fromarray(np.array([[0, 32768], [65535, 257]], dtype=np.uint16)).save(path)
+    assert decode(path, 1)[..., 0].tolist() == [[0, 128], [255, 1]]
+    assert decode(path, 3)[0, 1].tolist() == [128, 128, 128]
+    assert "16-bit grey images are scaled to 8 bits" in capsys.readouterr().out

@@ -107,3 +107,11 @@ def test_grayscale_refuses_colour_augmentations():
             size=8,
         )
     )
+
+
+def test_keypoints_without_augmentation_say_nothing(recwarn, capsys):
+    augment = transforms.compose(transforms.augmentations(Aug(), 1, 8), keypoints=True, seed=0)
+    images = np.zeros((1, 8, 8, 1), np.uint8)
+    dataset = ImageDataset(images, np.array([0]), np.array([[1.0, 2.0]]), augment, transforms.finish(8), True)
+    dataset[0]
+    assert not recwarn.list and capsys.readouterr() == ("", "")

@@ -92,7 +92,13 @@ FAKE_KAGGLE = """\
     import json, os, sys, zipfile
     with open(os.environ["FAKE_KAGGLE_LOG"], "a") as log:
         log.write(json.dumps(sys.argv[1:]) + "\\n")
-    if sys.argv[2] == "submissions":
+    if not any(os.environ.get(k) for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")):
+        print("Authentication required to call the Kaggle API.", file=sys.stderr)
+        print("Option A: export KAGGLE_API_TOKEN=...", file=sys.stderr)
+        sys.exit(1)
+    if sys.argv[2] == "submissions":  # the real 2.x CLI warns on stdout before the CSV
+        print("Warning: Your Kaggle API key is readable by other users on this system!")
+        print("Warning: Looks like you're using an outdated API Version, please consider updating")
         print("fileName,date,description,status,publicScore,privateScore")
         print(f"{{os.environ['FAKE_KAGGLE_FILE']}},2026-11-22,x,complete,0.97321,")
     elif sys.argv[2] == "download":
@@ -102,7 +108,8 @@ FAKE_KAGGLE = """\
             z.writestr("train.csv", "\\n".join(rows) + "\\n")
             z.writestr("test.csv", "pixel0,pixel1,pixel2,pixel3\\n0,0,0,0\\n")
     elif sys.argv[2] == "submit" and os.environ.get("FAKE_KAGGLE_FAIL"):
-        print("403 - Forbidden: key " + os.environ["KAGGLE_KEY"] + " rejected", file=sys.stderr)
+        token = os.environ.get("KAGGLE_API_TOKEN") or os.environ["KAGGLE_KEY"]
+        print("403 - Forbidden: token " + token + " rejected", file=sys.stderr)
         sys.exit(1)
 """
 
@@ -159,24 +166,44 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
     assert calls[1] == ["competitions", "submissions", "-c", "digit-recognizer", "--csv"]
     assert pd.read_csv("submissions/ledger.csv")["public_score"].tolist() == [0.97321]
     monkeypatch.setenv("FAKE_KAGGLE_FAIL", "1")
-    with pytest.raises(PipelineError) as failure:
-        submission.submit(cfg)
-    out = capsys.readouterr()
-    for text in (str(failure.value), out.out, out.err):
-        assert "s3cr3tk3y" not in text
-    assert "403 - Forbidden" in str(failure.value)
+    for variable, secret in (("KAGGLE_KEY", "s3cr3tk3y"), ("KAGGLE_API_TOKEN", "KGAT_0123456789abcdef")):
+        monkeypatch.setenv(variable, secret)
+        with pytest.raises(PipelineError) as failure:
+            submission.submit(cfg)
+        out = capsys.readouterr()
+        for text in (str(failure.value), out.out, out.err):
+            assert secret not in text
+        assert "403 - Forbidden: token *** rejected" in str(failure.value)
 
 
 def test_missing_cli_or_credentials(tmp_path, monkeypatch, fake_kaggle):
+    """Credentials are the CLI's to find (2.x also takes KAGGLE_API_TOKEN, access_token files and
+    its own OAuth cache); when it finds none, its words say so, on one line."""
     from pipeline import kaggle_cli
 
     monkeypatch.delenv("KAGGLE_KEY")
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(PipelineError, match="no Kaggle credentials"):
+    with pytest.raises(PipelineError, match=r"failed: Authentication required to call the Kaggle API\. \(kaggle auth"):
         kaggle_cli.submit("x", tmp_path / "f.csv", "m")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_0123456789abcdef")
+    kaggle_cli.submit("x", tmp_path / "f.csv", "m")  # a credential the CLI accepts is not refused
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(PipelineError, match="Kaggle CLI is not installed"):
         kaggle_cli.submit("x", tmp_path / "f.csv", "m")
+
+
+def test_credentials_in_the_clis_files_are_scrubbed_too(tmp_path, monkeypatch):
+    from pipeline import kaggle_cli
+
+    for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle/access_token").write_text("KGAT_fromafile\n")
+    (tmp_path / ".config/kaggle").mkdir(parents=True)
+    (tmp_path / ".config/kaggle/kaggle.json").write_text('{"username": "me", "key": "legacykey123"}')
+    assert kaggle_cli._scrub("token KGAT_fromafile, key legacykey123") == "token ***, key ***"
 
 
 def test_data_stage_downloads_a_kaggle_competition(fake_kaggle, tmp_path, monkeypatch, capsys):

@@ -188,3 +188,17 @@ def test_sources_are_array_or_files(pixel_columns_dir):
     data = read({"layout": "pixel_columns", "dir": str(pixel_columns_dir)})
     assert isinstance(data.train.images, ArraySource)
     assert Path(data.train.table["image"][0]).name == "train.csv:2"
+
+
+def test_a_renamed_test_file_is_named_on_both_sides(class_folders_dir):
+    (class_folders_dir / "test/b.png").rename(class_folders_dir / "test/c.png")
+    message = error({"layout": "class_folders", "dir": str(class_folders_dir)})
+    assert "1 missing, 1 unexpected" in message
+    assert "'b.png' is in the sample but not the test set, and 'c.png' is in the test set but not" in message
+
+
+@pytest.mark.parametrize("table", ["train.csv", "test.csv"])
+def test_a_header_only_table_is_an_error(pixel_columns_dir, table):
+    path = pixel_columns_dir / table
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    assert error({"layout": "pixel_columns", "dir": str(pixel_columns_dir)}) == f"{path} has a header but no rows"

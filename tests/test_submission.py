@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,38 @@ def test_failed_check_leaves_no_file_and_no_ledger_row(in_tmp):
     with pytest.raises(PipelineError, match="'3' is missing"):
         submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(3)[:2], Classification([0, 1, 2]), CV)
     assert not Path("submissions").exists()
+
+
+def test_a_submission_and_its_ledger_row_are_written_together_or_not_at_all(in_tmp, monkeypatch):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    cfg = digits_cfg(in_tmp)
+
+    def ledger_fails(row):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(submission, "_append", ledger_fails)
+    with pytest.raises(OSError, match="No space left"):
+        submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), CV)
+    assert not any(Path("submissions").rglob("*.csv"))
+
+
+def test_a_submissions_folder_that_cannot_be_written_is_said_before_anything_is_written(in_tmp):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    cfg = digits_cfg(in_tmp)
+    Path("submissions").write_text("")  # a file where the folder belongs: unwritable even for root
+    with pytest.raises(PipelineError, match="submissions/ cannot be written"):
+        submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), CV)
+
+
+def test_two_processes_appending_to_the_ledger_lose_no_row(in_tmp):
+    append = (
+        "import sys; from pipeline import submission\n"
+        "for i in range(20): submission.add_to_ledger({'file': f'{sys.argv[1]}{i}', 'competition': 'tiny'})"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", append, name], cwd=in_tmp) for name in ("a", "b")]
+    assert [w.wait() for w in writers] == [0, 0]
+    files = pd.read_csv("submissions/ledger.csv")["file"]
+    assert sorted(files) == sorted(f"{name}{i}" for name in "ab" for i in range(20))
 
 
 def test_ledger_gets_one_row_per_submission(in_tmp, capsys):

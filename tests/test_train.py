@@ -175,3 +175,56 @@ def test_compile_wraps_the_model_that_trains(digits_dir, tmp_path, monkeypatch):
     parts = fit_module.assemble(setup, np.arange(20), np.arange(20, 36))
     assert isinstance(parts.trained, torch._dynamo.eval_frame.OptimizedModule)
     assert engine.unwrap(parts.trained) is parts.model
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ({"model.name": "resnet9000"}, "model.name='resnet9000' is not a timm model"),
+        ({"model.pretrained": "file:missing.pth"}, "pretrained weights file missing.pth does not exist"),
+    ],
+)
+def test_a_config_mistake_is_said_before_finished_folds_are_touched(
+    digits_dir, tmp_path, monkeypatch, override, error
+):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+    run(cfg, tmp_path, monkeypatch)
+    experiment = tmp_path / "runs/tiny/tiny"
+    before = {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()}
+    with pytest.raises(PipelineError, match=error):
+        train.run(C.with_overrides(cfg, override, "test"))
+    assert {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()} == before
+
+
+def test_an_earlier_fit_is_replaced_only_once_its_successor_has_a_checkpoint(
+    digits_dir, tmp_path, monkeypatch, capsys
+):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+    run(cfg, tmp_path, monkeypatch)
+    fold0 = tmp_path / "runs/tiny/tiny/fold0"
+    before = {p.name: p.read_bytes() for p in fold0.iterdir()}
+
+    def stopped_before_a_checkpoint(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module.engine, "train_one_epoch", stopped_before_a_checkpoint)
+    changed = C.with_overrides(cfg, {"train.lr": 0.02}, "test")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(changed)
+    assert {p.name: p.read_bytes() for p in fold0.iterdir()} == before
+    assert not (tmp_path / "runs/tiny/tiny/fold0.previous").exists()
+
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    save = fit_module._checkpoint
+
+    def killed_after_the_first_checkpoint(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_checkpoint", killed_after_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(changed)
+    assert (fold0 / "last.pt").exists() and not (fold0 / "result.json").exists()
+    assert not (tmp_path / "runs/tiny/tiny/fold0.previous").exists()
+    assert "fold0.previous until then" in capsys.readouterr().out

@@ -1,0 +1,156 @@
+"""Fault injection (slow, run in CI): `kill -9` at three seeded moments in make scrape, train and
+tune, then a re-run, must end where an uninterrupted run ends; Ctrl-C must end each stage in one
+line, without a traceback. RELIABILITY.md records the outcomes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny
+from optuna.trial import TrialState
+from test_scrape import competition, config, site  # noqa: F401 (fixtures)
+
+from pipeline import config as C
+from pipeline import tune
+from pipeline.paths import Paths
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+MOMENTS_SEED = 19
+
+
+def stage(name: str, config_file: Path, cwd: Path) -> subprocess.Popen:
+    """`python -m pipeline NAME` in its own process group, as a shell would start it."""
+    command = [sys.executable, "-m", "pipeline", name, "-c", str(config_file)]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def killed_at(moments: list[float], name: str, config_file: Path, cwd: Path) -> int:
+    """Start the stage once per moment and kill -9 it then; the kills that landed mid-run."""
+    landed = 0
+    for moment in moments:
+        process = stage(name, config_file, cwd)
+        try:
+            process.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            landed += 1
+    return landed
+
+
+def finished(name: str, config_file: Path, cwd: Path) -> None:
+    process = stage(name, config_file, cwd)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err.decode()
+
+
+def seeded_moments(low: float, high: float) -> list[float]:
+    return sorted(np.random.default_rng(MOMENTS_SEED).uniform(low, high, 3).tolist())
+
+
+def write_config(cfg, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+def test_train_killed_three_times_ends_with_the_uninterrupted_cv(digits_dir, tmp_path):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, epochs=4)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for folder in (clean, killed):
+        finished("folds", write_config(cfg, folder), folder)
+    started = time.monotonic()
+    finished("train", clean / "tiny.yaml", clean)
+    duration = time.monotonic() - started
+    assert killed_at(seeded_moments(2.0, 0.9 * duration), "train", killed / "tiny.yaml", killed) >= 2
+    finished("train", killed / "tiny.yaml", killed)
+    cv = Paths.of(cfg).cv_json
+    assert json.loads((killed / cv).read_text()) == json.loads((clean / cv).read_text())
+
+
+def test_tune_killed_three_times_ends_with_exactly_n_trials(digits_dir, tmp_path, monkeypatch):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+    searched = {"n_trials": 4, "epochs": 2, "pruner": "none", "space": space}
+    cfg = C.validate({**cfg.model_dump(mode="json"), "tune": searched})
+    config_file = write_config(cfg, tmp_path)
+    finished("folds", config_file, tmp_path)
+    assert killed_at(seeded_moments(4.0, 12.0), "tune", config_file, tmp_path) >= 2
+    finished("tune", config_file, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    study = tune.create_study(cfg, Paths.of(cfg))
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 4 and not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def kept(competition_dir: Path) -> list[str]:
+    manifest = pd.read_csv(competition_dir / "extra.csv", dtype=str, keep_default_na=False)
+    return sorted(manifest.loc[manifest["status"] == "kept", "sha256"])
+
+
+def test_make_scrape_killed_three_times_keeps_the_clean_scrapes_set(competition, site, tmp_path):  # noqa: F811
+    site.delay = 0.15
+    cfg = config(competition, site, workers=4)
+    config_file = write_config(cfg, tmp_path / "config")
+    make = ["make", "-f", str(ROOT / "Makefile"), "scrape", f"CONFIG={config_file}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+    subprocess.run(make, cwd=tmp_path, env=env, check=True, capture_output=True)
+    clean = kept(competition)
+    for path in [competition / "extra.csv", competition / "extra.progress.csv", competition / "extra"]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    landed = 0
+    for moment in seeded_moments(1.0, 4.0):
+        make_run = subprocess.Popen(make, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(moment)
+        scraper = _children(make_run.pid)
+        for pid in scraper:
+            os.kill(pid, signal.SIGKILL)
+        out = make_run.communicate()[0].decode()
+        landed += bool(scraper)
+        assert "Deleting file" not in out
+        assert not (competition / "extra.csv").exists() or make_run.returncode == 0
+    assert landed >= 2
+    subprocess.run(make, cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert kept(competition) == clean
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("name", ["train", "tune", "scrape"])
+def test_ctrl_c_ends_a_stage_in_one_line(name, digits_dir, competition, site, tmp_path):  # noqa: F811
+    if name == "scrape":
+        site.delay = 0.3
+        cfg = config(competition, site)
+    else:
+        cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, epochs=20)
+    config_file = write_config(cfg, tmp_path)
+    if name != "scrape":
+        finished("folds", config_file, tmp_path)
+    process = stage(name, config_file, tmp_path)
+    time.sleep(6.0)
+    assert process.poll() is None, f"{name} ended before the interrupt"
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C at a terminal sends: to the whole group
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert process.returncode == 130 and lines[-1] == "interrupted", err.decode()
+    assert "Traceback" not in err.decode()
