@@ -50,10 +50,14 @@ init: $(INSTALLED)
 	@test -n "$(DIR)" || { echo "error: make init needs DIR=data/<competition>" >&2; exit 2; }
 	$(PY) -m pipeline init $(DIR) $(if $(NAME),--name $(NAME))
 
+# Every package at its floor in pyproject.toml: the versions the suite runs on are the lowest it
+# allows, so no floor is a promise nobody tested (tests/test_packaging.py holds them to it).
+FLOORS := $(VENV)/floors.txt
 $(INSTALLED): $(ROOT)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '$(ROOT)[dev]'
+	$(PY) $(ROOT)/tests/floors.py $(ROOT)/pyproject.toml > $(FLOORS)
+	$(PY) -m pip install --quiet -c $(FLOORS) -e '$(ROOT)[dev]'
 	touch $@
 
 # Stage goals need this config's file names: `pipeline makevars` writes them as a Make fragment

@@ -45,7 +45,7 @@ def _row(paths: Paths, settings: dict, first: dict) -> dict:
         "oof": cv.fold_models.oof,
         "train_min": _training_minutes(paths, cv),
         "differs": " ".join(shown) or "-",
-        "date": dt.datetime.fromtimestamp(paths.cv_json.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "date": dt.datetime.fromtimestamp(paths.cv_json.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M"),
     }
 
 

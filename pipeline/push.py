@@ -37,6 +37,6 @@ def run(cfg: C.Config) -> None:
     kaggle_cli.wait_for_kernel(kernel, C.seconds(cfg.package.time_limit))
     competition = package.competition_slug(cfg)
     kaggle_cli.submit_kernel(competition, kernel, version, message)
-    row = submission.ledger_row(cfg, stated, f"kernel {kernel} version {version}", dt.datetime.now(dt.timezone.utc))
+    row = submission.ledger_row(cfg, stated, f"kernel {kernel} version {version}", dt.datetime.now(dt.UTC))
     submission.add_to_ledger({**row, "kernel": kernel, "kernel_version": version})
     print(f"submitted {kernel} version {version} to {competition}: {message}")

@@ -162,7 +162,7 @@ def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarra
     """The validated submission file and its ledger row with the CV of the models in it: both or
     neither."""
     frame = validated(cfg, table, predictions, task)
-    stamp = dt.datetime.now(dt.timezone.utc)
+    stamp = dt.datetime.now(dt.UTC)
     with locked_ledger():
         path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")
         try:

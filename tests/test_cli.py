@@ -43,6 +43,18 @@ def test_user_error_is_one_line_without_traceback(tmp_path, pixel_columns_dir):
     assert "Traceback" not in run.stderr
 
 
+def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, pixel_columns_dir, capsys):
+    config = tiny_config(tmp_path, pixel_columns_dir)
+    (tmp_path / "runs").write_text("")  # a file where the folder belongs: unwritable even for root
+    os.chdir(tmp_path)
+    try:
+        assert main(["folds", "-c", str(config)]) == 2
+    finally:
+        os.chdir(ROOT)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: [Errno") and "runs" in err
+
+
 def test_data_and_folds_stages_write_outputs_and_resolved_config(tmp_path, pixel_columns_dir, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, pixel_columns_dir)

@@ -139,6 +139,16 @@ def test_two_processes_appending_to_the_ledger_lose_no_row(in_tmp):
     assert sorted(files) == sorted(f"{name}{i}" for name in "ab" for i in range(20))
 
 
+def test_scoring_a_deleted_submission_names_it(in_tmp):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    pd.DataFrame({"ImageId": [1, 2], "Label": [1, 0]}).to_csv(in_tmp / "solution.csv", index=False)
+    cfg = make_config({"layout": "pixel_columns", "dir": str(in_tmp), "solution": "solution.csv"})
+    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), CV)
+    path.unlink()
+    with pytest.raises(PipelineError, match=f"the newest submission in submissions/ledger.csv, {path}, no longer"):
+        submission.score(cfg)
+
+
 def test_ledger_gets_one_row_per_submission(in_tmp, capsys):
     pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
     cfg = digits_cfg(in_tmp, tta=["hflip"])

@@ -228,3 +228,15 @@ def test_an_earlier_fit_is_replaced_only_once_its_successor_has_a_checkpoint(
     assert (fold0 / "last.pt").exists() and not (fold0 / "result.json").exists()
     assert not (tmp_path / "runs/tiny/tiny/fold0.previous").exists()
     assert "fold0.previous until then" in capsys.readouterr().out
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(digits_dir, tmp_path, monkeypatch):
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+
+    def disk_full(*args, **kwargs):  # what torch's zip writer raises when the disk fills
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 3145728 vs 3145620")
+
+    monkeypatch.setattr(fit_module.torch, "save", disk_full)
+    with pytest.raises(PipelineError, match=r"model.pt could not be written \(\d+ MiB free on its disk\): \[enforce"):
+        run(cfg, tmp_path, monkeypatch)
+    assert not list((tmp_path / "runs").rglob("*.tmp"))  # nothing half-written left behind
