@@ -1,5 +1,6 @@
 """Fault injection (slow, run in CI): `kill -9` at three seeded moments in make scrape, train and
-tune, then a re-run, must end where an uninterrupted run ends; Ctrl-C must end each stage in one
+tune (each a seeded delay after the run shows progress), then a re-run, must end where an
+uninterrupted run ends; Ctrl-C must end each stage in one
 line, without a traceback. RELIABILITY.md records the outcomes."""
 
 import json
@@ -26,24 +27,32 @@ ROOT = Path(__file__).resolve().parents[1]
 MOMENTS_SEED = 19
 
 
-def stage(name: str, config_file: Path, cwd: Path) -> subprocess.Popen:
+def stage(name: str, config_file: Path, cwd: Path, output=subprocess.PIPE) -> subprocess.Popen:
     """`python -m pipeline NAME` in its own process group, as a shell would start it."""
     command = [sys.executable, "-m", "pipeline", name, "-c", str(config_file)]
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(command, cwd=cwd, stdout=output, stderr=output, start_new_session=True)
 
 
-def killed_at(moments: list[float], name: str, config_file: Path, cwd: Path) -> int:
-    """Start the stage once per moment and kill -9 it then; the kills that landed mid-run."""
+def killed_mid_run(start, under_way, kill, delays: list[float]) -> int:
+    """For each delay: start a run, wait until `under_way()` says it has done some work, wait
+    the delay, and kill it there. A moment is a point in the work, not a wall-clock time: a
+    re-run resumes, so a clock would find less and less left to interrupt. Returns the kills
+    that landed before the run ended."""
     landed = 0
-    for moment in moments:
-        process = stage(name, config_file, cwd)
-        try:
-            process.wait(timeout=moment)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    for delay in delays:
+        process, before = start(), under_way()
+        while under_way() == before and process.poll() is None:
+            time.sleep(0.02)
+        time.sleep(delay)
+        if process.poll() is None:
+            kill(process)
             landed += 1
+        process.wait()
     return landed
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
 
 
 def finished(name: str, config_file: Path, cwd: Path) -> None:
@@ -52,8 +61,8 @@ def finished(name: str, config_file: Path, cwd: Path) -> None:
     assert process.returncode == 0, err.decode()
 
 
-def seeded_moments(low: float, high: float) -> list[float]:
-    return sorted(np.random.default_rng(MOMENTS_SEED).uniform(low, high, 3).tolist())
+def seeded_delays(low: float, high: float) -> list[float]:
+    return np.random.default_rng(MOMENTS_SEED).uniform(low, high, 3).tolist()
 
 
 def write_config(cfg, folder: Path) -> Path:
@@ -68,12 +77,15 @@ def test_train_killed_three_times_ends_with_the_uninterrupted_cv(digits_dir, tmp
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     for folder in (clean, killed):
         finished("folds", write_config(cfg, folder), folder)
-    started = time.monotonic()
     finished("train", clean / "tiny.yaml", clean)
-    duration = time.monotonic() - started
-    landed = killed_at(seeded_moments(2.0, 0.9 * duration), "train", killed / "tiny.yaml", killed)
-    print(f"train: {duration:.1f} s uninterrupted; {landed} of 3 kills landed mid-run")
-    assert landed >= 2
+
+    def epochs_done() -> int:  # metrics.csv gains a row per finished epoch
+        return sum(len(p.read_text().splitlines()) for p in killed.glob("runs/**/metrics.csv"))
+
+    start = lambda: stage("train", killed / "tiny.yaml", killed, subprocess.DEVNULL)  # noqa: E731
+    landed = killed_mid_run(start, epochs_done, kill_group, seeded_delays(0.0, 0.4))
+    print(f"train: {landed} of 3 kills landed mid-run, each after an epoch and a seeded delay")
+    assert landed == 3
     finished("train", killed / "tiny.yaml", killed)
     cv = Paths.of(cfg).cv_json
     assert json.loads((killed / cv).read_text()) == json.loads((clean / cv).read_text())
@@ -86,11 +98,17 @@ def test_tune_killed_three_times_ends_with_exactly_n_trials(digits_dir, tmp_path
     cfg = C.validate({**cfg.model_dump(mode="json"), "tune": searched})
     config_file = write_config(cfg, tmp_path)
     finished("folds", config_file, tmp_path)
-    landed = killed_at(seeded_moments(4.0, 12.0), "tune", config_file, tmp_path)
-    print(f"tune: {landed} of 3 kills landed mid-run")
-    assert landed >= 2
-    finished("tune", config_file, tmp_path)
     monkeypatch.chdir(tmp_path)
+
+    def journal_written() -> int:  # a worker writes the journal as it takes a trial
+        journal = Paths.of(cfg).tune_file("journal")
+        return journal.stat().st_size if journal.exists() else 0
+
+    start = lambda: stage("tune", config_file, tmp_path, subprocess.DEVNULL)  # noqa: E731
+    landed = killed_mid_run(start, journal_written, kill_group, seeded_delays(0.2, 1.0))
+    print(f"tune: {landed} of 3 kills landed mid-run, each a seeded delay into a trial")
+    assert landed == 3
+    finished("tune", config_file, tmp_path)
     study = tune.create_study(cfg, Paths.of(cfg))
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     print(f"tune: {len(done)} finished trials, {len(study.trials) - len(done)} failed by a kill and run again")
@@ -103,7 +121,7 @@ def kept(competition_dir: Path) -> list[str]:
 
 
 def test_make_scrape_killed_three_times_keeps_the_clean_scrapes_set(competition, site, tmp_path):  # noqa: F811
-    site.delay = 0.15
+    site.delay = 0.3
     cfg = config(competition, site, workers=4)
     config_file = write_config(cfg, tmp_path / "config")
     make = ["make", "-f", str(ROOT / "Makefile"), "scrape", f"CONFIG={config_file}"]
@@ -112,33 +130,41 @@ def test_make_scrape_killed_three_times_keeps_the_clean_scrapes_set(competition,
     clean = kept(competition)
     for path in [competition / "extra.csv", competition / "extra.progress.csv", competition / "extra"]:
         subprocess.run(["rm", "-rf", str(path)], check=True)
-    landed = 0
-    for moment in seeded_moments(1.0, 4.0):
-        make_run = subprocess.Popen(make, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        time.sleep(moment)
-        scraper = _children(make_run.pid)
-        for pid in scraper:
+    logs = []
+
+    def start() -> subprocess.Popen:
+        logs.append(tmp_path / f"make-{len(logs)}.log")
+        return subprocess.Popen(make, cwd=tmp_path, env=env, stdout=logs[-1].open("w"), stderr=subprocess.STDOUT)
+
+    def links_collected() -> int:  # each run saves the progress manifest once its links are in
+        progress = competition / "extra.progress.csv"
+        return progress.stat().st_mtime_ns if progress.exists() else 0
+
+    def kill_the_scraper(make_run: subprocess.Popen) -> None:  # make stays: it must not delete a thing
+        for pid in _descendants(make_run.pid):
             os.kill(pid, signal.SIGKILL)
-        out = make_run.communicate()[0].decode()
-        landed += bool(scraper)
-        assert "Deleting file" not in out
-        assert not (competition / "extra.csv").exists() or make_run.returncode == 0
-    assert landed >= 2
+
+    landed = killed_mid_run(start, links_collected, kill_the_scraper, seeded_delays(0.0, 0.3))
+    assert not any("Deleting file" in log.read_text() for log in logs)
+    assert landed == 3
     subprocess.run(make, cwd=tmp_path, env=env, check=True, capture_output=True)
     print(f"scrape: {landed} of 3 kills landed mid-run; {len(kept(competition))} kept, clean scrape {len(clean)}")
     assert kept(competition) == clean
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    found = []
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`: its children, theirs, and so on."""
+    parent_of = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
+            parent_of[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parent_of.items() if parent in frontier]
+        found += children
+        frontier = children
     return found
 
 
