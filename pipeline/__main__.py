@@ -1,5 +1,9 @@
 import sys
 
-from pipeline.cli import main
+from pipeline.errors import interrupted
 
+try:
+    from pipeline.cli import main  # torch and friends load here, for seconds: Ctrl-C may come now
+except KeyboardInterrupt:
+    sys.exit(interrupted())
 sys.exit(main())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, interrupted
 from pipeline.files import write_if_changed, write_text
 from pipeline.paths import Paths
 
@@ -208,6 +208,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
     return 0

@@ -407,7 +407,12 @@ def spawn_workers(cfg: C.Config, paths: Paths, workers: int) -> None:
     for i in range(workers):
         env = {**distributed.worker_env([str(i % gpus)] if gpus else [], workers), "PIPELINE_TUNE_WORKER": str(i)}
         processes.append(subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "-c", str(resolved)], env=env))
-    codes = [p.wait() for p in processes]
+    try:
+        codes = [p.wait() for p in processes]
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: they end quietly, this process says it
+        for process in processes:
+            process.wait()
+        raise
     if any(codes):
         raise PipelineError(f"tune workers exited with {codes}")
 
