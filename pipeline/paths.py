@@ -33,6 +33,11 @@ class FitFiles:
         return self.root / "metrics.csv"
 
     @property
+    def previous(self) -> "FitFiles":
+        """Where an earlier fit of another config waits until this one's first checkpoint."""
+        return FitFiles(self.root.with_name(self.root.name + ".previous"))
+
+    @property
     def oof(self) -> Path:
         """id, fold, targets and the kept epoch's predictions, in the competition's units."""
         return self.root / "oof.csv"

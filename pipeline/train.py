@@ -82,7 +82,7 @@ def fit_once(
     after=None,
 ) -> FitResult:
     """fit(), unless `out` already holds a finished fit of this config."""
-    previous = FitFiles(out.root.with_name(out.root.name + ".previous"))
+    previous = out.previous
     if distributed.is_main():
         restore_unreplaced(out, previous)
     distributed.barrier()
