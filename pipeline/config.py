@@ -468,8 +468,10 @@ class Config(Section):
             )
         if self.data.dir is None:
             self.data.dir = Path("data") / self.competition.name
-        if self.competition.task == "keypoints" and self.aug.random_resized_crop:
-            raise ValueError("aug.random_resized_crop is for classification; keypoints use shift and scale")
+        for op in aug_ops.enabled(self.aug):
+            if self.competition.task not in op.tasks:
+                names = " and ".join(f"aug.{k.name}" for k in op.keys)
+                raise ValueError(f"{names} is for {' and '.join(op.tasks)}, not {self.competition.task}")
         if self.folds.kind == "auto":
             self.folds.kind = "stratified" if self.competition.task == "classification" else "stratified_binned"
         if self.train.experiment is None:

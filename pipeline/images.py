@@ -29,7 +29,7 @@ def decode(path: Path, channels: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            converted = _eight_bit(image, path).convert("L" if channels == 1 else "RGB")
+            converted = eight_bit(image).convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
         raise PipelineError(f"image file {path} does not exist") from None
     except DECODE_ERRORS as exc:
@@ -41,15 +41,16 @@ def decode(path: Path, channels: int) -> np.ndarray:
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
-    """Pillow's convert() clips values above 255 (a 16-bit mid-grey becomes white): 16-bit
-    grey, and a PNG's "I" mode (16-bit at most), are scaled by their depth instead."""
+def eight_bit(image: Image.Image) -> Image.Image:
+    """The image with 8-bit values, ready for convert(). Pillow's convert() clips values above
+    255 (a 16-bit mid-grey becomes white): 16-bit grey, and a PNG's "I" mode (16-bit at most),
+    are scaled by their depth instead. Other 32-bit images raise ValueError."""
     if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
         _say_once("images: 16-bit grey images are scaled to 8 bits (value * 255 / 65535)")
         scaled = np.asarray(image, dtype=np.float64) * (255 / 65535)
         return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
     if image.mode in ("I", "F"):
-        raise PipelineError(f"image file {path}: {image.mode} mode ({image.format} 32-bit) images are not supported")
+        raise ValueError(f"{image.mode} mode ({image.format} 32-bit) images are not supported")
     return image
 
 

@@ -46,7 +46,7 @@ from pipeline import sources
 from pipeline.config import Config, Scrape
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
-from pipeline.images import open_images
+from pipeline.images import eight_bit, open_images
 from pipeline.paths import Paths
 
 COLUMNS = ["kind", "label", "page", "url", "final_url", "status", "detail", "sha256", "phash", "width", "height"]
@@ -173,7 +173,7 @@ class Http:
 # --- pages -------------------------------------------------------------------------------------
 
 
-def image_links(html: str, page_url: str) -> list[str]:
+def image_links(html: str | bytes, page_url: str) -> list[str]:
     """Every image a page shows or links: img src, srcset and lazy data-src(set), links to image
     files, og:image; resolved against the page, in order, without repeats."""
     soup = BeautifulSoup(html, "html.parser")
@@ -213,6 +213,8 @@ class Outcome:
     data: bytes | None = None
     image: Image.Image | None = None
     final_url: str = ""  # where the redirects ended
+    sha256: str = ""  # of the downloaded bytes, once decoded
+    phash: bytes = b""  # perceptual hash of the decoded image
 
 
 def download(http: Http, url: str, cfg: Scrape) -> Outcome:
@@ -262,7 +264,7 @@ def verify(data: bytes, cfg: Scrape) -> Outcome:
             if width * height > cfg.max_pixels:
                 return Outcome("too_large", f"{width}x{height} pixels, over scrape.max_pixels")
             image.load()
-            rgb = image.convert("RGB")
+            rgb = eight_bit(image).convert("RGB")
     except Image.DecompressionBombError as exc:  # Pillow's own, larger limit
         return Outcome("too_large", str(exc).split(".")[0])
     except Image.UnidentifiedImageError:
@@ -283,25 +285,24 @@ def phash(image: Image.Image) -> bytes:
 
 class Seen:
     """What a new image is compared with: sha256s, and perceptual hashes of the test images,
-    the training images and what was kept so far. Thread-safe: check and add are one step."""
+    the training images and what was kept so far. Judged one image at a time, in link order."""
 
     def __init__(self, train: list[bytes], test: list[bytes], kept: pd.DataFrame, distance: int):
-        self.lock, self.distance = threading.Lock(), distance
+        self.distance = distance
         self.sha = set(kept["sha256"])
         self.test = _hash_array(test)
         self.known = _hash_array(train + [bytes.fromhex(h) for h in kept["phash"]])
 
     def judge(self, sha: str, hashed: bytes) -> str:
-        with self.lock:
-            if sha in self.sha:
-                return "duplicate"
-            if _nearest(self.test, hashed) <= self.distance:
-                return "test_leak"
-            if _nearest(self.known, hashed) <= self.distance:
-                return "near_duplicate"
-            self.sha.add(sha)
-            self.known = np.vstack([self.known, _hash_array([hashed])])
-            return "kept"
+        if sha in self.sha:
+            return "duplicate"
+        if _nearest(self.test, hashed) <= self.distance:
+            return "test_leak"
+        if _nearest(self.known, hashed) <= self.distance:
+            return "near_duplicate"
+        self.sha.add(sha)
+        self.known = np.vstack([self.known, _hash_array([hashed])])
+        return "kept"
 
 
 def _hash_array(hashes: list[bytes]) -> np.ndarray:
@@ -342,7 +343,7 @@ class Manifest:
     def __init__(self, path: Path, resume_from: Path | None = None):
         """Saved to `path`, starting from the rows in `resume_from` (default `path`)."""
         source = resume_from or path
-        self.path, self.lock, self.unsaved = path, threading.Lock(), 0
+        self.path, self.unsaved = path, 0
         self.rows = pd.read_csv(source, dtype=str, keep_default_na=False).to_dict("records") if source.exists() else []
         self.index = {(r["kind"], r["url"]): i for i, r in enumerate(self.rows)}
 
@@ -357,29 +358,24 @@ class Manifest:
         return i is not None and self.rows[i]["status"] not in ("pending", "")
 
     def record(self, row: dict) -> None:
-        with self.lock:
-            row = {c: row.get(c, "") for c in COLUMNS}
-            key = (row["kind"], row["url"])
-            if key in self.index:
-                self.rows[self.index[key]] = row
-            else:
-                self.index[key] = len(self.rows)
-                self.rows.append(row)
-            self.unsaved += 1
-            if self.unsaved >= SAVE_EVERY:
-                self._save()
+        row = {c: row.get(c, "") for c in COLUMNS}
+        key = (row["kind"], row["url"])
+        if key in self.index:
+            self.rows[self.index[key]] = row
+        else:
+            self.index[key] = len(self.rows)
+            self.rows.append(row)
+        self.unsaved += 1
+        if self.unsaved >= SAVE_EVERY:
+            self.save()
 
     def save(self) -> None:
-        with self.lock:
-            self._save()
+        self.save_as(self.path)
+        self.unsaved = 0
 
     def save_as(self, path: Path) -> None:
-        """The whole manifest at `path`, written at once: the finished stage's target."""
+        """The whole manifest at `path`, written at once (extra.csv: the finished stage's target)."""
         write_csv(path, self.frame())
-
-    def _save(self) -> None:
-        write_csv(self.path, pd.DataFrame(self.rows, columns=COLUMNS))
-        self.unsaved = 0
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=COLUMNS)
@@ -496,26 +492,35 @@ def collect_links(http: Http, manifest: Manifest, label: str, pages: list[str], 
 
 
 def fetch_page(http: Http, page: str, cfg: Scrape) -> tuple[str, str, str, list[str]]:
-    """(status, detail, final URL, image links) of one result page."""
+    """(status, detail, final URL, image links) of one result page, read with the caps of an image."""
     try:
-        response = http.get(page)
+        with http.get(page, stream=True) as response:
+            if response.status_code != 200:
+                return "http_error", f"HTTP {response.status_code}", response.url, []
+            body = _body(response, cfg)
     except Refused as refused:
         return refused.status, refused.detail, "", []
     except requests.exceptions.Timeout:
         return "timeout", f"no answer in {cfg.timeout} s", "", []
-    except requests.exceptions.RequestException as exc:
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
         return "http_error", type(exc).__name__, "", []
-    if response.status_code != 200:
-        return "http_error", f"HTTP {response.status_code}", response.url, []
-    return "ok", f"HTTP {response.status_code}", response.url, image_links(response.text, response.url)
+    if body.status != "downloaded":
+        return body.status, body.detail, body.final_url, []
+    # bytes: BeautifulSoup finds the charset, as requests' .text would have guessed it
+    return "ok", "HTTP 200", body.final_url, image_links(body.data, body.final_url)
 
 
 def fetch(http: Http, url: str, cfg: Scrape) -> Outcome:
-    """An image URL downloaded and fully decoded, or why not (in a worker thread: no shared state)."""
+    """An image URL downloaded, fully decoded and hashed, or why not (in a worker thread: no
+    shared state)."""
     outcome = download(http, url, cfg)
     if outcome.status != "downloaded":
         return outcome
-    return dataclasses.replace(verify(outcome.data, cfg), final_url=outcome.final_url)
+    verified = verify(outcome.data, cfg)
+    if verified.image is None:
+        return dataclasses.replace(verified, final_url=outcome.final_url)
+    sha, hashed = hashlib.sha256(verified.data).hexdigest(), phash(verified.image)
+    return dataclasses.replace(verified, final_url=outcome.final_url, sha256=sha, phash=hashed)
 
 
 def settle(manifest: Manifest, seen: Seen, row: dict, outcome: Outcome, paths: Paths) -> None:
@@ -524,7 +529,7 @@ def settle(manifest: Manifest, seen: Seen, row: dict, outcome: Outcome, paths: P
     if outcome.image is None:
         manifest.record({**row, "status": outcome.status, "detail": outcome.detail})
         return
-    sha, hashed = hashlib.sha256(outcome.data).hexdigest(), phash(outcome.image)
+    sha, hashed = outcome.sha256, outcome.phash
     status = seen.judge(sha, hashed) if outcome.status == "ok" else outcome.status
     if status == "kept":
         path = f"extra/{row['label']}/{sha[:20]}.png"

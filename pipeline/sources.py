@@ -54,14 +54,15 @@ def line(index: int) -> int:
 # --- CSV helpers -------------------------------------------------------------------------------
 
 
-def read_csv(path: Path, **kwargs) -> pd.DataFrame:
+def read_csv(path: Path, *, rows_required: bool = True, **kwargs) -> pd.DataFrame:
+    """A competition table; one without rows is an error unless `rows_required` is off."""
     if not path.is_file():
         raise PipelineError(f"{path} does not exist")
     try:
         frame = pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise PipelineError(f"{path} cannot be read as CSV: {str(exc).strip().splitlines()[-1]}") from None
-    if frame.empty:
+    if frame.empty and rows_required:
         raise PipelineError(f"{path} has a header but no rows")
     return frame
 

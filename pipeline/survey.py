@@ -54,7 +54,7 @@ class Folder:
             raise PipelineError(f"init: {root} is not a folder")
         folder = cls(root)
         for path in sorted(root.glob("*.csv")):
-            folder.csvs[path.name] = sources.read_csv(path, nrows=50)
+            folder.csvs[path.name] = sources.read_csv(path, rows_required=False, nrows=50)
         return folder
 
     @property

@@ -131,3 +131,9 @@ def test_a_yaml_syntax_error_names_its_line(tmp_path):
     path.write_text("competition:\n  name: x\n  task: [classification\ndata:\n  layout: pixel_columns\n")
     with pytest.raises(PipelineError, match=r"broken.yaml is not valid YAML at line 4, column 5"):
         C.load(path)
+
+
+def test_an_augmentation_outside_its_tasks_is_refused_as_the_registry_says(tmp_path):
+    keypoints = {**MINIMAL, "competition": {"name": "f", "task": "keypoints"}, "data": {"layout": "pixel_string"}}
+    message = load_error(tmp_path, keypoints, ["aug.random_resized_crop=0.5"])
+    assert "aug.random_resized_crop is for classification, not keypoints" in message

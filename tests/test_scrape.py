@@ -366,12 +366,13 @@ def hostile_handler(requests: Counter):
                 return self.reply(body[:100], "image/png", length=len(body))
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
-            if self.path in ("/endless.png", "/drip.png"):  # no length: read until the server stops
+            if self.path in ("/endless.png", "/drip.png", "/endless.html"):  # no length: read until it stops
                 self.end_headers()
+                drip = self.path == "/drip.png"
                 while True:
-                    self.wfile.write(b"x" * (65536 if self.path == "/endless.png" else 1))
+                    self.wfile.write(b"x" * (1 if drip else 65536))
                     self.wfile.flush()
-                    time.sleep(0.0 if self.path == "/endless.png" else 0.05)
+                    time.sleep(0.05 if drip else 0.0)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -399,7 +400,7 @@ def test_hostile_servers_end_in_their_named_status_and_redirects_obey_the_rules(
     cfg = make_config(
         {"layout": "class_folders", "dir": str(competition), "sample_submission": None},
         scrape={
-            "sources": {"a": {"pages": ["{gallery}/hostile.html", "{gallery}/moved"]}},
+            "sources": {"a": {"pages": ["{gallery}/hostile.html", "{gallery}/moved", "{gallery}/endless.html"]}},
             "timeout": 0.5,
             "download_s": 1.0,
             "max_bytes": 1_000_000,
@@ -413,7 +414,14 @@ def test_hostile_servers_end_in_their_named_status_and_redirects_obey_the_rules(
     finally:
         server.shutdown()
         server.server_close()
-    images = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False).query("kind == 'image'")
+    manifest = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False)
+    pages = manifest.query("kind == 'page'")
+    assert dict(zip(pages["url"].str.removeprefix(base), pages["status"], strict=True)) == {
+        "/hostile.html": "ok",
+        "/moved": "ok",
+        "/endless.html": "too_large",  # a page is read with an image's caps
+    }
+    images = manifest.query("kind == 'image'")
     observed = dict(zip(images["url"].str.removeprefix(base), images["status"], strict=True))
     assert {case: observed[path] for case, (path, _) in HOSTILE.items()} == {c: s for c, (_, s) in HOSTILE.items()}
     final = dict(zip(images["url"].str.removeprefix(base), images["final_url"], strict=True))
@@ -441,3 +449,10 @@ def test_the_policy_refuses_private_addresses_and_other_schemes(url, refused):
         with pytest.raises(scrape.Refused, match=re.escape(refused)):
             policy.check(url)
     policy.check("http://127.0.0.1:8000/gallery/a.png")  # the demo's own gallery, by its origin
+
+
+def test_a_scraped_16_bit_image_is_scaled_like_a_competition_one():
+    grey = Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16))
+    cfg = make_config({"layout": "class_folders", "dir": "."}, scrape={"min_side": 16}).scrape
+    outcome = scrape.verify(encoded(grey), cfg)
+    assert outcome.status == "ok" and outcome.image.getpixel((0, 0)) == (128, 128, 128)

@@ -38,6 +38,7 @@ def test_every_layout_gets_a_config_that_reads_it(fixture, request, tmp_path, ca
 
 
 def test_class_balance_sizes_and_sample_format_are_found(image_csv_dir, tmp_path):
+    (image_csv_dir / "test_labels.csv").write_text("id,label\n")  # a header-only extra table is surveyed too
     found = survey.survey(image_csv_dir)
     assert found.found[1] == "3 classes, 4 to 4 rows each (balanced)"
     assert found.found[2:] == ["images: 10x12, colour", "preset: medium"]
