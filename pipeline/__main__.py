@@ -1,9 +1,9 @@
 import sys
 
-from pipeline.errors import interrupted
+from pipeline.errors import report_interrupt
 
-try:
-    from pipeline.cli import main  # torch and friends load here, for seconds: Ctrl-C may come now
-except KeyboardInterrupt:
-    sys.exit(interrupted())
+sys.excepthook = report_interrupt  # set before torch and friends load, for seconds: Ctrl-C may come then
+
+from pipeline.cli import main  # noqa: E402
+
 sys.exit(main())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline.errors import PipelineError, interrupted
+from pipeline.errors import PipelineError
 from pipeline.files import write_if_changed, write_text
 from pipeline.paths import Paths
 
@@ -207,6 +207,4 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a read-only folder, a full disk: the system's own words name the file
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return interrupted()
     return 0
