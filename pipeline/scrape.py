@@ -3,7 +3,7 @@ with corrupt files, duplicates and copies of test images kept out.
 
 Pages are fetched with one requests Session per thread (timeouts, retries with backoff on 429
 and 5xx, a User-Agent, a per-host rate limit, redirects followed by hand so that every hop is
-checked against the domain and private-address rules) and parsed with BeautifulSoup. Every
+checked against the domain and private-address rules, and each connection's peer too) and parsed with BeautifulSoup. Every
 image link found is recorded in the progress manifest as soon as its page is parsed, then
 downloaded (streamed, capped in bytes and time, content-type checked), fully decoded and, in
 link order, compared by sha256 and perceptual hash with what is already kept, with the training
@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import requests
 import urllib3
+import urllib3.connection
 from bs4 import BeautifulSoup
 from PIL import Image
 from requests.adapters import HTTPAdapter
@@ -85,6 +86,10 @@ class Refused(Exception):
 BLOCKED_ADDRESS = ("is_private", "is_loopback", "is_link_local", "is_reserved", "is_multicast", "is_unspecified")
 
 
+def blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return any(getattr(address, kind) for kind in BLOCKED_ADDRESS)
+
+
 @functools.lru_cache(maxsize=1024)
 def addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
     try:
@@ -117,27 +122,76 @@ class Policy:
 
     def check(self, url: str) -> None:
         """Raise Refused unless `url` may be fetched."""
-        if any(url.startswith(origin + "/") for origin in self.trusted):
+        if self.trusts(url):
             return
         if not self.on_domain(url):
             raise Refused("refused", f"{url}: not an http(s) URL on scrape.allowed_domains")
         host = urlparse(url).hostname or ""
-        blocked = [a for a in addresses(host) if any(getattr(a, kind) for kind in BLOCKED_ADDRESS)]
-        if blocked and not self.private_ok:
+        private = [a for a in addresses(host) if blocked(a)]
+        if private and not self.private_ok:
             raise Refused(
-                "refused", f"{url}: {host} is a private address ({blocked[0]}), see scrape.allow_private_addresses"
+                "refused", f"{url}: {host} is a private address ({private[0]}), see scrape.allow_private_addresses"
+            )
+
+    def guards_connections(self, url: str) -> bool:
+        """Whether the connection to `url` must itself refuse a private peer."""
+        return not self.private_ok and not self.trusts(url)
+
+    def trusts(self, url: str) -> bool:
+        return any(url.startswith(origin + "/") for origin in self.trusted)
+
+
+class PublicPeer:
+    """A connection that refuses a private peer once connected, before it sends a request. The
+    address checked is the one reached: a DNS answer that changed since Policy.check resolved
+    the host (rebinding) is caught here."""
+
+    def connect(self) -> None:
+        super().connect()
+        peer = ipaddress.ip_address(self.sock.getpeername()[0].split("%")[0])
+        if blocked(peer):
+            self.close()
+            raise Refused(
+                "refused", f"{self.host} connected to a private address ({peer}), see scrape.allow_private_addresses"
             )
 
 
+class PublicHTTPConnection(PublicPeer, urllib3.connection.HTTPConnection):
+    pass
+
+
+class PublicHTTPSConnection(PublicPeer, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class PublicHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = PublicHTTPConnection
+
+
+class PublicHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = PublicHTTPSConnection
+
+
+class PublicAdapter(HTTPAdapter):
+    """requests' adapter whose direct connections are PublicPeers (a proxy's are not: the proxy
+    resolves the host)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": PublicHTTPPool, "https": PublicHTTPSPool}
+
+
 class Http:
-    """requests Sessions, one per thread, with retries, timeouts, the rate limit, and redirects
-    followed by hand so that the policy sees every hop."""
+    """requests Sessions, one per thread and kind, with retries, timeouts, the rate limit, and
+    redirects followed by hand so that the policy sees every hop; connections refuse a private
+    peer unless the policy allows it or trusts the origin."""
 
     def __init__(self, cfg: Scrape, policy: Policy):
         self.cfg, self.policy, self.limit, self.local = cfg, policy, RateLimit(cfg.rate_limit), threading.local()
 
-    def session(self) -> requests.Session:
-        if not hasattr(self.local, "session"):
+    def session(self, *, guarded: bool) -> requests.Session:
+        name = "guarded" if guarded else "open"
+        if not hasattr(self.local, name):
             # read=False: a server too slow once is too slow again; its timeout is reported as one
             retry = Retry(
                 total=self.cfg.retries,
@@ -150,11 +204,12 @@ class Http:
                 raise_on_status=False,
             )
             session = requests.Session()
-            session.mount("http://", HTTPAdapter(max_retries=retry))
-            session.mount("https://", HTTPAdapter(max_retries=retry))
+            adapter = PublicAdapter if guarded else HTTPAdapter
+            session.mount("http://", adapter(max_retries=retry))
+            session.mount("https://", adapter(max_retries=retry))
             session.headers["User-Agent"] = self.cfg.user_agent
-            self.local.session = session
-        return self.local.session
+            setattr(self.local, name, session)
+        return getattr(self.local, name)
 
     def get(self, url: str, stream: bool = False) -> requests.Response:
         """The response at the end of `url`'s redirects (its .url is the final URL); Refused when
@@ -162,7 +217,8 @@ class Http:
         for _ in range(self.cfg.max_redirects + 1):
             self.policy.check(url)
             self.limit.wait(url)
-            response = self.session().get(url, timeout=self.cfg.timeout, stream=stream, allow_redirects=False)
+            session = self.session(guarded=self.policy.guards_connections(url))
+            response = session.get(url, timeout=self.cfg.timeout, stream=stream, allow_redirects=False)
             if not response.is_redirect:
                 return response
             response.close()

@@ -2,6 +2,7 @@
 
 import http.server
 import io
+import ipaddress
 import re
 import threading
 import time
@@ -449,6 +450,20 @@ def test_the_policy_refuses_private_addresses_and_other_schemes(url, refused):
         with pytest.raises(scrape.Refused, match=re.escape(refused)):
             policy.check(url)
     policy.check("http://127.0.0.1:8000/gallery/a.png")  # the demo's own gallery, by its origin
+
+
+def test_a_host_that_rebinds_to_a_private_address_is_refused_at_connect(site, monkeypatch):
+    """The policy's DNS answer is public, the connection's is loopback (a rebinding server):
+    the connection refuses its peer before it sends a request."""
+    monkeypatch.setattr(scrape, "addresses", lambda host: (ipaddress.ip_address("93.184.216.34"),))
+    cfg = make_config({"layout": "class_folders", "dir": "."}).scrape
+    outcome = scrape.download(
+        scrape.Http(cfg, scrape.Policy(domains=(), private_ok=False)), f"{site.base}/img/good1.png", cfg
+    )
+    assert outcome.status == "refused" and "connected to a private address (127.0.0.1)" in outcome.detail
+    assert site.requests["/img/good1.png"] == 0
+    allowed = scrape.Policy(domains=(), private_ok=False, trusted=(site.base,))
+    assert scrape.download(scrape.Http(cfg, allowed), f"{site.base}/img/good1.png", cfg).status == "downloaded"
 
 
 def test_a_scraped_16_bit_image_is_scaled_like_a_competition_one():
