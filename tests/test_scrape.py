@@ -4,6 +4,9 @@ import http.server
 import io
 import ipaddress
 import re
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -452,18 +455,40 @@ def test_the_policy_refuses_private_addresses_and_other_schemes(url, refused):
     policy.check("http://127.0.0.1:8000/gallery/a.png")  # the demo's own gallery, by its origin
 
 
-def test_a_host_that_rebinds_to_a_private_address_is_refused_at_connect(site, monkeypatch):
+def https_site(site: Site, folder) -> str:
+    """The site's files over TLS, with a self-signed certificate for 127.0.0.1 that requests
+    trusts through REQUESTS_CA_BUNDLE; its base URL."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(site))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"https://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_host_that_rebinds_to_a_private_address_is_refused_at_connect(scheme, site, tmp_path, monkeypatch):
     """The policy's DNS answer is public, the connection's is loopback (a rebinding server):
     the connection refuses its peer before it sends a request."""
+    if scheme == "https" and not shutil.which("openssl"):
+        pytest.skip("the openssl command makes the test certificate")
+    base = https_site(site, tmp_path) if scheme == "https" else site.base
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "cert.pem"))
     monkeypatch.setattr(scrape, "addresses", lambda host: (ipaddress.ip_address("93.184.216.34"),))
     cfg = make_config({"layout": "class_folders", "dir": "."}).scrape
     outcome = scrape.download(
-        scrape.Http(cfg, scrape.Policy(domains=(), private_ok=False)), f"{site.base}/img/good1.png", cfg
+        scrape.Http(cfg, scrape.Policy(domains=(), private_ok=False)), f"{base}/img/good1.png", cfg
     )
     assert outcome.status == "refused" and "connected to a private address (127.0.0.1)" in outcome.detail
     assert site.requests["/img/good1.png"] == 0
-    allowed = scrape.Policy(domains=(), private_ok=False, trusted=(site.base,))
-    assert scrape.download(scrape.Http(cfg, allowed), f"{site.base}/img/good1.png", cfg).status == "downloaded"
+    allowed = scrape.Policy(domains=(), private_ok=False, trusted=(base,))
+    assert scrape.download(scrape.Http(cfg, allowed), f"{base}/img/good1.png", cfg).status == "downloaded"
 
 
 def test_a_scraped_16_bit_image_is_scaled_like_a_competition_one():
