@@ -4,14 +4,15 @@ with corrupt files, duplicates and copies of test images kept out.
 Pages are fetched with one requests Session per thread (timeouts, retries with backoff on 429
 and 5xx, a User-Agent, a per-host rate limit, redirects followed by hand so that every hop is
 checked against the domain and private-address rules, and each connection's peer checked too)
-and parsed with BeautifulSoup. Every image link found is recorded in the progress manifest as soon as its page is parsed, then
-downloaded (streamed, capped in bytes and time, content-type checked), fully decoded and, in
-link order, compared by sha256 and perceptual hash with what is already kept, with the training
-images and with the test images. Kept images are stored as RGB PNGs named by content hash under
-`data/<name>/extra/<label>/`; decodable rejects (duplicates, leaks, too small) only as
-thumbnails under `extra/.rejected/<status>/`, for the report; undecodable files nowhere.
-A re-run skips every URL the progress manifest already settled, so an interrupted scrape loses
-nothing; `data/<name>/extra.csv` is written only when the stage finishes.
+and parsed with BeautifulSoup. Every image link found is recorded in the progress manifest as
+soon as its page is parsed, then downloaded (streamed, capped in bytes and time, content-type
+checked), fully decoded and, in link order, compared by sha256 and perceptual hash with what is
+already kept, with the training images and with the test images. Kept images are stored as RGB
+PNGs named by content hash under `data/<name>/extra/<label>/`; decodable rejects (duplicates,
+leaks, too small) only as thumbnails under `extra/.rejected/<status>/`, for the report;
+undecodable files nowhere. A re-run skips every URL the progress manifest already settled, so an
+interrupted scrape loses nothing; `data/<name>/extra.csv` is written only when the stage
+finishes.
 """
 
 import contextlib
