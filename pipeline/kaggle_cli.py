@@ -1,7 +1,8 @@
 """The Kaggle CLI, the only way the pipeline talks to Kaggle: download a competition, submit a
 file, read back its public score; for code competitions, upload a dataset, push a kernel and
-submit a version of it. Credentials are the CLI's to find; they never reach our output. The command lines
-are built by the *_args functions, which the tests parse with the installed CLI's own parser."""
+submit a version of it. Credentials are the CLI's to find; they never reach our output. The
+command lines are built by the *_args functions, which the tests parse with the installed CLI's
+own parser."""
 
 import contextlib
 import io

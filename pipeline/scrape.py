@@ -274,15 +274,16 @@ class Outcome:
     phash: bytes = b""  # perceptual hash of the decoded image
 
 
-def download(http: Http, url: str, cfg: Scrape) -> Outcome:
-    """The body of an image URL, streamed, capped in bytes and in time, or why not."""
+def download(http: Http, url: str, cfg: Scrape, *, image: bool = True) -> Outcome:
+    """The body at `url` (a result page, or an image whose Content-Type must say so), streamed,
+    capped in bytes and in time, or why not; its final_url is where the redirects ended."""
     try:
         with http.get(url, stream=True) as response:
             final = response.url
             if response.status_code != 200:
                 return Outcome("http_error", f"HTTP {response.status_code}", final_url=final)
             kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if kind and not kind.startswith("image/"):
+            if image and kind and not kind.startswith("image/"):
                 return Outcome("not_image", f"Content-Type {kind}", final_url=final)
             if int(response.headers.get("Content-Length") or 0) > cfg.max_bytes:
                 return Outcome("too_large", f"{response.headers['Content-Length']} bytes", final_url=final)
@@ -550,17 +551,7 @@ def collect_links(http: Http, manifest: Manifest, label: str, pages: list[str], 
 
 def fetch_page(http: Http, page: str, cfg: Scrape) -> tuple[str, str, str, list[str]]:
     """(status, detail, final URL, image links) of one result page, read with the caps of an image."""
-    try:
-        with http.get(page, stream=True) as response:
-            if response.status_code != 200:
-                return "http_error", f"HTTP {response.status_code}", response.url, []
-            body = _body(response, cfg)
-    except Refused as refused:
-        return refused.status, refused.detail, "", []
-    except requests.exceptions.Timeout:
-        return "timeout", f"no answer in {cfg.timeout} s", "", []
-    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
-        return "http_error", type(exc).__name__, "", []
+    body = download(http, page, cfg, image=False)
     if body.status != "downloaded":
         return body.status, body.detail, body.final_url, []
     # bytes: BeautifulSoup finds the charset, as requests' .text would have guessed it

@@ -210,8 +210,15 @@ def process_start(pid: int) -> str:
     return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{process_start(os.getpid())}"
+def this_worker() -> dict:
+    """This process as its trials record it: host, pid, and when the pid started."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "process_start": process_start(pid)}
+
+
+def heartbeat_name(worker: dict) -> str:
+    """host-pid-start: the name of a worker's heartbeat file, from what its trials record."""
+    return f"{worker.get('host')}-{worker.get('pid')}-{worker.get('process_start')}"
 
 
 @contextlib.contextmanager
@@ -239,7 +246,7 @@ def beating(path: Path, every_s: float) -> Iterator[None]:
 def worker_gone(attrs: dict, paths: Paths, grace_s: float) -> bool:
     """A trial's worker is gone when its heartbeat file has been silent for grace_s (a hung or
     frozen process, a lost machine), or, on this machine, when its process no longer runs."""
-    beat = paths.tune_heartbeat(attrs.get("worker", ""))
+    beat = paths.tune_heartbeat(heartbeat_name(attrs))
     if beat.exists() and time.time() - beat.stat().st_mtime > grace_s:
         return True
     if attrs.get("host") != socket.gethostname():
@@ -255,7 +262,7 @@ def retry_dead_trials(study: optuna.Study, paths: Paths, grace_s: float) -> None
             continue
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-        print(f"trial {trial.number}: its worker ({trial.user_attrs.get('worker')}) is gone; queued again")
+        print(f"trial {trial.number}: its worker ({heartbeat_name(trial.user_attrs)}) is gone; queued again")
 
 
 def _alive(pid: int) -> bool:
@@ -291,9 +298,8 @@ def next_trial(study: optuna.Study, storage, paths: Paths, cfg: C.Tune, baseline
         if taken(study) >= cfg.n_trials:
             return None
         trial = study.ask()
-        for key, value in (("host", socket.gethostname()), ("pid", os.getpid()), ("worker", worker_id())):
+        for key, value in this_worker().items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("process_start", process_start(os.getpid()))
         return trial
 
 
@@ -382,7 +388,7 @@ def work(cfg: C.Config, paths: Paths) -> None:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
     baseline = baseline_params(cfg, space)
     deadline = time.monotonic() + C.seconds(cfg.tune.timeout) if cfg.tune.timeout else float("inf")
-    with beating(paths.tune_heartbeat(worker_id()), cfg.tune.heartbeat_s):
+    with beating(paths.tune_heartbeat(heartbeat_name(this_worker())), cfg.tune.heartbeat_s):
         while time.monotonic() < deadline:
             trial = next_trial(study, storage, paths, cfg.tune, baseline)
             if trial is not None:

@@ -237,10 +237,10 @@ def test_which_near_duplicate_is_kept_does_not_depend_on_download_order(competit
     monkeypatch.chdir(tmp_path)
     original = scrape.download
 
-    def good2_last(http, url, cfg):
+    def good2_last(http, url, cfg, **kinds):
         if url.endswith("good2.jpg"):
             time.sleep(0.8)
-        return original(http, url, cfg)
+        return original(http, url, cfg, **kinds)
 
     monkeypatch.setattr(scrape, "download", good2_last)
     scrape.run(config(competition, site, workers=4))

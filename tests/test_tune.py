@@ -116,10 +116,10 @@ def test_a_trial_whose_worker_is_gone_is_retried(tmp_path, monkeypatch, gone):
     paths = Paths(Path("data/x"), Path("runs/x"), "x", "x")
     study = optuna.create_study()
     trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
-    attrs = {"host": socket.gethostname(), "pid": os.getpid(), "worker": "w", "process_start": tune.process_start(0)}
+    attrs = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": tune.process_start(0)}
     if gone == "a silent heartbeat":
         attrs["process_start"] = tune.process_start(os.getpid())  # the process itself still runs
-        beat = paths.tune_heartbeat("w")
+        beat = paths.tune_heartbeat(tune.heartbeat_name(attrs))
         beat.parent.mkdir(parents=True)
         beat.touch()
         os.utime(beat, (time.time() - 100, time.time() - 100))
@@ -135,10 +135,9 @@ def test_a_live_worker_keeps_its_trial(tmp_path, monkeypatch):
     paths = Paths(Path("data/x"), Path("runs/x"), "x", "x")
     study = optuna.create_study()
     trial = study.ask()
-    for key, value in (("host", socket.gethostname()), ("pid", os.getpid()), ("worker", tune.worker_id())):
+    for key, value in tune.this_worker().items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("process_start", tune.process_start(os.getpid()))
-    with tune.beating(paths.tune_heartbeat(tune.worker_id()), every_s=1):
+    with tune.beating(paths.tune_heartbeat(tune.heartbeat_name(tune.this_worker())), every_s=1):
         tune.retry_dead_trials(study, paths, grace_s=60)
     assert study.trials[0].state == TrialState.RUNNING
 
