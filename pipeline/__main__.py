@@ -1,9 +1,12 @@
+import atexit
 import sys
 
-from pipeline.errors import report_interrupt
+from pipeline.errors import end_by_sigint_when_interrupted, interrupt_held, report_interrupt
 
-sys.excepthook = report_interrupt  # set before torch and friends load, for seconds: Ctrl-C may come then
+sys.excepthook = report_interrupt
+atexit.register(end_by_sigint_when_interrupted)  # first registered, so it runs last
 
-from pipeline.cli import main  # noqa: E402
+with interrupt_held():
+    from pipeline.cli import main
 
 sys.exit(main())

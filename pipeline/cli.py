@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, interrupt_held
 from pipeline.files import write_if_changed, write_text
 from pipeline.paths import Paths
 
@@ -148,7 +148,9 @@ def run_stage(name: str, cfg: C.Config, **options) -> None:
     stage = STAGES[name]
     module, function = stage.entry.split(":")
     given = {key: value for key, value in options.items() if key in stage.options}
-    getattr(importlib.import_module(module), function)(cfg, **given)
+    with interrupt_held():  # torch and friends load here, for seconds: Ctrl-C may come then
+        entry = getattr(importlib.import_module(module), function)
+    entry(cfg, **given)
 
 
 def makevars(cfg: C.Config, output: str) -> None:

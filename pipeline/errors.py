@@ -1,5 +1,9 @@
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 
 class PipelineError(Exception):
@@ -10,13 +14,53 @@ class PipelineError(Exception):
     """
 
 
+INTERRUPTED = threading.Event()  # set once Ctrl-C has ended the stage
+
+
+@contextlib.contextmanager
+def interrupt_held() -> Iterator[None]:
+    """Ctrl-C while libraries load takes effect once they have: an interrupt inside an import
+    can come out as another error (Python 3.11 wraps it in a RuntimeError when it lands in a
+    class's __set_name__, as torch's imports have) or leave a module half made."""
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def report_interrupt(exc_type, exc, traceback) -> None:
     """`python -m pipeline`'s sys.excepthook. Ctrl-C is one line, `interrupted`, and no
-    traceback; a spawned tuning worker stays quiet, as its parent says it once for all. Python
-    then ends the process by SIGINT, as a shell expects of an interrupted program (status 130):
-    exiting with 130 by hand was not deterministic, since CPython still ends by SIGINT when the
-    interrupt once passed through a library's exec() of a string."""
-    if not issubclass(exc_type, KeyboardInterrupt):
+    traceback, also when a library raised another error from it (a lazy import's, wrapped as
+    above); a spawned tuning worker stays quiet, as its parent says it once for all."""
+    if not any(isinstance(cause, KeyboardInterrupt) for cause in causes(exc)):
         sys.__excepthook__(exc_type, exc, traceback)
-    elif "PIPELINE_TUNE_WORKER" not in os.environ:
+        return
+    INTERRUPTED.set()
+    if "PIPELINE_TUNE_WORKER" not in os.environ:
         print("interrupted", file=sys.stderr)
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """The exception, then what it was raised from, and so on. (Not what it was raised while
+    handling: an error in the cleanup after Ctrl-C is still an error.)"""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__
+
+
+def end_by_sigint_when_interrupted() -> None:
+    """The last exit handler of `python -m pipeline`: once its threads and the other handlers are
+    done, an interrupted process ends by SIGINT, as a shell expects (status 130). CPython's own
+    version of this hangs on a private flag that any code still running at exit can reset (a
+    download thread importing Pillow's plugins did), and a hand-set exit status it overrides."""
+    if INTERRUPTED.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)

@@ -47,15 +47,16 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
     return model, frozen
 
 
-def check(setup: Setup) -> None:
+def check(setup: Setup) -> torch.nn.Module:
     """Build once what every fit builds from the config (the model with its weights and frozen
     stages, the augmentations, the device and whether it can augment), so that a config mistake
-    is said before any result is touched."""
+    is said before any result is touched. Returns the model, for what its shape decides."""
     cfg = setup.cfg
-    build_model(setup)
+    model, _ = build_model(setup)
     transforms.augmentations(cfg.aug, setup.channels, setup.image_size, flip_swap(setup))
     device = engine.Device.choose(cfg.train).device
     batch_aug.should_use(cfg.train.device_aug, cfg.aug, device, len(setup.images), setup.channels, setup.image_size)
+    return model
 
 
 def flip_swap(setup: Setup) -> np.ndarray | None:

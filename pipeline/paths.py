@@ -115,6 +115,27 @@ class PackageFiles:
         return self.root / "expected_submission.csv"
 
 
+@dataclass(frozen=True)
+class SubmissionFiles:
+    """submissions/: every competition's submission files, and the one ledger that records them."""
+
+    root: Path = Path("submissions")
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.csv"
+
+    @property
+    def ledger_lock(self) -> Path:
+        """Held by every ledger update: two `make predict` at once must not drop a row."""
+        return self.root / ".ledger.lock"
+
+    def folder(self, competition: str) -> Path:
+        return self.root / competition
+
+
+SUBMISSIONS = SubmissionFiles()
+
 SHARED_STAGES = ("data", "scrape", "folds")  # their output serves every experiment of the competition
 
 

@@ -16,12 +16,10 @@ from pipeline import kaggle_cli, sources
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv
-from pipeline.paths import Paths
+from pipeline.paths import SUBMISSIONS, Paths
 from pipeline.records import StatedCV
 from pipeline.targets import HIGHER_IS_BETTER
 
-LEDGER = Path("submissions") / "ledger.csv"
-LEDGER_LOCK = Path("submissions") / ".ledger.lock"
 LEDGER_COLUMNS = [
     "file",
     "competition",
@@ -195,7 +193,7 @@ def ledger_row(cfg: Config, stated: StatedCV, file: str, stamp: dt.datetime) -> 
 
 def _new_file(competition: str, stem: str, suffix: str) -> Path:
     """A name no earlier submission has: two predictions in the same second must not share a file."""
-    folder = Path("submissions") / competition
+    folder = SUBMISSIONS.folder(competition)
     path, copy = folder / f"{stem}{suffix}", 1
     while path.exists():
         copy += 1
@@ -204,9 +202,9 @@ def _new_file(competition: str, stem: str, suffix: str) -> Path:
 
 
 def read_ledger() -> pd.DataFrame:
-    if not LEDGER.exists():
+    if not SUBMISSIONS.ledger.exists():
         return pd.DataFrame(columns=LEDGER_COLUMNS)
-    ledger = pd.read_csv(LEDGER, dtype={"git_commit": str, "config_hash": str, "cv_method": str})
+    ledger = pd.read_csv(SUBMISSIONS.ledger, dtype={"git_commit": str, "config_hash": str, "cv_method": str})
     return ledger.reindex(columns=LEDGER_COLUMNS)  # a ledger from an older version gains the new columns
 
 
@@ -215,11 +213,11 @@ def locked_ledger() -> Iterator[None]:
     """Hold the ledger against every other process's update (two `make predict` at once); a
     submissions/ that cannot be written is said before anything is."""
     try:
-        LEDGER_LOCK.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(LEDGER_LOCK, "a")  # noqa: SIM115 (held for the block)
+        SUBMISSIONS.root.mkdir(parents=True, exist_ok=True)
+        handle = open(SUBMISSIONS.ledger_lock, "a")  # noqa: SIM115 (held for the block)
     except OSError as exc:
         raise PipelineError(
-            f"{LEDGER_LOCK.parent}/ cannot be written ({exc.strerror}): a submission needs it for its ledger row"
+            f"{SUBMISSIONS.root}/ cannot be written ({exc.strerror}): a submission needs it for its ledger row"
         ) from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -233,7 +231,7 @@ def add_to_ledger(row: dict) -> None:
 
 def _append(row: dict) -> None:
     ledger, new = read_ledger(), pd.DataFrame([row]).reindex(columns=LEDGER_COLUMNS)
-    write_csv(LEDGER, pd.concat([ledger, new], ignore_index=True) if len(ledger) else new)
+    write_csv(SUBMISSIONS.ledger, pd.concat([ledger, new], ignore_index=True) if len(ledger) else new)
 
 
 def update_ledger(file: str, **values) -> None:
@@ -242,7 +240,7 @@ def update_ledger(file: str, **values) -> None:
         for key, value in values.items():
             ledger[key] = ledger[key].astype(object)
             ledger.loc[ledger["file"] == file, key] = value
-        write_csv(LEDGER, ledger)
+        write_csv(SUBMISSIONS.ledger, ledger)
 
 
 def _git_state() -> dict:
@@ -260,13 +258,13 @@ def newest(cfg: Config, file: str | None) -> str:
         if not Path(file).exists():
             raise PipelineError(f"submission file {file} does not exist")
         return file
-    ledger = read_ledger()
+    ledger, where = read_ledger(), SUBMISSIONS.ledger
     mine = ledger[ledger["competition"] == cfg.competition.name]
     if mine.empty:
-        raise PipelineError(f"no submission of {cfg.competition.name} in {LEDGER}: run `make predict` first")
+        raise PipelineError(f"no submission of {cfg.competition.name} in {where}: run `make predict` first")
     path = str(mine.sort_values("utc_time")["file"].iloc[-1])
     if not Path(path).exists():
-        raise PipelineError(f"the newest submission in {LEDGER}, {path}, no longer exists: name one with FILE=...")
+        raise PipelineError(f"the newest submission in {where}, {path}, no longer exists: name one with FILE=...")
     return path
 
 
@@ -307,7 +305,7 @@ def show(cfg: Config) -> None:
     scores, and the gap between them (score - CV)."""
     ledger = read_ledger()
     if ledger.empty:
-        print(f"{LEDGER} is empty: run `make predict`")
+        print(f"{SUBMISSIONS.ledger} is empty: run `make predict`")
         return
     higher = ledger["cv_metric"].map(HIGHER_IS_BETTER).fillna(True)
     cv = pd.to_numeric(ledger["cv_score"], errors="coerce")

@@ -381,9 +381,9 @@ def work(cfg: C.Config, paths: Paths) -> None:
     storage = storage_of(cfg, paths)
     study = create_study(cfg, paths, storage)
     base, folds = plan.prepare(cfg, paths, tuned=False)
-    check(base)
+    model = check(base)
     cfg = base.cfg
-    space = cfg.tune.space or default_space(cfg, len(models.stages(models.create_model(cfg.model, 1, 1))) - 1)
+    space = cfg.tune.space or default_space(cfg, len(models.stages(model)) - 1)
     for key in space:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
     baseline = baseline_params(cfg, space)

@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.errors import interrupt_held
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +43,54 @@ def test_user_error_is_one_line_without_traceback(tmp_path, pixel_columns_dir):
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ") and "'folds.kind'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# `python -m pipeline` whose stage Ctrl-C interrupts (INTERRUPT) while a thread still runs: at
+# exit, the thread runs a string of code through the C API, as a download thread importing
+# Pillow's plugins did. That resets the flag by which CPython itself would end by SIGINT.
+INTERRUPTED_WITH_A_THREAD_AT_EXIT = """
+import ctypes, runpy, signal, sys, threading, time
+import pipeline.cli
+def late():
+    time.sleep(0.3)
+    ctypes.pythonapi.PyRun_SimpleString(b"pass")
+def stage():
+    INTERRUPT
+threading.Thread(target=late).start()
+pipeline.cli.main = stage
+sys.argv = ["pipeline"]
+runpy.run_module("pipeline", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "interrupt",
+    [
+        "signal.raise_signal(signal.SIGINT)",
+        # what Python 3.11 makes of Ctrl-C in a class's __set_name__, as in torch's imports
+        'raise RuntimeError("Error calling __set_name__") from KeyboardInterrupt()',
+    ],
+)
+def test_an_interrupted_stage_is_one_line_and_ends_by_sigint_whatever_runs_at_exit(interrupt):
+    script = INTERRUPTED_WITH_A_THREAD_AT_EXIT.replace("INTERRUPT", interrupt)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == -signal.SIGINT and run.stderr == "interrupted\n", run.stderr  # a shell: 130
+
+
+def test_an_error_in_the_cleanup_after_ctrl_c_is_still_an_error():
+    script = INTERRUPTED_WITH_A_THREAD_AT_EXIT.replace(
+        "INTERRUPT", "try:\n        raise KeyboardInterrupt\n    finally:\n        raise OSError('disk full')"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.splitlines()[-1] == "OSError: disk full", run.stderr
+
+
+def test_ctrl_c_while_libraries_load_takes_effect_once_they_have():
+    loaded = []
+    with pytest.raises(KeyboardInterrupt), interrupt_held():
+        signal.raise_signal(signal.SIGINT)
+        loaded.append("the rest of the imports")
+    assert loaded == ["the rest of the imports"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, pixel_columns_dir, capsys):

@@ -170,8 +170,14 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("name", ["train", "tune", "tune --workers 2", "scrape"])
-def test_ctrl_c_ends_a_stage_in_one_line(name, digits_dir, competition, site, tmp_path):  # noqa: F811
+@pytest.mark.parametrize(
+    "name, moment",
+    [("train", "loading"), ("train", "working"), ("tune", "working"), ("tune --workers 2", "working")]
+    + [("scrape", "working")],
+)
+def test_ctrl_c_ends_a_stage_in_one_line(name, moment, digits_dir, competition, site, tmp_path):  # noqa: F811
+    """The interrupt comes while the libraries load (a second in), or once the stage shows its
+    work: a clock alone raced a scrape that ended first."""
     if name == "scrape":
         site.delay = 0.3
         cfg = config(competition, site)
@@ -181,10 +187,23 @@ def test_ctrl_c_ends_a_stage_in_one_line(name, digits_dir, competition, site, tm
     if name != "scrape":
         finished("folds", config_file, tmp_path)
     process = stage(name, config_file, tmp_path)
-    time.sleep(6.0)
+    if moment == "loading":
+        time.sleep(1.0)
+    else:
+        while not working(name, site, Paths.of(cfg), tmp_path) and process.poll() is None:
+            time.sleep(0.02)
     assert process.poll() is None, f"{name} ended before the interrupt"
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C at a terminal sends: to the whole group
     _, err = process.communicate(timeout=120)
     lines = [line for line in err.decode().splitlines() if line.strip()]
     assert process.returncode == -signal.SIGINT and lines[-1] == "interrupted", err.decode()  # a shell: 130
     assert lines.count("interrupted") == 1 and "Traceback" not in err.decode()  # one line, however many processes
+
+
+def working(name: str, site, paths: Paths, cwd: Path) -> bool:  # noqa: F811
+    """Whether the stage has begun its work: a request to the site, a fit, a trial's fit."""
+    if name == "scrape":
+        return sum(site.requests.values()) > 0
+    if name == "train":
+        return (cwd / paths.fold(0).metrics).exists()
+    return any((cwd / paths.tune_dir).glob(f"**/{paths.fold(0).metrics.name}"))
