@@ -250,9 +250,14 @@ def test_three_workers_on_postgresql_retry_the_trial_of_one_killed(digits_dir, t
     time.sleep(1.5)  # its heartbeat has been recorded
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    # the trial it died in: the one it began may have ended in those 1.5 s, and the next begun
+    died_in = [
+        t.number for t in load(cfg).trials if t.state == TrialState.RUNNING and t.user_attrs.get("pid") == victim.pid
+    ]
+    assert len(died_in) == 1, "the victim died between two trials"
     assert [w.wait(timeout=300) for w in workers if w is not victim] == [0, 0]
     study = load(cfg)
-    killed = study.trials[running[0].number]
+    killed = study.trials[died_in[0]]
     assert killed.state == TrialState.FAIL
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
