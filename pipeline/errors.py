@@ -60,7 +60,8 @@ def end_by_sigint_when_interrupted() -> None:
     version of this hangs on a private flag that any code still running at exit can reset (a
     download thread importing Pillow's plugins did), and a hand-set exit status it overrides."""
     if INTERRUPTED.is_set():
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError, ValueError):  # a reader that has gone: nothing to flush to
+            sys.stdout.flush()
+            sys.stderr.flush()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)

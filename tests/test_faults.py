@@ -172,8 +172,13 @@ def _descendants(pid: int) -> list[int]:
 
 @pytest.mark.parametrize(
     "name, moment",
-    [("train", "loading"), ("train", "working"), ("tune", "working"), ("tune --workers 2", "working")]
-    + [("scrape", "working")],
+    [
+        ("train", "loading"),
+        ("train", "working"),
+        ("tune", "working"),
+        ("tune --workers 2", "working"),
+        ("scrape", "working"),
+    ],
 )
 def test_ctrl_c_ends_a_stage_in_one_line(name, moment, digits_dir, competition, site, tmp_path):  # noqa: F811
     """The interrupt comes while the libraries load (a second in), or once the stage shows its
