@@ -25,6 +25,7 @@ from _stages import machine
 
 from pipeline import batch_aug, engine, models, transforms
 from pipeline.config import Aug, Model, Train
+from pipeline.images import MemoryImages
 from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks import Classification
 
@@ -76,7 +77,7 @@ def main() -> None:
     if args.tiny:
         args.model, args.images, args.batch_size, args.rounds = "test_resnet", 64, 16, 1
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
+    images = MemoryImages(rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8))
     labels = rng.integers(0, 10, args.images)
     cfg = Train(batch_size=args.batch_size, lr=1e-3)
     device = engine.Device.choose(cfg)

@@ -22,6 +22,7 @@ from loop_overhead import pipeline_model
 
 from pipeline import batch_aug, engine, transforms
 from pipeline.config import Aug
+from pipeline.images import MemoryImages
 from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks import Classification
 
@@ -33,7 +34,7 @@ NORMALISE = transforms.Normalise((0.5,), (0.5,))
 def epoch_seconds(n: int, side: int, batched: bool, seed: int = 0) -> float:
     """One epoch's wall clock after a two-batch warm-up epoch, loader included."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, side, side, 1), dtype=np.uint8)
+    images = MemoryImages(rng.integers(0, 256, (n, side, side, 1), dtype=np.uint8))
     labels = rng.integers(0, 10, n)
     model, state, device = pipeline_model("test_resnet", 1, BATCH, n // BATCH + 2)
     if batched:

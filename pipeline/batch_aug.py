@@ -170,19 +170,16 @@ class Resident:
     """Images held on the device, and what the resize to their common side forgot."""
 
     images: torch.Tensor  # (N, C, side, side) uint8
-    sizes: np.ndarray  # (N, 2) float32: each image's (height, width) before the resize
+    sizes: np.ndarray  # (N, 2) float32: each image's (height, width) in its file
 
 
 def resident_images(images: Sequence, rows: np.ndarray, side: int, device: torch.device) -> Resident:
     """The rows' uint8 images as one (N, C, side, side) tensor on `device`, resized as the
     per-image path resizes them; each decoded once."""
-    resize, resized, sizes = A.Resize(side, side), [], []
-    for r in rows:
-        image = np.asarray(images[r])
-        sizes.append(image.shape[:2])
-        resized.append(resize(image=image)["image"].reshape(side, side, -1))
+    resize = A.Resize(side, side)
+    resized = [resize(image=np.asarray(images[r]))["image"].reshape(side, side, -1) for r in rows]
     stacked = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous().to(device)
-    return Resident(stacked, np.array(sizes, dtype=np.float32))
+    return Resident(stacked, images.original_sizes[rows].astype(np.float32))
 
 
 def memory_bytes(device: torch.device) -> int:

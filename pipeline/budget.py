@@ -1,89 +1,429 @@
-"""train.time_budget: the folds and the full fit fitted into a wall-clock budget.
+"""train.time_budget: the folds and the full fit planned into a wall-clock budget, as a
+competitor plans them.
 
-One epoch of fold 0 is timed (its training and its validation, with nothing frozen, the
-one-off costs of a first epoch included, so the estimate errs long). The epochs every fit runs are then the most that
-fit the budget, never more than the config or its defaults asked for. The decision is kept in
-runs/<name>/budget.json, so a re-run, or a resumed one, trains the same schedule and keeps its
-finished folds.
+Measure. A probe builds fold 0's model and batches, as a fit does, and times steady-state steps
+after a warm-up: training with the fine-tune's stages frozen, training with everything, and
+validating. The one-time costs are measured apart: a fit's start (the model, its weights and
+loaders, its first steps' warm-up) and an epoch's (its loaders' start and its checkpoint).
+
+Plan. The epochs are the most that fit, between a floor (two epochs past the unfreeze, and half
+the optimizer steps the data asks for: defaults.epoch_bounds) and a ceiling (train.epochs when
+the config sets it, else the preset's most: a roomy budget is used). When even the floor does
+not fit, the plan trades what the config left to the defaults, in this order: a smaller image
+side (down to 96 px for a pretrained model), fewer folds (the others left for a later run, the
+CV stated on the folds trained), then no full fit (the fold models are submitted). A side the
+probe did not measure is measured before the plan keeps it.
+
+Keep. The plan, with what it measured, goes to runs/<name>/<experiment>/budget.json: a re-run of
+the same config trains the same schedule and keeps its finished folds. After each fit the train
+stage compares its time with the plan's and says so; the schedule never changes between folds,
+which would make their scores incomparable.
 """
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline import config as C
-from pipeline import plan
+from pipeline import defaults, engine, plan
 from pipeline.files import write_text
-from pipeline.fit import Setup, fit
+from pipeline.fit import Setup, assemble, optimisation, save_checkpoint, wrap
 from pipeline.paths import Paths
 from pipeline.validation import validation_rows
 
+WARMUP_STEPS, TIMED_STEPS, TIMED_VALID_BATCHES = 2, 6, 3
+FILL = 0.95  # of the time left: the estimate's error stays inside the budget
+SIDE_STEP = 32  # trade the side in steps the backbones' strides divide
 
-def fit_into(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths) -> Setup:
-    """`setup` with train.epochs lowered so that every fit ends within train.time_budget."""
+
+@dataclass(frozen=True)
+class Speed:
+    """What one probe measured at one model input side, in seconds."""
+
+    side: int
+    frozen_s: float  # per training image, the fine-tune's stages frozen
+    unfrozen_s: float  # per training image, everything training
+    valid_s: float  # per validation image
+    start_s: float  # once a fit: its model, weights and loaders, its first steps' warm-up
+    epoch_s: float  # once an epoch: its loaders' start and its checkpoint
+
+    def at(self, side: int) -> "Speed":
+        """An estimate at another side: the per-image work scales with the pixels."""
+        area = (side / self.side) ** 2
+        per_image = {k: getattr(self, k) * area for k in ("frozen_s", "unfrozen_s", "valid_s")}
+        return dataclasses.replace(self, side=side, **per_image)
+
+    def describe(self) -> str:
+        rates = f"training {1 / self.unfrozen_s:.0f} img/s"
+        if self.frozen_s != self.unfrozen_s:
+            rates += f" ({1 / self.frozen_s:.0f} with the backbone frozen)"
+        return (
+            f"at {self.side} px: {rates}, validating {1 / self.valid_s:.0f} img/s; "
+            f"once a fit {self.start_s:.1f} s, once an epoch {self.epoch_s:.1f} s"
+        )
+
+
+@dataclass(frozen=True)
+class Fit:
+    name: str  # "fold <k>" or "full"
+    train_rows: int
+    valid_rows: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    side: int
+    epochs: int
+    folds: tuple[int, ...]
+    full_fit: bool
+
+    def describe(self, all_folds: int) -> str:
+        fits = f"{len(self.folds)} of {all_folds} folds" if len(self.folds) < all_folds else f"{all_folds} folds"
+        return f"{fits}{' and the full fit' if self.full_fit else ''}, {self.epochs} epochs at {self.side} px"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What budget.json keeps."""
+
+    key: str
+    budget_s: float
+    started: float  # time.time() when the probe began
+    schedule: Schedule
+    planned: dict[str, float]  # each fit's seconds
+    speeds: list[Speed]
+    said: list[str]
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.budget_s
+
+    def save(self, path) -> None:
+        write_text(path, json.dumps(dataclasses.asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, path, key: str) -> "Plan | None":
+        try:
+            raw = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if raw.get("key") != key or "schedule" not in raw:  # another config, or an older budget.json
+            return None
+        raw["schedule"]["folds"] = tuple(raw["schedule"]["folds"])
+        return cls(**{**raw, "schedule": Schedule(**raw["schedule"]), "speeds": [Speed(**s) for s in raw["speeds"]]})
+
+
+def fit_into(
+    setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths
+) -> tuple[Setup, list[int], "Pace | None"]:
+    """`setup` and the fold ids the plan for train.time_budget trains, and its pace keeper;
+    unchanged, with no pace keeper, without a budget."""
     cfg = setup.cfg
     if cfg.train.time_budget is None:
-        return setup
-    key = hashlib.sha256(plan.fingerprint(cfg, paths).encode()).hexdigest()[:16]  # the config and folds
-    decision = _read(paths, key)
-    if decision is None:
-        decision = decide(setup, folds, fold_ids, paths)
-        write_text(paths.budget_json, json.dumps({"key": key, **decision}, indent=1))
-    print(decision["said"])
-    trained = C.with_overrides(cfg, {"train.epochs": decision["epochs"]}, f"train.time_budget={cfg.train.time_budget}")
-    return dataclasses.replace(setup, cfg=trained)
-
-
-def decide(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths) -> dict:
-    cfg = setup.cfg
-    budget = C.seconds(cfg.train.time_budget)
-    started = time.monotonic()
-    epoch_s = time_one_epoch(setup, folds, fold_ids[0], paths)
-    fits = fit_epochs(folds, fold_ids, full_fit=cfg.train.full_fit)
-    left = budget - (time.monotonic() - started)
-    epochs = max(1, min(cfg.train.epochs, math.floor(left / (fits * epoch_s))))
-    planned = f"{fits:.3g} fold-sized fits x {epochs} epochs x {epoch_s:.1f} s = {fits * epochs * epoch_s / 60:.1f} min"
-    if epochs == cfg.train.epochs:
-        said = f"time budget {cfg.train.time_budget}: {planned}; the {epochs} epochs asked for fit"
-    elif fits * epoch_s > left:
-        said = f"time budget {cfg.train.time_budget} is too short: {planned} is the least, one epoch a fit"
+        return setup, fold_ids, None
+    asked = f"{plan.fingerprint(cfg, paths)}time_budget {cfg.train.time_budget} folds {fold_ids} {cfg.train.full_fit}"
+    key = hashlib.sha256(asked.encode()).hexdigest()[:16]
+    kept = Plan.read(paths.budget_json, key)
+    if kept is None:
+        kept = make_plan(setup, folds, fold_ids, paths, key)
+        kept.save(paths.budget_json)
     else:
-        said = f"time budget {cfg.train.time_budget}: {planned} (train.epochs {cfg.train.epochs} lowered to fit)"
-    return {"epoch_s": epoch_s, "epochs": epochs, "said": said}
+        print(f"time budget {cfg.train.time_budget}: the plan made at {_clock(kept.started)} (budget.json), kept")
+    print("\n".join(kept.said), flush=True)
+    return apply(setup, kept.schedule, fold_ids), list(kept.schedule.folds), Pace(kept)
 
 
-def fit_epochs(folds: pd.DataFrame, fold_ids: list[int], *, full_fit: bool) -> float:
-    """One epoch of every fit, in epochs of the timed fold: the full fit trains on all rows,
-    more than a fold trains on (1.25x with 5 folds), and it is the last, so an estimate
-    short on it overruns the budget at the end."""
+def apply(setup: Setup, schedule: Schedule, fold_ids: list[int]) -> Setup:
+    """`setup` on the schedule: its epochs, side and fits."""
+    overrides = {
+        "train.epochs": schedule.epochs,
+        "model.image_size": schedule.side,
+        "train.full_fit": schedule.full_fit,
+    }
+    if list(schedule.folds) != fold_ids:
+        overrides["train.folds"] = list(schedule.folds)
+    cfg = C.with_overrides(setup.cfg, overrides, f"train.time_budget={setup.cfg.train.time_budget}")
+    return dataclasses.replace(setup, cfg=cfg, image_size=schedule.side)
+
+
+def _at_side(setup: Setup, side: int) -> Setup:
+    cfg = C.with_overrides(setup.cfg, {"model.image_size": side}, f"timing at {side} px")
+    return dataclasses.replace(setup, cfg=cfg, image_size=side)
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+
+def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths, key: str) -> Plan:
+    cfg = setup.cfg
+    budget_s, started = C.seconds(cfg.train.time_budget), time.time()
     fold_rows = len(folds) - len(validation_rows(folds, fold_ids[0]))
-    return len(fold_ids) + (len(folds) / fold_rows if full_fit else 0.0)
+    floor, ceiling = defaults.epoch_bounds(cfg, fold_rows, epochs_given="train.epochs" in setup.given)
+    speeds = {setup.image_size: measure(setup, folds, fold_ids[0], paths)}
+    while True:
+        left = budget_s - (time.time() - started)
+        choice, traded = choose(setup, folds, fold_ids, speeds, (floor, ceiling), left)
+        if choice.side in speeds:
+            break
+        speeds[choice.side] = measure(_at_side(setup, choice.side), folds, fold_ids[0], paths)
+    speed = speeds[choice.side]
+    planned = {
+        f.name: fit_seconds(speed, f, choice.epochs, cfg.model) for f in fits(folds, choice.folds, choice.full_fit)
+    }
+    said = [
+        f"time budget {cfg.train.time_budget}: measured " + "; ".join(s.describe() for s in speeds.values()),
+        *traded,
+        _plan_line(cfg, choice, len(fold_ids), sum(planned.values()), started, (floor, ceiling)),
+    ]
+    if len(choice.folds) < len(fold_ids):
+        said.append(_later_run(cfg, choice, fold_ids))
+    return Plan(key, budget_s, started, choice, planned, list(speeds.values()), said)
 
 
-def time_one_epoch(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> float:
-    """Seconds of one training and validation epoch of `fold`, on a model then thrown away;
-    nothing frozen, as in every epoch after a fine-tune's first."""
-    unfrozen = C.with_overrides(setup.cfg, {"model.freeze_depth": 0, "model.freeze_blocks": 0}, "timing")
-    setup = dataclasses.replace(setup, cfg=unfrozen)
+@dataclass(frozen=True)
+class Arrangement:
+    """Which fits run at which side; the epochs come after."""
+
+    side: int
+    folds: tuple[int, ...]
+    full_fit: bool
+    trade: str  # what was traded to come to it; "" for the config's own
+
+    def seconds(self, epochs: int, folds: pd.DataFrame, speed: Speed, model: C.Model) -> float:
+        return sum(fit_seconds(speed, f, epochs, model) for f in fits(folds, self.folds, self.full_fit))
+
+
+def choose(
+    setup: Setup, folds: pd.DataFrame, fold_ids: list[int], speeds: dict, bounds: tuple[int, int], left: float
+) -> tuple[Schedule, list[str]]:
+    """The first arrangement, in trade order, whose floor of epochs fits in `left` seconds (the
+    last one when none does), with the most epochs that fit; and what it traded, said."""
+    (floor, ceiling), model, said = bounds, setup.cfg.model, []
+    options = list(arrangements(setup, fold_ids))
+    for n, option in enumerate(options):
+        speed = _nearest(speeds, option.side)
+        at_floor = option.seconds(floor, folds, speed, model)
+        if at_floor <= FILL * left or n == len(options) - 1:
+            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, model) <= FILL * left]
+            if not fitting:
+                said.append(
+                    f"  even this takes {_duration(at_floor)} at the floor of {floor} epochs, more than the "
+                    f"{_duration(max(left, 0))} left: it runs over the budget"
+                )
+            return Schedule(option.side, max(fitting, default=floor), option.folds, option.full_fit), said
+        arranged = Schedule(option.side, floor, option.folds, option.full_fit).describe(len(fold_ids))
+        said.append(
+            f"  {arranged} (the floor) take {_duration(at_floor)}, more than the {_duration(max(left, 0))} "
+            f"left: trading for {options[n + 1].trade}"
+        )
+    raise AssertionError("unreachable: the last arrangement is always taken")
+
+
+def arrangements(setup: Setup, fold_ids: list[int]) -> Iterator[Arrangement]:
+    """In the order a budget trades: the config's own, then smaller sides, fewer folds, no full
+    fit; only what the config left to the defaults is traded."""
+    cfg, side, ids, full_fit = setup.cfg, setup.image_size, tuple(fold_ids), setup.cfg.train.full_fit
+    yield Arrangement(side, ids, full_fit, "")
+    if "model.image_size" not in setup.given:
+        sides = list(range((side - 1) // SIDE_STEP * SIDE_STEP, defaults.smallest_side(cfg) - 1, -SIDE_STEP))
+        for smaller in sides:
+            yield Arrangement(smaller, ids, full_fit, f"a smaller image side, model.image_size {side} -> {smaller}")
+        side = sides[-1] if sides else side
+    if "train.folds" not in setup.given:
+        for n in range(len(ids) - 1, 0, -1):
+            trade = f"fewer folds, {n} of {len(fold_ids)} (the others left for a later run)"
+            yield Arrangement(side, ids[:n], full_fit, trade)
+        ids = ids[:1]
+    if "train.full_fit" not in setup.given and full_fit:
+        yield Arrangement(side, ids, False, "no full fit (the fold models are submitted)")
+
+
+def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
+    """The fits a schedule trains, with their rows: a fold trains on the rows it does not
+    validate on (scraped extras too); the full fit on every row."""
+    made = []
+    for k in fold_ids:
+        valid = len(validation_rows(folds, k))
+        made.append(Fit(f"fold {k}", len(folds) - valid, valid))
+    return made + ([Fit("full", len(folds), 0)] if full_fit else [])
+
+
+def fit_seconds(speed: Speed, fit: Fit, epochs: int, model: C.Model) -> float:
+    frozen = frozen_epochs(model, epochs)
+    training = fit.train_rows * (frozen * speed.frozen_s + (epochs - frozen) * speed.unfrozen_s)
+    return speed.start_s + training + epochs * (fit.valid_rows * speed.valid_s + speed.epoch_s)
+
+
+def frozen_epochs(model: C.Model, epochs: int) -> int:
+    """The epochs that train with the fine-tune's stages frozen."""
+    if not (model.freeze_depth or model.freeze_blocks):
+        return 0
+    return epochs if model.unfreeze_epoch is None else min(epochs, model.unfreeze_epoch - 1)
+
+
+def _nearest(speeds: dict[int, Speed], side: int) -> Speed:
+    return speeds[min(speeds, key=lambda s: abs(s - side))].at(side)
+
+
+def _plan_line(
+    cfg: C.Config, schedule: Schedule, all_folds: int, seconds: float, started: float, bounds: tuple[int, int]
+) -> str:
+    (floor, ceiling), probe = bounds, time.time() - started
+    share = (probe + seconds) / C.seconds(cfg.train.time_budget)
+    asked = cfg.train.epochs
+    if schedule.epochs < asked:
+        why = f"train.epochs {asked} lowered to fit"
+    elif schedule.epochs > asked:
+        why = f"train.epochs {asked} raised to use the budget"
+    else:
+        why = f"the {asked} epochs asked for"
+    if schedule.epochs == ceiling and share < 0.8:
+        why += f"; {ceiling} is the most it plans"
+    unfreeze = f", the backbone unfrozen from epoch {cfg.model.unfreeze_epoch}" if cfg.model.unfreeze_epoch else ""
+    return (
+        f"plan: {schedule.describe(all_folds)}{unfreeze} ({why}; floor {floor}): {_duration(seconds)} of training "
+        f"after {_duration(probe)} of timing, ending about {_clock(time.time() + seconds)}, "
+        f"{share:.0%} of the budget"
+    )
+
+
+def _later_run(cfg: C.Config, schedule: Schedule, fold_ids: list[int]) -> str:
+    left = [k for k in fold_ids if k not in schedule.folds]
+    same = f"train.time_budget=null train.epochs={schedule.epochs} model.image_size={schedule.side}"
+    named = f"fold {left[0]} is" if len(left) == 1 else f"folds {', '.join(map(str, left))} are"
+    return (
+        f"  {named} left for a later run on the same schedule, which keeps the folds trained now: "
+        f'make train ARGS="{same}"'
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if abs(seconds) < 90 else f"{seconds / 60:.1f} min"
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%H:%M", time.localtime(timestamp))
+
+
+# --- the probe ----------------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """The first `warmup + steps` of `batches`; times the last `steps` of them (the device
+    synchronised at both ends, so that queued GPU work is counted) and the wait for the first."""
+
+    def __init__(self, batches, warmup: int, steps: int, device: engine.Device):
+        self.batches, self.device = batches, device
+        self.length = min(len(batches), warmup + steps)
+        self.warmup = min(warmup, self.length - 1)
+        self.first_s = self.warmup_s = self.timed_s = 0.0
+        self.timed_images = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        self._sync()
+        began = time.perf_counter()
+        for i, batch in enumerate(itertools.islice(iter(self.batches), self.length)):
+            if i == 0:
+                self.first_s = time.perf_counter() - began
+            if i == self.warmup:
+                self._sync()
+                self.warmup_s, timed_from = time.perf_counter() - began, time.perf_counter()
+            if i >= self.warmup:
+                self.timed_images += len(batch[0])
+            yield batch
+        self._sync()
+        self.timed_s = time.perf_counter() - timed_from
+
+    @property
+    def per_image(self) -> float:
+        return self.timed_s / max(self.timed_images, 1)
+
+    def _sync(self) -> None:
+        if self.device.device.type == "cuda":
+            torch.cuda.synchronize(self.device.device)
+
+
+def measure(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> Speed:
+    """Time fold `fold`'s fit, as fit() runs it, for a few steps of each kind."""
+    cfg = setup.cfg.train
     valid = validation_rows(folds, fold)
+    began = time.perf_counter()
+    parts = assemble(setup, np.setdiff1d(np.arange(len(folds)), valid), valid)
+    state = optimisation(setup, parts, epochs=10**6)  # a schedule so long that the rate stays at its start
+    built = time.perf_counter() - began
+    warmups, trained = [], parts.trained
+    frozen = None
+    if parts.frozen.params:
+        frozen = Stopwatch(parts.train_batches(cfg.seed), WARMUP_STEPS, TIMED_STEPS, parts.device)
+        engine.train_one_epoch(trained, frozen, setup.task, state, parts.device, parts.frozen, "timing, frozen")
+        warmups.append(frozen)
+        parts.frozen.unfreeze()
+        trained = wrap(parts.model, parts.device, cfg.compile)
+    unfrozen = Stopwatch(parts.train_batches(cfg.seed + 1), WARMUP_STEPS, TIMED_STEPS, parts.device)
+    engine.train_one_epoch(trained, unfrozen, setup.task, state, parts.device, None, "timing")
+    warmups.append(unfrozen)
+    validating = Stopwatch(parts.valid_batches(), 1, TIMED_VALID_BATCHES, parts.device)
+    engine.evaluate(parts.model, validating, setup.task, parts.device, desc="timing")
+    checkpoint_s = _time_checkpoint(parts, state, paths)
+    warm = sum(max(0.0, w.warmup_s - w.per_image * w.warmup * cfg.batch_size) for w in warmups)
+    loader_start = max(0.0, validating.first_s - validating.per_image * 2 * cfg.batch_size)
+    return Speed(
+        side=setup.image_size,
+        frozen_s=(frozen or unfrozen).per_image,
+        unfrozen_s=unfrozen.per_image,
+        valid_s=validating.per_image,
+        start_s=built + warm,
+        epoch_s=2 * loader_start + checkpoint_s,
+    )
+
+
+def _time_checkpoint(parts, state: engine.Step, paths: Paths) -> float:
     probe = paths.budget_probe
     shutil.rmtree(probe.root, ignore_errors=True)
-    started = time.monotonic()
+    probe.root.mkdir(parents=True)
+    began = time.perf_counter()
     try:
-        fit(setup, np.setdiff1d(np.arange(len(folds)), valid), valid, probe, 1, "probe", f"timing fold {fold}")
+        save_checkpoint(probe, parts.model, state, [{"epoch": 1}], {"epoch": 1, "score": math.nan}, "timing")
+        return time.perf_counter() - began
     finally:
         shutil.rmtree(probe.root, ignore_errors=True)
-    return time.monotonic() - started
 
 
-def _read(paths: Paths, key: str) -> dict | None:
-    if not paths.budget_json.exists():
-        return None
-    decision = json.loads(paths.budget_json.read_text())
-    return decision if decision.get("key") == key else None
+# --- the pace -----------------------------------------------------------------------------------
+
+
+class Pace:
+    """Each fit's time against the plan's, said after it, with where the plan will end at this pace."""
+
+    def __init__(self, kept: Plan):
+        self.plan, self.measured, self.expected = kept, 0.0, 0.0
+        self.left = dict(kept.planned)
+
+    def done(self, name: str, seconds: float | None) -> None:
+        """`seconds`: the fit's time in this run; None when it was finished before or resumed."""
+        planned = self.left.pop(name, None)
+        if planned is None or seconds is None:
+            return
+        self.measured, self.expected = self.measured + seconds, self.expected + planned
+        ratio = self.measured / self.expected
+        end = time.time() + ratio * sum(self.left.values())
+        late = end - self.plan.deadline
+        verdict = f"{_duration(abs(late))} {'past' if late > 0 else 'inside'} its budget"
+        print(
+            f"budget: {name} took {_duration(seconds)}, planned {_duration(planned)} ({seconds / planned - 1:+.0%}); "
+            f"at this pace the plan ends about {_clock(end)}, {verdict} (the schedule stays: folds must compare)",
+            flush=True,
+        )

@@ -27,7 +27,7 @@ from pydantic import (
 from pipeline import aug_ops
 from pipeline.errors import PipelineError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 
 
 class KeyValueError(ValueError):
@@ -109,6 +109,9 @@ class PixelString(PixelLayout):
 class FileLayout(LayoutBase):
     channels: Literal[1, 3] = 3
     extensions: list[str] = list(IMAGE_EXTENSIONS)
+    # DICOM files' (center, width) in modality units, e.g. [40, 80] for a CT brain window;
+    # None: each file's own window, else its own range
+    dicom_window: tuple[float, Annotated[float, Field(ge=1.0)]] | None = None
 
     @field_validator("extensions")
     @classmethod
@@ -414,7 +417,7 @@ class Package(Section):
     # at this machine's versions; nothing else is importable in the notebook unless a wheel brings it
     kaggle_image: list[str] = [
         "pip", "ipykernel", "torch", "torchvision", "timm", "numpy", "pandas", "scipy", "scikit-learn",
-        "pillow", "pyyaml", "pydantic", "tqdm", "albumentations", "matplotlib", "requests",
+        "pillow", "pyyaml", "pydantic", "tqdm", "albumentations", "matplotlib", "requests", "pydicom",
     ]  # fmt: skip
     accelerator: str = "none"  # or a Kaggle accelerator id: NvidiaTeslaT4, NvidiaTeslaP100, TpuV38 ...
     private: bool = True

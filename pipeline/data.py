@@ -9,7 +9,7 @@ from pipeline.config import Config, save_resolved
 from pipeline.demo import build_digits
 from pipeline.errors import PipelineError
 from pipeline.hands import build_hands
-from pipeline.images import CachedImages, open_images
+from pipeline.images import CachedImages
 from pipeline.paths import Paths
 
 DEMOS = {"digits": build_digits, "hands": build_hands}
@@ -31,7 +31,7 @@ def run(cfg: Config) -> None:
     data = sources.read(cfg)
     shapes = {}
     for name, split in (("train", data.train), ("test", data.test)):
-        images = open_images(split.images, paths.cache(name), cfg.data.cache, cfg.data.cache_limit_gb)
+        images = sources.open_split(cfg, split.images, paths.cache(name))
         shapes[name] = describe_shapes(images)
     save_resolved(cfg, paths.resolved("data"))
     classes = (
@@ -46,14 +46,13 @@ def run(cfg: Config) -> None:
 
 
 def describe_shapes(images: Sequence) -> str:
-    if not isinstance(images, CachedImages):
-        return "decoded lazily"
+    """The images' sizes in their files (H x W x C), and how they are held for training."""
     if len(images) == 0:
         return "no images"
-    low, high = images.index[:, 1:].min(axis=0), images.index[:, 1:].max(axis=0)
-    size = (
-        "x".join(map(str, low))
-        if np.array_equal(low, high)
-        else f"{'x'.join(map(str, low))} to {'x'.join(map(str, high))}"
-    )
-    return f"{size}, cached"
+    sizes = images.original_sizes
+    channels = np.asarray(images[0]).shape[-1]
+    low, high = (f"{h}x{w}x{channels}" for h, w in (sizes.min(axis=0), sizes.max(axis=0)))
+    size = low if low == high else f"{low} to {high}"
+    if isinstance(images, CachedImages):
+        return f"{size}, cached" + (f" at a shorter side of {images.side} px" if images.side else "")
+    return f"{size}, decoded lazily"

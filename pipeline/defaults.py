@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass
 
 from pipeline import config as C
-from pipeline import transforms
 
 SCRATCH_SIDE = 32  # a resnet's stem and first stage divide by 4: smaller inputs lose the image
 SMALL_SIDE, MANY_ROWS = 64, 1000  # this many grayscale images of at most this side learn from scratch
@@ -48,6 +47,17 @@ PRETRAINED_STEPS, PRETRAINED_EPOCHS = 300, (10, 30)
 GLYPH_AUG = {"rotate": 10.0, "shift": 0.1, "scale": 0.1, "p": 0.8}
 PHOTO_AUG = {"hflip": 0.5, "rotate": 10.0, "shift": 0.1, "scale": 0.15, "brightness": 0.2, "contrast": 0.2, "p": 0.8}
 KEYPOINT_AUG = {"rotate": 10.0, "shift": 0.05, "scale": 0.1, "brightness": 0.2, "contrast": 0.2, "p": 0.8}
+
+
+def working_side(cfg: C.Config) -> int:
+    """The largest model input side the experiment may ask for, which its cached images keep:
+    model.image_size, else the preset's cap (the most a default takes), and the largest
+    model.image_size of the tuning space. TTA views zoom the model's input, not the file."""
+    sides = [cfg.model.image_size or PRESETS[cfg.train.preset].size_cap]
+    searched = cfg.tune.space.get("model.image_size")
+    if searched is not None:
+        sides.append(int(searched.high) if searched.high is not None else max(int(c) for c in searched.choices))
+    return max(sides)
 
 
 @dataclass(frozen=True)
@@ -196,22 +206,49 @@ def fine_tune_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
     ]
 
 
+def _schedule(cfg: C.Config) -> tuple[float, float, float]:
+    """The optimizer steps a fold asks for, and the fewest and most epochs, at the config's preset."""
+    pretrained = cfg.model.pretrained != "none"
+    steps, (low, high) = (PRETRAINED_STEPS, PRETRAINED_EPOCHS) if pretrained else (SCRATCH_STEPS, SCRATCH_EPOCHS)
+    scale = PRESETS[cfg.train.preset].steps
+    return steps * scale, low * scale, high * scale
+
+
+MIN_UNFROZEN_EPOCHS = 2  # a budget never plans fewer epochs after the backbone unfreezes
+
+
+def epoch_bounds(cfg: C.Config, fold_rows: int, *, epochs_given: bool) -> tuple[int, int]:
+    """The fewest and the most epochs a time budget may plan. The floor: two epochs after the
+    backbone unfreezes, and half the optimizer steps the data asks for. The ceiling: train.epochs
+    when the config sets it, else the preset's most (a budget with room to spare uses it)."""
+    steps, _, high = _schedule(cfg)
+    steps_per_epoch = max(1, math.ceil(fold_rows / cfg.train.batch_size))
+    unfrozen_from = cfg.model.unfreeze_epoch or 1
+    floor = max(unfrozen_from - 1 + MIN_UNFROZEN_EPOCHS, math.ceil(steps / 2 / steps_per_epoch))
+    ceiling = cfg.train.epochs if epochs_given else max(cfg.train.epochs, int(high))
+    return min(floor, ceiling), ceiling
+
+
+def smallest_side(cfg: C.Config) -> int:
+    """The smallest model input a budget may trade down to."""
+    return PRETRAINED_SIDE if cfg.model.pretrained != "none" else SCRATCH_SIDE
+
+
 def schedule_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
     fold_rows = facts.rows * (facts.n_folds - 1) // facts.n_folds
     batch = min(64, max(16, 2 ** int(math.log2(max(fold_rows // 8, 1)))))
     batch_size = cfg.train.batch_size if not unset(cfg.train, "batch_size") else batch
     steps_per_epoch = max(1, math.ceil(fold_rows / batch_size))
     pretrained = cfg.model.pretrained != "none"
-    steps, (low, high) = (PRETRAINED_STEPS, PRETRAINED_EPOCHS) if pretrained else (SCRATCH_STEPS, SCRATCH_EPOCHS)
-    scale = PRESETS[cfg.train.preset].steps
-    epochs = int(min(max(round(steps * scale / steps_per_epoch), low * scale), high * scale))
+    steps, low, high = _schedule(cfg)
+    epochs = int(min(max(round(steps / steps_per_epoch), low), high))
     decided = [
         Default("train.batch_size", batch, f"{fold_rows} training rows per fold: at least 8 steps an epoch"),
         Default(
             "train.epochs",
             max(epochs, 1),
-            f"about {round(steps * scale)} steps of {steps_per_epoch} an epoch, within {int(low * scale)}-"
-            f"{int(high * scale)} epochs ({cfg.train.preset}{', fine-tuning' if pretrained else ''})",
+            f"about {round(steps)} steps of {steps_per_epoch} an epoch, within {int(low)}-"
+            f"{int(high)} epochs ({cfg.train.preset}{', fine-tuning' if pretrained else ''})",
         ),
         Default("train.lr", 1e-3 if pretrained else 3e-3, "AdamW, one-cycle: fine-tuning" if pretrained else "AdamW"),
     ]
@@ -221,6 +258,8 @@ def schedule_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
 
 
 def aug_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
+    from pipeline import transforms  # albumentations and torch: not for the stages that only cache images
+
     if facts.task == "keypoints":
         names = transforms.point_names(list(facts.keypoint_columns))
         pairs = cfg.aug.flip_pairs != "auto" or (transforms.flip_permutation(names, "auto") != range(len(names))).any()

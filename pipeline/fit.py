@@ -35,6 +35,7 @@ class Setup:
     targets: np.ndarray  # encoded target of every folds.csv row
     channels: int
     image_size: int  # side of the square model input
+    given: frozenset[str] = frozenset()  # dotted keys the config, its overrides or best.yaml set
     # (device, side) -> every image as uint8 on that device (train.device_aug), made on first use
     resident: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -186,6 +187,20 @@ def _resident_targets(setup: Setup, dataset: ImageDataset, resident: batch_aug.R
     return unit_points(points, resident.sizes[dataset.rows]).reshape(len(points), -1)
 
 
+def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
+    """The optimiser's state for `epochs` of `parts`' batches: the schedule's length, mixup, EMA."""
+    cfg, task = setup.cfg.train, setup.task
+    steps_per_epoch = math.ceil(len(parts.train_batches(cfg.seed)) / cfg.accumulate)
+    return engine.Step(
+        parts.optimizer,
+        parts.device.scaler(),
+        cfg,
+        steps_per_epoch * epochs,
+        mixup=engine.create_mixup(cfg, task.n_outputs) if task.kind == "classification" else None,
+        ema=ModelEmaV3(parts.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
+    )
+
+
 def fit(
     setup: Setup,
     train_rows: np.ndarray,
@@ -206,15 +221,7 @@ def fit(
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
     device, model, frozen, trained = parts.device, parts.model, parts.frozen, parts.trained
-    steps_per_epoch = math.ceil(len(parts.train_batches(cfg.seed)) / cfg.accumulate)
-    state = engine.Step(
-        parts.optimizer,
-        device.scaler(),
-        cfg,
-        steps_per_epoch * epochs,
-        mixup=engine.create_mixup(cfg, task.n_outputs) if task.kind == "classification" else None,
-        ema=ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
-    )
+    state = optimisation(setup, parts, epochs)
     history, best = _resume(out, model, state, fingerprint)
     keeps_best = cfg.checkpoint == "best" and parts.valid_batches is not None
     for epoch in range(len(history) + 1, epochs + 1):
@@ -235,7 +242,7 @@ def fit(
         if (improved and keeps_best) or (epoch == epochs and not keeps_best):
             _save_model(evaluated, setup, out.model)
         history.append(row)
-        _checkpoint(out, model, state, history, best, fingerprint)
+        save_checkpoint(out, model, state, history, best, fingerprint)
         if on_checkpoint is not None:
             on_checkpoint()
         print(_summary(name, row, task.metric))
@@ -301,7 +308,7 @@ def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
     _torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
 
 
-def _checkpoint(out: FitFiles, model, state: engine.Step, history: list, best: dict, fingerprint: str) -> None:
+def save_checkpoint(out: FitFiles, model, state: engine.Step, history: list, best: dict, fingerprint: str) -> None:
     checkpoint = {
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),

@@ -19,7 +19,6 @@ from pipeline import engine, models, sources, transforms
 from pipeline.config import Config, Model
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
-from pipeline.images import open_images
 from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import FitFiles, Paths
 from pipeline.targets import oof_frame
@@ -148,7 +147,7 @@ class PredictionsOnTest:
         notebook, whose models lie in a read-only input)."""
         data = sources.read(cfg)
         self.cfg, self.table, self.keep = cfg, data.test.table, keep
-        self.images = open_images(data.test.images, paths.cache("test"), cfg.data.cache, cfg.data.cache_limit_gb)
+        self.images = sources.open_split(cfg, data.test.images, paths.cache("test"))
         self.device = engine.Device.choose(cfg.train)
         self.ids = self.table["id"].astype(str).to_numpy(dtype=str)
         self.made: dict[Path, np.ndarray] = {}

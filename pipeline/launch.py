@@ -35,6 +35,11 @@ def run(cfg: C.Config, gpus: str | None = None) -> None:
         train.run(cfg)
         return
     ids = parse_gpus(gpus)
+    if cfg.train.time_budget is not None and len(ids) > 1:
+        raise PipelineError(
+            f"train.time_budget={cfg.train.time_budget} plans the fits of one process on one device, and GPUS={gpus} "
+            "trains on several: set train.epochs and model.image_size instead, or train on one GPU"
+        )
     paths = Paths.of(cfg)
     mode = choose(cfg.train.distributed, len(read_folds(paths)), len(ids))
     resolved = paths.resolved("launch")
@@ -88,8 +93,8 @@ def _fold_worker(cfg: C.Config, fold_ids: list[int], gpu: str, processes: int) -
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     paths = Paths.of(cfg)
     try:
-        setup, folds, fingerprint, _ = train.train_folds(cfg, paths)
-        for k in fold_ids:
+        setup, folds, fingerprint, planned, _ = train.train_folds(cfg, paths)
+        for k in (k for k in fold_ids if k in planned):  # a time budget may train fewer
             train.train_fold(setup, folds, k, paths.fold(k), fingerprint)
     except PipelineError as exc:
         print(f"error: GPU {gpu}: {exc}", file=sys.stderr)

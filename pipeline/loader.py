@@ -18,6 +18,7 @@ class ConcatImages(Sequence):
     def __init__(self, parts: list[Sequence]):
         self.parts = parts
         self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.original_sizes = np.concatenate([p.original_sizes for p in parts])
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -25,6 +26,13 @@ class ConcatImages(Sequence):
     def __getitem__(self, i: int) -> np.ndarray:
         part = int(np.searchsorted(self.starts, i, side="right")) - 1
         return self.parts[part][i - self.starts[part]]
+
+
+def rescaled_points(points: np.ndarray, original: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, 2) x/y pixels of an image of `original` (height, width) -> the same places in the
+    copy of it resized to `size`, pixel centres at integers."""
+    scale = np.asarray(size[:2], dtype=np.float32)[::-1] / np.asarray(original, dtype=np.float32)[::-1]
+    return ((points + 0.5) * scale - 0.5).astype(np.float32)
 
 
 def unit_points(points: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -37,8 +45,9 @@ def unit_points(points: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 class ImageDataset(Dataset):
     """Rows of an image store with their targets, augmented then finished to a uint8 tensor.
 
-    Keypoint targets (N, K*2) in pixels leave as (K*2,) in [-1, 1] of the augmented image,
-    NaN where missing. Each item also returns the original (height, width) for metrics.
+    Keypoint targets (N, K*2) in pixels of the image files leave as (K*2,) in [-1, 1] of the
+    augmented image, NaN where missing. Each item also returns its file's (height, width), for
+    the metrics and the predictions in competition units.
     """
 
     def __init__(
@@ -58,17 +67,20 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         image = np.asarray(self.images[self.rows[i]])
-        size = torch.tensor(image.shape[:2], dtype=torch.float32)
+        original = self.images.original_sizes[self.rows[i]]
         target = self.targets[i] if self.targets is not None else np.float32(np.nan)
         if self.keypoints and self.targets is not None:
-            image, target = self._move_points(image, target)
+            image, target = self._move_points(image, target, original)
         elif self.augment is not None:
             image = self.augment(image=image)["image"]
         image = self.finish(image=image)["image"]  # may be the store's read-only array: torch.tensor copies
+        size = torch.tensor(original, dtype=torch.float32)
         return torch.tensor(image.transpose(2, 0, 1)), torch.as_tensor(target), size
 
-    def _move_points(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        points = target.reshape(-1, 2)
+    def _move_points(
+        self, image: np.ndarray, target: np.ndarray, original: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        points = rescaled_points(target.reshape(-1, 2), original, image.shape)
         present = ~np.isnan(points).any(axis=1)
         if self.augment is not None:
             moved = self.augment(image=image, keypoints=np.nan_to_num(points), present=present)

@@ -12,7 +12,7 @@ from pipeline import defaults, sources
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.fit import Setup
-from pipeline.images import FileSource, open_images, typical_side, uniform_side
+from pipeline.images import FileSource, typical_side, uniform_side
 from pipeline.loader import ConcatImages
 from pipeline.paths import Paths
 from pipeline.tasks import create_task
@@ -21,17 +21,22 @@ from pipeline.validation import read_folds
 TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
 
 
-def merge_tuned(cfg: C.Config, paths: Paths) -> C.Config:
-    """Overrides found by `make tune` (runs/<name>/<experiment>/tune/best.yaml, or
-    train.tuned_from's) on top of the config."""
+def tuned_settings(cfg: C.Config, paths: Paths) -> dict:
+    """The overrides `make tune` found (runs/<name>/<experiment>/tune/best.yaml, or
+    train.tuned_from's); none before a search."""
     tuned = paths.tuned_yaml
     if not tuned.exists():
         if cfg.train.tuned_from:
             raise PipelineError(f"train.tuned_from={cfg.train.tuned_from}: {tuned} does not exist; run its `make tune`")
-        return cfg
+        return {}
     overrides = yaml.safe_load(tuned.read_text()) or {}
     print(f"using the tuned settings in {tuned}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    return C.with_overrides(cfg, overrides, str(tuned))
+    return overrides
+
+
+def given_keys(cfg: C.Config) -> set[str]:
+    """The dotted keys the config file and its overrides set (the rest are defaults)."""
+    return {f"{name}.{key}" for name in type(cfg).model_fields for key in getattr(cfg, name).model_fields_set}
 
 
 def fold_ids_of(cfg: C.Config, folds: pd.DataFrame) -> list[int]:
@@ -43,8 +48,16 @@ def channels(cfg: C.Config) -> int:
     return 1 if cfg.data.layout in ("pixel_columns", "pixel_string") else cfg.data.channels
 
 
+# which fits run and how they were planned, not how each one trains: a fold trained under one
+# time budget is kept by a later run that trains the folds it left
+SELECTION_KEYS = ("folds", "full_fit", "time_budget")
+
+
 def fingerprint(cfg: C.Config, paths: Paths) -> str:
-    return f"{cfg.to_yaml(TRAIN_SECTIONS)}folds.csv sha256 {sha256_file(paths.folds_csv)}"
+    """What a fit's result depends on: the config's training sections and folds.csv."""
+    sections = cfg.model_dump(mode="json", include=set(TRAIN_SECTIONS))
+    sections["train"] = {k: v for k, v in sections["train"].items() if k not in SELECTION_KEYS}
+    return f"{yaml.safe_dump(sections, sort_keys=False)}folds.csv sha256 {sha256_file(paths.folds_csv)}"
 
 
 def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, pd.DataFrame]:
@@ -53,7 +66,7 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     settings `make tune` found merged."""
     folds = read_folds(paths)
     data = sources.read(cfg)
-    store = open_images(data.train.images, paths.cache("train"), cfg.data.cache, cfg.data.cache_limit_gb)
+    store = sources.open_split(cfg, data.train.images, paths.cache("train"))
     position = {str(i): n for n, i in enumerate(data.train.table["id"])}
     competition = folds["fold"] >= 0
     missing = [i for i in folds.loc[competition, "id"] if i not in position]
@@ -63,9 +76,7 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     images = store
     if (~competition).any():
         extra = FileSource(tuple(paths.data / p for p in folds.loc[~competition, "id"]), channels(cfg))
-        images = ConcatImages(
-            [store, open_images(extra, paths.cache("extra"), cfg.data.cache, cfg.data.cache_limit_gb)]
-        )
+        images = ConcatImages([store, sources.open_split(cfg, extra, paths.cache("extra"))])
         rows = np.concatenate([rows, len(store) + np.arange(int((~competition).sum()))])
     facts = defaults.Facts(
         task=cfg.competition.task,
@@ -75,12 +86,15 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
         n_folds=folds.loc[competition, "fold"].nunique(),
         keypoint_columns=tuple(data.targets) if cfg.competition.task == "keypoints" else (),
     )
+    given = given_keys(cfg)
     cfg, decided = defaults.resolve(cfg, facts)
     print("\n".join(defaults.describe(decided)) if decided else "defaults: every key is set", flush=True)
-    cfg = merge_tuned(cfg, paths) if tuned else cfg
+    settings = tuned_settings(cfg, paths) if tuned else {}
+    if settings:
+        cfg = C.with_overrides(cfg, settings, str(paths.tuned_yaml))
     task = create_task(cfg, data.train.table, data.targets)
     targets = task.encode(folds, data.targets)
     size = cfg.model.image_size or uniform_side(store)
     if size is None:
         raise PipelineError("model.image_size is not set and the competition's images differ in size: set it")
-    return Setup(cfg, task, images, rows, targets, channels(cfg), size), folds
+    return Setup(cfg, task, images, rows, targets, channels(cfg), size, frozenset(given | set(settings))), folds

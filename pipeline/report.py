@@ -107,9 +107,14 @@ def plot_stacked(counts: pd.DataFrame, title: str) -> Figure:
 
 
 def plot_grid(
-    images: Sequence[np.ndarray], captions: Sequence[str], points: Sequence[tuple] = (), columns: int = 4
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    points: Sequence[tuple] = (),
+    sizes: Sequence[tuple[int, int]] = (),
+    columns: int = 4,
 ) -> Figure:
-    """Images with captions; for keypoints, (true, predicted) (K, 2) pixel arrays per image."""
+    """Images with captions; for keypoints, (true, predicted) (K, 2) pixel arrays per image, in
+    pixels of the image files, whose (height, width)s `sizes` gives (a cached image may be smaller)."""
     rows = max(1, int(np.ceil(len(images) / columns)))
     figure = Figure(figsize=(2.6 * columns, 2.9 * rows))
     for i, axes in enumerate(np.atleast_1d(figure.subplots(rows, columns)).ravel()):
@@ -117,7 +122,9 @@ def plot_grid(
         if i >= len(images):
             continue
         image = np.asarray(images[i])
-        axes.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+        height, width = sizes[i] if i < len(sizes) else image.shape[:2]
+        extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+        axes.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", extent=extent)
         axes.set_title(captions[i], fontsize=7)
         if i < len(points):
             truth, predicted = points[i]
@@ -276,7 +283,9 @@ def classification_sections(paths: Paths, out: Path, oof: pd.DataFrame, image_of
     ]
 
 
-def keypoint_sections(paths: Paths, out: Path, oof: pd.DataFrame, image_of: Callable) -> list[Section]:
+def keypoint_sections(
+    paths: Paths, out: Path, oof: pd.DataFrame, image_of: Callable, size_of: Callable
+) -> list[Section]:
     predicted_columns = [c for c in oof.columns if c.startswith("pred_")]
     columns = [c.removeprefix("pred_") for c in predicted_columns]
     truth, predicted = oof[columns].to_numpy(float), oof[predicted_columns].to_numpy(float)
@@ -292,7 +301,9 @@ def keypoint_sections(paths: Paths, out: Path, oof: pd.DataFrame, image_of: Call
     ):
         points = [(truth[i].reshape(-1, 2), predicted[i].reshape(-1, 2)) for i in rows]
         captions = [f"id {oof['id'].iloc[i]}: RMSE {per_image[i]:.2f} px" for i in rows]
-        save(plot_grid([image_of(oof["id"].iloc[i]) for i in rows], captions, points), out / f"keypoints_{name}.png")
+        ids = oof["id"].iloc[rows]
+        grid = plot_grid([image_of(i) for i in ids], captions, points, [size_of(i) for i in ids])
+        save(grid, out / f"keypoints_{name}.png")
     return [
         ("Keypoints", "<p>green: true, red: predicted</p>" + _img("keypoints_samples.png", "keypoint samples")),
         ("RMSE per keypoint", _img("rmse_per_keypoint.png", "RMSE per keypoint")),
@@ -386,12 +397,13 @@ def run(cfg: C.Config) -> None:
     out.mkdir(parents=True)
     row_of = {i: n for n, i in enumerate(folds["id"].astype(str))}
     image_of = lambda image_id: setup.images[setup.rows[row_of[str(image_id)]]]  # noqa: E731
+    size_of = lambda image_id: setup.images.original_sizes[setup.rows[row_of[str(image_id)]]]  # noqa: E731
     oof = out_of_fold(paths, cv)
     sections = [cv_section(cv, out), curves_section(paths, cv, out, cfg)]
     if setup.task.kind == "classification":
         sections += classification_sections(paths, out, oof, image_of)
     else:
-        sections += keypoint_sections(paths, out, oof, image_of)
+        sections += keypoint_sections(paths, out, oof, image_of, size_of)
     if paths.lr_find("png").exists():
         shutil.copy(paths.lr_find("png"), out / "lr_find.png")
         sections.append(("Learning-rate finder", _img("lr_find.png", "lr find")))

@@ -48,7 +48,7 @@ from pipeline import sources
 from pipeline.config import Config, Scrape
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
-from pipeline.images import eight_bit, open_images
+from pipeline.images import eight_bit
 from pipeline.paths import Paths
 
 COLUMNS = ["kind", "label", "page", "url", "final_url", "status", "detail", "sha256", "phash", "width", "height"]
@@ -380,7 +380,7 @@ def reference_hashes(cfg: Config, paths: Paths) -> tuple[list[bytes], list[bytes
     data = sources.read(cfg)
     hashes = []
     for name, split in (("train", data.train), ("test", data.test)):
-        images = open_images(split.images, paths.cache(name), cfg.data.cache, cfg.data.cache_limit_gb)
+        images = sources.open_split(cfg, split.images, paths.cache(name))
         hashes.append([phash(_picture(images[i])) for i in range(len(images))])
     return hashes[0], hashes[1]
 

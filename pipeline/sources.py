@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config as C
+from pipeline.defaults import working_side
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
-from pipeline.images import ArraySource, FileSource
+from pipeline.images import ArraySource, FileSource, open_images
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,12 @@ def _check_lookup_table(layout: C.PixelString, test_ids: pd.Series, keypoints: l
 # --- image files -------------------------------------------------------------------------------
 
 
+def open_split(cfg: C.Config, source: ArraySource | FileSource, cache_dir: Path) -> Sequence:
+    """A split's images, cached in `cache_dir` at the experiment's working side, the largest
+    model input it may ask for (defaults.working_side)."""
+    return open_images(source, cache_dir, cfg.data.cache, cfg.data.cache_limit_gb, working_side(cfg))
+
+
 def list_images(folder: Path, extensions: list[str]) -> list[Path]:
     """Image files directly in `folder`, sorted. Other files (Oxford Pets ships .mat files beside
     its JPEGs) are left out with a warning that names them; hidden files are ignored."""
@@ -330,7 +337,8 @@ def _file_split(table: pd.DataFrame, paths: list[Path], layout: C.FileLayout, so
     table = table.reset_index(drop=True)
     table.insert(1, "image", [str(p.relative_to(layout.dir)) for p in paths])
     table.attrs["source"] = source
-    return Split(table, FileSource(tuple(paths), layout.channels))
+    window = tuple(layout.dicom_window) if layout.dicom_window else None
+    return Split(table, FileSource(tuple(paths), layout.channels, window))
 
 
 def _stems(paths: list[Path], folder: Path) -> pd.Series:

@@ -8,6 +8,7 @@ with two candidate label columns, is refused in one line naming the candidates a
 set; an existing config is never overwritten.
 """
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ COORDINATE = re.compile(r"_[xy]$", re.IGNORECASE)
 FILENAME_LABEL = r"^(?P<label>.+)_\d+$"
 SAMPLE_SUBMISSION = re.compile(r"sample.*submission.*\.csv$", re.IGNORECASE)
 SAMPLED_IMAGES = 200  # images opened to learn sizes and channels
-FAST_FIRST_PIXELS = 20_000 * 160**2  # more training pixels than this: a fast first run
+FAST_FIRST_PIXELS = 20_000 * 160**2  # more training pixels than this: a fast first run on a CPU
+CPU_BUDGET, GPU_BUDGET = "20m", "2h"  # a first run's train.time_budget
 
 
 @dataclass
@@ -310,7 +312,26 @@ def images_of(data: sources.CompetitionData) -> Pictures:
     )
 
 
-def suggested_preset(rows: int, side: int) -> Decision:
+def machine_budget() -> tuple[Decision, bool]:
+    """train.time_budget for a first run on this machine, and whether it has a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        why = (
+            f"one GPU here ({torch.cuda.get_device_name(0)}): the folds and the full fit planned into "
+            f"{GPU_BUDGET}; more time buys epochs, fewer trades"
+        )
+        return Decision("train.time_budget", GPU_BUDGET, why), True
+    why = (
+        f"no GPU here, {os.cpu_count() or 1} CPU cores: the folds and the full fit planned into {CPU_BUDGET}, "
+        "trading image side and folds when they do not fit; raise it for more"
+    )
+    return Decision("train.time_budget", CPU_BUDGET, why), False
+
+
+def suggested_preset(rows: int, side: int, *, gpu: bool = False) -> Decision:
+    if gpu:
+        return Decision("train.preset", "medium", "a GPU: medium, the time budget trades what does not fit")
     if rows * min(side, 256) ** 2 > FAST_FIRST_PIXELS:
         return Decision("train.preset", "fast", f"{rows} images of {side} px: a fast first run, then medium")
     return Decision("train.preset", "medium", f"{rows} images of {side} px: medium fits a first run")
@@ -365,10 +386,17 @@ def survey(root: Path, name: str | None = None) -> Survey:
     decisions += [pictures.channels] if pictures.channels else []
     classes = sorted(data.train.table[data.targets[0]].astype(str).unique()) if task.value == "classification" else []
     decisions += [d for d in [sample_format(folder, task.value, classes)] if d]
-    preset = suggested_preset(len(data.train.table), pictures.side)
-    decisions.append(preset)
+    budget, gpu = machine_budget()
+    preset = suggested_preset(len(data.train.table), pictures.side, gpu=gpu)
+    decisions += [preset, budget]
     rows = f"{len(data.train.table)} training rows, {len(data.test.table)} test rows"
-    found = [rows, balance(data, task.value), f"images: {pictures.sizes}, {pictures.kind}", f"preset: {preset.value}"]
+    found = [
+        rows,
+        balance(data, task.value),
+        f"images: {pictures.sizes}, {pictures.kind}",
+        f"preset: {preset.value}",
+        f"time budget: {budget.value}",
+    ]
     return Survey(name, decisions, found)
 
 

@@ -14,7 +14,10 @@ earlier fit waits in fold<k>.previous/ until its successor's first checkpoint ex
 back if the successor stops before that.
 """
 
+import contextlib
 import shutil
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,28 +35,42 @@ from pipeline.validation import validation_plan, validation_rows
 def run(cfg: C.Config) -> None:
     """Every fold, the CV summary and the full fit, in this process."""
     paths = Paths.of(cfg)
-    setup, folds, fingerprint, fold_ids = train_folds(cfg, paths)
+    setup, folds, fingerprint, fold_ids, pace = train_folds(cfg, paths)
     cfg = setup.cfg
-    results = [train_fold(setup, folds, k, paths.fold(k), fingerprint) for k in fold_ids]
+    results = []
+    for k in fold_ids:
+        with timed(pace, f"fold {k}", paths.fold(k), fingerprint):
+            results.append(train_fold(setup, folds, k, paths.fold(k), fingerprint))
     cv = summarize(results, setup, folds, fold_ids, paths, fingerprint)
     for line in cv.describe():
         print(line)
     if cfg.train.full_fit:
         epochs = cfg.train.epochs
-        result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full")
+        with timed(pace, "full", paths.full, fingerprint):
+            result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full")
         print(f"full fit: {epochs} epochs, the folds' schedule, on {len(folds)} rows -> {result.model_path}")
     C.save_resolved(cfg, paths.resolved("train"))
     cv.save(paths.cv_json)  # last: its presence means the stage finished
 
 
-def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int]]:
-    """What training the folds needs, defaults decided and tuned settings merged: (setup, folds,
-    fingerprint, fold ids)."""
+def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int], budget.Pace | None]:
+    """What training the folds needs, defaults decided, tuned settings merged and the time
+    budget planned: (setup, folds, fingerprint, fold ids, the budget's pace keeper)."""
     setup, folds = plan.prepare(cfg, paths)
     check(setup)
-    fold_ids = plan.fold_ids_of(setup.cfg, folds)
-    setup = budget.fit_into(setup, folds, fold_ids, paths)
-    return setup, folds, plan.fingerprint(setup.cfg, paths), fold_ids
+    setup, fold_ids, pace = budget.fit_into(setup, folds, plan.fold_ids_of(setup.cfg, folds), paths)
+    return setup, folds, plan.fingerprint(setup.cfg, paths), fold_ids, pace
+
+
+@contextlib.contextmanager
+def timed(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str) -> Iterator[None]:
+    """The fit's wall clock, told to the budget's pace keeper when the fit starts afresh here."""
+    finished = FitResult.read(out.result)
+    fresh = not out.checkpoint.exists() and (finished is None or finished.fingerprint != fingerprint)
+    started = time.monotonic()
+    yield
+    if pace is not None:
+        pace.done(name, time.monotonic() - started if fresh else None)
 
 
 def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fingerprint: str) -> FitResult:

@@ -11,6 +11,7 @@ from pipeline import config as C
 from pipeline.batch_aug import BatchAugment, DeviceBatches, Draws, ResidentBatches
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
+from pipeline.images import MemoryImages
 from pipeline.loader import ImageDataset, create_loader
 
 NORMALISE = transforms.Normalise((0.5,), (0.25,))
@@ -32,7 +33,7 @@ def as_tensor(batch: np.ndarray) -> torch.Tensor:
 def test_exact_ops_match_the_per_image_albumentations_path(aug, same_as):
     batch = images()
     steps = transforms.compose([same_as] if same_as else [], False, 0)
-    per_image = ImageDataset(batch, np.arange(len(batch)), None, steps, transforms.finish(16))
+    per_image = ImageDataset(MemoryImages(batch), np.arange(len(batch)), None, steps, transforms.finish(16))
     expected = NORMALISE(torch.stack([per_image[i][0] for i in range(len(batch))]))
     augment = BatchAugment(aug, NORMALISE)
     got = augment.apply(as_tensor(batch), augment.draw(len(batch), np.random.default_rng(0)))
@@ -77,9 +78,9 @@ def test_validation_from_resident_images_is_the_per_image_loaders():
     batch, rows = images(10, side=12), np.array([3, 1, 4, 1, 5, 9, 2])  # 12 px resized to 16 on both paths
     targets = np.arange(10) * 10
     cpu = engine.Device(torch.device("cpu"), None, False)
-    per_image = ImageDataset(batch, rows, targets[rows], None, transforms.finish(16))
+    per_image = ImageDataset(MemoryImages(batch), rows, targets[rows], None, transforms.finish(16))
     expected = list(create_loader(per_image, 4, False, 0, 0, cpu, NORMALISE))
-    resident = batch_aug.resident_images(batch, np.arange(10), 16, cpu.device).images
+    resident = batch_aug.resident_images(MemoryImages(batch), np.arange(10), 16, cpu.device).images
     sizes = torch.full((len(rows), 2), 12.0)
     got = list(ResidentBatches(resident, torch.as_tensor(rows), torch.as_tensor(targets[rows]), sizes, 4, NORMALISE))
     assert len(got) == len(expected) == 2

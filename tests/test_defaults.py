@@ -1,14 +1,11 @@
 """Defaults that fit the data: unset keys decided from the facts, set keys kept, presets scale."""
 
-import json
-
-import pandas as pd
 import pytest
 import yaml
-from conftest import make_config, run, tiny
+from conftest import make_config
 
-from pipeline import budget, defaults, train
 from pipeline import config as C
+from pipeline import defaults
 from pipeline.defaults import Facts
 
 DIGITS = Facts(task="classification", rows=1400, side=8, channels=1, n_folds=5)
@@ -88,25 +85,6 @@ def test_time_budget_is_a_duration():
         bare(train={"time_budget": "soon"})
 
 
-def test_a_time_budget_lowers_the_epochs_once_and_keeps_the_decision(blobs_dir, tmp_path, monkeypatch, capsys):
-    data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
-    cfg = tiny(data, epochs=50, time_budget="0.01s")  # less than any epoch takes
-    cv = run(cfg, tmp_path, monkeypatch)
-    assert "too short" in capsys.readouterr().out and cv["epochs"] == 1
-    decision = json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text())
-    assert (
-        decision["epochs"] == 1 and decision["epoch_s"] > 0 and not (tmp_path / "runs/tiny/tiny/budget-probe").exists()
-    )
-    (tmp_path / "runs/tiny/tiny/cv.json").unlink()
-    train.run(cfg)  # the kept decision: the same schedule, so the finished folds are kept
-    assert (
-        "too short" in capsys.readouterr().out
-        and json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text()) == decision
-    )
-    roomy = tiny(data, epochs=2, time_budget="2h")
-    assert run(roomy, tmp_path, monkeypatch)["epochs"] == 2 and "the 2 epochs asked for fit" in capsys.readouterr().out
-
-
 def test_many_small_grayscale_images_train_from_scratch_few_fine_tune():
     many, _ = defaults.resolve(bare("keypoints"), Facts("keypoints", 1000, 48, 1, 5, tuple(CORNERS)))
     few, _ = defaults.resolve(bare(), Facts("classification", 200, 48, 1, 5))
@@ -121,11 +99,3 @@ def test_many_small_grayscale_images_train_from_scratch_few_fine_tune():
 def test_a_freezing_plan_of_ones_own_is_kept_whole():
     cfg, _ = defaults.resolve(bare(model={"freeze_depth": 3}), PHOTOS)
     assert cfg.model.freeze_depth == 3 and cfg.model.unfreeze_epoch is None and cfg.train.layer_decay == 0.7
-
-
-def test_the_budget_counts_the_full_fit_by_its_rows():
-    """The full fit trains on every row, fold -1's scraped extras too: 1.25 folds' worth with 5
-    folds; counted as one fold, it overran the hands demo's budget by a minute."""
-    folds = pd.DataFrame({"fold": [k for k in range(5) for _ in range(20)] + [-1] * 5})
-    assert budget.fit_epochs(folds, [0, 1, 2, 3, 4], full_fit=True) == pytest.approx(5 + 105 / 85)
-    assert budget.fit_epochs(folds, [0, 1], full_fit=False) == 2

@@ -4,6 +4,7 @@ import torch
 
 from pipeline import engine
 from pipeline.config import Train
+from pipeline.images import MemoryImages
 from pipeline.loader import ConcatImages
 from pipeline.tasks import Classification
 
@@ -49,8 +50,9 @@ def test_soft_targets_from_mixup_use_soft_cross_entropy():
 
 def test_concat_images_indexes_across_parts():
     first, second = [np.full((2, 2, 1), i) for i in range(3)], [np.full((3, 3, 1), 10 + i) for i in range(2)]
-    images = ConcatImages([first, second])
+    images = ConcatImages([MemoryImages(first), MemoryImages(second)])
     assert len(images) == 5 and images[2][0, 0, 0] == 2 and images[3][0, 0, 0] == 10 and images[4].shape == (3, 3, 1)
+    assert images.original_sizes.tolist() == [[2, 2]] * 3 + [[3, 3]] * 2
 
 
 def test_diverging_loss_is_reported():

@@ -6,6 +6,7 @@ import torch
 from pipeline import transforms
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
+from pipeline.images import MemoryImages
 from pipeline.loader import ImageDataset
 from pipeline.tasks import Keypoints
 
@@ -32,8 +33,9 @@ def test_flip_in_normalised_coordinates_is_negation():
     augment = transforms.compose(transforms.augmentations(Aug(hflip=1.0), 1, 12, swap), keypoints=True, seed=0)
     finish = transforms.finish(12)
     target = np.array([[3.0, 2.0, np.nan, np.nan, 5.0, 6.0]], np.float32)  # the right eye is not labelled
-    flipped = ImageDataset([np.zeros((8, 12, 1), np.uint8)], [0], target, augment, finish, keypoints=True)[0][1]
-    plain = ImageDataset([np.zeros((8, 12, 1), np.uint8)], [0], target, None, finish, keypoints=True)[0][1]
+    image = MemoryImages([np.zeros((8, 12, 1), np.uint8)])
+    flipped = ImageDataset(image, [0], target, augment, finish, keypoints=True)[0][1]
+    plain = ImageDataset(image, [0], target, None, finish, keypoints=True)[0][1]
     points, plain_points = flipped.numpy().reshape(3, 2), plain.numpy().reshape(3, 2)
     np.testing.assert_allclose(points[[1, 0, 2]], plain_points * [-1, 1], atol=1e-6)
     assert np.isnan(points[0]).all() and not np.isnan(points[1:]).any()  # the missing point moved with its pair
@@ -111,7 +113,7 @@ def test_grayscale_refuses_colour_augmentations():
 
 def test_keypoints_without_augmentation_say_nothing(recwarn, capsys):
     augment = transforms.compose(transforms.augmentations(Aug(), 1, 8), keypoints=True, seed=0)
-    images = np.zeros((1, 8, 8, 1), np.uint8)
+    images = MemoryImages(np.zeros((1, 8, 8, 1), np.uint8))
     dataset = ImageDataset(images, np.array([0]), np.array([[1.0, 2.0]]), augment, transforms.finish(8), True)
     dataset[0]
     assert not recwarn.list and capsys.readouterr() == ("", "")

@@ -41,10 +41,20 @@ def test_class_balance_sizes_and_sample_format_are_found(image_csv_dir, tmp_path
     (image_csv_dir / "test_labels.csv").write_text("id,label\n")  # a header-only extra table is surveyed too
     found = survey.survey(image_csv_dir)
     assert found.found[1] == "3 classes, 4 to 4 rows each (balanced)"
-    assert found.found[2:] == ["images: 10x12, colour", "preset: medium"]
+    assert found.found[2:] == ["images: 10x12, colour", "preset: medium", "time budget: 20m"]
     assert found.raw()["predict"] == {"format": "label"} and found.raw()["data"]["channels"] == 3
-    assert found.raw()["train"] == {"preset": "medium"}
+    assert found.raw()["train"] == {"preset": "medium", "time_budget": "20m"}  # no GPU here: minutes
     assert survey.suggested_preset(50_000, 224).value == "fast"
+    assert survey.suggested_preset(50_000, 224, gpu=True).value == "medium"  # the budget trades instead
+
+
+def test_a_gpu_gets_a_budget_of_hours(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA H100")
+    budget, gpu = survey.machine_budget()
+    assert gpu and budget.value == "2h" and "one GPU here (NVIDIA H100)" in budget.why
 
 
 def test_keypoint_columns_and_gray_png_files(tmp_path):

@@ -57,7 +57,7 @@ def test_killed_run_resumes_to_the_same_cv(digits_dir, tmp_path, monkeypatch, de
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     uninterrupted = run(cfg, tmp_path / "a", monkeypatch)
 
-    save = fit_module._checkpoint
+    save = fit_module.save_checkpoint
     calls = []
 
     def killed_after_first_epoch(*args, **kwargs):
@@ -66,11 +66,11 @@ def test_killed_run_resumes_to_the_same_cv(digits_dir, tmp_path, monkeypatch, de
         if len(calls) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_module, "_checkpoint", killed_after_first_epoch)
+    monkeypatch.setattr(fit_module, "save_checkpoint", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "b", monkeypatch)
     assert (tmp_path / "b/runs/tiny/tiny/fold0/last.pt").exists()
-    monkeypatch.setattr(fit_module, "_checkpoint", save)
+    monkeypatch.setattr(fit_module, "save_checkpoint", save)
     resumed = run(cfg, tmp_path / "b", monkeypatch)
     assert resumed == uninterrupted
     history = pd.read_csv(tmp_path / "b/runs/tiny/tiny/fold0/metrics.csv")
@@ -184,9 +184,7 @@ def test_compile_wraps_the_model_that_trains(digits_dir, tmp_path, monkeypatch):
         ({"model.pretrained": "file:missing.pth"}, "pretrained weights file missing.pth does not exist"),
     ],
 )
-def test_a_config_mistake_is_said_before_finished_folds_are_touched(
-    digits_dir, tmp_path, monkeypatch, override, error
-):
+def test_a_config_mistake_is_said_before_finished_folds_are_touched(digits_dir, tmp_path, monkeypatch, override, error):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
     run(cfg, tmp_path, monkeypatch)
     experiment = tmp_path / "runs/tiny/tiny"
@@ -196,9 +194,7 @@ def test_a_config_mistake_is_said_before_finished_folds_are_touched(
     assert {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()} == before
 
 
-def test_an_earlier_fit_is_replaced_only_once_its_successor_has_a_checkpoint(
-    digits_dir, tmp_path, monkeypatch, capsys
-):
+def test_an_earlier_fit_is_replaced_only_once_its_successor_has_a_checkpoint(digits_dir, tmp_path, monkeypatch, capsys):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
     run(cfg, tmp_path, monkeypatch)
     fold0 = tmp_path / "runs/tiny/tiny/fold0"
@@ -216,13 +212,13 @@ def test_an_earlier_fit_is_replaced_only_once_its_successor_has_a_checkpoint(
 
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
-    save = fit_module._checkpoint
+    save = fit_module.save_checkpoint
 
     def killed_after_the_first_checkpoint(*args, **kwargs):
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_module, "_checkpoint", killed_after_the_first_checkpoint)
+    monkeypatch.setattr(fit_module, "save_checkpoint", killed_after_the_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train.run(changed)
     assert (fold0 / "last.pt").exists() and not (fold0 / "result.json").exists()

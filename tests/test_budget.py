@@ -1,0 +1,134 @@
+"""train.time_budget: steady-state timing, a plan that trades in a stated order, kept and paced."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_config, run, tiny
+
+from pipeline import budget, defaults, engine, train
+from pipeline.fit import Setup
+
+FOLDS = pd.DataFrame({"fold": [k for k in range(5) for _ in range(20)]})  # 100 rows, 80 train per fold
+FINE_TUNE = {"name": "efficientnet_lite0", "pretrained": "efficientnet_lite0", "freeze_depth": 5, "unfreeze_epoch": 2}
+
+
+def setup_of(given=(), model=None, **train_keys) -> Setup:
+    cfg = make_config(
+        {"layout": "image_csv"},
+        model={**FINE_TUNE, "image_size": 160, **(model or {})},
+        train={"epochs": 12, "batch_size": 16, "time_budget": "20m", **train_keys},
+    )
+    return Setup(cfg, None, None, None, None, 3, cfg.model.image_size, frozenset(given))
+
+
+def speed(side=160, per_image=0.01) -> budget.Speed:
+    return budget.Speed(side, per_image / 2, per_image, per_image / 4, start_s=2.0, epoch_s=0.5)
+
+
+def test_a_fit_costs_its_start_its_epochs_and_its_rows_frozen_then_unfrozen():
+    fit = budget.Fit("fold 0", train_rows=80, valid_rows=20)
+    model = setup_of().cfg.model  # unfrozen from epoch 2: one frozen epoch
+    seconds = budget.fit_seconds(speed(), fit, 3, model)
+    assert seconds == pytest.approx(2.0 + 80 * (0.005 + 2 * 0.01) + 3 * (20 * 0.0025 + 0.5))
+    assert budget.frozen_epochs(model.model_copy(update={"unfreeze_epoch": None}), 3) == 3  # frozen for good
+    assert speed().at(80).unfrozen_s == pytest.approx(0.0025) and speed().at(80).start_s == 2.0
+
+
+def test_the_trades_come_in_order_and_only_for_what_the_defaults_chose():
+    options = list(budget.arrangements(setup_of(), [0, 1, 2, 3, 4]))
+    assert [(o.side, len(o.folds), o.full_fit) for o in options] == [
+        (160, 5, True),
+        (128, 5, True),
+        (96, 5, True),  # a pretrained model's smallest side
+        (96, 4, True),
+        (96, 3, True),
+        (96, 2, True),
+        (96, 1, True),
+        (96, 1, False),
+    ]
+    kept = list(budget.arrangements(setup_of(given={"model.image_size", "train.full_fit"}), [0, 1, 2]))
+    assert [(o.side, len(o.folds), o.full_fit) for o in kept] == [(160, 3, True), (160, 2, True), (160, 1, True)]
+
+
+def test_the_plan_lowers_epochs_to_the_floor_before_it_trades_then_fills_the_budget():
+    setup, speeds, bounds = setup_of(), {160: speed()}, (6, 30)
+    roomy, said = budget.choose(setup, FOLDS, [0, 1, 2, 3, 4], speeds, bounds, left=3600)
+    assert (roomy.side, roomy.epochs, len(roomy.folds), roomy.full_fit) == (160, 30, 5, True) and not said
+    # one epoch of the five folds and the full fit at 160 px: 5 * (80 * 0.01 + 20 * 0.0025 + 0.5) + (100 * 0.01 + 0.5)
+    tight, said = budget.choose(setup, FOLDS, [0, 1, 2, 3, 4], speeds, bounds, left=100)
+    assert (tight.side, len(tight.folds), tight.full_fit) == (160, 5, True) and 6 <= tight.epochs < 12 and not said
+    traded, said = budget.choose(setup, FOLDS, [0, 1, 2, 3, 4], speeds, bounds, left=40)
+    assert traded.side < 160 and traded.epochs >= 6 and "trading for a smaller image side" in said[0]
+    arranged = budget.Arrangement(traded.side, traded.folds, traded.full_fit, "")
+
+    def seconds(epochs: int) -> float:
+        return arranged.seconds(epochs, FOLDS, speed().at(traded.side), setup.cfg.model)
+
+    assert seconds(traded.epochs) <= budget.FILL * 40 < seconds(traded.epochs + 1)  # the most epochs that fit
+
+
+def test_a_budget_too_short_for_anything_runs_the_last_trade_at_the_floor_and_says_so():
+    schedule, said = budget.choose(setup_of(), FOLDS, [0, 1, 2, 3, 4], {160: speed()}, (6, 30), left=1)
+    assert (schedule.side, schedule.folds, schedule.full_fit, schedule.epochs) == (96, (0,), False, 6)
+    assert "runs over the budget" in said[-1] and "no full fit" in said[-2]
+
+
+def test_the_floor_is_past_the_unfreeze_and_half_the_steps_and_the_ceiling_the_preset_s_most():
+    cfg = setup_of().cfg  # 300 optimizer steps asked for at medium; batches of 16
+    assert defaults.epoch_bounds(cfg, 640, epochs_given=False) == (4, 30)  # 150 steps of 40 an epoch
+    assert defaults.epoch_bounds(cfg, 64_000, epochs_given=False) == (3, 30)  # two epochs past the unfreeze at 2
+    assert defaults.epoch_bounds(cfg, 640, epochs_given=True) == (4, 12)  # train.epochs set: the most it plans
+    assert defaults.epoch_bounds(setup_of(epochs=2).cfg, 640, epochs_given=True) == (2, 2)
+
+
+class Batches:
+    def __init__(self, n: int, size: int = 4):
+        self.n, self.size = n, size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield np.zeros((self.size, 1)), None, None
+
+
+def test_the_stopwatch_times_only_the_steps_after_its_warm_up():
+    cpu = engine.Device(torch.device("cpu"), None, False)
+    watch = budget.Stopwatch(Batches(10), warmup=2, steps=3, device=cpu)
+    assert len(watch) == 5 and len(list(watch)) == 5 and watch.timed_images == 12
+    short = budget.Stopwatch(Batches(1), warmup=2, steps=3, device=cpu)
+    assert len(list(short)) == 1 and short.timed_images == 4  # no warm-up when there is one batch
+
+
+def test_a_budget_plans_once_keeps_its_plan_and_paces_each_fit(blobs_dir, tmp_path, monkeypatch, capsys):
+    data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
+    cfg = tiny(data, epochs=2, time_budget="1h")
+    cv = run(cfg, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    kept = json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text())
+    assert kept["schedule"] == {"side": 32, "epochs": 2, "folds": [0, 1], "full_fit": True} and cv["epochs"] == 2
+    assert "the 2 epochs asked for" in out and "measured at 32 px: training" in out
+    assert [line.startswith("budget: fold 0 took") for line in out.splitlines()].count(True) == 1
+    assert "budget: full took" in out and not (tmp_path / "runs/tiny/tiny/budget-probe").exists()
+    assert all(v > 0 for v in kept["speeds"][0].values())
+    (tmp_path / "runs/tiny/tiny/cv.json").unlink()
+    train.run(cfg)  # the kept plan: the same schedule, so the finished fits are kept
+    again = capsys.readouterr().out
+    assert "kept" in again and "finished before" in again and "budget: fold 0 took" not in again
+    assert json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text()) == kept
+
+
+def test_a_short_budget_trains_fewer_folds_and_a_later_run_trains_the_rest(blobs_dir, tmp_path, monkeypatch, capsys):
+    data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
+    short = tiny(data, epochs=2, time_budget="0.01s")  # model.image_size is set: the folds are traded
+    cv = run(short, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert cv["fold_ids"] == [0] and "fold 1 is left for a later run" in out and "runs over the budget" in out
+    assert not (tmp_path / "runs/tiny/tiny/full").exists()
+    later = tiny(data, epochs=cv["epochs"])
+    assert run(later, tmp_path, monkeypatch)["fold_ids"] == [0, 1]
+    assert "fold 0: finished before" in capsys.readouterr().out  # the fold trained under the budget is kept
