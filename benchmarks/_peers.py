@@ -4,6 +4,7 @@ import contextlib
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from sklearn.svm import SVC
@@ -27,8 +28,9 @@ def inside(folder: Path):
 class Peer:
     """The simple peer of a competition, on the same folds and test images as the pipeline."""
 
-    def __init__(self, cfg: C.Config):
-        self.cfg, self.data = cfg, sources.read(cfg)
+    def __init__(self, cfg: C.Config, side: int | None = None):
+        """`side`: the SVC sees each image resized to side x side (None: as it is)."""
+        self.cfg, self.data, self.side = cfg, sources.read(cfg), side
         folds = pd.read_csv(Paths.of(cfg).folds_csv, dtype={"id": str}).set_index("id")
         self.fold = folds.loc[self.data.train.table["id"].astype(str), "fold"].to_numpy()
         solution = sources.read_csv(Path(cfg.data.dir) / cfg.data.solution)
@@ -44,14 +46,28 @@ class Peer:
             return self._mean_shape()
         return self._svc()
 
+    def held_out(self) -> float:
+        """The held-out score alone: an SVC fitted once on every training row."""
+        x, y, test_x, test_y = self._svc_data()
+        return float((SVC().fit(x, y).predict(test_x) == test_y).mean())
+
     def _pixels(self, split: str) -> np.ndarray:
-        store = open_images(getattr(self.data, split).images, Paths.of(self.cfg).cache(split), "auto", 4.0)
-        return np.stack([np.asarray(store[i], dtype=np.float32).reshape(-1) / 255 for i in range(len(store))])
+        store = open_images(getattr(self.data, split).images, Paths.of(self.cfg).cache(split), "auto", 4.0, self.side)
+
+        def flat(i: int) -> np.ndarray:
+            image = np.asarray(store[i])
+            if self.side is not None:
+                image = cv2.resize(image, (self.side, self.side), interpolation=cv2.INTER_AREA)
+            return image.astype(np.float32).reshape(-1) / 255
+
+        return np.stack([flat(i) for i in range(len(store))])
+
+    def _svc_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        y = self.data.train.table[self.data.targets[0]].astype(str).to_numpy()
+        return self._pixels("train"), y, self._pixels("test"), self.truth.iloc[:, 0].astype(str).to_numpy()
 
     def _svc(self) -> tuple[float, float, float]:
-        x, test_x = self._pixels("train"), self._pixels("test")
-        y = self.data.train.table[self.data.targets[0]].astype(str).to_numpy()
-        test_y = self.truth.iloc[:, 0].astype(str).to_numpy()
+        x, y, test_x, test_y = self._svc_data()
         scores = []
         for k in sorted(set(self.fold)):
             train, valid = self.fold != k, self.fold == k

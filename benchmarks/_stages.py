@@ -1,10 +1,12 @@
 """What the benchmark scripts share: the machine's description, and running pipeline stages as
 `make` would, timed and with their peak memory."""
 
+import contextlib
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +24,43 @@ def machine() -> str:
     return described
 
 
+# A child forked from this process counts this process's pages (torch's among them) in its peak
+# RSS until it execs, and Linux keeps that peak across the exec: a small Python in between starts
+# the stage and reports the stage's own peak.
+_MEASURED = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, status, usage = os.wait4(p.pid, 0); "
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(status) % 256)"
+)
+
+
 @dataclass(frozen=True)
 class Run:
     seconds: float
     peak_rss_gb: float  # the stage process's own peak resident memory
 
 
-def stage(name: str, config: Path, overrides: list[str], cwd: Path, show: tuple[str, ...] = ()) -> Run:
+def stage(
+    name: str,
+    config: Path,
+    overrides: list[str],
+    cwd: Path,
+    show: tuple[str, ...] = (),
+    log: Path | None = None,
+    code: Path | None = None,
+) -> Run:
     """`python -m pipeline NAME -c CONFIG OVERRIDES` in `cwd`. Only the stages named in `show`
-    print their output."""
+    print their output; `log` keeps it in a file instead. `code`: a folder holding another
+    version's `pipeline` package to run in place of this one."""
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", name, "-c", str(config), *overrides],
-        cwd=cwd,
-        stdout=None if name in show else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(process.pid, 0)  # wait4: this child's own rusage, not all children's
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise subprocess.CalledProcessError(process.returncode, process.args)
-    return Run(time.perf_counter() - start, usage.ru_maxrss / 2**20)  # ru_maxrss: KiB on Linux
+    env = {**os.environ, "PYTHONPATH": str(code)} if code else None
+    command = [sys.executable, "-m", "pipeline", name, "-c", str(config), *overrides]
+    with tempfile.NamedTemporaryFile("r") as peak, open(log, "w") if log else contextlib.nullcontext() as kept:
+        subprocess.run(
+            [sys.executable, "-c", _MEASURED, peak.name, *command],
+            cwd=cwd,
+            stdout=kept or (None if name in show else subprocess.DEVNULL),
+            stderr=subprocess.STDOUT if kept else subprocess.DEVNULL,
+            env=env,
+            check=True,
+        )
+        return Run(time.perf_counter() - start, int(peak.read()) / 2**20)  # ru_maxrss: KiB on Linux

@@ -3,8 +3,9 @@ competitor plans them.
 
 Measure. A probe builds fold 0's model and batches, as a fit does, and times steady-state steps
 after a warm-up: training with the fine-tune's stages frozen, training with everything, and
-validating. The one-time costs are measured apart: a fit's start (the model, its weights and
-loaders, its first steps' warm-up) and an epoch's (its loaders' start and its checkpoint).
+validating (twice: a process's first probe runs slow past its warm-up). The one-time costs are
+measured apart: a fit's start (the model, its weights and loaders, its first steps' warm-up)
+and an epoch's (its loaders' start and its checkpoint).
 
 Plan. The epochs are the most that fit, between a floor (two epochs past the unfreeze, and half
 the optimizer steps the data asks for: defaults.epoch_bounds) and a ceiling (train.epochs when
@@ -57,11 +58,16 @@ class Speed:
     start_s: float  # once a fit: its model, weights and loaders, its first steps' warm-up
     epoch_s: float  # once an epoch: its loaders' start and its checkpoint
 
-    def at(self, side: int) -> "Speed":
-        """An estimate at another side: the per-image work scales with the pixels."""
-        area = (side / self.side) ** 2
-        per_image = {k: getattr(self, k) * area for k in ("frozen_s", "unfrozen_s", "valid_s")}
+    def at(self, side: int, exponent: float = 2.0) -> "Speed":
+        """An estimate at another side: the per-image work grows as side ** exponent (2: with
+        the pixels)."""
+        growth = (side / self.side) ** exponent
+        per_image = {k: getattr(self, k) * growth for k in ("frozen_s", "unfrozen_s", "valid_s")}
         return dataclasses.replace(self, side=side, **per_image)
+
+    def exponent_to(self, other: "Speed") -> float:
+        """How the training time per image grew from this side to `other`'s: side ** exponent."""
+        return math.log(other.unfrozen_s / self.unfrozen_s) / math.log(other.side / self.side)
 
     def describe(self) -> str:
         rates = f"training {1 / self.unfrozen_s:.0f} img/s"
@@ -89,7 +95,8 @@ class Schedule:
 
     def describe(self, all_folds: int) -> str:
         fits = f"{len(self.folds)} of {all_folds} folds" if len(self.folds) < all_folds else f"{all_folds} folds"
-        return f"{fits}{' and the full fit' if self.full_fit else ''}, {self.epochs} epochs at {self.side} px"
+        epochs = f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+        return f"{fits}{' and the full fit' if self.full_fit else ''}, {epochs} at {self.side} px"
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,7 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
     budget_s, started = C.seconds(cfg.train.time_budget), time.time()
     fold_rows = len(folds) - len(validation_rows(folds, fold_ids[0]))
     floor, ceiling = defaults.epoch_bounds(cfg, fold_rows, epochs_given="train.epochs" in setup.given)
+    measure(setup, folds, fold_ids[0], paths)  # thrown away: see measure()
     speeds = {setup.image_size: measure(setup, folds, fold_ids[0], paths)}
     while True:
         left = budget_s - (time.time() - started)
@@ -211,7 +219,7 @@ def choose(
     (floor, ceiling), model, said = bounds, setup.cfg.model, []
     options = list(arrangements(setup, fold_ids))
     for n, option in enumerate(options):
-        speed = _nearest(speeds, option.side)
+        speed = estimate(speeds, option.side)
         at_floor = option.seconds(floor, folds, speed, model)
         if at_floor <= FILL * left or n == len(options) - 1:
             fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, model) <= FILL * left]
@@ -271,8 +279,15 @@ def frozen_epochs(model: C.Model, epochs: int) -> int:
     return epochs if model.unfreeze_epoch is None else min(epochs, model.unfreeze_epoch - 1)
 
 
-def _nearest(speeds: dict[int, Speed], side: int) -> Speed:
-    return speeds[min(speeds, key=lambda s: abs(s - side))].at(side)
+def estimate(speeds: dict[int, Speed], side: int) -> Speed:
+    """The speed at `side`: as measured there, else from the nearest measurement, grown as the
+    two nearest measurements grew (with the pixels, when there is one)."""
+    if side in speeds:
+        return speeds[side]
+    nearest = sorted(speeds, key=lambda s: abs(s - side))
+    if len(nearest) == 1:
+        return speeds[nearest[0]].at(side)
+    return speeds[nearest[0]].at(side, speeds[nearest[0]].exponent_to(speeds[nearest[1]]))
 
 
 def _plan_line(
@@ -357,7 +372,10 @@ class Stopwatch:
 
 
 def measure(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> Speed:
-    """Time fold `fold`'s fit, as fit() runs it, for a few steps of each kind."""
+    """Time fold `fold`'s fit, as fit() runs it, for a few steps of each kind. The first probe
+    of a process runs slow past its warm-up (on 2 cores: frozen steps and validation up to 2x,
+    training 15%, where the fits after it did not), so the plan measures twice and keeps the
+    second."""
     cfg = setup.cfg.train
     valid = validation_rows(folds, fold)
     began = time.perf_counter()

@@ -127,7 +127,9 @@ def train_one_epoch(
     sync_every: int = 20,
 ) -> dict:
     """One pass over `loader`. The loss stays on the device and is read (a host sync) only every
-    `sync_every` steps, for the progress bar and the divergence check."""
+    `sync_every` steps, for the progress bar and the divergence check. `data_wait`: the share of
+    the epoch this process spent waiting for its next batch (on a GPU, what the queued work did
+    not hide)."""
     model.train()
     if frozen is not None:
         frozen.keep_norms_in_eval()
@@ -135,7 +137,9 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=device.device)
     state.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # None: no bar without a TTY
+    waited, asked = 0.0, time.perf_counter()
     for i, (images, target, _) in enumerate(bar):
+        waited += time.perf_counter() - asked
         images, target = device.images(images), target.to(device.device, non_blocking=True)
         if state.mixup is not None:
             images, target = state.mixup(images, target)
@@ -151,12 +155,14 @@ def train_one_epoch(
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"loss is {mean_loss} by step {state.step}")
             bar.set_postfix(loss=f"{mean_loss:.4f}")
+        asked = time.perf_counter()
     seconds = time.perf_counter() - start
     group = state.optimizer.param_groups[0]
     return {
         "train_loss": total_loss.item() / max(seen, 1),
         "lr": group["lr"] / group.get("lr_scale", 1.0),
         "images_per_s": seen / max(seconds, 1e-9),
+        "data_wait": waited / max(seconds, 1e-9),
     }
 
 

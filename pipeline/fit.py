@@ -360,5 +360,5 @@ def _summary(name: str, row: dict, metric: str) -> str:
     parts = [f"{name} epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
     if "valid_loss" in row:
         parts += [f"valid_loss {row['valid_loss']:.4f}", f"{metric} {row[metric]:.5f}"]
-    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.0f} img/s"]
+    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.0f} img/s", f"waiting for data {row['data_wait']:.0%}"]
     return "  ".join(parts)

@@ -132,3 +132,11 @@ def test_a_short_budget_trains_fewer_folds_and_a_later_run_trains_the_rest(blobs
     later = tiny(data, epochs=cv["epochs"])
     assert run(later, tmp_path, monkeypatch)["fold_ids"] == [0, 1]
     assert "fold 0: finished before" in capsys.readouterr().out  # the fold trained under the budget is kept
+
+
+def test_a_side_not_measured_is_estimated_as_the_measured_ones_grew():
+    small, large = speed(96, 0.01), speed(160, 0.04)  # 4x the time for (160 / 96) ** 2.71 the pixels
+    assert budget.estimate({96: small}, 96) is small
+    assert budget.estimate({96: small}, 192).unfrozen_s == pytest.approx(0.04)  # one: with the pixels
+    grown = budget.estimate({96: small, 160: large}, 128).unfrozen_s
+    assert grown == pytest.approx(0.01 * (128 / 96) ** small.exponent_to(large)) and 0.0178 < grown < 0.04

@@ -90,3 +90,11 @@ def test_ddp_refuses_a_batch_that_does_not_divide_before_starting(blobs_dir, tmp
     folds.run(cfg)
     with pytest.raises(PipelineError, match=r"train.batch_size=8 is the global batch .* among 3 processes"):
         launch.run(cfg, gpus="0,1,2")
+
+
+def test_a_time_budget_on_several_gpus_is_refused_before_anything_starts(blobs_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = blobs_config(blobs_dir, time_budget="20m")
+    with pytest.raises(PipelineError, match=r"train.time_budget=20m plans the fits of one process .* GPUS=0,1"):
+        launch.run(cfg, gpus="0,1")
+    assert not (tmp_path / "runs").exists()

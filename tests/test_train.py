@@ -27,7 +27,10 @@ def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monke
     assert sorted(oof["id"]) == list(range(1, 37))
     assert np.allclose(oof[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1.0, atol=1e-4)
     metrics = pd.read_csv(runs / "fold0/metrics.csv")
-    assert {"train_loss", "valid_loss", "accuracy", "log_loss", "macro_f1", "lr", "images_per_s"} <= set(metrics)
+    assert {"train_loss", "valid_loss", "accuracy", "log_loss", "macro_f1", "lr", "images_per_s", "data_wait"} <= set(
+        metrics
+    )
+    assert (metrics["data_wait"] > 0).all() and (metrics["data_wait"] < 1).all()
     assert (runs / "full/model.pt").exists() and not (runs / "fold0/last.pt").exists()
 
 
