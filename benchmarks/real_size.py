@@ -208,6 +208,7 @@ def first_rows(names: list[str], scratch: Path, tiny: bool) -> Iterator[str]:
     for name in names:
         config = build(name, scratch, tiny)
         overrides = ["data.solution=solution.csv", *(TINY_RUN + ["train.time_budget=1m"] if tiny else [])]
+        shutil.rmtree(scratch / C.load(config).runs_dir, ignore_errors=True)  # a first run: nothing kept
         log = scratch / f"train_{name}.log"
         started = time.perf_counter()
         for step in ("data", "folds", "train", "predict", "score"):

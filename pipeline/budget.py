@@ -13,7 +13,10 @@ the config sets it, else the preset's most: a roomy budget is used). When even t
 not fit, the plan trades what the config left to the defaults, in this order: a smaller image
 side (down to 96 px for a pretrained model), fewer folds (the others left for a later run, the
 CV stated on the folds trained), then no full fit (the fold models are submitted). A side the
-probe did not measure is measured before the plan keeps it.
+probe did not measure is measured before the plan keeps it. Epochs and folds are whole, so the
+step up from a plan can be large: when folds are left for a later run, the time the plan leaves
+gives the next of them a head start, its first epochs on the same schedule, checkpointed for the
+later run to resume.
 
 Keep. The plan, with what it measured, goes to runs/<name>/<experiment>/budget.json: a re-run of
 the same config trains the same schedule and keeps its finished folds. After each fit the train
@@ -44,6 +47,7 @@ from pipeline.validation import validation_rows
 
 WARMUP_STEPS, TIMED_STEPS, TIMED_VALID_BATCHES = 2, 6, 3
 FILL = 0.95  # of the time left: the estimate's error stays inside the budget
+AIM = 0.8  # of the budget: a plan that uses less says why
 SIDE_STEP = 32  # trade the side in steps the backbones' strides divide
 
 
@@ -87,16 +91,29 @@ class Fit:
 
 
 @dataclass(frozen=True)
+class HeadStart:
+    """The first `epochs` of a fold left for a later run, trained last in the time the plan leaves."""
+
+    fold: int
+    epochs: int
+
+
+@dataclass(frozen=True)
 class Schedule:
     side: int
     epochs: int
     folds: tuple[int, ...]
     full_fit: bool
+    head_start: HeadStart | None = None
 
     def describe(self, all_folds: int) -> str:
         fits = f"{len(self.folds)} of {all_folds} folds" if len(self.folds) < all_folds else f"{all_folds} folds"
         epochs = f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
-        return f"{fits}{' and the full fit' if self.full_fit else ''}, {epochs} at {self.side} px"
+        said = f"{fits}{' and the full fit' if self.full_fit else ''}, {epochs} at {self.side} px"
+        if self.head_start is not None:
+            first = f"{self.head_start.epochs} epochs" if self.head_start.epochs > 1 else "epoch"
+            said += f", then the first {first} of fold {self.head_start.fold}, a head start for a later run"
+        return said
 
 
 @dataclass(frozen=True)
@@ -126,8 +143,10 @@ class Plan:
             return None
         if raw.get("key") != key or "schedule" not in raw:  # another config, or an older budget.json
             return None
-        raw["schedule"]["folds"] = tuple(raw["schedule"]["folds"])
-        return cls(**{**raw, "schedule": Schedule(**raw["schedule"]), "speeds": [Speed(**s) for s in raw["speeds"]]})
+        schedule = raw["schedule"]
+        head_start = schedule.get("head_start") and HeadStart(**schedule["head_start"])
+        schedule = Schedule(**{**schedule, "folds": tuple(schedule["folds"]), "head_start": head_start})
+        return cls(**{**raw, "schedule": schedule, "speeds": [Speed(**s) for s in raw["speeds"]]})
 
 
 def fit_into(
@@ -184,14 +203,16 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
         if choice.side in speeds:
             break
         speeds[choice.side] = measure(_at_side(setup, choice.side), folds, fold_ids[0], paths)
-    speed = speeds[choice.side]
-    planned = {
-        f.name: fit_seconds(speed, f, choice.epochs, cfg.model) for f in fits(folds, choice.folds, choice.full_fit)
-    }
+    speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit)
+    planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model) for f in chosen}
+    one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model) for f in chosen)
+    room = FILL * left - sum(planned.values())
+    if (head := next_fold_head_start(choice, folds, fold_ids, speed, cfg.model, room)) is not None:
+        choice, planned[f"fold {head[0].fold}"] = dataclasses.replace(choice, head_start=head[0]), head[1]
     said = [
         f"time budget {cfg.train.time_budget}: measured " + "; ".join(s.describe() for s in speeds.values()),
         *traded,
-        _plan_line(cfg, choice, len(fold_ids), sum(planned.values()), started, (floor, ceiling)),
+        _plan_line(cfg, choice, len(fold_ids), (sum(planned.values()), one_more), started, (floor, ceiling)),
     ]
     if len(choice.folds) < len(fold_ids):
         said.append(_later_run(cfg, choice, fold_ids))
@@ -256,6 +277,20 @@ def arrangements(setup: Setup, fold_ids: list[int]) -> Iterator[Arrangement]:
         yield Arrangement(side, ids, False, "no full fit (the fold models are submitted)")
 
 
+def next_fold_head_start(
+    schedule: Schedule, folds: pd.DataFrame, fold_ids: list[int], speed: Speed, model: C.Model, room: float
+) -> tuple[HeadStart, float] | None:
+    """The most epochs, fewer than the schedule's, of the first fold it leaves for a later run
+    that fit in `room` seconds, and their seconds; None when it leaves none, or room for none."""
+    left = [k for k in fold_ids if k not in schedule.folds]
+    if not left:
+        return None
+    fit = fits(folds, left[:1], full_fit=False)[0]
+    fitting = [(e, fit_seconds(speed, fit, e, model)) for e in range(1, schedule.epochs)]
+    fitting = [(e, seconds) for e, seconds in fitting if seconds <= room]
+    return (HeadStart(left[0], fitting[-1][0]), fitting[-1][1]) if fitting else None
+
+
 def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
     """The fits a schedule trains, with their rows: a fold trains on the rows it does not
     validate on (scraped extras too); the full fit on every row."""
@@ -291,9 +326,15 @@ def estimate(speeds: dict[int, Speed], side: int) -> Speed:
 
 
 def _plan_line(
-    cfg: C.Config, schedule: Schedule, all_folds: int, seconds: float, started: float, bounds: tuple[int, int]
+    cfg: C.Config,
+    schedule: Schedule,
+    all_folds: int,
+    seconds: tuple[float, float],
+    started: float,
+    bounds: tuple[int, int],
 ) -> str:
-    (floor, ceiling), probe = bounds, time.time() - started
+    """`seconds`: the schedule's, and with one epoch more."""
+    (floor, ceiling), (seconds, one_more), probe = bounds, seconds, time.time() - started
     share = (probe + seconds) / C.seconds(cfg.train.time_budget)
     asked = cfg.train.epochs
     if schedule.epochs < asked:
@@ -302,8 +343,10 @@ def _plan_line(
         why = f"train.epochs {asked} raised to use the budget"
     else:
         why = f"the {asked} epochs asked for"
-    if schedule.epochs == ceiling and share < 0.8:
+    if schedule.epochs == ceiling and share < AIM:
         why += f"; {ceiling} is the most it plans"
+    elif share < AIM:  # epochs and folds are whole: the next step up can be a large one
+        why += f"; {schedule.epochs + 1} would take {_duration(one_more)}, past {FILL:.0%} of the time left"
     unfreeze = f", the backbone unfrozen from epoch {cfg.model.unfreeze_epoch}" if cfg.model.unfreeze_epoch else ""
     return (
         f"plan: {schedule.describe(all_folds)}{unfreeze} ({why}; floor {floor}): {_duration(seconds)} of training "
@@ -316,9 +359,10 @@ def _later_run(cfg: C.Config, schedule: Schedule, fold_ids: list[int]) -> str:
     left = [k for k in fold_ids if k not in schedule.folds]
     same = f"train.time_budget=null train.epochs={schedule.epochs} model.image_size={schedule.side}"
     named = f"fold {left[0]} is" if len(left) == 1 else f"folds {', '.join(map(str, left))} are"
+    resumed = "" if schedule.head_start is None else f" and resumes fold {schedule.head_start.fold}"
     return (
-        f"  {named} left for a later run on the same schedule, which keeps the folds trained now: "
-        f'make train ARGS="{same}"'
+        f"  {named} left for a later run on the same schedule, which keeps the folds trained now"
+        f'{resumed}: make train ARGS="{same}"'
     )
 
 
@@ -429,6 +473,18 @@ class Pace:
     def __init__(self, kept: Plan):
         self.plan, self.measured, self.expected = kept, 0.0, 0.0
         self.left = dict(kept.planned)
+
+    def head_start(self) -> HeadStart | None:
+        """The plan's head start, unless the fits so far ran so slow that it would end past the budget."""
+        start = self.plan.schedule.head_start
+        if start is None:
+            return None
+        ratio = self.measured / self.expected if self.expected else 1.0
+        end = time.time() + ratio * self.left.get(f"fold {start.fold}", 0.0)
+        if end > self.plan.deadline:
+            print(f"budget: no head start on fold {start.fold}: at this pace it would end about {_clock(end)}")
+            return None
+        return start
 
     def done(self, name: str, seconds: float | None) -> None:
         """`seconds`: the fit's time in this run; None when it was finished before or resumed."""

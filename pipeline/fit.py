@@ -211,10 +211,12 @@ def fit(
     name: str,
     on_epoch: Callable[[dict], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
+    stop_after: int | None = None,
 ) -> FitResult:
     """Train for `epochs`, resuming from the checkpoint in `out`; `on_epoch` sees each epoch's
     metrics row (tuning reports it to Optuna's pruner, which may stop the fit by raising);
-    `on_checkpoint` is called once each epoch's checkpoint is written.
+    `on_checkpoint` is called once each epoch's checkpoint is written; `stop_after` stops the
+    schedule after that epoch (a head start: its checkpoint resumes the rest).
 
     Every epoch is validated and scored; the weights saved for prediction are those of the
     epoch train.checkpoint names: the last (the recipe the full fit repeats) or the best."""
@@ -224,7 +226,7 @@ def fit(
     state = optimisation(setup, parts, epochs)
     history, best = _resume(out, model, state, fingerprint)
     keeps_best = cfg.checkpoint == "best" and parts.valid_batches is not None
-    for epoch in range(len(history) + 1, epochs + 1):
+    for epoch in range(len(history) + 1, (stop_after or epochs) + 1):
         if setup.cfg.model.unfreeze_epoch and epoch >= setup.cfg.model.unfreeze_epoch and frozen.params:
             frozen.unfreeze()
             trained = wrap(model, device, cfg.compile)

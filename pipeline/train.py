@@ -49,6 +49,8 @@ def run(cfg: C.Config) -> None:
         with timed(pace, "full", paths.full, fingerprint):
             result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full")
         print(f"full fit: {epochs} epochs, the folds' schedule, on {len(folds)} rows -> {result.model_path}")
+    if pace is not None:
+        train_head_start(setup, folds, pace, paths, fingerprint)
     C.save_resolved(cfg, paths.resolved("train"))
     cv.save(paths.cv_json)  # last: its presence means the stage finished
 
@@ -62,6 +64,17 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     return setup, folds, plan.fingerprint(setup.cfg, paths), fold_ids, pace
 
 
+def train_head_start(setup: Setup, folds: pd.DataFrame, pace: budget.Pace, paths: Paths, fingerprint: str) -> None:
+    """The first epochs of the next fold the budget left, in the time its plan leaves, kept to resume."""
+    head_start = pace.head_start()
+    if head_start is None:
+        return
+    k, out = head_start.fold, paths.fold(head_start.fold)
+    with timed(pace, f"fold {k}", out, fingerprint):
+        train_fold(setup, folds, k, out, fingerprint, stop_after=head_start.epochs)
+    print(f"fold {k}: {head_start.epochs} of {setup.cfg.train.epochs} epochs, {out.checkpoint} for a later run")
+
+
 @contextlib.contextmanager
 def timed(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str) -> Iterator[None]:
     """The fit's wall clock, told to the budget's pace keeper when the fit starts afresh here."""
@@ -73,7 +86,10 @@ def timed(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str) 
         pace.done(name, time.monotonic() - started if fresh else None)
 
 
-def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fingerprint: str) -> FitResult:
+def train_fold(
+    setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fingerprint: str, stop_after: int | None = None
+) -> FitResult | None:
+    """The fold's fit; with `stop_after`, its first epochs only, left to resume (None returned)."""
     valid = validation_rows(folds, fold)
     train = np.setdiff1d(np.arange(len(folds)), valid)
     return fit_once(
@@ -85,6 +101,7 @@ def train_fold(setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fing
         fingerprint,
         f"fold {fold}",
         lambda: write_oof(setup, folds, valid, out),
+        stop_after,
     )
 
 
@@ -97,8 +114,10 @@ def fit_once(
     fingerprint: str,
     name: str,
     after=None,
-) -> FitResult:
-    """fit(), unless `out` already holds a finished fit of this config."""
+    stop_after: int | None = None,
+) -> FitResult | None:
+    """fit(), unless `out` already holds a finished fit of this config; None after a head start
+    (`stop_after`), which leaves its checkpoint and writes no result."""
     previous = out.previous
     if distributed.is_main():
         restore_unreplaced(out, previous)
@@ -119,12 +138,16 @@ def fit_once(
             shutil.rmtree(previous.root)
 
     try:
-        result = fit(setup, train_rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced)
+        result = fit(
+            setup, train_rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
+        )
     except BaseException:
         if distributed.is_main():
             restore_unreplaced(out, previous)
         raise
     distributed.barrier()  # rank 0's files are written before any rank reads them
+    if stop_after is not None:
+        return None
     if after is not None:
         after()
     result.save(out.result)  # the fold counts as finished only now

@@ -1,6 +1,7 @@
 """train.time_budget: steady-state timing, a plan that trades in a stated order, kept and paced."""
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -76,6 +77,16 @@ def test_a_budget_too_short_for_anything_runs_the_last_trade_at_the_floor_and_sa
     assert "runs over the budget" in said[-1] and "no full fit" in said[-2]
 
 
+def test_a_plan_under_four_fifths_of_the_budget_says_why():
+    cfg, now = setup_of().cfg, time.time()  # a 20 min budget
+    short = budget.Schedule(96, 3, (0,), True)
+    line = budget._plan_line(cfg, short, 5, (600.0, 1300.0), now, (3, 5))
+    assert "50% of the budget" in line and "4 would take 21.7 min, past 95% of the time left" in line
+    at_most = budget._plan_line(cfg, budget.Schedule(96, 5, (0,), True), 5, (600.0, 900.0), now, (3, 5))
+    assert "5 is the most it plans" in at_most
+    assert "would take" not in budget._plan_line(cfg, short, 5, (1000.0, 1400.0), now, (3, 5))
+
+
 def test_the_floor_is_past_the_unfreeze_and_half_the_steps_and_the_ceiling_the_preset_s_most():
     cfg = setup_of().cfg  # 300 optimizer steps asked for at medium; batches of 16
     assert defaults.epoch_bounds(cfg, 640, epochs_given=False) == (4, 30)  # 150 steps of 40 an epoch
@@ -110,7 +121,10 @@ def test_a_budget_plans_once_keeps_its_plan_and_paces_each_fit(blobs_dir, tmp_pa
     cv = run(cfg, tmp_path, monkeypatch)
     out = capsys.readouterr().out
     kept = json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text())
-    assert kept["schedule"] == {"side": 32, "epochs": 2, "folds": [0, 1], "full_fit": True} and cv["epochs"] == 2
+    assert (
+        kept["schedule"] == {"side": 32, "epochs": 2, "folds": [0, 1], "full_fit": True, "head_start": None}
+        and cv["epochs"] == 2
+    )
     assert "the 2 epochs asked for" in out and "measured at 32 px: training" in out
     assert [line.startswith("budget: fold 0 took") for line in out.splitlines()].count(True) == 1
     assert "budget: full took" in out and not (tmp_path / "runs/tiny/tiny/budget-probe").exists()
@@ -132,6 +146,28 @@ def test_a_short_budget_trains_fewer_folds_and_a_later_run_trains_the_rest(blobs
     later = tiny(data, epochs=cv["epochs"])
     assert run(later, tmp_path, monkeypatch)["fold_ids"] == [0, 1]
     assert "fold 0: finished before" in capsys.readouterr().out  # the fold trained under the budget is kept
+
+
+def test_the_time_a_short_plan_leaves_starts_the_next_fold_and_a_later_run_resumes_it(
+    blobs_dir, tmp_path, monkeypatch, capsys
+):
+    data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
+    per_row = budget.Speed(32, 0.5, 0.5, 1e-9, start_s=0.0, epoch_s=0.0)  # slower than it runs: on pace
+    monkeypatch.setattr(budget, "measure", lambda *args: per_row)
+    fold_epoch = 0.5 * len(pd.read_csv(blobs_dir / "train.csv")) / 2
+    # two folds and the full fit take 8 fold epochs at the floor of 2, one fold and the full fit 6: 7 leave 1
+    short = tiny(data, epochs=2, time_budget=f"{7.5 * fold_epoch / budget.FILL:.3f}s")
+    cv = run(short, tmp_path, monkeypatch)
+    out, fold1 = capsys.readouterr().out, tmp_path / "runs/tiny/tiny/fold1"
+    assert cv["fold_ids"] == [0] and "then the first epoch of fold 1, a head start for a later run" in out
+    assert (
+        "fold 1 is left for a later run on the same schedule, which keeps the folds trained now and resumes fold 1"
+        in out
+    )
+    assert "budget: fold 1 took" in out and (fold1 / "last.pt").exists() and not (fold1 / "result.json").exists()
+    assert len(pd.read_csv(fold1 / "metrics.csv")) == 1
+    assert run(tiny(data, epochs=2), tmp_path, monkeypatch)["fold_ids"] == [0, 1]
+    assert "resuming after epoch 1" in capsys.readouterr().out and len(pd.read_csv(fold1 / "metrics.csv")) == 2
 
 
 def test_a_side_not_measured_is_estimated_as_the_measured_ones_grew():

@@ -75,7 +75,9 @@ def write_config(cfg, folder: Path) -> Path:
 
 
 def test_train_killed_three_times_ends_with_the_uninterrupted_cv(digits_dir, tmp_path):
-    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, epochs=4)
+    # An epoch of 36 rows takes about 50 ms: ten per fit leave work past three kills, each at most
+    # 0.2 s after an epoch; with four, a fast machine finished before the third.
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, epochs=10)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     for folder in (clean, killed):
         finished("folds", write_config(cfg, folder), folder)
@@ -85,7 +87,7 @@ def test_train_killed_three_times_ends_with_the_uninterrupted_cv(digits_dir, tmp
         return sum(len(p.read_text().splitlines()) for p in killed.glob("runs/**/metrics.csv"))
 
     start = lambda: stage("train", killed / "tiny.yaml", killed, subprocess.DEVNULL)  # noqa: E731
-    landed = killed_mid_run(start, epochs_done, kill_group, seeded_delays(0.0, 0.4))
+    landed = killed_mid_run(start, epochs_done, kill_group, seeded_delays(0.0, 0.2))
     print(f"train: {landed} of 3 kills landed mid-run, each after an epoch and a seeded delay")
     assert landed == 3
     finished("train", killed / "tiny.yaml", killed)

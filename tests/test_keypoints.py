@@ -2,11 +2,12 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline import transforms
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
-from pipeline.images import MemoryImages
+from pipeline.images import FileSource, MemoryImages, open_images
 from pipeline.loader import ImageDataset
 from pipeline.tasks import Keypoints
 
@@ -117,3 +118,13 @@ def test_keypoints_without_augmentation_say_nothing(recwarn, capsys):
     dataset = ImageDataset(images, np.array([0]), np.array([[1.0, 2.0]]), augment, transforms.finish(8), True)
     dataset[0]
     assert not recwarn.list and capsys.readouterr() == ("", "")
+
+
+def test_points_in_the_files_pixels_land_where_they_were_on_a_smaller_cached_image(tmp_path):
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / "wide.png")
+    images = open_images(FileSource((tmp_path / "wide.png",), 1), tmp_path / "cache", side=20)
+    assert images[0].shape == (20, 30, 1)  # half the file's size
+    target = np.array([[30.0, 10.0]], np.float32)  # x, y in the file's pixels
+    _, moved, size = ImageDataset(images, [0], target, None, transforms.finish(16), keypoints=True)[0]
+    np.testing.assert_allclose(moved.numpy(), [30.5 / 30 - 1, 10.5 / 20 - 1], atol=1e-6)
+    assert size.tolist() == [40, 60]  # predictions go back to the file's pixels
