@@ -227,7 +227,7 @@ def first_rows(names: list[str], scratch: Path, tiny: bool) -> Iterator[str]:
             peer = peer_score(name, cfg, scratch)
         unfreeze = resolved["model"]["unfreeze_epoch"] or 1
         budget_min = C.seconds(cfg.train.time_budget) / 60
-        arranged = budget.Schedule(**{**schedule, "folds": tuple(schedule["folds"])})
+        arranged = budget.Schedule.from_json(schedule)
         all_folds = cfg.folds.n_splits
         yield (
             f"| {machine()} | {name} | {arranged.describe(all_folds)} | {train_minutes:.1f} of {budget_min:.0f} min "

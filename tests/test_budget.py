@@ -38,6 +38,13 @@ def test_a_fit_costs_its_start_its_epochs_and_its_rows_frozen_then_unfrozen():
     assert speed().at(80).unfrozen_s == pytest.approx(0.0025) and speed().at(80).start_s == 2.0
 
 
+def test_two_probes_keep_the_faster_of_each_time():
+    slow_steps = speed(per_image=0.02)  # starts in 2 s
+    slow_start = budget.Speed(160, 0.005, 0.01, 0.0025, start_s=9.0, epoch_s=0.5)
+    kept = slow_start.fastest(slow_steps)
+    assert (kept.side, kept.unfrozen_s, kept.start_s) == (160, 0.01, 2.0)
+
+
 def test_the_trades_come_in_order_and_only_for_what_the_defaults_chose():
     options = list(budget.arrangements(setup_of(), [0, 1, 2, 3, 4]))
     assert [(o.side, len(o.folds), o.full_fit) for o in options] == [
@@ -166,6 +173,8 @@ def test_the_time_a_short_plan_leaves_starts_the_next_fold_and_a_later_run_resum
     )
     assert "budget: fold 1 took" in out and (fold1 / "last.pt").exists() and not (fold1 / "result.json").exists()
     assert len(pd.read_csv(fold1 / "metrics.csv")) == 1
+    kept = json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text())
+    assert budget.Plan.read(tmp_path / "runs/tiny/tiny/budget.json", kept["key"]).schedule.head_start.epochs == 1
     assert run(tiny(data, epochs=2), tmp_path, monkeypatch)["fold_ids"] == [0, 1]
     assert "resuming after epoch 1" in capsys.readouterr().out and len(pd.read_csv(fold1 / "metrics.csv")) == 2
 
