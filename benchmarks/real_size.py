@@ -25,6 +25,7 @@ One figure a run (--figure), one table each:
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -74,7 +75,9 @@ HEADERS = {
     "data": "| machine | competition | pipeline | `make data` | img/s | peak RSS | image cache |",
     "decode": f"| machine | B's JPEGs to a {WAIT_SIDE} px working side | img/s, 2 threads | img/s, 2 processes |",
     "wait": f"| machine | B's images at {WAIT_SIDE} px | batches built in | waiting for data | img/s |",
-    "first": "| machine | competition | plan | train stage | epochs unfrozen | held-out accuracy | SVC held-out |",
+    "first": (
+        "| machine | competition | plan | what ran | train stage | epochs unfrozen | held-out accuracy | SVC held-out |"
+    ),
 }
 
 
@@ -222,18 +225,27 @@ def first_rows(names: list[str], scratch: Path, tiny: bool) -> Iterator[str]:
         paths = Paths.of(cfg)
         with inside(scratch):
             schedule = json.loads(paths.budget_json.read_text())["schedule"]
+            ran = what_ran(paths, log.read_text(), cfg.folds.n_splits)
             resolved = yaml.safe_load(paths.resolved("train").read_text())
             score = float(pd.read_csv("submissions/ledger.csv").iloc[-1]["local_score"])
             peer = peer_score(name, cfg, scratch)
         unfreeze = resolved["model"]["unfreeze_epoch"] or 1
         budget_min = C.seconds(cfg.train.time_budget) / 60
-        arranged = budget.Schedule.from_json(schedule)
-        all_folds = cfg.folds.n_splits
+        planned = budget.Schedule.from_json(schedule).describe(cfg.folds.n_splits)
         yield (
-            f"| {machine()} | {name} | {arranged.describe(all_folds)} | {train_minutes:.1f} of {budget_min:.0f} min "
+            f"| {machine()} | {name} | {planned} | {ran} | {train_minutes:.1f} of {budget_min:.0f} min "
             f"({train_minutes / budget_min:.0%}); whole run {total:.1f} min | {schedule['epochs'] - unfreeze + 1} | "
             f"{score:.4f} | {peer:.4f} |"
         )
+
+
+def what_ran(paths: Paths, log: str, all_folds: int) -> str:
+    """The folds the CV was stated on, the full fit, and a head start, as the train stage ran them
+    (the pace may leave planned folds for later, and sizes the head start to the time left)."""
+    trained = len(json.loads(paths.cv_json.read_text())["fold_ids"])
+    ran = f"{trained} of {all_folds} folds" + (" and the full fit" if paths.full.result.exists() else "")
+    head_start = re.search(r"^fold (\d+): (\d+) of \d+ epochs", log, flags=re.MULTILINE)
+    return ran + (f", {head_start[2]} epochs of fold {head_start[1]}" if head_start else "")
 
 
 def main() -> None:

@@ -14,15 +14,20 @@ the config sets it, else the preset's most: a roomy budget is used). When even t
 not fit, the plan trades what the config left to the defaults, in this order: a smaller image
 side (down to 96 px for a pretrained model), fewer folds (the others left for a later run, the
 CV stated on the folds trained), then no full fit (the fold models are submitted). A side the
-probe did not measure is measured before the plan keeps it. Epochs and folds are whole, so the
-step up from a plan can be large: when folds are left for a later run, the time the plan leaves
-gives the next of them a head start, its first epochs on the same schedule, checkpointed for the
-later run to resume.
+probe did not measure is measured before the plan keeps it. A plan of several folds fills the
+time left, since the pace can leave its last folds for later when the fits run late; a plan of
+one fold leaves 5% for the estimate's error.
 
 Keep. The plan, with what it measured, goes to runs/<name>/<experiment>/budget.json: a re-run of
-the same config trains the same schedule and keeps its finished folds. After each fit the train
-stage compares its time with the plan's and says so; the schedule never changes between folds,
-which would make their scores incomparable.
+the same config trains the same schedule, keeps its finished folds and has a budget of its own.
+The schedule never changes between folds, which would make their scores incomparable.
+
+Pace. After each fit the train stage compares its time with the plan's and says so. Before each
+fold after the first it asks whether that fold and the full fit still end inside the budget at
+the pace so far; when not, that fold and those after it are left for a later run. Epochs and
+folds are whole, so a plan can end well short of its budget: the time left at the end gives the
+first fold left for later a head start, its first epochs on the same schedule, checkpointed for
+the later run to resume.
 """
 
 import dataclasses
@@ -47,7 +52,7 @@ from pipeline.paths import Paths
 from pipeline.validation import validation_rows
 
 WARMUP_STEPS, TIMED_STEPS, TIMED_VALID_BATCHES = 2, 6, 3
-FILL = 0.95  # of the time left: the estimate's error stays inside the budget
+FILL = 0.95  # of the time left, for what the pace cannot leave for later: the estimate's error stays inside
 AIM = 0.8  # of the budget: a plan that uses less says why
 SIDE_STEP = 32  # trade the side in steps the backbones' strides divide
 
@@ -92,9 +97,13 @@ class Speed:
 
 @dataclass(frozen=True)
 class Fit:
-    name: str  # "fold <k>" or "full"
+    fold: int | None  # None: the full fit
     train_rows: int
     valid_rows: int
+
+    @property
+    def name(self) -> str:
+        return "full" if self.fold is None else f"fold {self.fold}"
 
 
 @dataclass(frozen=True)
@@ -175,10 +184,16 @@ def fit_into(
     if kept is None:
         kept = make_plan(setup, folds, fold_ids, paths, key)
         kept.save(paths.budget_json)
+        deadline = kept.deadline
     else:
-        print(f"time budget {cfg.train.time_budget}: the plan made at {_clock(kept.started)} (budget.json), kept")
+        deadline = time.time() + kept.budget_s
+        print(
+            f"time budget {cfg.train.time_budget}: the plan made at {_clock(kept.started)} (budget.json), kept; "
+            f"this run's budget ends about {_clock(deadline)}"
+        )
     print("\n".join(kept.said), flush=True)
-    return apply(setup, kept.schedule, fold_ids), list(kept.schedule.folds), Pace(kept)
+    pace = Pace(kept, deadline, fits(folds, fold_ids, full_fit=False), cfg.model)
+    return apply(setup, kept.schedule, fold_ids), list(kept.schedule.folds), pace
 
 
 def apply(setup: Setup, schedule: Schedule, fold_ids: list[int]) -> Setup:
@@ -218,16 +233,18 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
     speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit)
     planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model) for f in chosen}
     one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model) for f in chosen)
+    left_over = [k for k in fold_ids if k not in choice.folds]
     room = FILL * left - sum(planned.values())
-    if (head := next_fold_head_start(choice, folds, fold_ids, speed, cfg.model, room)) is not None:
+    next_fit = fits(folds, left_over[:1], full_fit=False)
+    if next_fit and (head := longest_head_start(next_fit[0], choice.epochs, speed, cfg.model, room)) is not None:
         choice, planned[f"fold {head[0].fold}"] = dataclasses.replace(choice, head_start=head[0]), head[1]
     said = [
         f"time budget {cfg.train.time_budget}: measured " + "; ".join(s.describe() for s in speeds.values()),
         *traded,
         _plan_line(cfg, choice, len(fold_ids), (sum(planned.values()), one_more), started, (floor, ceiling)),
     ]
-    if len(choice.folds) < len(fold_ids):
-        said.append(_later_run(cfg, choice, fold_ids))
+    if left_over:
+        said.append(_later_run(choice, left_over, resumed=choice.head_start and choice.head_start.fold))
     return Plan(key, budget_s, started, choice, planned, list(speeds.values()), said)
 
 
@@ -252,10 +269,10 @@ def choose(
     (floor, ceiling), model, said = bounds, setup.cfg.model, []
     options = list(arrangements(setup, fold_ids))
     for n, option in enumerate(options):
-        speed = estimate(speeds, option.side)
+        speed, room = estimate(speeds, option.side), fill(option.folds) * left
         at_floor = option.seconds(floor, folds, speed, model)
-        if at_floor <= FILL * left or n == len(options) - 1:
-            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, model) <= FILL * left]
+        if at_floor <= room or n == len(options) - 1:
+            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, model) <= room]
             if not fitting:
                 said.append(
                     f"  even this takes {_duration(at_floor)} at the floor of {floor} epochs, more than the "
@@ -289,18 +306,20 @@ def arrangements(setup: Setup, fold_ids: list[int]) -> Iterator[Arrangement]:
         yield Arrangement(side, ids, False, "no full fit (the fold models are submitted)")
 
 
-def next_fold_head_start(
-    schedule: Schedule, folds: pd.DataFrame, fold_ids: list[int], speed: Speed, model: C.Model, room: float
+def fill(fold_ids) -> float:
+    """The share of the time left a plan of these folds may fill: all of it when the pace can leave
+    a fold for later, should the fits run late."""
+    return 1.0 if len(fold_ids) > 1 else FILL
+
+
+def longest_head_start(
+    fit: Fit, epochs: int, speed: Speed, model: C.Model, room: float
 ) -> tuple[HeadStart, float] | None:
-    """The most epochs, fewer than the schedule's, of the first fold it leaves for a later run
-    that fit in `room` seconds, and their seconds; None when it leaves none, or room for none."""
-    left = [k for k in fold_ids if k not in schedule.folds]
-    if not left:
-        return None
-    fit = fits(folds, left[:1], full_fit=False)[0]
-    fitting = [(e, fit_seconds(speed, fit, e, model)) for e in range(1, schedule.epochs)]
+    """The most epochs of the fold `fit`, fewer than the schedule's `epochs`, that fit in `room`
+    seconds, and their seconds; None when not one does."""
+    fitting = [(e, fit_seconds(speed, fit, e, model)) for e in range(1, epochs)]
     fitting = [(e, seconds) for e, seconds in fitting if seconds <= room]
-    return (HeadStart(left[0], fitting[-1][0]), fitting[-1][1]) if fitting else None
+    return (HeadStart(fit.fold, fitting[-1][0]), fitting[-1][1]) if fitting else None
 
 
 def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
@@ -309,8 +328,8 @@ def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
     made = []
     for k in fold_ids:
         valid = len(validation_rows(folds, k))
-        made.append(Fit(f"fold {k}", len(folds) - valid, valid))
-    return made + ([Fit("full", len(folds), 0)] if full_fit else [])
+        made.append(Fit(int(k), len(folds) - valid, valid))
+    return made + ([Fit(None, len(folds), 0)] if full_fit else [])
 
 
 def fit_seconds(speed: Speed, fit: Fit, epochs: int, model: C.Model) -> float:
@@ -358,7 +377,8 @@ def _plan_line(
     if schedule.epochs == ceiling and share < AIM:
         why += f"; {ceiling} is the most it plans"
     elif share < AIM:  # epochs and folds are whole: the next step up can be a large one
-        why += f"; {schedule.epochs + 1} would take {_duration(one_more)}, past {FILL:.0%} of the time left"
+        past = f"past {fill(schedule.folds):.0%} of the time left"
+        why += f"; {schedule.epochs + 1} would take {_duration(one_more)}, {past}"
     return (
         f"plan: {schedule.describe(all_folds, cfg.model.unfreeze_epoch)} ({why}; floor {floor}): "
         f"{_duration(seconds)} of training after {_duration(probe)} of timing, "
@@ -366,14 +386,15 @@ def _plan_line(
     )
 
 
-def _later_run(cfg: C.Config, schedule: Schedule, fold_ids: list[int]) -> str:
-    left = [k for k in fold_ids if k not in schedule.folds]
+def _later_run(schedule: Schedule, left: list[int], resumed: int | None) -> str:
+    """How to train the folds `left` for later: the same schedule without the budget; `resumed`:
+    the fold given a head start, if one is."""
     same = f"train.time_budget=null train.epochs={schedule.epochs} model.image_size={schedule.side}"
     named = f"fold {left[0]} is" if len(left) == 1 else f"folds {', '.join(map(str, left))} are"
-    resumed = "" if schedule.head_start is None else f" and resumes fold {schedule.head_start.fold}"
+    resuming = "" if resumed is None else f" and resumes fold {resumed}"
     return (
         f"  {named} left for a later run on the same schedule, which keeps the folds trained now"
-        f'{resumed}: make train ARGS="{same}"'
+        f'{resuming}: make train ARGS="{same}"'
     )
 
 
@@ -480,23 +501,56 @@ def _time_checkpoint(parts, state: engine.Step, paths: Paths) -> float:
 
 
 class Pace:
-    """Each fit's time against the plan's, said after it, with where the plan will end at this pace."""
+    """The fits' times against the plan's, said after each; before each fold, whether it still
+    fits; at the end, the head start the time left allows."""
 
-    def __init__(self, kept: Plan):
-        self.plan, self.measured, self.expected = kept, 0.0, 0.0
-        self.left = dict(kept.planned)
+    def __init__(self, kept: Plan, deadline: float, fold_fits: list[Fit], model: C.Model):
+        """`fold_fits`: every fold the config asks for, in order, trained now or left for later."""
+        self.plan, self.deadline, self.model = kept, deadline, model
+        self.fold_fits = {f.fold: f for f in fold_fits}
+        self.measured = self.expected = 0.0
+        planned_head_start = kept.schedule.head_start and f"fold {kept.schedule.head_start.fold}"
+        self.left = {name: s for name, s in kept.planned.items() if name != planned_head_start}
 
-    def head_start(self) -> HeadStart | None:
-        """The plan's head start, unless the fits so far ran so slow that it would end past the budget."""
-        start = self.plan.schedule.head_start
-        if start is None:
+    @property
+    def ratio(self) -> float:
+        """The fits' times this run over their plan's: above 1, late."""
+        return self.measured / self.expected if self.expected else 1.0
+
+    def starts(self, fold: int, trained: list[int]) -> bool:
+        """Whether fold `fold`, about to start afresh, and the full fit after it still end inside
+        the budget at this pace; when not, it and the folds after it are left for a later run."""
+        name = f"fold {fold}"
+        end = time.time() + self.ratio * (self.left.get(name, 0.0) + self.left.get("full", 0.0))
+        if end <= self.deadline or not self.expected:
+            return True
+        left = [k for k in self.fold_fits if k not in trained]
+        fits_after = f"{name} and the full fit" if "full" in self.left else name
+        for k in left:
+            self.left.pop(f"fold {k}", None)
+        print(
+            f"budget: at this pace {fits_after} would end about {_clock(end)}, past the budget's "
+            f"{_clock(self.deadline)}: the CV is stated on {len(trained)} of {len(self.fold_fits)} folds\n"
+            + _later_run(self.plan.schedule, left, resumed=None),
+            flush=True,
+        )
+        return False
+
+    def head_start(self, trained: list[int]) -> HeadStart | None:
+        """The first epochs of the first fold left for later that fit in what is left of the budget
+        at this pace; None when every fold is trained, or not one epoch fits."""
+        left = [k for k in self.fold_fits if k not in trained]
+        if not left:
             return None
-        ratio = self.measured / self.expected if self.expected else 1.0
-        end = time.time() + ratio * self.left.get(f"fold {start.fold}", 0.0)
-        if end > self.plan.deadline:
-            print(f"budget: no head start on fold {start.fold}: at this pace it would end about {_clock(end)}")
+        schedule, room = self.plan.schedule, FILL * (self.deadline - time.time())
+        speed = next(s for s in self.plan.speeds if s.side == schedule.side)
+        fit = self.fold_fits[left[0]]
+        found = longest_head_start(fit, schedule.epochs, speed, self.model, room / self.ratio)
+        if found is None:
+            print(f"budget: no head start on fold {left[0]}: {_duration(max(room, 0))} left, too little for an epoch")
             return None
-        return start
+        self.left[fit.name] = found[1]
+        return found[0]
 
     def done(self, name: str, seconds: float | None) -> None:
         """`seconds`: the fit's time in this run; None when it was finished before or resumed."""
@@ -504,9 +558,8 @@ class Pace:
         if planned is None or seconds is None:
             return
         self.measured, self.expected = self.measured + seconds, self.expected + planned
-        ratio = self.measured / self.expected
-        end = time.time() + ratio * sum(self.left.values())
-        late = end - self.plan.deadline
+        end = time.time() + self.ratio * sum(self.left.values())
+        late = end - self.deadline
         verdict = f"{_duration(abs(late))} {'past' if late > 0 else 'inside'} its budget"
         print(
             f"budget: {name} took {_duration(seconds)}, planned {_duration(planned)} ({seconds / planned - 1:+.0%}); "

@@ -37,11 +37,14 @@ def run(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
     setup, folds, fingerprint, fold_ids, pace = train_folds(cfg, paths)
     cfg = setup.cfg
-    results = []
+    results, trained = [], []
     for k in fold_ids:
+        if pace is not None and fresh(paths.fold(k), fingerprint) and not pace.starts(k, trained):
+            break
         with timed(pace, f"fold {k}", paths.fold(k), fingerprint):
             results.append(train_fold(setup, folds, k, paths.fold(k), fingerprint))
-    cv = summarize(results, setup, folds, fold_ids, paths, fingerprint)
+        trained.append(k)
+    cv = summarize(results, setup, folds, trained, paths, fingerprint)
     for line in cv.describe():
         print(line)
     if cfg.train.full_fit:
@@ -50,7 +53,7 @@ def run(cfg: C.Config) -> None:
             result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full")
         print(f"full fit: {epochs} epochs, the folds' schedule, on {len(folds)} rows -> {result.model_path}")
     if pace is not None:
-        train_head_start(setup, folds, pace, paths, fingerprint)
+        train_head_start(setup, folds, pace, paths, fingerprint, trained)
     C.save_resolved(cfg, paths.resolved("train"))
     cv.save(paths.cv_json)  # last: its presence means the stage finished
 
@@ -64,9 +67,11 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     return setup, folds, plan.fingerprint(setup.cfg, paths), fold_ids, pace
 
 
-def train_head_start(setup: Setup, folds: pd.DataFrame, pace: budget.Pace, paths: Paths, fingerprint: str) -> None:
-    """The first epochs of the next fold the budget left, in the time its plan leaves, kept to resume."""
-    head_start = pace.head_start()
+def train_head_start(
+    setup: Setup, folds: pd.DataFrame, pace: budget.Pace, paths: Paths, fingerprint: str, trained: list[int]
+) -> None:
+    """The first epochs of the next fold the budget left, in the time left, kept to resume."""
+    head_start = pace.head_start(trained)
     if head_start is None:
         return
     k, out = head_start.fold, paths.fold(head_start.fold)
@@ -78,12 +83,16 @@ def train_head_start(setup: Setup, folds: pd.DataFrame, pace: budget.Pace, paths
 @contextlib.contextmanager
 def timed(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str) -> Iterator[None]:
     """The fit's wall clock, told to the budget's pace keeper when the fit starts afresh here."""
-    finished = FitResult.read(out.result)
-    fresh = not out.checkpoint.exists() and (finished is None or finished.fingerprint != fingerprint)
-    started = time.monotonic()
+    afresh, started = fresh(out, fingerprint), time.monotonic()
     yield
     if pace is not None:
-        pace.done(name, time.monotonic() - started if fresh else None)
+        pace.done(name, time.monotonic() - started if afresh else None)
+
+
+def fresh(out: FitFiles, fingerprint: str) -> bool:
+    """Whether the fit in `out` would start from its first epoch: neither finished for this config nor begun."""
+    finished = FitResult.read(out.result)
+    return not out.checkpoint.exists() and (finished is None or finished.fingerprint != fingerprint)
 
 
 def train_fold(

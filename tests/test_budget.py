@@ -30,7 +30,7 @@ def speed(side=160, per_image=0.01) -> budget.Speed:
 
 
 def test_a_fit_costs_its_start_its_epochs_and_its_rows_frozen_then_unfrozen():
-    fit = budget.Fit("fold 0", train_rows=80, valid_rows=20)
+    fit = budget.Fit(0, train_rows=80, valid_rows=20)
     model = setup_of().cfg.model  # unfrozen from epoch 2: one frozen epoch
     seconds = budget.fit_seconds(speed(), fit, 3, model)
     assert seconds == pytest.approx(2.0 + 80 * (0.005 + 2 * 0.01) + 3 * (20 * 0.0025 + 0.5))
@@ -70,12 +70,22 @@ def test_the_plan_lowers_epochs_to_the_floor_before_it_trades_then_fills_the_bud
     assert (tight.side, len(tight.folds), tight.full_fit) == (160, 5, True) and 6 <= tight.epochs < 12 and not said
     traded, said = budget.choose(setup, FOLDS, [0, 1, 2, 3, 4], speeds, bounds, left=40)
     assert traded.side < 160 and traded.epochs >= 6 and "trading for a smaller image side" in said[0]
-    arranged = budget.Arrangement(traded.side, traded.folds, traded.full_fit, "")
+    assert fills(traded, setup, left=40) == 1.0  # five folds: the pace can leave the last ones for later
+    one_fold = setup_of(given={"train.folds"})
+    alone, _ = budget.choose(one_fold, FOLDS, [0], speeds, bounds, left=60)
+    assert fills(alone, one_fold, left=60) == budget.FILL  # one fold: 5% kept for the estimate's error
+
+
+def fills(schedule: budget.Schedule, setup: Setup, left: float) -> float:
+    """The share of `left` between the schedule's epochs and one more, checked to bound them."""
+    arranged = budget.Arrangement(schedule.side, schedule.folds, schedule.full_fit, "")
 
     def seconds(epochs: int) -> float:
-        return arranged.seconds(epochs, FOLDS, speed().at(traded.side), setup.cfg.model)
+        return arranged.seconds(epochs, FOLDS, speed().at(schedule.side), setup.cfg.model)
 
-    assert seconds(traded.epochs) <= budget.FILL * 40 < seconds(traded.epochs + 1)  # the most epochs that fit
+    share = budget.fill(schedule.folds)
+    assert seconds(schedule.epochs) <= share * left < seconds(schedule.epochs + 1)  # the most epochs that fit
+    return share
 
 
 def test_a_budget_too_short_for_anything_runs_the_last_trade_at_the_floor_and_says_so():
@@ -177,6 +187,49 @@ def test_the_time_a_short_plan_leaves_starts_the_next_fold_and_a_later_run_resum
     assert budget.Plan.read(tmp_path / "runs/tiny/tiny/budget.json", kept["key"]).schedule.head_start.epochs == 1
     assert run(tiny(data, epochs=2), tmp_path, monkeypatch)["fold_ids"] == [0, 1]
     assert "resuming after epoch 1" in capsys.readouterr().out and len(pd.read_csv(fold1 / "metrics.csv")) == 2
+
+
+def test_the_pace_leaves_for_later_the_folds_that_would_end_past_the_budget_and_sizes_the_head_start(
+    monkeypatch, capsys
+):
+    model, clock = setup_of().cfg.model, [1001.0]  # the probe took 1 s
+    monkeypatch.setattr(budget.time, "time", lambda: clock[0])
+    schedule = budget.Schedule(160, 4, (0, 1, 2), full_fit=True)
+    planned = {f.name: budget.fit_seconds(speed(), f, 4, model) for f in budget.fits(FOLDS, [0, 1, 2], True)}
+    assert planned == {"fold 0": 7.0, "fold 1": 7.0, "fold 2": 7.0, "full": 7.5}
+    kept = budget.Plan("key", 32.0, 1000.0, schedule, planned, [speed()], [])
+    pace = budget.Pace(kept, kept.deadline, budget.fits(FOLDS, range(5), full_fit=False), model)
+    assert pace.starts(0, trained=[])
+    for k in (0, 1):  # each fold 20% late
+        clock[0] += 8.4
+        pace.done(f"fold {k}", 8.4)
+        assert pace.starts(k + 1, trained=list(range(k + 1))) == (k == 0)  # 1026.8, then 1035.2, against 1032
+    out = capsys.readouterr().out
+    assert "fold 2 and the full fit would end about" in out and "the CV is stated on 2 of 5 folds" in out
+    assert "folds 2, 3, 4 are left for a later run on the same schedule" in out
+    clock[0] += 9.0
+    pace.done("full", 9.0)
+    assert "full took 9 s, planned 8 s (+20%)" in capsys.readouterr().out
+    # 5.2 s left: 95% of it at this pace is 4.1 s of plan, one epoch of fold 2 (2.95 s) and not two (4.3 s)
+    assert pace.head_start(trained=[0, 1]) == budget.HeadStart(2, 1)
+    assert pace.head_start(trained=[0, 1, 2, 3, 4]) is None
+    clock[0] = 1031.0
+    assert pace.head_start(trained=[0, 1]) is None and "too little for an epoch" in capsys.readouterr().out
+
+
+def test_fits_that_run_late_leave_the_next_fold_for_a_later_run_that_keeps_the_first(
+    blobs_dir, tmp_path, monkeypatch, capsys
+):
+    data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
+    instant = budget.Speed(32, 1e-9, 1e-9, 1e-9, start_s=1e-3, epoch_s=0.0)  # far faster than any fit runs
+    monkeypatch.setattr(budget, "measure", lambda *args: instant)
+    cv = run(tiny(data, epochs=2, time_budget="0.5s"), tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert "plan: 2 folds and the full fit" in out and cv["fold_ids"] == [0]
+    assert "fold 1 and the full fit would end about" in out and "fold 1 is left for a later run" in out
+    assert (tmp_path / "runs/tiny/tiny/full/result.json").exists()
+    assert run(tiny(data, epochs=2), tmp_path, monkeypatch)["fold_ids"] == [0, 1]
+    assert "fold 0: finished before" in capsys.readouterr().out
 
 
 def test_a_side_not_measured_is_estimated_as_the_measured_ones_grew():
