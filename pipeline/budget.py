@@ -386,16 +386,21 @@ def _plan_line(
     )
 
 
-def _later_run(schedule: Schedule, left: list[int], resumed: int | None) -> str:
-    """How to train the folds `left` for later: the same schedule without the budget; `resumed`:
-    the fold given a head start, if one is."""
+def _later_run(schedule: Schedule, left: list[int], resumed: int | None, full_fit: bool = False) -> str:
+    """How to train the folds `left`, and the full fit with `full_fit`, for later: the same
+    schedule without the budget; `resumed`: the fold given a head start, if one is."""
     same = f"train.time_budget=null train.epochs={schedule.epochs} model.image_size={schedule.side}"
-    named = f"fold {left[0]} is" if len(left) == 1 else f"folds {', '.join(map(str, left))} are"
+    named = [f"fold {left[0]}" if len(left) == 1 else f"folds {', '.join(map(str, left))}"] if left else []
+    named += [_fit_named("full")] if full_fit else []
     resuming = "" if resumed is None else f" and resumes fold {resumed}"
     return (
-        f"  {named} left for a later run on the same schedule, which keeps the folds trained now"
-        f'{resuming}: make train ARGS="{same}"'
+        f"  {' and '.join(named)} {'is' if len(left) + full_fit == 1 else 'are'} left for a later run on the same "
+        f'schedule, which keeps the folds trained now{resuming}: make train ARGS="{same}"'
     )
+
+
+def _fit_named(name: str) -> str:
+    return "the full fit" if name == "full" else name
 
 
 def _duration(seconds: float) -> str:
@@ -517,21 +522,26 @@ class Pace:
         """The fits' times this run over their plan's: above 1, late."""
         return self.measured / self.expected if self.expected else 1.0
 
-    def starts(self, fold: int, trained: list[int]) -> bool:
-        """Whether fold `fold`, about to start afresh, and the full fit after it still end inside
-        the budget at this pace; when not, it and the folds after it are left for a later run."""
-        name = f"fold {fold}"
-        end = time.time() + self.ratio * (self.left.get(name, 0.0) + self.left.get("full", 0.0))
+    def starts(self, fit: str, trained: list[int]) -> bool:
+        """Whether `fit` ("fold <k>" or "full"), about to start afresh, and after a fold the full
+        fit, still end inside the budget at this pace. When not, a fold and the folds after it are
+        left for a later run (the CV is stated on the folds trained); the full fit, when it is the
+        one, too (the fold models are submitted)."""
+        ending = [fit] + (["full"] if fit != "full" and "full" in self.left else [])
+        end = time.time() + self.ratio * sum(self.left.get(name, 0.0) for name in ending)
         if end <= self.deadline or not self.expected:
             return True
-        left = [k for k in self.fold_fits if k not in trained]
-        fits_after = f"{name} and the full fit" if "full" in self.left else name
-        for k in left:
-            self.left.pop(f"fold {k}", None)
+        folds_left = [k for k in self.fold_fits if k not in trained]
+        for name in [fit, *(f"fold {k}" for k in folds_left)]:
+            self.left.pop(name, None)
+        if fit == "full":
+            outcome = "no full fit: the fold models are submitted"
+        else:
+            outcome = f"the CV is stated on {len(trained)} of {len(self.fold_fits)} folds"
         print(
-            f"budget: at this pace {fits_after} would end about {_clock(end)}, past the budget's "
-            f"{_clock(self.deadline)}: the CV is stated on {len(trained)} of {len(self.fold_fits)} folds\n"
-            + _later_run(self.plan.schedule, left, resumed=None),
+            f"budget: at this pace {' and '.join(map(_fit_named, ending))} would end about {_clock(end)}, past the "
+            f"budget's {_clock(self.deadline)}: {outcome}\n"
+            + _later_run(self.plan.schedule, folds_left, resumed=None, full_fit=fit == "full"),
             flush=True,
         )
         return False

@@ -58,7 +58,7 @@ def choose(cfg: Config, paths: Paths, cv: CV, test: PredictionsOnTest) -> Choice
 def auto_models(cv: CV, full: Choice | None, folds: Choice) -> tuple[Choice, str]:
     """The full model when its recipe's CV is within noise of the fold models', else the folds."""
     if full is None:
-        return folds, "there is no full fit (train.full_fit=false)"
+        return folds, "there is no full fit"
     figures = f"the fold models {folds.score:.5f}, the full fit's recipe (last epochs) {full.score:.5f}"
     if cv.gain(folds.score, full.score) <= cv.noise():
         return full, f"its recipe is within the folds' noise {cv.noise():.5f} of the fold models ({figures})"

@@ -39,7 +39,7 @@ def run(cfg: C.Config) -> None:
     cfg = setup.cfg
     results, trained = [], []
     for k in fold_ids:
-        if pace is not None and fresh(paths.fold(k), fingerprint) and not pace.starts(k, trained):
+        if not budget_allows(pace, f"fold {k}", paths.fold(k), fingerprint, trained):
             break
         with timed(pace, f"fold {k}", paths.fold(k), fingerprint):
             results.append(train_fold(setup, folds, k, paths.fold(k), fingerprint))
@@ -47,15 +47,27 @@ def run(cfg: C.Config) -> None:
     cv = summarize(results, setup, folds, trained, paths, fingerprint)
     for line in cv.describe():
         print(line)
-    if cfg.train.full_fit:
+    if cfg.train.full_fit and budget_allows(pace, "full", paths.full, fingerprint, trained):
         epochs = cfg.train.epochs
         with timed(pace, "full", paths.full, fingerprint):
             result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full")
         print(f"full fit: {epochs} epochs, the folds' schedule, on {len(folds)} rows -> {result.model_path}")
+    else:
+        drop_other_full_model(paths.full, fingerprint)
     if pace is not None:
         train_head_start(setup, folds, pace, paths, fingerprint, trained)
     C.save_resolved(cfg, paths.resolved("train"))
     cv.save(paths.cv_json)  # last: its presence means the stage finished
+
+
+def drop_other_full_model(out: FitFiles, fingerprint: str) -> None:
+    """No full fit in this run: a full model left by another config must not reach predict, which
+    weighs a full model whenever one exists. Its checkpoint stays: resuming checks its config."""
+    finished = FitResult.read(out.result)
+    if out.model.exists() and (finished is None or finished.fingerprint != fingerprint):
+        out.model.unlink()
+        out.result.unlink(missing_ok=True)
+        print(f"full fit: {out.model} was not trained with this config, removed: the fold models are submitted")
 
 
 def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int], budget.Pace | None]:
@@ -78,6 +90,12 @@ def train_head_start(
     with timed(pace, f"fold {k}", out, fingerprint):
         train_fold(setup, folds, k, out, fingerprint, stop_after=head_start.epochs)
     print(f"fold {k}: {head_start.epochs} of {setup.cfg.train.epochs} epochs, {out.checkpoint} for a later run")
+
+
+def budget_allows(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str, trained: list[int]) -> bool:
+    """Whether the fit `name` runs: always without a budget, or when it is finished or begun; else
+    when the budget's pace says it still ends in time."""
+    return pace is None or not fresh(out, fingerprint) or pace.starts(name, trained)
 
 
 @contextlib.contextmanager

@@ -199,14 +199,15 @@ def test_the_pace_leaves_for_later_the_folds_that_would_end_past_the_budget_and_
     assert planned == {"fold 0": 7.0, "fold 1": 7.0, "fold 2": 7.0, "full": 7.5}
     kept = budget.Plan("key", 32.0, 1000.0, schedule, planned, [speed()], [])
     pace = budget.Pace(kept, kept.deadline, budget.fits(FOLDS, range(5), full_fit=False), model)
-    assert pace.starts(0, trained=[])
+    assert pace.starts("fold 0", trained=[])
     for k in (0, 1):  # each fold 20% late
         clock[0] += 8.4
         pace.done(f"fold {k}", 8.4)
-        assert pace.starts(k + 1, trained=list(range(k + 1))) == (k == 0)  # 1026.8, then 1035.2, against 1032
+        assert pace.starts(f"fold {k + 1}", trained=list(range(k + 1))) == (k == 0)  # 1026.8, then 1035.2: past 1032
     out = capsys.readouterr().out
     assert "fold 2 and the full fit would end about" in out and "the CV is stated on 2 of 5 folds" in out
     assert "folds 2, 3, 4 are left for a later run on the same schedule" in out
+    assert pace.starts("full", trained=[0, 1])  # 9 s at this pace, by 1026.8
     clock[0] += 9.0
     pace.done("full", 9.0)
     assert "full took 9 s, planned 8 s (+20%)" in capsys.readouterr().out
@@ -215,21 +216,30 @@ def test_the_pace_leaves_for_later_the_folds_that_would_end_past_the_budget_and_
     assert pace.head_start(trained=[0, 1, 2, 3, 4]) is None
     clock[0] = 1031.0
     assert pace.head_start(trained=[0, 1]) is None and "too little for an epoch" in capsys.readouterr().out
+    late = budget.Pace(kept, kept.deadline, budget.fits(FOLDS, range(5), full_fit=False), model)
+    late.done("fold 0", 30.0)  # 1031: the full fit would end past 1032
+    assert not late.starts("full", trained=[0]) and "no full fit: the fold models are submitted" in (
+        said := capsys.readouterr().out
+    )
+    assert "folds 1, 2, 3, 4 and the full fit are left for a later run" in said
 
 
-def test_fits_that_run_late_leave_the_next_fold_for_a_later_run_that_keeps_the_first(
+def test_fits_that_run_late_leave_the_next_fold_and_the_full_fit_for_a_later_run_that_keeps_the_first(
     blobs_dir, tmp_path, monkeypatch, capsys
 ):
     data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
     instant = budget.Speed(32, 1e-9, 1e-9, 1e-9, start_s=1e-3, epoch_s=0.0)  # far faster than any fit runs
     monkeypatch.setattr(budget, "measure", lambda *args: instant)
-    cv = run(tiny(data, epochs=2, time_budget="0.5s"), tmp_path, monkeypatch)
-    out = capsys.readouterr().out
+    monkeypatch.setattr(budget.Plan, "deadline", property(lambda plan: plan.started))  # planned in, then over
+    run(tiny(data, epochs=1), tmp_path, monkeypatch)  # a full model of another config
+    cv = run(tiny(data, epochs=2, time_budget="1h"), tmp_path, monkeypatch)
+    out, full = capsys.readouterr().out, tmp_path / "runs/tiny/tiny/full"
     assert "plan: 2 folds and the full fit" in out and cv["fold_ids"] == [0]
     assert "fold 1 and the full fit would end about" in out and "fold 1 is left for a later run" in out
-    assert (tmp_path / "runs/tiny/tiny/full/result.json").exists()
+    assert "no full fit: the fold models are submitted" in out and "fold 1 and the full fit are left for a" in out
+    assert "was not trained with this config, removed" in out and not (full / "model.pt").exists()
     assert run(tiny(data, epochs=2), tmp_path, monkeypatch)["fold_ids"] == [0, 1]
-    assert "fold 0: finished before" in capsys.readouterr().out
+    assert "fold 0: finished before" in capsys.readouterr().out and (full / "result.json").exists()
 
 
 def test_a_side_not_measured_is_estimated_as_the_measured_ones_grew():
