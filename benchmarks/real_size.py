@@ -245,7 +245,9 @@ def what_ran(paths: Paths, log: str, all_folds: int) -> str:
     trained = len(json.loads(paths.cv_json.read_text())["fold_ids"])
     ran = f"{trained} of {all_folds} folds" + (" and the full fit" if paths.full.result.exists() else "")
     head_start = re.search(r"^fold (\d+): (\d+) of \d+ epochs", log, flags=re.MULTILINE)
-    return ran + (f", {head_start[2]} epochs of fold {head_start[1]}" if head_start else "")
+    if head_start is None:
+        return ran
+    return ran + f", {head_start[2]} epoch{'s' if int(head_start[2]) > 1 else ''} of fold {head_start[1]}"
 
 
 def main() -> None:
