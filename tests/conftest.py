@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,13 @@ from pipeline.paths import Paths
 os.environ["HF_HUB_OFFLINE"] = "1"  # model.pretrained's default never asks the hub from a test
 
 KEYPOINTS = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y"]
+
+
+def ctrl_c_as_at_a_terminal() -> None:
+    """A child's SIGINT as a terminal's shell leaves it (Popen's preexec_fn): a background job of a
+    non-interactive shell (`nohup make test &`) starts with SIGINT ignored, a child inherits that,
+    and a Python started so never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def make_config(data: dict, task: str = "classification", **sections) -> C.Config:

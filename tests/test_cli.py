@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import ctrl_c_as_at_a_terminal
 
 from pipeline.cli import main
 from pipeline.errors import interrupt_held
@@ -73,7 +74,9 @@ runpy.run_module("pipeline", run_name="__main__")
 )
 def test_an_interrupted_stage_is_one_line_and_ends_by_sigint_whatever_runs_at_exit(interrupt):
     script = INTERRUPTED_WITH_A_THREAD_AT_EXIT.replace("INTERRUPT", interrupt)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=ctrl_c_as_at_a_terminal
+    )
     assert run.returncode == -signal.SIGINT and run.stderr == "interrupted\n", run.stderr  # a shell: 130
 
 
@@ -81,16 +84,22 @@ def test_an_error_in_the_cleanup_after_ctrl_c_is_still_an_error():
     script = INTERRUPTED_WITH_A_THREAD_AT_EXIT.replace(
         "INTERRUPT", "try:\n        raise KeyboardInterrupt\n    finally:\n        raise OSError('disk full')"
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=ctrl_c_as_at_a_terminal
+    )
     assert run.returncode == 1 and run.stderr.splitlines()[-1] == "OSError: disk full", run.stderr
 
 
 def test_ctrl_c_while_libraries_load_takes_effect_once_they_have():
     loaded = []
-    with pytest.raises(KeyboardInterrupt), interrupt_held():
-        signal.raise_signal(signal.SIGINT)
-        loaded.append("the rest of the imports")
-    assert loaded == ["the rest of the imports"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even under nohup
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupt_held():
+            signal.raise_signal(signal.SIGINT)
+            loaded.append("the rest of the imports")
+        assert loaded == ["the rest of the imports"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, pixel_columns_dir, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny
+from conftest import ctrl_c_as_at_a_terminal, tiny
 from optuna.trial import TrialState
 from test_scrape import competition, config, site  # noqa: F401 (fixtures)
 
@@ -32,7 +32,9 @@ def stage(name: str, config_file: Path, cwd: Path, output=subprocess.PIPE) -> su
     carry options ("tune --workers 2")."""
     name, *options = name.split()
     command = [sys.executable, "-m", "pipeline", name, "-c", str(config_file), *options]
-    return subprocess.Popen(command, cwd=cwd, stdout=output, stderr=output, start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=cwd, stdout=output, stderr=output, start_new_session=True, preexec_fn=ctrl_c_as_at_a_terminal
+    )
 
 
 def killed_mid_run(start, under_way, kill, delays: list[float]) -> int:
