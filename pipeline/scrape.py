@@ -84,11 +84,29 @@ class Refused(Exception):
         self.status, self.detail = status, detail
 
 
-BLOCKED_ADDRESS = ("is_private", "is_loopback", "is_link_local", "is_reserved", "is_multicast", "is_unspecified")
+# IETF protocol assignments, not globally reachable (Oracle Cloud's metadata service is 192.0.0.192),
+# though the ipaddress of Pythons before 3.11.10 calls them global
+NOT_GLOBAL_IPV4 = ipaddress.IPv4Network("192.0.0.0/24")
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the last 32 bits are an IPv4 address
 
 
 def blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return any(getattr(address, kind) for kind in BLOCKED_ADDRESS)
+    """Whether the scrape refuses to reach `address`: an allow-list, since a block-list missed
+    carrier-grade NAT (Alibaba Cloud's metadata service is 100.100.100.200). Only what ipaddress
+    calls global passes, and an IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, Teredo,
+    NAT64) only when that one passes too."""
+    if not address.is_global or (address.version == 4 and address in NOT_GLOBAL_IPV4):
+        return True
+    return any(blocked(inner) for inner in embedded_ipv4(address))
+
+
+def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    if address.version == 4:
+        return []
+    inner = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if address in NAT64:
+        inner.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [a for a in inner if a is not None]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -441,11 +441,19 @@ def test_hostile_servers_end_in_their_named_status_and_redirects_obey_the_rules(
         ("http://10.1.2.3/x.png", "is a private address"),
         ("http://[::1]:8000/x.png", "is a private address (::1)"),
         ("http://127.0.0.1:9/x.png", "is a private address"),
+        ("http://100.100.100.200/latest/meta-data/", "(100.100.100.200)"),  # carrier-grade NAT: Alibaba's
+        ("http://192.0.0.192/opc/v2/instance/", "(192.0.0.192)"),  # IETF protocol assignments: Oracle's
+        ("http://[2002:a9fe:a9fe::1]/x.png", "is a private address (2002:a9fe:a9fe::1)"),  # 6to4 of 169.254.169.254
+        ("http://[::ffff:10.0.0.1]/x.png", "is a private address"),  # IPv4-mapped
+        ("http://[64:ff9b::a9fe:a9fe]/x.png", "is a private address"),  # NAT64 of 169.254.169.254
+        ("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/x.png", "is a private address"),  # Teredo, client 10.0.0.1
         ("ftp://93.184.216.34/x.png", "not an http(s) URL"),
         ("https://93.184.216.34/x.png", None),
+        ("https://[2002:808:808::1]/x.png", None),  # 6to4 of a public address
+        ("https://[64:ff9b::808:808]/x.png", None),  # NAT64 of a public address
     ],
 )
-def test_the_policy_refuses_private_addresses_and_other_schemes(url, refused):
+def test_the_policy_refuses_every_address_but_a_global_one_and_other_schemes(url, refused):
     policy = scrape.Policy(domains=(), private_ok=False, trusted=("http://127.0.0.1:8000",))
     if refused is None:
         policy.check(url)
