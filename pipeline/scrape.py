@@ -22,6 +22,7 @@ import hashlib
 import http.server
 import io
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -132,8 +133,12 @@ class Policy:
         return cls(tuple(cfg.allowed_domains), cfg.allow_private_addresses, (gallery,) if gallery else ())
 
     def on_domain(self, url: str) -> bool:
-        """The scheme and domain rules alone: a link worth recording."""
-        parts = urlparse(url)
+        """The scheme and domain rules alone: a link worth recording (one that does not parse is,
+        to be refused as bad_url)."""
+        try:
+            parts = urlparse(url)
+        except ValueError:
+            return True
         if parts.scheme not in ("http", "https"):
             return False
         host = parts.hostname or ""
@@ -141,6 +146,10 @@ class Policy:
 
     def check(self, url: str) -> None:
         """Raise Refused unless `url` may be fetched."""
+        try:
+            urlparse(url).port  # noqa: B018 (the port is parsed on reading it)
+        except ValueError as exc:
+            raise Refused("bad_url", f"{url}: {exc}") from None
         if self.trusts(url):
             return
         if not self.on_domain(url):
@@ -241,7 +250,7 @@ class Http:
             if not response.is_redirect:
                 return response
             response.close()
-            url = urljoin(url, response.headers["Location"])
+            url = resolve(url, response.headers["Location"])
         raise Refused("too_many_redirects", f"more than scrape.max_redirects={self.cfg.max_redirects}, at {url}")
 
 
@@ -260,8 +269,16 @@ def image_links(html: str | bytes, page_url: str) -> list[str]:
             found += [part.strip().split(" ")[0] for part in (img.get(attribute) or "").split(",")]
     found += [a.get("href") for a in soup.find_all("a") if _looks_like_image(a.get("href") or "")]
     found += [m.get("content") for m in soup.find_all("meta", property=["og:image", "og:image:url"])]
-    links = [urljoin(page_url, link.strip()) for link in found if link and not link.strip().startswith("data:")]
+    links = [resolve(page_url, link.strip()) for link in found if link and not link.strip().startswith("data:")]
     return list(dict.fromkeys(links))
+
+
+def resolve(base: str, link: str) -> str:
+    """`link` against `base`; one that does not parse stays as it is, for the policy to refuse."""
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return link
 
 
 def _looks_like_image(href: str) -> bool:
@@ -303,7 +320,7 @@ def download(http: Http, url: str, cfg: Scrape, *, image: bool = True) -> Outcom
             kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if image and kind and not kind.startswith("image/"):
                 return Outcome("not_image", f"Content-Type {kind}", final_url=final)
-            if int(response.headers.get("Content-Length") or 0) > cfg.max_bytes:
+            if (content_length(response) or 0) > cfg.max_bytes:
                 return Outcome("too_large", f"{response.headers['Content-Length']} bytes", final_url=final)
             return _body(response, cfg)
     except Refused as refused:
@@ -324,10 +341,21 @@ def _body(response: requests.Response, cfg: Scrape) -> Outcome:
             return Outcome("too_large", f"over {cfg.max_bytes} bytes", final_url=final)
         if time.monotonic() > deadline:
             return Outcome("timeout", f"not downloaded in scrape.download_s={cfg.download_s:g} s", final_url=final)
-    announced = response.headers.get("Content-Length")
-    if announced and "Content-Encoding" not in response.headers and int(announced) != body.tell():
+    announced = content_length(response)
+    if announced is not None and "Content-Encoding" not in response.headers and announced != body.tell():
         return Outcome("http_error", f"{body.tell()} bytes where Content-Length said {announced}", final_url=final)
     return Outcome("downloaded", data=body.getvalue(), final_url=final)
+
+
+def content_length(response: requests.Response) -> int | None:
+    """The body's length the response announces, None when it announces none; Refused
+    (http_error) when what it announces is not a byte count."""
+    announced = response.headers.get("Content-Length")
+    if announced is None:
+        return None
+    if not re.fullmatch(r"[0-9]+", announced.strip()):  # int() would take "1_000", "+5" and Unicode digits
+        raise Refused("http_error", f"{response.url}: Content-Length {announced!r} is not a byte count")
+    return int(announced)
 
 
 def verify(data: bytes, cfg: Scrape) -> Outcome:

@@ -316,6 +316,7 @@ HOSTILE_PAGE = """<html><body>
 <a href="/r/same.png">x</a> <a href="/r/cross-host.png">x</a> <a href="/r/metadata.png">x</a>
 <a href="/r/scheme.png">x</a> <a href="/r/loop.png">x</a> <a href="/endless.png">x</a> <a href="/lying.png">x</a>
 <a href="/drip.png">x</a> <a href="/html-as.png">x</a> <a href="/flaky.png">x</a>
+<a href="/bad-length.png">x</a> <img src="http://[::1">
 </body></html>"""
 
 HOSTILE = {  # case -> (the URL's path, the status it must end in)
@@ -330,6 +331,8 @@ HOSTILE = {  # case -> (the URL's path, the status it must end in)
     "HTML served as image/png": ("/html-as.png", "not_image"),
     "a 500 that succeeds on retry": ("/flaky.png", "kept"),
     "a moved page's relative link": ("/sub/pic.png", "kept"),
+    "a Content-Length that is not a number": ("/bad-length.png", "http_error"),
+    "a link that does not parse": ("http://[::1", "bad_url"),
 }
 
 
@@ -368,6 +371,8 @@ def hostile_handler(requests: Counter):
                 return self.reply(b"<html>Not found</html>", "image/png")
             if self.path == "/lying.png":
                 return self.reply(body[:100], "image/png", length=len(body))
+            if self.path == "/bad-length.png":
+                return self.reply(body, "image/png", length="many")
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
             if self.path in ("/endless.png", "/drip.png", "/endless.html"):  # no length: read until it stops
@@ -381,7 +386,7 @@ def hostile_handler(requests: Counter):
             self.end_headers()
             self.wfile.write(body)
 
-        def reply(self, body: bytes, kind: str = "text/html", status: int = 200, length: int | None = None):
+        def reply(self, body: bytes, kind: str = "text/html", status: int = 200, length: int | str | None = None):
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(length or len(body)))
