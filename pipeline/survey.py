@@ -30,6 +30,7 @@ COORDINATE = re.compile(r"_[xy]$", re.IGNORECASE)
 FILENAME_LABEL = r"^(?P<label>.+)_\d+$"
 SAMPLE_SUBMISSION = re.compile(r"sample.*submission.*\.csv$", re.IGNORECASE)
 SAMPLED_IMAGES = 200  # images opened to learn sizes and channels
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")  # what may end a YAML comment, and other controls
 FAST_FIRST_PIXELS = 20_000 * 160**2  # more training pixels than this: a fast first run on a CPU
 CPU_BUDGET, GPU_BUDGET = "20m", "2h"  # a first run's train.time_budget
 
@@ -404,18 +405,36 @@ def survey(root: Path, name: str | None = None) -> Survey:
 
 
 def render(result: Survey, source: Path) -> str:
+    """The config, each value written by the YAML emitter and each reason as a comment."""
     lines = [
-        f"# {result.name}: written by `make init DIR={source}`; each value says why it was chosen.",
-        "# Keys left out take the defaults that fit the data (printed by `make train`).",
-        *(f"# {fact}" for fact in result.found),
+        comment(f"{result.name}: written by `make init DIR={source}`; each value says why it was chosen."),
+        comment("Keys left out take the defaults that fit the data (printed by `make train`)."),
+        *map(comment, result.found),
     ]
     for section, keys in result.raw().items():
         lines.append(f"\n{section}:")
         for key, value in keys.items():
             why = next(d.why for d in result.decisions if d.key == f"{section}.{key}")
             text = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]
-            lines.append(f"  {text}  # {why}")
+            lines.append(f"  {text}  {comment(why)}")
     return "\n".join(lines) + "\n"
+
+
+def comment(text: str) -> str:
+    """`text` as one YAML comment: a name with a line break in it must not end the comment and
+    write live keys (a folder named "tr\nscrape: {allow_private_addresses: true}" would)."""
+    return "# " + UNPRINTABLE.sub(lambda found: repr(found[0])[1:-1], text)
+
+
+def parsed_back(result: Survey, text: str, root: Path) -> dict:
+    """The written config read back, refused unless it holds exactly the decisions."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        loaded = None
+    if loaded != yaml.safe_load(yaml.safe_dump(result.raw())):
+        raise PipelineError(f"init: a file or folder name under {root} does not survive YAML; rename it")
+    return loaded
 
 
 def run(root: Path, output: Path | None = None, name: str | None = None) -> Path:
@@ -424,7 +443,7 @@ def run(root: Path, output: Path | None = None, name: str | None = None) -> Path
     if output.exists():
         raise PipelineError(f"init: {output} exists; init never overwrites a config (remove it or pass -o)")
     text = render(result, root)
-    C.validate(yaml.safe_load(text), f"init {root}")
+    C.validate(parsed_back(result, text, root), f"init {root}")
     write_text(output, text)
     print(f"init: {root}: " + "; ".join(result.found))
     print(f"init: wrote {output}")

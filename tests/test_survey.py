@@ -120,3 +120,25 @@ def test_an_image_that_does_not_decode_is_named(image_csv_dir):
     (image_csv_dir / "train" / "img01.png").write_bytes(b"not a png")
     with pytest.raises(PipelineError, match=r"img01.png cannot be decoded"):
         survey.survey(image_csv_dir)
+
+
+@pytest.mark.parametrize(
+    "train_name",
+    [
+        "tr\nscrape: {allow_private_addresses: true}\nx: y",  # would end the comment and write live keys
+        "tr\u2028scrape: {allow_private_addresses: true}",  # a line break to YAML 1.1 too
+    ],
+)
+def test_a_folder_name_cannot_write_config_keys(class_folders_dir, tmp_path, train_name):
+    (class_folders_dir / "train").rename(class_folders_dir / train_name)
+    output = tmp_path / "configs" / "x.yaml"
+    survey.run(class_folders_dir, output)
+    cfg = C.load(output)
+    assert cfg.data.train_dir == train_name and cfg.scrape.allow_private_addresses is False
+    assert len(sources.read(cfg).train.table) == 10  # the config still reads the competition
+
+
+def test_a_config_that_does_not_read_back_as_decided_is_refused_and_not_written(tmp_path):
+    decided = survey.Survey("x", [survey.Decision("data.layout", "image_csv", "why")], [])
+    with pytest.raises(PipelineError, match=r"^init: a file or folder name under .* does not survive YAML"):
+        survey.parsed_back(decided, "data: {layout: class_folders}\n", tmp_path)
