@@ -4,6 +4,7 @@
 """
 
 import hashlib
+import math
 import re
 import typing
 from pathlib import Path
@@ -210,24 +211,25 @@ class Model(Section):
 
 
 def seconds(duration: str | int | float) -> float:
-    """ "8h", "30m", "90s" or a number of seconds -> seconds."""
+    """ "8h", "30m", "90s" or a number of seconds -> seconds, more than none ("-5m" used to "fit")."""
     text = str(duration).strip().lower()
     units = {"h": 3600, "m": 60, "s": 1}
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        counted = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise ValueError(f"{duration!r} is not a duration like 8h, 30m, 90s") from None
+        counted = math.nan
+    if not 0 < counted < math.inf:
+        raise ValueError(f"{duration!r} is not a duration like 8h, 30m, 90s: a finite time above zero")
+    return counted
 
 
-def _is_duration(duration: str | None) -> str | None:
+def _is_duration(duration: str | float | None) -> str | float | None:
     if duration is not None:
         seconds(duration)
     return duration
 
 
-Duration = Annotated[str | None, AfterValidator(_is_duration)]  # "8h", "30m", "90s" or seconds
+Duration = Annotated[str | float | None, AfterValidator(_is_duration)]  # "8h", "30m", "90s" or seconds
 
 
 RESERVED_EXPERIMENTS = ("cache", "report", "blends")  # folders the competition's experiments share

@@ -137,3 +137,11 @@ def test_an_augmentation_outside_its_tasks_is_refused_as_the_registry_says(tmp_p
     keypoints = {**MINIMAL, "competition": {"name": "f", "task": "keypoints"}, "data": {"layout": "pixel_string"}}
     message = load_error(tmp_path, keypoints, ["aug.random_resized_crop=0.5"])
     assert "aug.random_resized_crop is for classification, not keypoints" in message
+
+
+@pytest.mark.parametrize("budget", ["-5m", "0", "infs", "nan"])
+def test_a_duration_is_a_finite_time_above_zero(tmp_path, budget):
+    said = load_error(tmp_path, MINIMAL, [f"train.time_budget={budget}"])
+    assert "train.time_budget" in said and "a finite time above zero" in said and "\n" not in said
+    assert C.seconds("1.5m") == 90.0
+    assert C.load(write(tmp_path, MINIMAL), ["train.time_budget=600"]).train.time_budget == 600  # seconds, as said
