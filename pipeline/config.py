@@ -449,6 +449,10 @@ class Scrape(Section):
     max_redirects: Annotated[int, Field(ge=0)] = 5
     download_s: PositiveFloat = 60.0  # the most one image may take, however slowly it drips
     user_agent: str = "Mozilla/5.0 (compatible; pipeline-scraper/0.1)"
+    # http(s)://host:port every fetch but the demo gallery's goes through; the environment's
+    # HTTP(S)_PROXY is refused unless named here (through a proxy, a target's address is checked
+    # before the request, as the connection's peer is the proxy)
+    proxy: Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")] | None = None
 
 
 class Config(Section):

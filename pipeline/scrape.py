@@ -3,7 +3,8 @@ with corrupt files, duplicates and copies of test images kept out.
 
 Pages are fetched with one requests Session per thread (timeouts, retries with backoff on 429
 and 5xx, a User-Agent, a per-host rate limit, redirects followed by hand so that every hop is
-checked against the domain and private-address rules, and each connection's peer checked too)
+checked against the domain and private-address rules, and each connection's peer checked too;
+through scrape.proxy when one is set, and never through the environment's)
 and parsed with BeautifulSoup. Every image link found is recorded in the progress manifest as
 soon as its page is parsed, then downloaded (streamed, capped in bytes and time, content-type
 checked), fully decoded and, in link order, compared by sha256 and perceptual hash with what is
@@ -22,6 +23,7 @@ import hashlib
 import http.server
 import io
 import ipaddress
+import os
 import re
 import socket
 import threading
@@ -32,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
+from urllib.request import getproxies
 
 import imagehash
 import numpy as np
@@ -55,6 +58,7 @@ from pipeline.paths import Paths
 COLUMNS = ["kind", "label", "page", "url", "final_url", "status", "detail", "sha256", "phash", "width", "height"]
 COLUMNS += ["bytes", "path"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+GALLERY = "{gallery}"  # the served demo gallery's origin, as scrape.sources and the manifest name it
 SAVE_EVERY = 25  # results between manifest writes
 THUMBNAIL = 96  # side of the stored thumbnail of a decodable but rejected image
 
@@ -122,19 +126,24 @@ def addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
 class Policy:
     """What may be fetched, checked at every redirect hop: http(s) only, on scrape.allowed_domains,
     and never a loopback, private or link-local address (a cloud metadata service) unless
-    scrape.allow_private_addresses. `trusted`: origins fetched regardless, the demo's own gallery."""
+    scrape.allow_private_addresses. `trusted`: origins fetched regardless, the demo's own gallery.
+    `proxied`: fetches go through scrape.proxy, so a host must resolve here to be checked."""
 
     domains: tuple[str, ...]
     private_ok: bool
     trusted: tuple[str, ...] = ()
+    proxied: bool = False
 
     @classmethod
     def of(cls, cfg: Scrape, gallery: str | None = None) -> "Policy":
-        return cls(tuple(cfg.allowed_domains), cfg.allow_private_addresses, (gallery,) if gallery else ())
+        trusted = (gallery,) if gallery else ()
+        return cls(tuple(cfg.allowed_domains), cfg.allow_private_addresses, trusted, proxied=cfg.proxy is not None)
 
     def on_domain(self, url: str) -> bool:
         """The scheme and domain rules alone: a link worth recording (one that does not parse is,
         to be refused as bad_url)."""
+        if self.trusts(url):
+            return True
         try:
             parts = urlparse(url)
         except ValueError:
@@ -154,16 +163,22 @@ class Policy:
             return
         if not self.on_domain(url):
             raise Refused("refused", f"{url}: not an http(s) URL on scrape.allowed_domains")
+        if self.private_ok:
+            return
         host = urlparse(url).hostname or ""
-        private = [a for a in addresses(host) if blocked(a)]
-        if private and not self.private_ok:
+        found = addresses(host)
+        private = [a for a in found if blocked(a)]
+        if private:
             raise Refused(
                 "refused", f"{url}: {host} is a private address ({private[0]}), see scrape.allow_private_addresses"
             )
+        if not found and self.proxied:
+            raise Refused("refused", f"{url}: {host} does not resolve here, so its address cannot be checked")
 
     def guards_connections(self, url: str) -> bool:
-        """Whether the connection to `url` must itself refuse a private peer."""
-        return not self.private_ok and not self.trusts(url)
+        """Whether the connection to `url` must itself refuse a private peer (a proxied one cannot:
+        its peer is the proxy, and `check` has checked the target's address before the request)."""
+        return not self.private_ok and not self.trusts(url) and not self.proxied
 
     def trusts(self, url: str) -> bool:
         return any(url.startswith(origin + "/") for origin in self.trusted)
@@ -212,13 +227,26 @@ class PublicAdapter(HTTPAdapter):
 class Http:
     """requests Sessions, one per thread and kind, with retries, timeouts, the rate limit, and
     redirects followed by hand so that the policy sees every hop; connections refuse a private
-    peer unless the policy allows it or trusts the origin."""
+    peer unless the policy allows it or trusts the origin. Every fetch but the gallery's goes
+    through scrape.proxy when one is set, and through no proxy of the environment's.
 
-    def __init__(self, cfg: Scrape, policy: Policy):
+    URLs under the served `gallery` are named by GALLERY in place of its origin, whose port
+    changes from run to run: `real` is the URL fetched, `named` the one the manifest keys."""
+
+    def __init__(self, cfg: Scrape, policy: Policy, gallery: str | None = None):
         self.cfg, self.policy, self.limit, self.local = cfg, policy, RateLimit(cfg.rate_limit), threading.local()
+        self.gallery = gallery
 
-    def session(self, *, guarded: bool) -> requests.Session:
-        name = "guarded" if guarded else "open"
+    def real(self, url: str) -> str:
+        return self.gallery + url[len(GALLERY) :] if self.gallery and url.startswith(GALLERY + "/") else url
+
+    def named(self, url: str) -> str:
+        return GALLERY + url[len(self.gallery) :] if self.gallery and url.startswith(self.gallery + "/") else url
+
+    def session(self, url: str) -> requests.Session:
+        proxy = None if self.policy.trusts(url) else self.cfg.proxy
+        guarded = self.policy.guards_connections(url)
+        name = f"session {proxy} {guarded}"
         if not hasattr(self.local, name):
             # read=False: a server too slow once is too slow again; its timeout is reported as one
             retry = Retry(
@@ -232,6 +260,11 @@ class Http:
                 raise_on_status=False,
             )
             session = requests.Session()
+            # the environment's proxies would win over session.proxies, and its .netrc would send
+            # credentials to scraped hosts; its CA bundle is still the one verified against
+            session.trust_env = False
+            session.proxies = {"http": proxy, "https": proxy} if proxy else {}
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             adapter = PublicAdapter if guarded else HTTPAdapter
             session.mount("http://", adapter(max_retries=retry))
             session.mount("https://", adapter(max_retries=retry))
@@ -242,11 +275,11 @@ class Http:
     def get(self, url: str, stream: bool = False) -> requests.Response:
         """The response at the end of `url`'s redirects (its .url is the final URL); Refused when
         a hop breaks the policy or there are more than scrape.max_redirects."""
+        url = self.real(url)
         for _ in range(self.cfg.max_redirects + 1):
             self.policy.check(url)
             self.limit.wait(url)
-            session = self.session(guarded=self.policy.guards_connections(url))
-            response = session.get(url, timeout=self.cfg.timeout, stream=stream, allow_redirects=False)
+            response = self.session(url).get(url, timeout=self.cfg.timeout, stream=stream, allow_redirects=False)
             if not response.is_redirect:
                 return response
             response.close()
@@ -285,10 +318,10 @@ def _looks_like_image(href: str) -> bool:
     return urlparse(href).path.lower().endswith(IMAGE_SUFFIXES)
 
 
-def page_urls(source, cfg: Scrape, gallery: str | None) -> list[str]:
-    pages = [p.replace("{gallery}", gallery or "{gallery}") for p in source.pages]
-    if "{gallery}" in "".join(pages):
-        raise PipelineError("scrape.sources uses {gallery}, but scrape.serve_gallery is off")
+def page_urls(source, cfg: Scrape, *, gallery_served: bool) -> list[str]:
+    pages = list(source.pages)
+    if GALLERY in "".join(pages) and not gallery_served:
+        raise PipelineError(f"scrape.sources uses {GALLERY}, but scrape.serve_gallery is off")
     pages += (
         [source.search.replace("{query}", requests.utils.quote(q)) for q in source.queries] if source.search else []
     )
@@ -314,7 +347,7 @@ def download(http: Http, url: str, cfg: Scrape, *, image: bool = True) -> Outcom
     capped in bytes and in time, or why not; its final_url is where the redirects ended."""
     try:
         with http.get(url, stream=True) as response:
-            final = response.url
+            final = http.named(response.url)
             if response.status_code != 200:
                 return Outcome("http_error", f"HTTP {response.status_code}", final_url=final)
             kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -322,7 +355,7 @@ def download(http: Http, url: str, cfg: Scrape, *, image: bool = True) -> Outcom
                 return Outcome("not_image", f"Content-Type {kind}", final_url=final)
             if (content_length(response) or 0) > cfg.max_bytes:
                 return Outcome("too_large", f"{response.headers['Content-Length']} bytes", final_url=final)
-            return _body(response, cfg)
+            return dataclasses.replace(_body(response, cfg), final_url=final)
     except Refused as refused:
         return Outcome(refused.status, refused.detail)
     except requests.exceptions.Timeout:
@@ -334,17 +367,17 @@ def download(http: Http, url: str, cfg: Scrape, *, image: bool = True) -> Outcom
 def _body(response: requests.Response, cfg: Scrape) -> Outcome:
     """read1 returns what one socket read brings, so the deadline is checked however slowly the
     body drips (each read waits at most scrape.timeout)."""
-    deadline, body, final = time.monotonic() + cfg.download_s, io.BytesIO(), response.url
+    deadline, body = time.monotonic() + cfg.download_s, io.BytesIO()
     while chunk := response.raw.read1(64 * 1024, decode_content=True):
         body.write(chunk)
         if body.tell() > cfg.max_bytes:
-            return Outcome("too_large", f"over {cfg.max_bytes} bytes", final_url=final)
+            return Outcome("too_large", f"over {cfg.max_bytes} bytes")
         if time.monotonic() > deadline:
-            return Outcome("timeout", f"not downloaded in scrape.download_s={cfg.download_s:g} s", final_url=final)
+            return Outcome("timeout", f"not downloaded in scrape.download_s={cfg.download_s:g} s")
     announced = content_length(response)
     if announced is not None and "Content-Encoding" not in response.headers and announced != body.tell():
-        return Outcome("http_error", f"{body.tell()} bytes where Content-Length said {announced}", final_url=final)
-    return Outcome("downloaded", data=body.getvalue(), final_url=final)
+        return Outcome("http_error", f"{body.tell()} bytes where Content-Length said {announced}")
+    return Outcome("downloaded", data=body.getvalue())
 
 
 def content_length(response: requests.Response) -> int | None:
@@ -516,6 +549,7 @@ def run(cfg: Config) -> None:
         return
     if cfg.competition.task != "classification":
         raise PipelineError("scraping adds labelled images: it is for classification competitions")
+    refuse_environment_proxy(cfg.scrape)
     gallery = served(paths.data / "gallery") if cfg.scrape.serve_gallery else contextlib.nullcontext(None)
     with gallery as base:
         counts = scrape(cfg, paths, base)
@@ -524,6 +558,21 @@ def run(cfg: Config) -> None:
         f"scrape: {counts['page']} pages, {counts['links']} image links, {counts['kept']} kept"
         f"{'; rejected: ' + rejected if rejected else ''} -> {paths.extra_csv}"
     )
+
+
+def refuse_environment_proxy(cfg: Scrape) -> None:
+    """A proxy from the environment is refused unless scrape.proxy names it: the scrape would
+    otherwise bypass it, and through it the connections' peers cannot be checked."""
+    beyond_gallery = [p for s in cfg.sources.values() for p in [*s.pages, s.search or ""] if p and GALLERY not in p]
+    found = {k: v for k, v in getproxies().items() if k in ("http", "https", "all")}
+    if found and beyond_gallery and cfg.proxy is None:
+        scheme, proxy = next(iter(found.items()))
+        parts = urlparse(proxy)
+        shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"  # no credentials
+        raise PipelineError(
+            f"{scheme.upper()}_PROXY is set ({shown}) but scrape.proxy is not: the scrape fetches through"
+            f" no proxy it was not given; set scrape.proxy to fetch through it, or unset {scheme.upper()}_PROXY"
+        )
 
 
 def nothing_to_scrape(paths: Paths) -> None:
@@ -545,10 +594,11 @@ def scrape(cfg: Config, paths: Paths, gallery: str | None) -> Counter:
     train, test = reference_hashes(cfg, paths)
     frame = manifest.frame()
     seen = Seen(train, test, frame[frame["status"] == "kept"], cfg.scrape.near_duplicate_distance)
-    http = Http(cfg.scrape, Policy.of(cfg.scrape, gallery))
+    http = Http(cfg.scrape, Policy.of(cfg.scrape, gallery), gallery)
     try:
         for label, source in cfg.scrape.sources.items():
-            links = collect_links(http, manifest, label, page_urls(source, cfg.scrape, gallery), cfg.scrape)
+            pages = page_urls(source, cfg.scrape, gallery_served=gallery is not None)
+            links = collect_links(http, manifest, label, pages, cfg.scrape)
             work = [(page, url) for page, url in links if not manifest.settled("image", url)]
             fetch_all(http, manifest, seen, label, work, cfg.scrape, paths)
     finally:
@@ -581,10 +631,10 @@ def collect_links(http: Http, manifest: Manifest, label: str, pages: list[str], 
     Links resolve against the page's final URL, after its redirects."""
     links = [(r["page"], r["url"]) for r in manifest.rows if r["kind"] == "image" and r["label"] == label]
     for page in pages:
-        if manifest.settled("page", page) or not http.policy.on_domain(page):
+        if manifest.settled("page", page) or not http.policy.on_domain(http.real(page)):
             continue
         status, detail, final, found = fetch_page(http, page, cfg)
-        new = [u for u in found if http.policy.on_domain(u) and (page, u) not in links]
+        new = [u for u in found if http.policy.on_domain(http.real(u)) and (page, u) not in links]
         new = new[: max(0, cfg.max_images - len(links))]
         for url in new:
             manifest.record({"kind": "image", "label": label, "page": page, "url": url, "status": "pending"})
@@ -601,7 +651,8 @@ def fetch_page(http: Http, page: str, cfg: Scrape) -> tuple[str, str, str, list[
     if body.status != "downloaded":
         return body.status, body.detail, body.final_url, []
     # bytes: BeautifulSoup finds the charset, as requests' .text would have guessed it
-    return "ok", "HTTP 200", body.final_url, image_links(body.data, body.final_url)
+    links = image_links(body.data, http.real(body.final_url))
+    return "ok", "HTTP 200", body.final_url, [http.named(link) for link in links]
 
 
 def fetch(http: Http, url: str, cfg: Scrape) -> Outcome:

@@ -15,6 +15,9 @@ from pipeline import folds, train
 from pipeline.paths import Paths
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # model.pretrained's default never asks the hub from a test
+for proxy in ("http_proxy", "https_proxy", "all_proxy"):  # the scrape refuses one it was not given
+    os.environ.pop(proxy, None)
+    os.environ.pop(proxy.upper(), None)
 
 KEYPOINTS = ["left_eye_center_x", "left_eye_center_y", "right_eye_center_x", "right_eye_center_y"]
 

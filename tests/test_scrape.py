@@ -9,6 +9,8 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 
 import numpy as np
@@ -425,16 +427,16 @@ def test_hostile_servers_end_in_their_named_status_and_redirects_obey_the_rules(
         server.server_close()
     manifest = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False)
     pages = manifest.query("kind == 'page'")
-    assert dict(zip(pages["url"].str.removeprefix(base), pages["status"], strict=True)) == {
+    assert dict(zip(pages["url"].str.removeprefix("{gallery}"), pages["status"], strict=True)) == {
         "/hostile.html": "ok",
         "/moved": "ok",
         "/endless.html": "too_large",  # a page is read with an image's caps
     }
     images = manifest.query("kind == 'image'")
-    observed = dict(zip(images["url"].str.removeprefix(base), images["status"], strict=True))
+    observed = dict(zip(images["url"].str.removeprefix("{gallery}"), images["status"], strict=True))
     assert {case: observed[path] for case, (path, _) in HOSTILE.items()} == {c: s for c, (_, s) in HOSTILE.items()}
-    final = dict(zip(images["url"].str.removeprefix(base), images["final_url"], strict=True))
-    assert final["/r/same.png"] == f"{base}/img/same.png"
+    final = dict(zip(images["url"].str.removeprefix("{gallery}"), images["final_url"], strict=True))
+    assert final["/r/same.png"] == "{gallery}/img/same.png"
     assert requests["/img/cross.png"] == 0 and requests["/r/loop.png"] == 6  # the first hop and 5 redirects
     assert not list((competition / "extra").rglob("cross.png"))
 
@@ -509,3 +511,87 @@ def test_a_scraped_16_bit_image_is_scaled_like_a_competition_one():
     cfg = make_config({"layout": "class_folders", "dir": "."}, scrape={"min_side": 16}).scrape
     outcome = scrape.verify(encoded(grey), cfg)
     assert outcome.status == "ok" and outcome.image.getpixel((0, 0)) == (128, 128, 128)
+
+
+@pytest.fixture
+def proxy():
+    """An HTTP proxy on loopback that forwards GETs of absolute URLs; yields its URL and a count
+    of the URLs it forwarded."""
+    forwarded = Counter()
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            forwarded[self.path] += 1
+            try:
+                with direct.open(self.path, timeout=5) as answer:
+                    status, kind, body = answer.status, answer.headers.get("Content-Type", ""), answer.read()
+            except urllib.error.HTTPError as error:
+                status, kind, body = error.code, "text/plain", error.read()
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with SuppressDisconnect():
+                self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", forwarded
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_proxy_from_the_environment_is_refused_unless_scrape_proxy_names_it(
+    competition, site, proxy, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    address, forwarded = proxy
+    monkeypatch.setenv("HTTP_PROXY", address.replace("http://", "http://user:secret@"))
+    expected = r"^HTTP_PROXY is set \(http://127\.0\.0\.1:\d+\) but scrape\.proxy is not: .* unset HTTP_PROXY$"
+    with pytest.raises(PipelineError, match=expected) as refused:
+        scrape.run(config(competition, site))
+    assert "secret" not in str(refused.value) and "\n" not in str(refused.value)
+    assert not (competition / "extra.progress.csv").exists() and sum(site.requests.values()) == 0
+    scrape.run(config(competition, site, proxy=address))
+    images = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False).query("kind == 'image'")
+    assert dict(zip(images["url"].str.removeprefix(site.base + "/"), images["status"], strict=True)) == EXPECTED
+    assert sum(forwarded.values()) == sum(site.requests.values()) > 0  # every request went through it
+
+
+def test_through_a_proxy_the_target_address_is_checked_before_the_request(site, proxy, monkeypatch):
+    """The proxied connection's peer is the proxy (here on loopback, and allowed); the target's
+    address is what the policy checks, and a target that does not resolve here is refused."""
+    address, forwarded = proxy
+    cfg = make_config({"layout": "class_folders", "dir": "."}, scrape={"proxy": address}).scrape
+    http = scrape.Http(cfg, scrape.Policy.of(cfg))
+    outcome = scrape.download(http, f"{site.base}/img/good1.png", cfg)
+    assert outcome.status == "refused" and "is a private address (127.0.0.1)" in outcome.detail
+    monkeypatch.setattr(scrape, "addresses", lambda host: ())
+    outcome = scrape.download(http, "http://nowhere.invalid/x.png", cfg)
+    assert outcome.status == "refused" and "does not resolve here" in outcome.detail
+    assert sum(forwarded.values()) == 0
+    monkeypatch.setattr(scrape, "addresses", lambda host: (ipaddress.ip_address("93.184.216.34"),))
+    assert scrape.download(http, f"{site.base}/img/good1.png", cfg).status == "downloaded"
+    assert forwarded[f"{site.base}/img/good1.png"] == 1
+
+
+def test_a_resumed_gallery_scrape_names_its_urls_by_the_gallery_not_its_port(competition, site, tmp_path, monkeypatch):
+    """The demo gallery is served on a new port each run: its rows still settle its URLs."""
+    monkeypatch.chdir(tmp_path)
+    cfg = config(competition, site, sources={"a": {"pages": ["{gallery}/page.html"]}}, allow_private_addresses=False)
+    first = scrape.scrape(cfg, Paths.of(cfg), site.base)
+    fetched = sum(site.requests.values())
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_for(site))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        second = scrape.scrape(cfg, Paths.of(cfg), f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert second == first and sum(site.requests.values()) == fetched
+    images = pd.read_csv(competition / "extra.csv", dtype=str, keep_default_na=False).query("kind == 'image'")
+    assert dict(zip(images["url"].str.removeprefix("{gallery}/"), images["status"], strict=True)) == EXPECTED
