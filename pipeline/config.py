@@ -249,6 +249,8 @@ class Train(Section):
     # runs/<competition>/<experiment>/: its folds' and full fit's files; default the config file's stem
     experiment: ExperimentName | None = None
     tuned_from: ExperimentName | None = None  # whose `make tune` settings merge; default this experiment's
+    # dotted keys the tuned settings do not replace; every key named on the command line is added
+    pinned: list[str] = []
     # how much time buys accuracy; keys left unset take defaults that fit the data (defaults.py)
     preset: Literal["fast", "medium", "best"] = "medium"
     time_budget: Duration = None  # "20m", "2h": epochs fitted so the folds and the full fit end in it
@@ -485,6 +487,11 @@ class Config(Section):
             self.folds.kind = "stratified" if self.competition.task == "classification" else "stratified_binned"
         if self.train.experiment is None:
             self.train.experiment = self.competition.name
+        for key in self.train.pinned:
+            section, _, rest = key.partition(".")
+            fields = type(getattr(self, section)).model_fields if section in type(self).model_fields else {}
+            if rest.split(".")[0] not in fields:
+                raise ValueError(f"train.pinned: {key!r} is not a config key (section.key)")
         for key, ids in (("train.folds", self.train.folds), ("tune.folds", self.tune.folds)):
             if ids and max(ids) >= self.folds.n_splits:
                 raise ValueError(
@@ -505,14 +512,22 @@ class Config(Section):
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:12]
 
 
+IDENTITY_KEYS = ("train.experiment", "train.tuned_from", "train.pinned")  # which experiment it is, not how it trains
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read the YAML at `path`, apply dotted `key=value` overrides, validate."""
+    """Read the YAML at `path`, apply dotted `key=value` overrides, validate. The keys the
+    overrides name (but IDENTITY_KEYS) join train.pinned: the tuned settings never replace them."""
     path = Path(path)
     raw = _read_yaml(path)
     for item in overrides:
         _apply_override(raw, item)
     if isinstance(raw.get("train", {}), dict):
-        raw.setdefault("train", {}).setdefault("experiment", path.stem)
+        train = raw.setdefault("train", {})
+        train.setdefault("experiment", path.stem)
+        named = [key for key in (item.partition("=")[0] for item in overrides) if key not in IDENTITY_KEYS]
+        if named and isinstance(train.get("pinned", []), list):
+            train["pinned"] = list(dict.fromkeys([*train.get("pinned", []), *named]))
     source = f"{path}" + (f" (with overrides {' '.join(overrides)})" if overrides else "")
     return validate(raw, source)
 

@@ -11,7 +11,6 @@ from pipeline.paths import Paths
 from pipeline.records import CV
 
 TRAIN_SECTIONS = ("model", "train", "aug")  # what one experiment may change over another
-NAMES = ("train.experiment", "train.tuned_from")  # which experiment it is, not how it trains
 SHOWN_DIFFERENCES = 6
 
 
@@ -30,7 +29,7 @@ def table(paths: Paths) -> pd.DataFrame:
 
 def _row(paths: Paths, settings: dict, first: dict) -> dict:
     cv = CV.load(paths.cv_json)
-    differs = [f"{k}={v}" for k, v in settings.items() if k not in NAMES and first.get(k) != v]
+    differs = [f"{k}={v}" for k, v in settings.items() if k not in C.IDENTITY_KEYS and first.get(k) != v]
     hidden = len(differs) - SHOWN_DIFFERENCES
     shown = differs[:SHOWN_DIFFERENCES] + ([f"+{hidden} more"] if hidden > 0 else [])
     return {

@@ -3,6 +3,8 @@ fit the data filled in and the tuned settings merged, the prepared data (images,
 for every folds.csv row), the fold plan, and the fingerprint that ties a fit to the config and
 folds it was trained on."""
 
+import functools
+
 import numpy as np
 import pandas as pd
 import yaml
@@ -23,15 +25,21 @@ TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
 
 def tuned_settings(cfg: C.Config, paths: Paths) -> dict:
     """The overrides `make tune` found (runs/<name>/<experiment>/tune/best.yaml, or
-    train.tuned_from's); none before a search."""
+    train.tuned_from's) but those train.pinned names (the command line's keys among them); none
+    before a search."""
     tuned = paths.tuned_yaml
     if not tuned.exists():
         if cfg.train.tuned_from:
             raise PipelineError(f"train.tuned_from={cfg.train.tuned_from}: {tuned} does not exist; run its `make tune`")
         return {}
-    overrides = yaml.safe_load(tuned.read_text()) or {}
-    print(f"using the tuned settings in {tuned}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    return overrides
+    found = yaml.safe_load(tuned.read_text()) or {}
+    merged = {k: v for k, v in found.items() if k not in cfg.train.pinned}
+    kept = [f"{k}={functools.reduce(getattr, k.split('.'), cfg)}" for k in found if k in cfg.train.pinned]
+    print(
+        f"using the tuned settings in {tuned}: {', '.join(f'{k}={v}' for k, v in merged.items()) or 'none'}"
+        + (f"; kept as train.pinned (or the command line) sets them: {', '.join(kept)}" if kept else "")
+    )
+    return merged
 
 
 def given_keys(cfg: C.Config) -> set[str]:
@@ -48,9 +56,10 @@ def channels(cfg: C.Config) -> int:
     return 1 if cfg.data.layout in ("pixel_columns", "pixel_string") else cfg.data.channels
 
 
-# which fits run and how they were planned, not how each one trains: a fold trained under one
-# time budget is kept by a later run that trains the folds it left
-SELECTION_KEYS = ("folds", "full_fit", "time_budget")
+# which fits run and how they were planned, not how each one trains (a fold trained under one
+# time budget is kept by a later run that trains the folds it left); pinned names keys whose
+# values are in the fingerprint already
+SELECTION_KEYS = ("folds", "full_fit", "time_budget", "pinned")
 
 
 def fingerprint(cfg: C.Config, paths: Paths) -> str:

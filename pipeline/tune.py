@@ -383,7 +383,7 @@ def work(cfg: C.Config, paths: Paths) -> None:
     base, folds = plan.prepare(cfg, paths, tuned=False)
     model = check(base)
     cfg = base.cfg
-    space = cfg.tune.space or default_space(cfg, len(models.stages(model)) - 1)
+    space = unpinned(cfg.tune.space or default_space(cfg, len(models.stages(model)) - 1), cfg.train.pinned)
     for key in space:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
     baseline = baseline_params(cfg, space)
@@ -398,6 +398,13 @@ def work(cfg: C.Config, paths: Paths) -> None:
                 time.sleep(min(cfg.tune.heartbeat_s, 5))
             else:
                 break
+
+
+def unpinned(space: dict[str, C.Param], pinned: list[str]) -> dict[str, C.Param]:
+    """The space without the keys train.pinned (or the command line) sets: train would not merge them."""
+    if kept := [key for key in space if key in pinned]:
+        print(f"tune: not searched, as train.pinned (or the command line) sets them: {', '.join(kept)}")
+    return {key: p for key, p in space.items() if key not in pinned}
 
 
 def _probe_value(p: C.Param):

@@ -145,3 +145,25 @@ def test_a_duration_is_a_finite_time_above_zero(tmp_path, budget):
     assert "train.time_budget" in said and "a finite time above zero" in said and "\n" not in said
     assert C.seconds("1.5m") == 90.0
     assert C.load(write(tmp_path, MINIMAL), ["train.time_budget=600"]).train.time_budget == 600  # seconds, as said
+
+
+def test_a_key_named_on_the_command_line_is_pinned_against_the_tuned_settings(tmp_path, monkeypatch, capsys):
+    from pipeline import plan
+    from pipeline.paths import Paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load(write(tmp_path, MINIMAL), ["train.weight_decay=0.01", "train.experiment=a", "aug.rotate=5"])
+    assert cfg.train.pinned == ["train.weight_decay", "aug.rotate"]
+    paths = Paths.of(cfg)
+    paths.tuned_yaml.parent.mkdir(parents=True)
+    paths.tuned_yaml.write_text("train.weight_decay: 0.05\ntrain.lr: 0.002\n")
+    assert plan.tuned_settings(cfg, paths) == {"train.lr": 0.002}
+    said = capsys.readouterr().out
+    assert "train.lr=0.002; kept as train.pinned (or the command line) sets them: train.weight_decay=0.01" in said
+    assert plan.tuned_settings(C.load(write(tmp_path, MINIMAL), ["train.experiment=a"]), paths) == {
+        "train.weight_decay": 0.05,
+        "train.lr": 0.002,
+    }
+    assert "'train.weight_decy' is not a config key" in load_error(
+        tmp_path, MINIMAL, ["train.pinned=[train.weight_decy]"]
+    )

@@ -17,6 +17,7 @@ import yaml
 from conftest import tiny
 from optuna.trial import TrialState
 
+from pipeline import config as C
 from pipeline import folds, optuna_private, train, tune
 from pipeline.paths import Paths
 
@@ -262,3 +263,9 @@ def test_three_workers_on_postgresql_retry_the_trial_of_one_killed(digits_dir, t
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
     assert states(study).count("COMPLETE") == 6
+
+
+def test_a_pinned_key_is_not_searched(capsys):
+    space = {key: C.Param(**spec) for key, spec in SPACE.items()}
+    assert list(tune.unpinned(space, ["train.lr", "train.epochs"])) == [k for k in SPACE if k != "train.lr"]
+    assert "not searched, as train.pinned (or the command line) sets them: train.lr" in capsys.readouterr().out
