@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv
 from pipeline.paths import SUBMISSIONS, Paths
 from pipeline.records import StatedCV
-from pipeline.targets import HIGHER_IS_BETTER
+from pipeline.targets import HIGHER_IS_BETTER, competition_metric, of_data
 
 LEDGER_COLUMNS = [
     "file",
@@ -152,8 +152,19 @@ def _in_sample_order(frame: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
 def validated(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -> pd.DataFrame:
     """The submission's rows in the competition's format, checked against its sample."""
     sample = read_sample(cfg)
-    labels = task.classes if submission_format(cfg, task, sample) == "label" else None
-    return validate(build(cfg, table, predictions, task, sample), sample, labels)
+    return validate(build(cfg, table, predictions, task, sample), sample, known_labels(cfg, task, sample))
+
+
+def known_labels(cfg: Config, task, sample: pd.DataFrame | None) -> list | None:
+    """The labels a submission of one label per row may hold; None for the other formats."""
+    return task.classes if submission_format(cfg, task, sample) == "label" else None
+
+
+def checked_file(cfg: Config, path: str) -> pd.DataFrame:
+    """The submission file at `path` checked as `make predict` checks the files it writes."""
+    data = sources.read(cfg)
+    task, sample = of_data(cfg, data.train.table, data.targets), read_sample(cfg)
+    return validate(sources.read_csv(Path(path)), sample, known_labels(cfg, task, sample))
 
 
 def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
@@ -202,10 +213,27 @@ def _new_file(competition: str, stem: str, suffix: str) -> Path:
 
 
 def read_ledger() -> pd.DataFrame:
+    """The ledger; one with a row that is not a submission's (a merge's conflict markers, a
+    hand edit) is an error naming its line."""
     if not SUBMISSIONS.ledger.exists():
         return pd.DataFrame(columns=LEDGER_COLUMNS)
-    ledger = pd.read_csv(SUBMISSIONS.ledger, dtype={"git_commit": str, "config_hash": str, "cv_method": str})
-    return ledger.reindex(columns=LEDGER_COLUMNS)  # a ledger from an older version gains the new columns
+    types = {"git_commit": str, "config_hash": str, "cv_method": str}
+    ledger = sources.read_csv(SUBMISSIONS.ledger, rows_required=False, dtype=types)
+    ledger = ledger.reindex(columns=LEDGER_COLUMNS)  # a ledger from an older version gains the new columns
+    broken = ledger["file"].isna() | pd.to_datetime(ledger["utc_time"], errors="coerce", utc=True).isna()
+    if broken.any():
+        row = int(np.flatnonzero(broken)[0])
+        raise PipelineError(
+            f"{SUBMISSIONS.ledger} line {row + 2} is not a submission's row (it starts"
+            f" {str(ledger['file'].iloc[row])[:40]!r}; a merge's conflict markers?): mend the file"
+        )
+    return ledger
+
+
+def ledger_name(file: str) -> str:
+    """`file` as the ledger names it, whichever path reaches it (./x, absolute, a link); else as given."""
+    target = Path(file).resolve()
+    return next((name for name in read_ledger()["file"] if Path(name).resolve() == target), file)
 
 
 @contextlib.contextmanager
@@ -252,12 +280,18 @@ def _git_state() -> dict:
     return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain")) if commit else ""}
 
 
+def ledger_row_of(path: str) -> pd.Series | None:
+    ledger = read_ledger()
+    mine = ledger[ledger["file"] == path]
+    return mine.iloc[-1] if len(mine) else None
+
+
 def newest(cfg: Config, file: str | None) -> str:
     """The named submission, or this competition's newest in the ledger."""
     if file:
-        if not Path(file).exists():
+        if not Path(file).is_file():
             raise PipelineError(f"submission file {file} does not exist")
-        return file
+        return ledger_name(file)
     ledger, where = read_ledger(), SUBMISSIONS.ledger
     mine = ledger[ledger["competition"] == cfg.competition.name]
     if mine.empty:
@@ -277,10 +311,9 @@ def score(cfg: Config, file: str | None = None) -> float:
         raise PipelineError("data.solution is not set: this competition has no local answers to score against")
     path = newest(cfg, file)
     solution = sources.read_csv(Path(cfg.data.dir) / cfg.data.solution)
-    submitted = validate(pd.read_csv(path), solution)
-    metric = (
-        read_ledger().set_index("file").loc[path, "cv_metric"] if path in set(read_ledger()["file"]) else "accuracy"
-    )
+    submitted = validate(sources.read_csv(Path(path)), solution)
+    row = ledger_row_of(path)
+    metric = row["cv_metric"] if row is not None else competition_metric(cfg)
     value = _metric(metric, submitted, solution)
     update_ledger(path, local_score=value)
     print(f"{path}: {metric} {value:.5f} on the held-out answers in {cfg.data.solution}")
@@ -321,7 +354,10 @@ def submit(cfg: Config, file: str | None = None) -> None:
     if not cfg.competition.kaggle:
         raise PipelineError("competition.kaggle is not set: no Kaggle competition to submit to")
     path = newest(cfg, file)
-    row = read_ledger().set_index("file").loc[path] if path in set(read_ledger()["file"]) else None
+    checked_file(cfg, path)
+    row = ledger_row_of(path)
+    if row is not None and isinstance(row["sha256"], str) and row["sha256"] != sha256_file(Path(path)):
+        raise PipelineError(f"{path} was changed after `make predict` wrote it: the CV its ledger row states is not its")
     message = (
         f"CV {row['cv_metric']} {row['cv_score']:.5f} config {row['config_hash']}" if row is not None else "pipeline"
     )

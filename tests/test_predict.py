@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import stat
 import sys
@@ -130,8 +131,60 @@ def fake_kaggle(tmp_path, monkeypatch):
     return log
 
 
-def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path, monkeypatch, capsys):
+def two_digit_competition(folder, **predict):
+    """Digit Recognizer's files, two training rows of labels 0 and 1, two test rows."""
     from conftest import make_config
+
+    pd.DataFrame({"label": [0, 1], "pixel0": [0, 255]}).to_csv(folder / "train.csv", index=False)
+    pd.DataFrame({"pixel0": [0, 255]}).to_csv(folder / "test.csv", index=False)
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(folder / "sample_submission.csv", index=False)
+    cfg = make_config({"layout": "pixel_columns", "dir": str(folder)}, predict=predict)
+    cfg.competition.kaggle = "digit-recognizer"
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("content", "refused"),
+    [
+        ("ImageId,Label\n1,0\n3,1\n", "submission ids differ from the sample's 'ImageId' column: '2' is missing"),
+        ("ImageId,Label\n1,0\n2,7\n", "submission label 7 is not a known class"),
+        ("id,label\n1,0\n2,1\n", "submission columns ['id', 'label'] differ from the sample's"),
+        ("", "cannot be read as CSV"),
+        ("ImageId,Label\n1,0\n2,1\n".encode("utf-16"), "cannot be read as CSV"),
+        ('\x00garbage\x7f,\n"', "cannot be read as CSV"),
+    ],
+)
+def test_submit_checks_the_file_as_predict_would_before_the_upload(
+    fake_kaggle, tmp_path, monkeypatch, content, refused
+):
+    from pipeline import submission
+
+    monkeypatch.chdir(tmp_path)
+    cfg = two_digit_competition(tmp_path)
+    bad = tmp_path / "mine.csv"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(PipelineError, match=re.escape(refused)):
+        submission.submit(cfg, str(bad))
+    assert not fake_kaggle.exists()  # no upload: no daily submission burnt
+
+
+def test_submit_refuses_a_file_changed_since_predict_wrote_it(fake_kaggle, tmp_path, monkeypatch):
+    from pipeline import submission
+    from pipeline.paths import Paths
+    from pipeline.records import StatedCV
+    from pipeline.tasks import Classification
+
+    monkeypatch.chdir(tmp_path)
+    cfg = two_digit_competition(tmp_path)
+    stated = StatedCV("accuracy", 0.99, 0.002, "OOF", "full", "tiny")
+    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), stated)
+    path.write_text("ImageId,Label\n1,1\n2,1\n")
+    with pytest.raises(PipelineError, match="was changed after `make predict` wrote it"):
+        submission.submit(cfg, f"./{path}")
+    assert not fake_kaggle.exists()
+
+
+def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path, monkeypatch, capsys):
 
     from pipeline import submission
     from pipeline.paths import Paths
@@ -139,9 +192,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
     from pipeline.tasks import Classification
 
     monkeypatch.chdir(tmp_path)
-    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(tmp_path / "sample_submission.csv", index=False)
-    cfg = make_config({"layout": "pixel_columns", "dir": str(tmp_path)}, predict={"submit_wait": 1})
-    cfg.competition.kaggle = "digit-recognizer"
+    cfg = two_digit_competition(tmp_path, submit_wait=1)
     path = submission.write(
         cfg,
         Paths.of(cfg),

@@ -131,7 +131,7 @@ def test_a_submissions_folder_that_cannot_be_written_is_said_before_anything_is_
 def test_two_processes_appending_to_the_ledger_lose_no_row(in_tmp):
     append = (
         "import sys; from pipeline import submission\n"
-        "for i in range(20): submission.add_to_ledger({'file': f'{sys.argv[1]}{i}', 'competition': 'tiny'})"
+        "for i in range(20): submission.add_to_ledger({'file': f'{sys.argv[1]}{i}', 'competition': 'tiny', 'utc_time': '2026-12-06T00:00:00'})"
     )
     writers = [subprocess.Popen([sys.executable, "-c", append, name], cwd=in_tmp) for name in ("a", "b")]
     assert [w.wait() for w in writers] == [0, 0]
@@ -182,3 +182,45 @@ def test_score_against_the_solution(in_tmp):
     assert submission.score(cfg) == 0.5  # right for id 2, wrong for id 1
     ledger = pd.read_csv("submissions/ledger.csv").set_index("file")
     assert ledger.loc[str(path), "local_score"] == 0.5
+
+
+def test_score_finds_the_ledger_row_whichever_path_names_the_file(in_tmp):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    pd.DataFrame({"ImageId": [1, 2], "Label": [1, 0]}).to_csv(in_tmp / "solution.csv", index=False)
+    cfg = make_config({"layout": "pixel_columns", "dir": str(in_tmp), "solution": "solution.csv"})
+    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), CV)
+    for named, expected in ((f"./{path}", 0.0), (str(in_tmp / path), 0.0)):
+        submission.update_ledger(str(path), local_score=None)
+        assert submission.score(cfg, named) == expected
+        assert pd.read_csv("submissions/ledger.csv")["local_score"].tolist() == [expected]
+
+
+def test_a_keypoint_file_outside_the_ledger_is_scored_by_its_tasks_metric(tmp_path, in_tmp):
+    answers = pd.DataFrame({"image": ["p", "q"], **dict.fromkeys(KEYPOINTS, 10.0)})
+    answers.to_csv(tmp_path / "solution.csv", index=False)
+    answers.assign(**dict.fromkeys(KEYPOINTS, 0.0)).to_csv(tmp_path / "s.csv", index=False)
+    cfg = make_config(
+        {"layout": "image_csv", "dir": str(tmp_path), "sample_submission": "s.csv", "solution": "solution.csv"},
+        task="keypoints",
+    )
+    answers.assign(**dict.fromkeys(KEYPOINTS, 13.0)).to_csv(tmp_path / "mine.csv", index=False)
+    assert submission.score(cfg, str(tmp_path / "mine.csv")) == pytest.approx(3.0)  # rmse, not accuracy
+
+
+@pytest.mark.parametrize("content", [b"", b"ImageId,Label\n1,1\n2,0\n".decode().encode("utf-16"), b'1,"2\n'])
+def test_scoring_a_file_that_is_not_a_csv_table_is_one_line(in_tmp, content):
+    pd.DataFrame({"ImageId": [1, 2], "Label": [1, 0]}).to_csv(in_tmp / "solution.csv", index=False)
+    cfg = make_config({"layout": "pixel_columns", "dir": str(in_tmp), "solution": "solution.csv"})
+    (in_tmp / "mine.csv").write_bytes(content)
+    with pytest.raises(PipelineError, match=r"mine\.csv cannot be read as CSV: [^\n]+$"):
+        submission.score(cfg, "mine.csv")
+
+
+def test_a_ledger_with_conflict_markers_is_refused_naming_the_line(in_tmp):
+    pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
+    cfg = digits_cfg(in_tmp)
+    submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), CV)
+    header, row = Path("submissions/ledger.csv").read_text().splitlines()
+    Path("submissions/ledger.csv").write_text(f"{header}\n<<<<<<< HEAD\n{row}\n=======\n>>>>>>> other\n")
+    with pytest.raises(PipelineError, match=r"ledger.csv line 2 is not a submission's row \(it starts '<<<<<<< HEAD'"):
+        submission.show(cfg)
