@@ -357,7 +357,7 @@ def submit(cfg: Config, file: str | None = None) -> None:
     checked_file(cfg, path)
     row = ledger_row_of(path)
     if row is not None and isinstance(row["sha256"], str) and row["sha256"] != sha256_file(Path(path)):
-        raise PipelineError(f"{path} was changed after `make predict` wrote it: the CV its ledger row states is not its")
+        raise PipelineError(f"{path} was changed after `make predict` wrote it: its ledger row's CV is not its")
     message = (
         f"CV {row['cv_metric']} {row['cv_score']:.5f} config {row['config_hash']}" if row is not None else "pipeline"
     )

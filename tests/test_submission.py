@@ -131,7 +131,8 @@ def test_a_submissions_folder_that_cannot_be_written_is_said_before_anything_is_
 def test_two_processes_appending_to_the_ledger_lose_no_row(in_tmp):
     append = (
         "import sys; from pipeline import submission\n"
-        "for i in range(20): submission.add_to_ledger({'file': f'{sys.argv[1]}{i}', 'competition': 'tiny', 'utc_time': '2026-12-06T00:00:00'})"
+        "for i in range(20):\n"
+        "    submission.add_to_ledger({'file': f'{sys.argv[1]}{i}', 'competition': 'tiny', 'utc_time': '2026-12-06'})"
     )
     writers = [subprocess.Popen([sys.executable, "-c", append, name], cwd=in_tmp) for name in ("a", "b")]
     assert [w.wait() for w in writers] == [0, 0]
