@@ -163,6 +163,8 @@ def makevars(cfg: C.Config, output: str) -> None:
     paths = Paths.of(cfg)
     for name, stage in STAGES.items():
         write_if_changed(paths.stamp(name), cfg.to_yaml(stage.sections) + tuned_settings(paths, name))
+    if any(fit.result.exists() and not fit.model.exists() for fit in paths.fits()):
+        paths.stamp("train").touch()  # a finished fit lost its weights: train is out of date, and trains it again
     scrape_wanted = cfg.data.use_extra and bool(cfg.scrape.sources)
     variables = {
         "NAME": cfg.competition.name,

@@ -6,6 +6,7 @@ which are the keypoint coordinates the network predicts: a point p predicted in 
 at theta @ [p, 1] in the image, exactly. A horizontal flip also swaps left/right points.
 """
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +97,34 @@ def load_meta(path: Path) -> dict:
     return _checkpoint(path)["meta"]
 
 
+UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError)  # what torch.load raises on a damaged file
+
+
 def _checkpoint(path: Path) -> dict:
     if not path.exists():
-        raise PipelineError(f"{path} does not exist: run `make train` first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise PipelineError(f"{path} does not exist: `make train` trains its fit again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as exc:
+        raise PipelineError(
+            f"{path} cannot be read ({str(exc).splitlines()[0]}): `make train` trains its fit again"
+        ) from None
+
+
+def weights_readable(path: Path) -> bool:
+    """Whether the weights at `path` load (mapped, not read: a truncated or missing file fails)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, *UNREADABLE):
+        return False
+    return True
+
+
+def weights_time(fit: FitFiles) -> float:
+    """When the fit's weights were written; what was predicted with them before is older."""
+    if not fit.model.exists():
+        raise PipelineError(f"{fit.model} does not exist: `make train` trains its fit again")
+    return fit.model.stat().st_mtime
 
 
 def load_model(path: Path, device: engine.Device) -> tuple[torch.nn.Module, dict]:
@@ -173,7 +198,7 @@ class PredictionsOnTest:
     def _kept(self, fit: FitFiles) -> np.ndarray | None:
         """The predictions kept beside the model for these test ids and views, if any."""
         path = fit.test_predictions(views_key(self.cfg.predict.tta))
-        if not (self.keep and path.exists() and path.stat().st_mtime >= fit.model.stat().st_mtime):
+        if not (self.keep and path.exists() and path.stat().st_mtime >= weights_time(fit)):
             return None
         with np.load(path) as kept:
             if not np.array_equal(kept["ids"], self.ids):
@@ -213,7 +238,7 @@ def fold_oof(cfg: Config, fit: FitFiles, setup, rows: np.ndarray, epoch: str) ->
     if not cfg.predict.tta:
         return np.load(fit.valid_predictions(epoch))
     path = fit.valid_predictions(views_key(cfg.predict.tta))
-    if path.exists() and path.stat().st_mtime >= fit.model.stat().st_mtime:
+    if path.exists() and path.stat().st_mtime >= weights_time(fit):
         return np.load(path)
     raw, _ = predict_rows(cfg, fit.model, setup.images, setup.rows[rows], engine.Device.choose(cfg.train))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

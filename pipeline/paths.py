@@ -188,6 +188,11 @@ class Paths:
     def full(self) -> FitFiles:
         return FitFiles(self.experiment / "full")
 
+    def fits(self) -> list[FitFiles]:
+        """The fold and full fits the experiment's folder holds."""
+        folds = sorted(p for p in self.experiment.glob("fold*") if p.name.removeprefix("fold").isdigit())
+        return [FitFiles(p) for p in folds] + ([self.full] if self.full.root.is_dir() else [])
+
     @property
     def budget_json(self) -> Path:
         """train.time_budget's decision: the epochs that fit, kept for re-runs of the same config."""

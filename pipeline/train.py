@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from pipeline import budget, distributed, plan
+from pipeline import budget, distributed, inference, plan
 from pipeline import config as C
 from pipeline.files import write_csv
 from pipeline.fit import Setup, check, fit
@@ -109,8 +109,12 @@ def timed(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str) 
 
 def fresh(out: FitFiles, fingerprint: str) -> bool:
     """Whether the fit in `out` would start from its first epoch: neither finished for this config nor begun."""
-    finished = FitResult.read(out.result)
-    return not out.checkpoint.exists() and (finished is None or finished.fingerprint != fingerprint)
+    return not out.checkpoint.exists() and not finished(FitResult.read(out.result), out, fingerprint)
+
+
+def finished(before: FitResult | None, out: FitFiles, fingerprint: str) -> bool:
+    """Whether `before` is a finished fit of this config whose weights are still there and load."""
+    return before is not None and before.fingerprint == fingerprint and inference.weights_readable(out.model)
 
 
 def train_fold(
@@ -151,10 +155,15 @@ def fit_once(
     distributed.barrier()
     before = FitResult.read(out.result)
     distributed.barrier()  # under torchrun: every rank has read it before rank 0 may move it
-    if before is not None:
-        if before.fingerprint == fingerprint:
-            print(f"{name}: finished before ({setup.task.metric} {before.score:.5f}), skipped")
-            return before
+    if finished(before, out, fingerprint):
+        print(f"{name}: finished before ({setup.task.metric} {before.score:.5f}), skipped")
+        return before
+    if before is not None and before.fingerprint == fingerprint:
+        print(f"{name}: finished before, but {out.model} is missing or does not load; training it again")
+        if distributed.is_main():
+            shutil.rmtree(out.root)
+        distributed.barrier()
+    elif before is not None:
         print(f"{name}: the config changed since it was trained; training it again ({previous.root.name} until then)")
         if distributed.is_main():
             out.root.rename(previous.root)

@@ -98,6 +98,28 @@ def test_finished_folds_are_skipped_and_tuned_settings_merged(digits_dir, tmp_pa
         train.run(C.with_overrides(cfg, {"train.tuned_from": "nowhere"}, "test"))
 
 
+def test_a_fold_whose_weights_are_lost_or_damaged_trains_again(digits_dir, tmp_path, monkeypatch, capsys):
+    from pipeline import cli, predict
+
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
+    run(cfg, tmp_path, monkeypatch)
+    runs = tmp_path / "runs/tiny/tiny"
+    (runs / "fold1/model.pt").unlink()
+    with pytest.raises(PipelineError, match=r"fold1/model.pt does not exist: `make train` trains its fit again$"):
+        predict.run(cfg)
+    damaged = (runs / "fold0/model.pt").read_bytes()
+    (runs / "fold0/model.pt").write_bytes(damaged[: len(damaged) // 2])
+    stamp = Paths.of(cfg).stamp("train")
+    cli.makevars(cfg, str(tmp_path / "vars.mk"))
+    assert stamp.stat().st_mtime > (runs / "cv.json").stat().st_mtime  # Make sees train out of date
+    capsys.readouterr()
+    train.run(cfg)
+    assert capsys.readouterr().out.count("is missing or does not load; training it again") == 2
+    assert all(torch.load(runs / f"fold{k}/model.pt", weights_only=True) for k in (0, 1))
+    train.run(cfg)
+    assert capsys.readouterr().out.count("finished before") == 2
+
+
 def test_experiments_live_side_by_side_on_shared_folds(digits_dir, tmp_path, monkeypatch, capsys):
     data = {"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}
     first, second = (tiny(data, full_fit=False, experiment=name) for name in ("first", "second"))
