@@ -43,7 +43,7 @@ def competition(folder: Path, rows: int, rng: np.random.Generator) -> Path:
     config = {
         "competition": {"name": "speed", "task": "classification"},
         "data": {"layout": "pixel_columns", "dir": str(folder), "sample_submission": None},
-        "model": {"name": "test_resnet", "image_size": 8, "pretrained": "none"},
+        "model": {"name": "test_resnet", "image_size": 16, "pretrained": "none"},
     }
     path = folder.parent / "speed.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -124,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default="configs/digits.yaml", help="competition YAML (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
     p.add_argument("-f", "--file", help="score and submit: the submission file (default: the newest)")
-    p.add_argument("-w", "--workers", type=int, default=1, help="tune: worker processes on the study (default 1)")
+    p.add_argument("-w", "--workers", default="1", help="tune: worker processes on the study (default 1)")
     p.add_argument("-g", "--gpus", help="train: several GPUs, e.g. 0,1,2,3 (DDP per fold or a fold per GPU)")
     p.add_argument(
         "-o", "--output", help="init: the config to write (default configs/<name>.yaml); makevars: the fragment"
@@ -142,6 +142,12 @@ def init(args: argparse.Namespace) -> None:
     if len(args.overrides) != 1:
         raise PipelineError(f"init takes one competition folder, got {args.overrides or 'none'}")
     survey.run(Path(args.overrides[0]), Path(args.output) if args.output else None, args.name)
+
+
+def worker_count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise PipelineError(f"WORKERS={text!r}: the number of tuning processes is a whole number from 1")
+    return int(text)
 
 
 def run_stage(name: str, cfg: C.Config, **options) -> None:
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise PipelineError("makevars needs -o FILE")
             makevars(cfg, args.output)
         else:
-            run_stage(args.stage, cfg, file=args.file, workers=args.workers, gpus=args.gpus)
+            run_stage(args.stage, cfg, file=args.file, workers=worker_count(args.workers), gpus=args.gpus)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -197,10 +197,23 @@ def _distinct(ids: list[int] | None) -> list[int] | None:
 FoldIds = Annotated[list[Annotated[int, Field(ge=0)]] | None, AfterValidator(_distinct)]
 
 
+MIN_IMAGE_SIZE = 16
+
+
+def _image_size(side: int | None) -> int | None:
+    if side is not None and side < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"a side of at least {MIN_IMAGE_SIZE} pixels: a backbone divides it by 32 (smaller images are upscaled"
+            " by model.image_size, not shrunk)"
+        )
+    return side
+
+
 class Model(Section):
     name: str = "resnet18"  # any timm model
     pretrained: Annotated[str, Field(pattern=r"^(none|hub|efficientnet_lite0|file:.+)$")] = "none"
-    image_size: PositiveInt | None = None  # None: the competition's own image size
+    # None: the competition's own image size; at least MIN_IMAGE_SIZE
+    image_size: Annotated[int | None, AfterValidator(_image_size)] = None
     freeze_depth: Annotated[int, Field(ge=0)] = 0  # backbone stages frozen, counted from the stem
     freeze_blocks: Annotated[int, Field(ge=0)] = 0  # and this many blocks of the next stage
     unfreeze_epoch: PositiveInt | None = None  # unfreeze everything from this epoch (1-based)
@@ -343,7 +356,9 @@ class Predict(Section):
     # auto: the full model when its recipe's CV is within noise of the fold models', else the folds
     models: Literal["auto", "full", "folds", "both"] = "auto"
     weights: Literal["equal", "score"] = "equal"  # how models are averaged: equally or by fold score
-    tta: list[str] = []  # views besides the plain one: hflip, vflip, shift:<fraction>, scale:<factor>
+    # views besides the plain one: hflip, vflip, shift:<fraction of the side> and
+    # scale:<factor>, within TTA_RANGES
+    tta: list[str] = []
     batch_size: PositiveInt | None = None  # None: twice train.batch_size
     format: Literal["auto", "label", "probabilities", "keypoints_long", "keypoints_wide"] = "auto"
     submit_wait: NonNegative = 0.0  # seconds `make submit` waits for the public score
@@ -356,17 +371,24 @@ class Predict(Section):
             name, _, value = view.partition(":")
             if name in ("hflip", "vflip") and not value:
                 continue
-            if name in ("shift", "scale") and _is_positive_number(value):
+            if name in TTA_RANGES:
+                low, high = TTA_RANGES[name]
+                if not low <= _number(value) <= high:
+                    raise ValueError(f"view {view!r}: {name}'s value is a number from {low:g} to {high:g}")
                 continue
             raise ValueError(f"unknown view {view!r}; use hflip, vflip, shift:<fraction> or scale:<factor>")
         return views
 
 
-def _is_positive_number(text: str) -> bool:
+# shift by a fraction of the side (half of it leaves half the image); zoom by a factor
+TTA_RANGES = {"shift": (0.01, 0.45), "scale": (0.5, 2.0)}
+
+
+def _number(text: str) -> float:
     try:
-        return float(text) > 0
+        return float(text)
     except ValueError:
-        return False
+        return math.nan
 
 
 class ScrapeSource(Section):

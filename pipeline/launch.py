@@ -40,11 +40,12 @@ def run(cfg: C.Config, gpus: str | None = None) -> None:
             f"train.time_budget={cfg.train.time_budget} plans the fits of one process on one device, and GPUS={gpus} "
             "trains on several: set train.epochs and model.image_size instead, or train on one GPU"
         )
+    where = devices(cfg.train.device, ids)
     paths = Paths.of(cfg)
     mode = choose(cfg.train.distributed, len(read_folds(paths)), len(ids))
     resolved = paths.resolved("launch")
     C.save_given(cfg, resolved)
-    print(f"train on GPUs {','.join(ids)}: {mode}")
+    print(f"train on {where}: {mode}")
     if mode == "ddp":
         distributed.rank_batch(cfg.train.batch_size, len(ids))  # here, not as a traceback from every rank
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}"]
@@ -61,6 +62,22 @@ def parse_gpus(gpus: str) -> list[str]:
     if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
         raise PipelineError(f"GPUS={gpus!r}: give distinct GPU numbers separated by commas, e.g. GPUS=0,1,2,3")
     return ids
+
+
+def devices(device: str, ids: list[str]) -> str:
+    """What GPUS trains on, in words: its GPUs, or with train.device=cpu as many CPU processes;
+    a GPU this machine lacks is refused."""
+    if device == "cpu":
+        return f"{len(ids)} CPU processes (GPUS={','.join(ids)}, train.device=cpu)"
+    count = torch.cuda.device_count()
+    missing = [g for g in ids if int(g) >= count]
+    if missing:
+        has = f"has {count} (GPUS=0 to {count - 1})" if count else "has no CUDA GPU"
+        raise PipelineError(
+            f"GPUS={','.join(ids)}: GPU {missing[0]} does not exist, this machine {has}; leave GPUS unset to train"
+            f" in one process, or set train.device=cpu for {len(ids)} processes on the CPU"
+        )
+    return f"GPUs {','.join(ids)}"
 
 
 def choose(policy: str, rows: int, n_gpus: int) -> str:

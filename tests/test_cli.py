@@ -46,6 +46,14 @@ def test_user_error_is_one_line_without_traceback(tmp_path, pixel_columns_dir):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("workers", ["0", "-3", "two"])
+def test_workers_that_are_not_a_count_of_processes_are_one_line(workers, capsys):
+    assert main(["tune", "-c", str(ROOT / "configs/digits.yaml"), "--workers", workers]) == 2
+    assert capsys.readouterr().err == (
+        f"error: WORKERS={workers!r}: the number of tuning processes is a whole number from 1\n"
+    )
+
+
 # `python -m pipeline` whose stage Ctrl-C interrupts (INTERRUPT) while a thread still runs: at
 # exit, the thread runs a string of code through the C API, as a download thread importing
 # Pillow's plugins did. That resets the flag by which CPython itself would end by SIGINT.

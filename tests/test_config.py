@@ -167,3 +167,18 @@ def test_a_key_named_on_the_command_line_is_pinned_against_the_tuned_settings(tm
     assert "'train.weight_decy' is not a config key" in load_error(
         tmp_path, MINIMAL, ["train.pinned=[train.weight_decy]"]
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("predict.tta=[shift:inf]", "view 'shift:inf': shift's value is a number from 0.01 to 0.45"),
+        ("predict.tta=[shift:0.5]", "shift's value is a number from 0.01 to 0.45"),
+        ("predict.tta=[scale:nan]", "view 'scale:nan': scale's value is a number from 0.5 to 2"),
+        ("predict.tta=[scale:0]", "scale's value is a number from 0.5 to 2"),
+        ("model.image_size=7", "key 'model.image_size' = 7: a side of at least 16 pixels"),
+        ("model.image_size=0", "a side of at least 16 pixels"),
+    ],
+)
+def test_values_that_make_no_sense_are_refused_naming_the_rule(tmp_path, override, message):
+    assert message in load_error(tmp_path, MINIMAL, [override])

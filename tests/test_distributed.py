@@ -1,6 +1,7 @@
 """Several processes for training, on the CPU: DDP over gloo under torchrun, and a fold per process."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -42,7 +43,7 @@ def one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, mode: str) -
 
 def test_ddp_on_two_processes_matches_one_process(blobs_dir, tmp_path, monkeypatch, capfd):
     single, ddp, out = one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, "ddp")
-    assert "train on GPUs 0,1: ddp" in out
+    assert "train on 2 CPU processes (GPUS=0,1, train.device=cpu): ddp" in out
     assert abs(ddp["score"] - single["score"]) <= TOLERANCE, (ddp["score"], single["score"])
     assert out.count("fold 0 epoch 6 ") == 1  # rank 1 printed nothing
     metrics = pd.read_csv(tmp_path / "two/runs/tiny/tiny/fold0/metrics.csv")
@@ -56,7 +57,7 @@ def test_ddp_on_two_processes_matches_one_process(blobs_dir, tmp_path, monkeypat
 
 def test_a_fold_per_process_gives_the_sequential_cv(blobs_dir, tmp_path, monkeypatch, capfd):
     single, parallel, out = one_then_two_processes(blobs_dir, tmp_path, monkeypatch, capfd, "folds")
-    assert "train on GPUs 0,1: folds" in out
+    assert "train on 2 CPU processes (GPUS=0,1, train.device=cpu): folds" in out
     assert parallel["folds"] == pytest.approx(single["folds"], abs=1e-6)
     assert parallel["best_epochs"] == single["best_epochs"]
 
@@ -98,3 +99,13 @@ def test_a_time_budget_on_several_gpus_is_refused_before_anything_starts(blobs_d
     with pytest.raises(PipelineError, match=r"train.time_budget=20m plans the fits of one process .* GPUS=0,1"):
         launch.run(cfg, gpus="0,1")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("gpus_here", "refused"), [(0, "this machine has no CUDA GPU"), (2, "this machine has 2 (GPUS=0 to 1)")]
+)
+def test_gpus_the_machine_lacks_are_refused_naming_what_it_has(monkeypatch, gpus_here, refused):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus_here)
+    with pytest.raises(PipelineError, match=rf"^GPUS=0,2: GPU [02] does not exist, {re.escape(refused)}; leave GPUS"):
+        launch.devices("auto", ["0", "2"])
+    assert launch.devices("cpu", ["0", "2"]).startswith("2 CPU processes")
