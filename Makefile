@@ -73,7 +73,8 @@ ifneq ($(filter $(STAGES) clean,$(MAKECMDGOALS)),)
 endif
 
 data: $(DATA_OUT)
-$(DATA_OUT): $(DATA_STAMP)
+# INPUTS_STAMP lists the competition's files: an edited label or a moved image runs data again.
+$(DATA_OUT): $(DATA_STAMP) $(INPUTS_STAMP)
 	$(call PIPELINE,data)
 
 scrape: $(EXTRA_CSV)

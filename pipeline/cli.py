@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
+from pipeline import inputs
 from pipeline.errors import PipelineError, interrupt_held
 from pipeline.files import write_if_changed, write_text
 from pipeline.paths import Paths
@@ -169,6 +170,7 @@ def makevars(cfg: C.Config, output: str) -> None:
     paths = Paths.of(cfg)
     for name, stage in STAGES.items():
         write_if_changed(paths.stamp(name), cfg.to_yaml(stage.sections) + tuned_settings(paths, name))
+    inputs.refresh(paths)
     if any(fit.result.exists() and not fit.model.exists() for fit in paths.fits()):
         paths.stamp("train").touch()  # a finished fit lost its weights: train is out of date, and trains it again
     scrape_wanted = cfg.data.use_extra and bool(cfg.scrape.sources)
@@ -177,6 +179,7 @@ def makevars(cfg: C.Config, output: str) -> None:
         "DATA_DIR": paths.data,
         "EXPERIMENT_DIR": paths.experiment,
         "DATA_OUT": paths.resolved("data"),
+        "INPUTS_STAMP": paths.inputs_stamp,
         "EXTRA_CSV": paths.extra_csv,
         "FOLDS_CSV": paths.folds_csv,
         "EXTRA_DEP": paths.extra_csv if scrape_wanted else "",

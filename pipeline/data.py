@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline import kaggle_cli, sources
+from pipeline import inputs, kaggle_cli, sources
 from pipeline.config import Config, save_resolved
 from pipeline.demo import build_digits
 from pipeline.errors import PipelineError
@@ -33,6 +33,7 @@ def run(cfg: Config) -> None:
     for name, split in (("train", data.train), ("test", data.test)):
         images = sources.open_split(cfg, split.images, paths.cache(name))
         shapes[name] = describe_shapes(images)
+    inputs.refresh(paths)  # what was built or downloaded here is what the stage read
     save_resolved(cfg, paths.resolved("data"))
     classes = (
         f", {data.train.table[data.targets[0]].nunique()} classes"

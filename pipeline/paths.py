@@ -266,6 +266,16 @@ class Paths:
     def package(self) -> PackageFiles:
         return PackageFiles(Path("package") / self.runs.name)
 
+    @property
+    def inputs_stamp(self) -> Path:
+        """The competition's files, a line each (inputs.py): the data stage's dependency on them."""
+        return self.runs / ".stamps" / "inputs.tsv"
+
+    @property
+    def inputs_hashes(self) -> Path:
+        """The tables' sha256 by size and time, so that only a changed table is hashed again."""
+        return self.runs / ".stamps" / "inputs.hashes.json"
+
     def stamp(self, stage: str) -> Path:
         """The config `stage` depends on, rewritten only when that changes."""
         return self._home(stage) / ".stamps" / f"{stage}.yaml"

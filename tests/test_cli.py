@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,26 @@ def test_make_file_targets_rerun_only_what_changed(tmp_path, pixel_columns_dir):
     assert "pipeline folds" in make(tmp_path, "folds", config, "ARGS=folds.seed=1")
     assert "pipeline data" not in make(tmp_path, "folds", config, "ARGS=folds.seed=2")
     assert len(pd.read_csv(tmp_path / "runs/tiny/folds.csv")) == 30
+
+
+@pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
+def test_make_runs_data_again_when_the_competitions_files_change(tmp_path, class_folders_dir):
+    competition = class_folders_dir  # the runs are made inside it too, and left out of its files
+    config = f"CONFIG={tiny_config(tmp_path, competition, data={'layout': 'class_folders', 'dir': str(competition)})}"
+    make(tmp_path, "data", "folds", config)
+    assert "Nothing to be done" in make(tmp_path, "folds", config)
+    os.utime(competition / "sample_submission.csv")  # a table touched but unchanged: its content decides
+    assert "Nothing to be done" in make(tmp_path, "folds", config)
+    (competition / "train/maize/m0.png").rename(competition / "train/wheat/m0.png")  # a label changed
+    assert "pipeline data" in make(tmp_path, "folds", config)
+    assert (pd.read_csv(tmp_path / "runs/tiny/folds.csv").set_index("id").loc["m0", "label"]) == "wheat"
+    shutil.copy(competition / "train/wheat/w1.png", competition / "train/wheat/w9.png")  # an image added
+    assert "pipeline folds" in make(tmp_path, "folds", config)
+    assert len(pd.read_csv(tmp_path / "runs/tiny/folds.csv")) == 11
+    pd.DataFrame({"file": ["a.png", "b.png"], "species": "wheat"}).to_csv(
+        competition / "sample_submission.csv", index=False
+    )
+    assert "pipeline data" in make(tmp_path, "data", config)
 
 
 @pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
