@@ -16,7 +16,7 @@ from pipeline import config as C
 from pipeline import ensemble, sources
 from pipeline.errors import PipelineError
 from pipeline.paths import FitFiles, Paths
-from pipeline.records import CV, Blend, Scores
+from pipeline.records import CV, Blend, Scores, trained_state
 from pipeline.targets import HIGHER_IS_BETTER, of_data, oof_frame, target_columns
 from pipeline.validation import read_folds, validation_plan, validation_rows
 
@@ -33,8 +33,8 @@ def run(cfg: C.Config) -> None:
     members = {name: member_cv(paths, name, validation_plan(folds)) for name in names}
     stack, target, fold_of_row = out_of_fold(cfg, paths, members, folds)
     method = _method(cfg, target.metric)
-    weights = ensemble.fit_weights(method, stack, target)
-    per_fold, pooled = ensemble.nested_scores(method, stack, target, fold_of_row)
+    weights = ensemble.fit_weights(method, stack, target, rounds=cfg.blend.rounds)
+    per_fold, pooled = ensemble.nested_scores(method, stack, target, fold_of_row, rounds=cfg.blend.rounds)
     blend = Blend(
         name=cfg.blend.name or ("blend" if not cfg.blend.experiments else "+".join(names)),
         metric=target.metric,
@@ -44,6 +44,7 @@ def run(cfg: C.Config) -> None:
         tta=list(cfg.predict.tta),
         validation_plan=validation_plan(folds),
         weights={name: float(w) for name, w in zip(names, weights, strict=True)},
+        trained={name: trained_state(paths.of_experiment(name).cv_json) for name in names},
         member_scores={name: target.score(s) for name, s in zip(names, stack, strict=True)},
         nested=Scores.of(per_fold, pooled),
         in_sample=target.score(ensemble.blend(stack, weights)),
@@ -78,7 +79,7 @@ def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], folds: pd.D
             rows = validation_rows(folds, k)
             frames.append(oof_frame(targets, folds, rows, read(fits.fold(k), rows, epoch)))
         frame = pd.concat(frames, ignore_index=True)
-        stacked.append(in_space(cfg.blend.space, frame[targets.prediction_columns()].to_numpy(np.float64)))
+        stacked.append(ensemble.in_space(cfg.blend.space, frame[targets.prediction_columns()].to_numpy(np.float64)))
     truth = targets.encode(frame, target_columns(folds))  # class indices, or pixels with NaN
     return np.stack(stacked), ensemble.Target(targets.metric, truth), frame["fold"].to_numpy()
 
@@ -110,13 +111,6 @@ def _epoch(cfg: C.Config, name: str, cv: CV) -> str:
             "recipe's TTA predictions were never made; use blend.models=folds"
         )
     return "last"
-
-
-def in_space(space: str, predictions: np.ndarray) -> np.ndarray:
-    """blend.space=ranks: each class column as ranks in (0, 1]."""
-    if space == "probabilities":
-        return predictions
-    return pd.DataFrame(predictions).rank(method="average").to_numpy() / len(predictions)
 
 
 def _method(cfg: C.Config, metric: str) -> str:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from pipeline.targets import HIGHER_IS_BETTER, macro_f1
 
@@ -84,6 +85,13 @@ class Target:
         return -(stack[:, index, self.truth] / picked).mean(axis=1)
 
 
+def in_space(space: str, predictions: np.ndarray) -> np.ndarray:
+    """blend.space=ranks: each class column as ranks in (0, 1]."""
+    if space == "probabilities":
+        return predictions
+    return pd.DataFrame(predictions).rank(method="average").to_numpy() / len(predictions)
+
+
 def blend(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """sum_i w_i stack[i]: (M, N, D), (M,) -> (N, D)."""
     return np.tensordot(np.asarray(weights, dtype=np.float64), stack, axes=1)
@@ -138,21 +146,24 @@ def optimise(stack: np.ndarray, target: Target) -> np.ndarray:
     return weights / weights.sum()
 
 
-METHODS = {"hill_climb": hill_climb, "optimise": optimise}
+METHODS = ("hill_climb", "optimise")
 
 
-def fit_weights(method: str, stack: np.ndarray, target: Target) -> np.ndarray:
-    return METHODS[method](stack, target)
+def fit_weights(method: str, stack: np.ndarray, target: Target, *, rounds: int = 50) -> np.ndarray:
+    """The members' weights by `method`; `rounds`: hill_climb's additions (blend.rounds)."""
+    return hill_climb(stack, target, rounds) if method == "hill_climb" else optimise(stack, target)
 
 
-def nested_scores(method: str, stack: np.ndarray, target: Target, fold_of_row: np.ndarray) -> tuple[list[float], float]:
+def nested_scores(
+    method: str, stack: np.ndarray, target: Target, fold_of_row: np.ndarray, *, rounds: int = 50
+) -> tuple[list[float], float]:
     """Each fold's score under weights fitted on the other folds' rows, and the score of those
     held-out blends pooled: the blend's CV, never scored on the rows that chose its weights."""
     pooled = np.empty(stack.shape[1:])
     per_fold = []
     for fold in np.unique(fold_of_row):
         held_out = fold_of_row == fold
-        weights = fit_weights(method, stack[:, ~held_out], target.rows(~held_out))
+        weights = fit_weights(method, stack[:, ~held_out], target.rows(~held_out), rounds=rounds)
         pooled[held_out] = blend(stack[:, held_out], weights)
         per_fold.append(target.rows(held_out).score(pooled[held_out]))
     return per_fold, target.score(pooled)

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline import ensemble, plan, submission
-from pipeline.blend import in_space
 from pipeline.config import Config, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.inference import PredictionsOnTest, oof_frames
 from pipeline.paths import FitFiles, Paths
-from pipeline.records import CV, Blend, Scores, StatedCV
+from pipeline.records import CV, Blend, Scores, StatedCV, trained_state
 from pipeline.targets import HIGHER_IS_BETTER, target_columns
 from pipeline.validation import read_folds, validation_plan
 
@@ -140,7 +139,7 @@ class Plan:
 
 def combine(test: PredictionsOnTest, parts: list[Part]) -> np.ndarray:
     """The submission's predictions in the competition's units."""
-    return sum(part.weight * in_space(part.space, test.blend(part.models)) for part in parts)
+    return sum(part.weight * ensemble.in_space(part.space, test.blend(part.models)) for part in parts)
 
 
 def plan_submission(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
@@ -166,21 +165,38 @@ def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
     if blend.validation_plan != validation_plan(read_folds(paths)):
         raise PipelineError(f"blend {blend.name} was fitted on other folds than {paths.folds_csv}: run `make blend`")
     cfg = with_overrides(cfg, {"predict.tta": blend.tta}, f"blend {blend.name}")
+    members = {name: CV.load(paths.of_experiment(name).cv_json) for name in blend.weights}
+    retrained = [n for n in members if trained_state(paths.of_experiment(n).cv_json) != blend.trained[n]]
+    if retrained:
+        raise PipelineError(
+            f"blend {blend.name}: experiment {retrained[0]} trained again after `make blend` weighed its out-of-fold"
+            " predictions; run `make blend` again"
+        )
     parts = []
     for name, weight in blend.weights.items():
-        member = paths.of_experiment(name)
-        cv = CV.load(member.cv_json)
+        member, cv = paths.of_experiment(name), members[name]
         fits = [member.fold(k) for k in cv.fold_ids] if blend.models == "folds" else [member.full]
         parts.append(Part(weight, blend.space, [(fit, 1.0 / len(fits)) for fit in fits]))
-    stated = StatedCV(
-        blend.metric,
-        blend.nested.oof,
-        blend.nested.std,
-        f"nested CV of blend {blend.name} ({blend.method}, {blend.models} models; in-sample {blend.in_sample:.5f})",
-        f"blend-{blend.name}",
-        blend.describe_members(),
-    )
-    return Plan(cfg, parts, stated), PredictionsOnTest(cfg, paths)
+    test = PredictionsOnTest(cfg, paths)
+    score, method = blend_estimate(blend, paths, next(iter(members.values())).fold_ids, test)
+    stated = StatedCV(blend.metric, score, blend.nested.std, method, f"blend-{blend.name}", blend.describe_members())
+    return Plan(cfg, parts, stated), test
+
+
+def blend_estimate(blend: Blend, paths: Paths, fold_ids: list[int], test: PredictionsOnTest) -> tuple[float, str]:
+    """The blend's nested CV; for RMSE of fold models, less the spread on the test images of its
+    fold blends (fold k's models weighted as their experiments are), the averaging over folds
+    that an OOF row, predicted by one fold's models, cannot show: as a single experiment's."""
+    how = f"nested CV of blend {blend.name} ({blend.method}, {blend.models} models; in-sample {blend.in_sample:.5f})"
+    if blend.metric not in ensemble.MEASURES_AVERAGING or blend.models != "folds":
+        return blend.nested.oof, how
+    fold_blends = [
+        test.blend([(paths.of_experiment(n).fold(k), w) for n, w in blend.weights.items()]) for k in fold_ids
+    ]
+    equal = [1.0 / len(fold_ids)] * len(fold_ids)
+    spread = ensemble.spread(fold_blends, equal)
+    score = ensemble.blend_rmse([blend.nested.oof] * len(fold_ids), equal, spread)
+    return score, f"{how}; less its fold blends' spread on the test images ({spread:.5f} squared px): the blend's RMSE"
 
 
 def run(cfg: Config) -> None:

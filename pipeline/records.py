@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.files import write_text
+from pipeline.files import sha256_file, write_text
 
 KEPT_EPOCHS = ("best", "last")
 COUNTING_METRICS = ("accuracy", "macro_f1")  # one validation row moves them by at least 1/rows
@@ -162,6 +162,12 @@ class StatedCV:
     experiment: str  # its name, or a blend's members and weights
 
 
+def trained_state(cv_json: Path) -> str:
+    """What an experiment's training left, as its cv.json states it (config, folds, scores): a
+    blend member's, which changes when it trains again."""
+    return sha256_file(cv_json)[:16]
+
+
 @dataclass(frozen=True)
 class Blend:
     """runs/<name>/blends/<blend>.yaml: the experiments a blend holds, their weights, and its
@@ -176,6 +182,7 @@ class Blend:
     tta: list[str]
     validation_plan: str
     weights: dict[str, float]  # experiment -> weight, summing to 1
+    trained: dict[str, str]  # experiment -> its state when blended (blend.member_state)
     member_scores: dict[str, float]  # experiment -> its OOF score
     nested: Scores
     in_sample: float

@@ -38,6 +38,11 @@ def test_a_blended_submission_is_the_weighted_mean_of_its_members_kept_test_pred
     np.testing.assert_allclose(written.drop(columns=written.columns[0]).to_numpy(), expected, atol=1e-3)
     ledger = pd.read_csv(tmp_path / "submissions/ledger.csv")
     assert ledger["models"].iloc[-1] == "blend-both" and "first 0." in ledger["experiment"].iloc[-1]
+    # as a single experiment's: less the averaging over its folds' models that no OOF row shows
+    assert ledger["cv_score"].iloc[-1] < record.nested.oof and "fold blends' spread" in ledger["cv_method"].iloc[-1]
+    train.run(faces(faces_dir, "second", lr=0.004, seed=1))
+    with pytest.raises(PipelineError, match="blend both: experiment second trained again after `make blend`"):
+        predict.run(C.with_overrides(first, {"predict.blend": "both"}, "test"))
 
 
 def member_mean(experiment) -> np.ndarray:
@@ -57,8 +62,9 @@ def test_experiments_are_listed_and_a_blend_refuses_one_on_other_folds(digits_di
     assert sorted(table["experiment"]) == ["first", "second"] and table["train_min"].notna().all()
     assert table.set_index("experiment").loc["second", "differs"].startswith("model.name=test_efficientnet")
     assert list(table["cv_last"]) == sorted(table["cv_last"], reverse=True)
-    blend.run(first)
-    assert Blend.load(Paths.of(first).blend("blend")).method == "hill_climb"
+    blend.run(C.with_overrides(first, {"blend.rounds": 1}, "test"))
+    climbed = Blend.load(Paths.of(first).blend("blend"))
+    assert climbed.method == "hill_climb" and all((2 * w).is_integer() for w in climbed.weights.values())  # 2 picks
     runs = tmp_path / "runs/tiny"
     shutil.move(runs / "first", tmp_path / "first")
     shutil.rmtree(runs / "second")

@@ -62,3 +62,12 @@ def test_the_nested_cv_score_is_never_the_in_sample_one():
         in_sample = target.score(ensemble.blend(members, ensemble.fit_weights(method, members, target)))
         per_fold, pooled = ensemble.nested_scores(method, members, target, folds)
         assert len(per_fold) == 5 and pooled > in_sample  # weights fitted on the rows they score flatter them
+
+
+def test_hill_climbing_takes_blend_rounds_additions():
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(200, 2))
+    members = truth + rng.normal(size=(8, 200, 2))
+    target = ensemble.Target("rmse", truth)
+    assert np.count_nonzero(ensemble.fit_weights("hill_climb", members, target, rounds=1)) <= 2
+    assert np.count_nonzero(ensemble.fit_weights("hill_climb", members, target, rounds=50)) > 2
