@@ -86,6 +86,12 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+def tree_sha256(root: Path, *, leave_out: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Every file under `root` (but `leave_out`) by its path relative to it: its sha256."""
+    found = sorted(p for p in Path(root).rglob("*") if p.is_file() and p not in leave_out)
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in found}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

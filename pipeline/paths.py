@@ -106,7 +106,8 @@ class PackageFiles:
 
     @property
     def rehearsal(self) -> Path:
-        """The last passing rehearsal's figures: `make push` uploads only what was rehearsed."""
+        """The last passing rehearsal's figures and the sha256 of every file it ran: `make push`
+        uploads only what was rehearsed."""
         return self.root / "rehearsal.json"
 
     @property

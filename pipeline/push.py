@@ -4,14 +4,29 @@ dataset (or the dataset), the kernel pushed (Kaggle runs it), then, for a code c
 config hash in the message, and a ledger row saying it is a kernel submission."""
 
 import datetime as dt
+import json
 
 from pipeline import config as C
 from pipeline import kaggle_cli, package, submission
 from pipeline.errors import PipelineError
-from pipeline.paths import Paths
+from pipeline.files import tree_sha256
+from pipeline.paths import PackageFiles, Paths
 from pipeline.records import Bundle
 
 DATASET_WAIT_S = 1800.0
+
+
+def unrehearsed(files: PackageFiles) -> str:
+    """What in the package differs from what its last passing rehearsal ran; "" when nothing."""
+    if not files.rehearsal.exists():
+        return "no rehearsal passed"
+    rehearsed = json.loads(files.rehearsal.read_text()).get("files", {})
+    now = tree_sha256(files.root, leave_out=(files.rehearsal,))
+    for name in sorted(set(rehearsed) | set(now)):
+        if rehearsed.get(name) != now.get(name):
+            verb = "added" if name not in rehearsed else "removed" if name not in now else "changed"
+            return f"{name} {verb}"
+    return ""
 
 
 def run(cfg: C.Config) -> None:
@@ -19,8 +34,9 @@ def run(cfg: C.Config) -> None:
     owner = cfg.package.owner
     if not owner:
         raise PipelineError("package.owner is not set: the Kaggle username the dataset and the kernel go under")
-    if not files.rehearsal.exists() or files.rehearsal.stat().st_mtime < files.dataset.bundle.stat().st_mtime:
-        raise PipelineError(f"{files.root} changed since its last passing rehearsal (or has none): run `make rehearse`")
+    changed = unrehearsed(files)
+    if changed:
+        raise PipelineError(f"{files.root}: {changed} since its last passing rehearsal: run `make rehearse`")
     bundle = Bundle.load(files.dataset.bundle)
     stated = bundle.stated
     message = f"CV {stated.metric} {stated.score:.5f} ({stated.models}) config {cfg.fingerprint()}"

@@ -38,7 +38,7 @@ from packaging.utils import canonicalize_name
 from pipeline import config as C
 from pipeline import package, sources
 from pipeline.errors import PipelineError
-from pipeline.files import write_text
+from pipeline.files import tree_sha256, write_text
 from pipeline.paths import PackageFiles, Paths
 
 
@@ -65,6 +65,7 @@ def run(cfg: C.Config) -> None:
     projected = project(cfg, timing)
     line = f"rehearsal: submission.csv equals make predict's ({rows} rows); {check_time(cfg, projected, timing)}"
     record = {**asdict(timing), **asdict(projected), "submission_rows": rows, "summary": line}
+    record["files"] = tree_sha256(files.root, leave_out=(files.rehearsal,))
     write_text(files.rehearsal, json.dumps(record))
     print(line)
 

@@ -12,6 +12,7 @@ from conftest import make_config
 
 from pipeline import kaggle_cli, push
 from pipeline.errors import PipelineError
+from pipeline.files import tree_sha256
 from pipeline.paths import Paths
 from pipeline.records import Bundle, StatedCV
 
@@ -90,7 +91,13 @@ def test_push_uploads_a_rehearsed_package_and_records_the_kernel_version(tmp_pat
     files.kernel.mkdir(parents=True)
     with pytest.raises(PipelineError, match="run `make rehearse`"):
         push.run(cfg)
-    files.rehearsal.write_text(json.dumps({"summary": "passed"}))
+    rehearsed = tree_sha256(files.root)
+    files.rehearsal.write_text(json.dumps({"summary": "passed", "files": rehearsed}))
+    (files.kernel / "tiny-inference.ipynb").write_text("{}")  # edited after the rehearsal
+    with pytest.raises(PipelineError, match=r"kernel/tiny-inference.ipynb added since its last passing rehearsal"):
+        push.run(cfg)
+    rehearsed = tree_sha256(files.root, leave_out=(files.rehearsal,))
+    files.rehearsal.write_text(json.dumps({"summary": "passed", "files": rehearsed}))
     push.run(cfg)
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split()[:2] for c in calls] == [
