@@ -48,7 +48,7 @@ venv: $(INSTALLED)
 
 init: $(INSTALLED)
 	@test -n "$(DIR)" || { echo "error: make init needs DIR=data/<competition>" >&2; exit 2; }
-	$(PY) -m pipeline init $(DIR) $(if $(NAME),--name $(NAME))
+	$(PY) -m pipeline init $(DIR) $(if $(NAME),--name $(NAME)) $(ARGS)
 
 # Every package at its floor in pyproject.toml: the versions the suite runs on are the lowest it
 # allows, so no floor is a promise nobody tested (tests/test_packaging.py holds them to it).

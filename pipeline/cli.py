@@ -134,15 +134,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-INIT_HELP = "python -m pipeline init DIR: survey a competition folder -> configs/<name>.yaml"
+INIT_HELP = "python -m pipeline init DIR [key=value ...]: survey a competition folder -> configs/<name>.yaml"
 
 
 def init(args: argparse.Namespace) -> None:
     from pipeline import survey
 
-    if len(args.overrides) != 1:
-        raise PipelineError(f"init takes one competition folder, got {args.overrides or 'none'}")
-    survey.run(Path(args.overrides[0]), Path(args.output) if args.output else None, args.name)
+    folders = [item for item in args.overrides if "=" not in item]
+    if len(folders) != 1:
+        raise PipelineError(f"init takes one competition folder, got {folders or 'none'}")
+    given = dict(C.parse_override(item) for item in args.overrides if "=" in item)
+    survey.run(Path(folders[0]), Path(args.output) if args.output else None, args.name, given=given)
 
 
 def worker_count(text: str) -> int:

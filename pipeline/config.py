@@ -600,14 +600,19 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def _apply_override(raw: dict, item: str) -> None:
+def parse_override(item: str) -> tuple[str, Any]:
+    """`section.key=value` -> (dotted key, the value as YAML reads it)."""
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise PipelineError(f"override {item!r} must look like section.key=value")
     try:
-        value = yaml.safe_load(text) if text else ""
+        return key, yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
-        value = text
+        return key, text
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, value = parse_override(item)
     _set_dotted(raw, key, value, f"override {item!r}")
 
 

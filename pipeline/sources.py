@@ -341,14 +341,16 @@ def _file_split(table: pd.DataFrame, paths: list[Path], layout: C.FileLayout, so
     return Split(table, FileSource(tuple(paths), layout.channels, window))
 
 
-def _stems(paths: list[Path], folder: Path) -> pd.Series:
-    ids = pd.Series([p.stem for p in paths], name="id")
+def _stems(paths: list[Path], folder: Path, *, with_class: bool = False) -> pd.Series:
+    """Each image's id: its file's stem, or (`with_class`) <class folder>/<stem>."""
+    names = [f"{p.parent.name}/{p.stem}" if with_class else p.stem for p in paths]
+    ids = pd.Series(names, name="id")
     ids.attrs["file_names"] = [p.name for p in paths]
     seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
-            raise PipelineError(f"{folder}: duplicate id {path.stem!r} ({seen[path.stem]} and {path})")
-        seen[path.stem] = path
+    for name, path in zip(names, paths, strict=True):
+        if name in seen:
+            raise PipelineError(f"{folder}: duplicate id {name!r} ({seen[name]} and {path})")
+        seen[name] = path
     return ids
 
 
@@ -368,7 +370,8 @@ def read_class_folders(layout: C.ClassFolders, task: str) -> CompetitionData:
         raise PipelineError(f"{root} has no class folders (expected {root}/<class>/<image>)")
     paths = [p for c in classes for p in list_images(root / c, layout.extensions)]
     labels = [p.parent.name for p in paths]
-    train = pd.DataFrame({"id": _stems(paths, root), "label": labels})
+    shared_stems = len({p.stem for p in paths}) < len(paths)  # cats/1.jpg and dogs/1.jpg: ids name the class
+    train = pd.DataFrame({"id": _stems(paths, root, with_class=shared_stems), "label": labels})
     return CompetitionData(
         _file_split(train, paths, layout, str(root)), _test_from_folder(layout, layout.test_dir), ["label"]
     )

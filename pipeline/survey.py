@@ -44,18 +44,20 @@ class Decision:
 
 @dataclass
 class Folder:
-    """A competition folder's CSVs (headers and first rows), subfolders and image files."""
+    """A competition folder's CSVs (headers and first rows), subfolders and image files, and the
+    keys the user gave (`make init ARGS=...`), which no guess replaces."""
 
     root: Path
     csvs: dict[str, pd.DataFrame] = field(default_factory=dict)
     extensions: tuple[str, ...] = C.IMAGE_EXTENSIONS
     listings: dict[Path, list[Path]] = field(default_factory=dict)
+    given: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, root: Path) -> "Folder":
+    def read(cls, root: Path, given: dict[str, object]) -> "Folder":
         if not root.is_dir():
             raise PipelineError(f"init: {root} is not a folder")
-        folder = cls(root)
+        folder = cls(root, given=given)
         for path in sorted(root.glob("*.csv")):
             folder.csvs[path.name] = sources.read_csv(path, rows_required=False, nrows=50)
         return folder
@@ -68,6 +70,20 @@ class Folder:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The CSVs other than the sample submission."""
         return {name: frame for name, frame in self.csvs.items() if name != self.sample_submission}
+
+    def pick(self, candidates: list, key: str, where: str):
+        """The one candidate for `key`, or the given value; none or several are refused, naming
+        the candidates and the key that picks."""
+        if key in self.given:
+            return self.given[key]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise PipelineError(f"init: {where} has no candidate for {key}; set it: make init DIR=... ARGS={key}=...")
+        raise PipelineError(
+            f"init: {where} has {len(candidates)} candidates for {key}: {candidates}; pick one: make init DIR=..."
+            f" ARGS={key}=..."
+        )
 
     def images_in(self, folder: Path) -> list[Path]:
         """Listed once per folder: every column of every CSV is tried against the folders."""
@@ -86,6 +102,14 @@ class Folder:
 
 def pixel_columns(folder: Folder) -> list[Decision] | None:
     with_pixels = {n: f for n, f in folder.tables.items() if sum(map(bool, map(PIXEL_COLUMN.match, f.columns))) >= 16}
+    named = [folder.given.get(key) for key in ("data.train_csv", "data.test_csv")]
+    if all(named):
+        with_pixels = {n: f for n, f in with_pixels.items() if n in named}
+    if len(with_pixels) > 2:
+        raise PipelineError(
+            f"init: {sorted(with_pixels)} all hold pixel columns; pick two: make init DIR=..."
+            " ARGS='data.train_csv=... data.test_csv=...'"
+        )
     if len(with_pixels) != 2:
         return None
     (a, first), (b, second) = with_pixels.items()
@@ -96,7 +120,7 @@ def pixel_columns(folder: Folder) -> list[Decision] | None:
     n_pixels = sum(map(bool, map(PIXEL_COLUMN.match, frame.columns)))
     found = f"{train} and {test} hold {n_pixels} pixel columns per image"
     decisions = [Decision("data.layout", "pixel_columns", found), *_csv_names(train, test)]
-    decisions.append(Decision("data.label_column", _one(labels, "data.label_column", train), f"only in {train}"))
+    decisions.append(Decision("data.label_column", folder.pick(labels, "data.label_column", train), f"only in {train}"))
     id_column = shared[0] if len(shared) == 1 else None
     decisions.append(Decision("data.id_column", id_column, _id_reason(id_column, train, test)))
     return decisions
@@ -116,7 +140,7 @@ def pixel_string(folder: Folder) -> list[Decision] | None:
         Decision("data.layout", "pixel_string", f"{train} and {test} hold each image as a string of pixels"),
         *_csv_names(train, test),
         Decision("data.image_column", image_column, "its values are strings of numbers"),
-        Decision("data.id_column", _one(ids, "data.id_column", test), f"{test}'s other column"),
+        Decision("data.id_column", folder.pick(ids, "data.id_column", test), f"{test}'s other column"),
     ]
     lookup = next((n for n, f in folder.tables.items() if {"RowId", "ImageId", "FeatureName"} <= set(f.columns)), None)
     decisions.append(Decision("data.lookup_table", lookup, "the features asked per test image" if lookup else "none"))
@@ -124,16 +148,21 @@ def pixel_string(folder: Folder) -> list[Decision] | None:
 
 
 def image_csv(folder: Folder) -> list[Decision] | None:
-    # the training CSV has the targets besides the ids, and is most often called train*.csv
-    likely_first = sorted(
-        folder.tables.items(), key=lambda item: (not item[0].startswith("train"), -len(item[1].columns))
-    )
-    for name, frame in likely_first:
-        for column in frame.columns:
-            image_dir = _folder_of(folder, frame[column].astype(str))
-            if image_dir is not None:
-                return _image_csv_decisions(folder, name, str(column), image_dir)
-    return None
+    """The training CSV names the images and has the targets beside them; most often it is
+    called train*.csv. Two such CSVs (train.csv beside train_v2.csv) are refused."""
+    fits = {}
+    for name, frame in folder.tables.items():
+        if folder.given.get("data.train_csv", name) != name or len(frame.columns) < 2:
+            continue
+        columns = [str(c) for c in frame.columns if folder.given.get("data.id_column", c) == c]
+        naming = ((c, _folder_of(folder, frame[c].astype(str))) for c in columns)
+        if found := next(((c, d) for c, d in naming if d is not None), None):
+            fits[name] = found
+    if not fits:
+        return None
+    likely = [n for n in fits if n.startswith("train")] or list(fits)
+    train = folder.pick(likely, "data.train_csv", f"{folder.root} (CSVs naming the images, with columns beside)")
+    return _image_csv_decisions(folder, train, *fits[train])
 
 
 def class_folders(folder: Folder) -> list[Decision] | None:
@@ -180,14 +209,6 @@ def _csv_names(train: str, test: str) -> list[Decision]:
     ]
 
 
-def _one(candidates: list[str], key: str, where: str) -> str:
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise PipelineError(f"init: {where} has no column for {key}; set {key}")
-    raise PipelineError(f"init: {where} has {len(candidates)} candidates for {key}: {candidates}; set {key}")
-
-
 def _id_reason(id_column: str | None, train: str, test: str) -> str:
     if id_column is None:
         return "no id column in both CSVs: ids are row numbers from 1"
@@ -228,7 +249,9 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
     shared = set(folder.tables[test].columns) if test else set()
     targets = [c for c in frame.columns if c != id_column and c not in shared]
     coordinates = [c for c in targets if COORDINATE.search(str(c))]
-    labels = coordinates or [_one(targets, "data.label_columns", train)]
+    labels = (
+        folder.given.get("data.label_columns") or coordinates or [folder.pick(targets, "data.label_columns", train)]
+    )
     return [
         Decision("data.layout", "image_csv", f"{train}'s {id_column!r} column names the images in {image_dir.name}/"),
         Decision("data.train_csv", train, "the CSV with the targets"),
@@ -241,18 +264,32 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
 
 
 def detect_layout(folder: Folder) -> list[Decision]:
-    fits = {name: layout(folder) for name, layout in LAYOUTS.items()}
+    tried = [folder.given["data.layout"]] if "data.layout" in folder.given else list(LAYOUTS)
+    if unknown := [name for name in tried if name not in LAYOUTS]:
+        raise PipelineError(f"init: data.layout={unknown[0]!r} is not a layout; one of {list(LAYOUTS)}")
+    fits = {name: LAYOUTS[name](folder) for name in tried}
     fits = {name: decisions for name, decisions in fits.items() if decisions is not None}
     if "image_csv" in fits:  # a CSV that names the images says more than the file names do
         fits.pop("filename_regex", None)
     if len(fits) > 1:
-        raise PipelineError(f"init: {folder.root} fits the layouts {sorted(fits)}; set data.layout")
+        raise PipelineError(
+            f"init: {folder.root} fits the layouts {sorted(fits)}; pick one: make init DIR=... ARGS=data.layout=..."
+        )
     if not fits:
         raise PipelineError(
-            f"init: {folder.root} fits none of the layouts {list(LAYOUTS)}: expected CSVs of pixels, "
+            f"init: {folder.root} fits none of the layouts {tried}: expected CSVs of pixels, "
             "a CSV naming image files, class folders, or <label>_<n> file names"
         )
     return next(iter(fits.values()))
+
+
+def overlay(decisions: list[Decision], given: dict[str, object]) -> list[Decision]:
+    """The decisions with the given keys' values in place of what was guessed, and added."""
+    why = "given to `make init`"
+    replaced = [Decision(d.key, given[d.key], why) if d.key in given else d for d in decisions]
+    return replaced + [
+        Decision(key, value, why) for key, value in given.items() if key not in {d.key for d in decisions}
+    ]
 
 
 # --- the survey ----------------------------------------------------------------------------------
@@ -368,20 +405,23 @@ def balance(data: sources.CompetitionData, task: str) -> str:
     return f"{len(counts)} classes, {counts.min()} to {counts.max()} rows each ({shape})"
 
 
-def survey(root: Path, name: str | None = None) -> Survey:
-    folder = Folder.read(root)
+def survey(root: Path, name: str | None = None, given: dict[str, object] | None = None) -> Survey:
+    given = checked_keys(given or {})
+    folder = Folder.read(root, given)
     name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-.") or "competition"
     layout = detect_layout(folder)
-    task = task_of(layout)
+    task = task_of(overlay(layout, given))
     decisions = [
         Decision("competition.name", name, "the folder's name"),
         task,
         layout[0],
         Decision("data.dir", str(root), "the folder surveyed"),
-        *[d for d in layout[1:] if d.value is not None or d.key == "data.test_dir"],
+        *layout[1:],  # None included: a test CSV or lookup table that is not there is not the default's
     ]
     sample = folder.sample_submission
     decisions.append(Decision("data.sample_submission", sample, "its file name" if sample else "none found"))
+    decisions = overlay(decisions, given)
+    task = next(d for d in decisions if d.key == "competition.task")
     data = sources.read(C.validate(Survey(name, decisions, []).raw(), f"init {root}"))
     pictures = images_of(data)
     decisions += [pictures.channels] if pictures.channels else []
@@ -389,14 +429,15 @@ def survey(root: Path, name: str | None = None) -> Survey:
     decisions += [d for d in [sample_format(folder, task.value, classes)] if d]
     budget, gpu = machine_budget()
     preset = suggested_preset(len(data.train.table), pictures.side, gpu=gpu)
-    decisions += [preset, budget]
+    decisions = overlay([*decisions, preset, budget], given)
+    final = {d.key: d.value for d in decisions}
     rows = f"{len(data.train.table)} training rows, {len(data.test.table)} test rows"
     found = [
         rows,
         balance(data, task.value),
         f"images: {pictures.sizes}, {pictures.kind}",
-        f"preset: {preset.value}",
-        f"time budget: {budget.value}",
+        f"preset: {final['train.preset']}",
+        f"time budget: {final['train.time_budget']}",
     ]
     return Survey(name, decisions, found)
 
@@ -437,8 +478,17 @@ def parsed_back(result: Survey, text: str, root: Path) -> dict:
     return loaded
 
 
-def run(root: Path, output: Path | None = None, name: str | None = None) -> Path:
-    result = survey(root, name)
+def checked_keys(given: dict[str, object]) -> dict[str, object]:
+    """The keys given to init, each a section.key of the config."""
+    for key in given:
+        section, _, leaf = key.partition(".")
+        if not leaf or "." in leaf:
+            raise PipelineError(f"init: {key!r} is not a section.key; init takes keys of one section each")
+    return given
+
+
+def run(root: Path, output: Path | None = None, name: str | None = None, given: dict | None = None) -> Path:
+    result = survey(root, name, given)
     output = output or Path("configs") / f"{result.name}.yaml"
     if output.exists():
         raise PipelineError(f"init: {output} exists; init never overwrites a config (remove it or pass -o)")

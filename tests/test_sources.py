@@ -146,9 +146,12 @@ def test_duplicate_ids(image_csv_dir):
     assert "lines 4 and 7" in message and "'img02'" in message
 
 
-def test_duplicate_ids_across_class_folders(class_folders_dir, rng):
+def test_a_stem_in_two_class_folders_names_the_images_by_class_and_in_one_is_refused(class_folders_dir, rng):
     write_image(class_folders_dir / "train" / "wheat" / "m0.png", rng)
-    assert "duplicate id 'm0'" in error({"layout": "class_folders", "dir": str(class_folders_dir)})
+    ids = read({"layout": "class_folders", "dir": str(class_folders_dir)}).train.table["id"]
+    assert "maize/m0" in set(ids) and "wheat/m0" in set(ids)
+    write_image(class_folders_dir / "train" / "wheat" / "w0.jpg", rng)
+    assert "duplicate id 'wheat/w0'" in error({"layout": "class_folders", "dir": str(class_folders_dir)})
 
 
 def test_missing_image_file(image_csv_dir):

@@ -82,16 +82,21 @@ def test_keypoint_columns_and_gray_png_files(tmp_path):
 def test_two_label_columns_are_refused_with_the_key_to_set(image_csv_dir):
     extra = pd.read_csv(image_csv_dir / "train.csv").assign(source=["a", "b"] * 6)
     extra.to_csv(image_csv_dir / "train.csv", index=False)
-    with pytest.raises(PipelineError, match=r"2 candidates for data.label_columns: \['label', 'source'\]; set"):
+    with pytest.raises(PipelineError, match=r"2 candidates for data.label_columns: \['label', 'source'\]; pick one"):
         survey.survey(image_csv_dir)
+    decided = survey.survey(image_csv_dir, given={"data.label_columns": ["source"]}).raw()  # the advice, followed
+    assert decided["data"]["label_columns"] == ["source"]
 
 
 def test_two_layouts_are_refused(class_folders_dir, rng):
     train = pd.DataFrame(rng.integers(0, 256, (4, 64)), columns=[f"pixel{i}" for i in range(64)])
     train.assign(label=[0, 1, 0, 1]).to_csv(class_folders_dir / "digits_train.csv", index=False)
     train.to_csv(class_folders_dir / "digits_test.csv", index=False)
-    with pytest.raises(PipelineError, match=r"fits the layouts \['class_folders', 'pixel_columns'\]; set data.layout"):
+    with pytest.raises(PipelineError, match=r"fits the layouts \['class_folders', 'pixel_columns'\]; pick one"):
         survey.survey(class_folders_dir)
+    assert (
+        survey.survey(class_folders_dir, given={"data.layout": "class_folders"}).raw()["data"]["train_dir"] == "train"
+    )
 
 
 def test_a_folder_of_nothing_and_an_existing_config(tmp_path, image_csv_dir, capsys):
@@ -142,3 +147,41 @@ def test_a_config_that_does_not_read_back_as_decided_is_refused_and_not_written(
     decided = survey.Survey("x", [survey.Decision("data.layout", "image_csv", "why")], [])
     with pytest.raises(PipelineError, match=r"^init: a file or folder name under .* does not survive YAML"):
         survey.parsed_back(decided, "data: {layout: class_folders}\n", tmp_path)
+
+
+def test_init_takes_keys_and_names_the_key_for_a_csv_beside_its_version_two(image_csv_dir, tmp_path, capsys):
+    shutil.copy(image_csv_dir / "train.csv", image_csv_dir / "train_v2.csv")
+    with pytest.raises(PipelineError, match=r"candidates for data.train_csv: \['train.csv', 'train_v2.csv'\]; pick"):
+        survey.survey(image_csv_dir)
+    output = tmp_path / "c.yaml"
+    given = ["data.train_csv=train_v2.csv", "train.time_budget=1h"]
+    assert cli.main(["init", str(image_csv_dir), *given, "-o", str(output)]) == 0
+    cfg = C.load(output)
+    assert cfg.data.train_csv == "train_v2.csv" and cfg.train.time_budget == "1h"
+    assert "time budget: 1h" in capsys.readouterr().out and "given to `make init`" in output.read_text()
+    assert cli.main(["init", str(image_csv_dir), "data.layout=bogus", "-o", str(tmp_path / "d.yaml")]) == 2
+    assert "data.layout='bogus' is not a layout" in capsys.readouterr().err
+
+
+def test_without_test_csv_the_sample_names_the_test_images(image_csv_dir, tmp_path):
+    (image_csv_dir / "test.csv").unlink()
+    cfg = C.load(survey.run(image_csv_dir, tmp_path / "a.yaml"))
+    assert cfg.data.test_csv is None and list(sources.read(cfg).test.table["id"]) == ["t1", "t2"]
+
+
+def test_a_pixel_string_folder_without_lookup_table(pixel_string_dir, tmp_path):
+    (pixel_string_dir / "IdLookupTable.csv").unlink()
+    (pixel_string_dir / "SampleSubmission.csv").unlink()
+    cfg = C.load(survey.run(pixel_string_dir, tmp_path / "b.yaml"))
+    assert cfg.data.lookup_table is None and len(sources.read(cfg).test.table) == 4
+
+
+def test_class_folders_sharing_file_names_name_their_images_by_class(tmp_path, rng):
+    from conftest import write_image
+
+    for label in ("cat", "dog"):
+        for i in range(3):
+            write_image(tmp_path / "train" / label / f"{i}.png", rng)
+    write_image(tmp_path / "test" / "x.png", rng)
+    data = sources.read(C.load(survey.run(tmp_path, tmp_path / "c.yaml")))
+    assert list(data.train.table["id"]) == ["cat/0", "cat/1", "cat/2", "dog/0", "dog/1", "dog/2"]
