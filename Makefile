@@ -14,7 +14,9 @@ PYTHON ?= python3
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-PIPELINE = $(PY) -m pipeline $(1) -c $(CONFIG) $(ARGS) $(if $(EXP),train.experiment=$(EXP))
+# $(call shq,x): x as one shell word, quotes and spaces in it kept (CONFIG="my comp/it's.yaml")
+shq = '$(subst ','\'',$(1))'
+PIPELINE = $(PY) -m pipeline $(1) -c $(call shq,$(CONFIG)) $(ARGS) $(if $(EXP),$(call shq,train.experiment=$(EXP)))
 
 STAGES := data scrape folds tune tune-report train lr-find experiments blend predict package rehearse push score submissions submit report
 .DEFAULT_GOAL := help
@@ -48,7 +50,7 @@ venv: $(INSTALLED)
 
 init: $(INSTALLED)
 	@test -n "$(DIR)" || { echo "error: make init needs DIR=data/<competition>" >&2; exit 2; }
-	$(PY) -m pipeline init $(DIR) $(if $(NAME),--name $(NAME)) $(ARGS)
+	$(PY) -m pipeline init $(call shq,$(DIR)) $(if $(NAME),--name $(call shq,$(NAME))) $(ARGS)
 
 # Every package at its floor in pyproject.toml: the versions the suite runs on are the lowest it
 # allows, so no floor is a promise nobody tested (tests/test_packaging.py holds them to it).
@@ -64,7 +66,7 @@ $(INSTALLED): $(ROOT)/pyproject.toml
 # (and refreshes the per-stage config stamps), which is then included.
 ifneq ($(filter $(STAGES) clean,$(MAKECMDGOALS)),)
   $(shell $(MAKE) -q -f $(ROOT)/Makefile venv || $(MAKE) --no-print-directory -f $(ROOT)/Makefile venv >&2)
-  VARS_MK := runs/.make/$(shell echo '$(abspath $(CONFIG)) $(ARGS) $(EXP)' | md5sum | cut -c1-16).mk
+  VARS_MK := runs/.make/$(shell printf '%s' $(call shq,$(CONFIG) $(ARGS) $(EXP)) | md5sum | cut -c1-16).mk
   $(shell $(call PIPELINE,makevars) -o $(VARS_MK))
   ifneq ($(.SHELLSTATUS),0)
     $(error the config could not be read (see the error above))
@@ -124,7 +126,7 @@ rehearse push: $(INSTALLED)
 
 # FILE=submissions/<name>/<file>.csv picks one; the newest by default.
 score submit: $(INSTALLED)
-	$(call PIPELINE,$@) $(if $(FILE),--file $(FILE))
+	$(call PIPELINE,$@) $(if $(FILE),--file $(call shq,$(FILE)))
 
 experiments submissions report: $(INSTALLED)
 	$(call PIPELINE,$@)

@@ -546,7 +546,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
         _apply_override(raw, item)
     if isinstance(raw.get("train", {}), dict):
         train = raw.setdefault("train", {})
-        train.setdefault("experiment", path.stem)
+        train.setdefault("experiment", re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-._") or "experiment")
         named = [key for key in (item.partition("=")[0] for item in overrides) if key not in IDENTITY_KEYS]
         if named and isinstance(train.get("pinned", []), list):
             train["pinned"] = list(dict.fromkeys([*train.get("pinned", []), *named]))
@@ -589,7 +589,12 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise PipelineError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise PipelineError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#x} on line {line}): save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -605,6 +610,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise PipelineError(f"override {item!r} must look like section.key=value")
+    if key in Config.model_fields:
+        raise PipelineError(f"override {item!r} would replace the section {key!r}: set its keys, as {key}.<key>=value")
     try:
         return key, yaml.safe_load(text) if text else ""
     except yaml.YAMLError:

@@ -160,6 +160,16 @@ def test_make_file_targets_rerun_only_what_changed(tmp_path, pixel_columns_dir):
 
 
 @pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
+def test_make_takes_a_config_path_with_a_space_and_an_apostrophe(tmp_path, pixel_columns_dir):
+    folder = tmp_path / "my comp" / "it's"
+    folder.mkdir(parents=True)
+    config = tiny_config(tmp_path, pixel_columns_dir).rename(folder / "tiny v2.yaml")
+    assert "pipeline folds" in make(tmp_path, "folds", f"CONFIG={config}", "EXP=v2")
+    assert "Nothing to be done" in make(tmp_path, "folds", f"CONFIG={config}", "EXP=v2")
+    assert (tmp_path / "runs/tiny/folds.csv").exists()
+
+
+@pytest.mark.skipif(not (ROOT / ".venv/bin/python").exists(), reason="Make targets run in the project's .venv")
 def test_make_runs_data_again_when_the_competitions_files_change(tmp_path, class_folders_dir):
     competition = class_folders_dir  # the runs are made inside it too, and left out of its files
     config = f"CONFIG={tiny_config(tmp_path, competition, data={'layout': 'class_folders', 'dir': str(competition)})}"

@@ -182,3 +182,14 @@ def test_a_key_named_on_the_command_line_is_pinned_against_the_tuned_settings(tm
 )
 def test_values_that_make_no_sense_are_refused_naming_the_rule(tmp_path, override, message):
     assert message in load_error(tmp_path, MINIMAL, [override])
+
+
+def test_a_latin1_config_a_whole_section_override_and_a_stem_with_spaces(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("competition: {name: café, task: classification}\n".encode("latin-1"))
+    with pytest.raises(PipelineError, match=r"latin.yaml is not UTF-8 text \(byte 0xe9 on line 1\): save it as UTF-8$"):
+        C.load(latin)
+    assert "override 'train=5' would replace the section 'train'" in load_error(tmp_path, MINIMAL, ["train=5"])
+    spaced = tmp_path / "my digits (v2).yaml"
+    spaced.write_text(yaml.safe_dump(MINIMAL))
+    assert C.load(spaced).train.experiment == "my-digits-v2"
