@@ -10,7 +10,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -23,12 +25,30 @@ TIMEOUT_S = 3600
 
 
 def _executable() -> str:
-    path = shutil.which("kaggle")
+    """`kaggle` on PATH, else beside this Python (the project's .venv/bin, off PATH under make)."""
+    beside = Path(sys.executable).parent / "kaggle"
+    path = shutil.which("kaggle") or (str(beside) if os.access(beside, os.X_OK) else None)
     if path is None:
         raise PipelineError(
             "the Kaggle CLI is not installed: `pip install kaggle`, then `kaggle auth login` (or an API token)"
         )
     return path
+
+
+# what a CLI that cannot reach kaggle.com says (requests' and urllib3's words)
+OFFLINE = re.compile(
+    r"Failed to establish a new connection|Max retries exceeded|Name or service not known|"
+    r"Temporary failure in name resolution|Network is unreachable|Connection refused|ConnectionError",
+    re.IGNORECASE,
+)
+
+
+def reachable(host: str = "www.kaggle.com") -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        return False
+    return True
 
 
 def _config_dirs() -> list[Path]:
@@ -50,6 +70,12 @@ def _secrets() -> list[str]:
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
+def _token_here() -> bool:
+    """Whether a credential the CLI reads is here (its OAuth cache aside)."""
+    files = [folder / name for folder in _config_dirs() for name in ("access_token", "kaggle.json")]
+    return any(os.environ.get(n) for n in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")) or any(f.is_file() for f in files)
+
+
 def _scrub(text: str) -> str:
     """The CLI's words with every credential taken out."""
     for secret in _secrets():
@@ -58,9 +84,14 @@ def _scrub(text: str) -> str:
 
 
 def _last_words(output: str) -> str:
-    """The line that says why the CLI failed: about authentication when it says so, else its last."""
+    """The line that says why the CLI failed: no network when it says so, or when it asks for
+    credentials that are here but kaggle.com cannot be reached to check them; about
+    authentication when it says so; else its last."""
     lines = [line.strip() for line in output.splitlines() if line.strip()] or ["no output"]
     about_credentials = [line for line in lines if "authenticat" in line.lower()]
+    offline = [line for line in lines if OFFLINE.search(line)]
+    if offline or (about_credentials and _token_here() and not reachable()):
+        return f"kaggle.com cannot be reached from here (no network?): {(offline or about_credentials)[-1]}"
     if about_credentials:
         return f"{about_credentials[0]} (kaggle auth login, KAGGLE_API_TOKEN, ~/.kaggle/access_token or kaggle.json)"
     return lines[-1]

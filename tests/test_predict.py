@@ -93,6 +93,13 @@ FAKE_KAGGLE = """\
     import json, os, sys, zipfile
     with open(os.environ["FAKE_KAGGLE_LOG"], "a") as log:
         log.write(json.dumps(sys.argv[1:]) + "\\n")
+    if os.environ.get("FAKE_KAGGLE_OFFLINE"):  # requests' words when kaggle.com's name does not resolve
+        print("ConnectionError: Max retries exceeded with url: /api/v1/competitions/submissions/url", file=sys.stderr)
+        print("Failed to establish a new connection: [Errno -3] Temporary failure in name resolution", file=sys.stderr)
+        sys.exit(1)
+    if os.environ.get("FAKE_KAGGLE_UNCHECKED"):  # a token it could not check, offline
+        print("You must authenticate before you can call the Kaggle API.", file=sys.stderr)
+        sys.exit(1)
     if not any(os.environ.get(k) for k in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")):
         print("Authentication required to call the Kaggle API.", file=sys.stderr)
         print("Option A: export KAGGLE_API_TOKEN=...", file=sys.stderr)
@@ -237,7 +244,19 @@ def test_missing_cli_or_credentials(tmp_path, monkeypatch, fake_kaggle):
         kaggle_cli.submit("x", tmp_path / "f.csv", "m")
     monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_0123456789abcdef")
     kaggle_cli.submit("x", tmp_path / "f.csv", "m")  # a credential the CLI accepts is not refused
+    monkeypatch.setenv("FAKE_KAGGLE_OFFLINE", "1")
+    with pytest.raises(PipelineError, match=r"failed: kaggle.com cannot be reached from here \(no network\?\): Failed"):
+        kaggle_cli.submit("x", tmp_path / "f.csv", "m")
+    monkeypatch.delenv("FAKE_KAGGLE_OFFLINE")
+    monkeypatch.setenv("FAKE_KAGGLE_UNCHECKED", "1")
+    monkeypatch.setattr(kaggle_cli, "reachable", lambda: False)  # a token here, and no network: not its fault
+    with pytest.raises(PipelineError, match=r"cannot be reached from here \(no network\?\): You must authenticate"):
+        kaggle_cli.submit("x", tmp_path / "f.csv", "m")
+    monkeypatch.delenv("FAKE_KAGGLE_UNCHECKED")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))  # make runs .venv/bin/python off PATH
+    kaggle_cli.submit("x", tmp_path / "f.csv", "m")  # the CLI beside it is found
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "empty" / "python"))
     with pytest.raises(PipelineError, match="Kaggle CLI is not installed"):
         kaggle_cli.submit("x", tmp_path / "f.csv", "m")
 
