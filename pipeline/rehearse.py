@@ -53,8 +53,7 @@ def run(cfg: C.Config) -> None:
     files = Paths.of(cfg).package
     if not files.expected_submission.exists():
         raise PipelineError(f"{files.root} holds no package: run `make package` first")
-    if shutil.which("unshare") is None:
-        raise PipelineError("the rehearsal cuts the notebook's network with `unshare -rn`, which is not on PATH")
+    check_network_cut()
     files.rehearsal.unlink(missing_ok=True)  # `make push` uploads only what passed its last rehearsal
     with tempfile.TemporaryDirectory(prefix="rehearsal-") as scratch:  # in /tmp: Unix socket paths stay short
         scratch = Path(scratch)
@@ -68,6 +67,23 @@ def run(cfg: C.Config) -> None:
     record["files"] = tree_sha256(files.root, leave_out=(files.rehearsal,))
     write_text(files.rehearsal, json.dumps(record))
     print(line)
+
+
+def check_network_cut() -> None:
+    """`unshare -rn` works here, or one line saying why not and what would make it: the notebook
+    is never run with the network on instead."""
+    if shutil.which("unshare") is None:
+        raise PipelineError("the rehearsal cuts the notebook's network with `unshare -rn`, which is not on PATH")
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        raise PipelineError(
+            f"the rehearsal cuts the notebook's network in a user namespace (`unshare -rn`), which this machine"
+            f" refuses ({why}): allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1;"
+            " Ubuntu 24.04: kernel.apparmor_restrict_unprivileged_userns=0; Docker: --security-opt"
+            " seccomp=unconfined --security-opt apparmor=unconfined) or rehearse elsewhere; the notebook never runs"
+            " with the network on"
+        )
 
 
 @dataclass(frozen=True)

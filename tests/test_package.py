@@ -1,6 +1,7 @@
 """Kaggle code competitions: the bundle `make package` builds, and its offline prediction."""
 
 import json
+import os
 
 import nbformat
 import pandas as pd
@@ -72,3 +73,21 @@ def test_the_projected_time_is_held_to_the_stated_limit(digits_dir):
     assert "projected to 10 hidden test images: 150 s" in checked(rows, timing)
     with pytest.raises(PipelineError, match="over package.time_limit=1h"):
         checked(C.with_overrides(hidden, {"package.time_limit": "1h"}, "test"), timing)
+
+
+def test_a_machine_without_user_namespaces_is_one_line_before_anything_runs(tmp_path, monkeypatch):
+    """Unprivileged Docker or Ubuntu 24.04's AppArmor refuse `unshare -rn`: the rehearsal says
+    so, and what would make it work, and never runs the notebook with the network on."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "unshare").write_text(
+        "#!/bin/sh\necho 'unshare: write failed /proc/self/uid_map: Operation not permitted' >&2\nexit 1\n"
+    )
+    (bin_dir / "unshare").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(PipelineError, match=r"which this machine refuses \(unshare: write failed .*Operation not per"):
+        rehearse.check_network_cut()
+    (bin_dir / "unshare").unlink()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(PipelineError, match="`unshare -rn`, which is not on PATH"):
+        rehearse.check_network_cut()
