@@ -347,9 +347,21 @@ class Tune(Section):
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = 0
-    heartbeat_s: PositiveInt = 60  # a trial whose worker is silent for grace_s is retried
+    # a worker beats every heartbeat_s in which it trained a batch; one silent for grace_s (more
+    # than heartbeat_s, and than the longest pause between batches) has its trial retried,
+    # at most max_retry times
+    heartbeat_s: PositiveInt = 60
     grace_s: PositiveInt = 180
     max_retry: Annotated[int, Field(ge=0)] = 3
+
+    @model_validator(mode="after")
+    def _grace_outlasts_a_beat(self) -> "Tune":
+        if self.grace_s <= self.heartbeat_s:
+            raise ValueError(
+                f"tune.grace_s={self.grace_s} must exceed tune.heartbeat_s={self.heartbeat_s}: a live worker"
+                " would be taken for dead between two beats"
+            )
+        return self
 
 
 class Predict(Section):

@@ -70,6 +70,9 @@ class Facts:
     channels: int
     n_folds: int
     keypoint_columns: tuple[str, ...] = ()
+    # model.name -> the pretrained source an earlier run decided: kept, since a hub that answers
+    # today and not tomorrow would otherwise change the fingerprint and retrain every fold
+    recorded_sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def tiny_grayscale(self) -> bool:
@@ -142,7 +145,8 @@ def model_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
     name = decided[0].value if decided else cfg.model.name
     pretrained = cfg.model.pretrained
     if unset(cfg.model, "pretrained"):  # only then: the hub may be asked
-        decided.append(pretrained_default(name, from_scratch=facts.from_scratch and unset(cfg.model, "name")))
+        from_scratch = facts.from_scratch and unset(cfg.model, "name")
+        decided.append(pretrained_default(name, from_scratch=from_scratch, recorded=dict(facts.recorded_sources)))
         pretrained = decided[-1].value
     floor = PRETRAINED_SIDE if pretrained != "none" else SCRATCH_SIDE
     cap = PRESETS[cfg.train.preset].size_cap
@@ -151,9 +155,11 @@ def model_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
     return [*decided, Default("model.image_size", min(max(facts.side, floor), cap), why)]
 
 
-def pretrained_default(name: str, *, from_scratch: bool) -> Default:
+def pretrained_default(name: str, *, from_scratch: bool, recorded: dict[str, str] | None = None) -> Default:
     from pipeline.models import LITE0_MODELS
 
+    if recorded and name in recorded:
+        return Default("model.pretrained", recorded[name], f"{name}'s source as an earlier run decided it")
     if from_scratch:
         return Default("model.pretrained", "none", "small grayscale images: ImageNet features fit them poorly")
     if hub_weights_available(name):

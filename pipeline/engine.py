@@ -116,6 +116,13 @@ class Step:
     ema: ModelEmaV3 | None = None
 
 
+class BatchCounter:
+    """Batches this process has trained or evaluated: what a tuning worker's heartbeat watches,
+    so that it stops when the work does, though its own thread would go on."""
+
+    done = 0
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -150,6 +157,7 @@ def train_one_epoch(
             _optimizer_step(model, state, len(loader))
         total_loss += loss.detach() * len(images)
         seen += len(images)
+        BatchCounter.done += 1
         if (i + 1) % sync_every == 0 or i + 1 == len(loader):
             mean_loss = total_loss.item() / seen
             if not math.isfinite(mean_loss):
@@ -202,6 +210,7 @@ def evaluate(
             targets.append(target)
         sizes.append(size)
         seen += len(images)
+        BatchCounter.done += 1
     return {
         "predictions": torch.cat(predictions).numpy(),
         "targets": torch.cat(targets).numpy() if targets else None,

@@ -195,6 +195,11 @@ class Paths:
         return [FitFiles(p) for p in folds] + ([self.full] if self.full.root.is_dir() else [])
 
     @property
+    def sources_json(self) -> Path:
+        """model.pretrained as first decided per model.name, kept for later runs (defaults.Facts)."""
+        return self.experiment / "pretrained_sources.json"
+
+    @property
     def budget_json(self) -> Path:
         """train.time_budget's decision: the epochs that fit, kept for re-runs of the same config."""
         return self.experiment / "budget.json"

@@ -4,6 +4,7 @@ for every folds.csv row), the fold plan, and the fingerprint that ties a fit to 
 folds it was trained on."""
 
 import functools
+import json
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import yaml
 from pipeline import config as C
 from pipeline import defaults, sources
 from pipeline.errors import PipelineError
-from pipeline.files import sha256_file
+from pipeline.files import sha256_file, write_text
 from pipeline.fit import Setup
 from pipeline.images import FileSource, typical_side, uniform_side
 from pipeline.loader import ConcatImages
@@ -40,6 +41,20 @@ def tuned_settings(cfg: C.Config, paths: Paths) -> dict:
         + (f"; kept as train.pinned (or the command line) sets them: {', '.join(kept)}" if kept else "")
     )
     return merged
+
+
+def recorded_sources(paths: Paths) -> dict[str, str]:
+    try:
+        return json.loads(paths.sources_json.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def record_sources(paths: Paths, cfg: C.Config, decided: list) -> None:
+    """The pretrained source just decided, kept for the runs after this one."""
+    recorded = recorded_sources(paths)
+    if any(d.key == "model.pretrained" for d in decided) and cfg.model.name not in recorded:
+        write_text(paths.sources_json, json.dumps({**recorded, cfg.model.name: cfg.model.pretrained}))
 
 
 def given_keys(cfg: C.Config) -> set[str]:
@@ -94,9 +109,11 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
         channels=channels(cfg),
         n_folds=folds.loc[competition, "fold"].nunique(),
         keypoint_columns=tuple(data.targets) if cfg.competition.task == "keypoints" else (),
+        recorded_sources=tuple(recorded_sources(paths).items()),
     )
     given = given_keys(cfg)
     cfg, decided = defaults.resolve(cfg, facts)
+    record_sources(paths, cfg, decided)
     print("\n".join(defaults.describe(decided)) if decided else "defaults: every key is set", flush=True)
     settings = tuned_settings(cfg, paths) if tuned else {}
     if settings:

@@ -34,7 +34,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from pipeline import aug_ops, distributed, models, optuna_private, plan
+from pipeline import aug_ops, distributed, engine, models, optuna_private, plan
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv, write_text
@@ -223,12 +223,18 @@ def heartbeat_name(worker: dict) -> str:
 
 @contextlib.contextmanager
 def beating(path: Path, every_s: float) -> Iterator[None]:
-    """Touch `path` every `every_s` seconds while the block runs: this worker's heartbeat."""
+    """This worker's heartbeat while the block runs: `path` touched every `every_s` seconds in
+    which a batch was trained or evaluated (engine.BatchCounter), so that a hung training loop
+    (a stuck data loader, a deadlocked collective) goes silent though this thread lives on. A
+    trial's start beats too (`beat_now`)."""
     stop = threading.Event()
 
     def beat() -> None:
+        last = None
         while True:
-            path.touch()
+            if engine.BatchCounter.done != last:
+                path.touch()
+                last = engine.BatchCounter.done
             if stop.wait(every_s):
                 return
 
@@ -243,9 +249,14 @@ def beating(path: Path, every_s: float) -> Iterator[None]:
         path.unlink(missing_ok=True)
 
 
-def worker_gone(attrs: dict, paths: Paths, grace_s: float) -> bool:
+def worker_gone(trial: optuna.trial.FrozenTrial, paths: Paths, grace_s: float) -> bool:
     """A trial's worker is gone when its heartbeat file has been silent for grace_s (a hung or
-    frozen process, a lost machine), or, on this machine, when its process no longer runs."""
+    frozen process, a lost machine), or, on this machine, when its process no longer runs; a
+    trial that never recorded its worker (killed right after `ask`) once grace_s has passed."""
+    attrs = trial.user_attrs
+    if "pid" not in attrs:
+        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        return time.time() - started > grace_s
     beat = paths.tune_heartbeat(heartbeat_name(attrs))
     if beat.exists() and time.time() - beat.stat().st_mtime > grace_s:
         return True
@@ -255,13 +266,20 @@ def worker_gone(attrs: dict, paths: Paths, grace_s: float) -> bool:
     return not _alive(pid) or process_start(pid) != attrs.get("process_start", process_start(pid))
 
 
-def retry_dead_trials(study: optuna.Study, paths: Paths, grace_s: float) -> None:
-    """Running trials whose worker is gone: failed, and their parameters queued again."""
+def retry_dead_trials(study: optuna.Study, paths: Paths, cfg: C.Tune) -> None:
+    """Running trials whose worker is gone: failed, and their parameters queued again, at most
+    tune.max_retry times (a trial that runs the host out of memory would kill worker after
+    worker); then failed for good, with the reason, counted among the trials."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not worker_gone(trial.user_attrs, paths, grace_s):
+        if not worker_gone(trial, paths, cfg.grace_s):
             continue
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        retries = trial.user_attrs.get("retries", 0)
+        if retries >= cfg.max_retry:
+            print(f"trial {trial.number}: its worker died {retries + 1} times (tune.max_retry): not run again")
+            continue
+        again = {"retry_of": trial.number, "retries": retries + 1}
+        study.enqueue_trial(trial.params, user_attrs=again, skip_if_exists=False)
         print(f"trial {trial.number}: its worker ({heartbeat_name(trial.user_attrs)}) is gone; queued again")
 
 
@@ -277,12 +295,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def taken(study: optuna.Study) -> int:
-    """Trials that count towards n_trials: finished, running, or failed by their own error (not
-    those failed because their worker died: those run again)."""
+def taken(study: optuna.Study, max_retry: int) -> int:
+    """Trials that count towards n_trials: finished, running, failed by their own error, or whose
+    worker died once more than tune.max_retry allows (not those whose worker died before: those
+    run again)."""
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+    def failed_for_good(t: optuna.trial.FrozenTrial) -> bool:
+        return "fail_reason" in t.user_attrs or t.user_attrs.get("retries", 0) >= max_retry
+
     return sum(
-        t.state in counted or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+        t.state in counted or (t.state == TrialState.FAIL and failed_for_good(t))
         for t in study.get_trials(deepcopy=False)
     )
 
@@ -294,8 +317,8 @@ def next_trial(study: optuna.Study, storage, paths: Paths, cfg: C.Tune, baseline
         if isinstance(storage, optuna.storages.RDBStorage):
             optuna.storages.fail_stale_trials(study)  # silent heartbeats: failed, retried by the callback
         else:
-            retry_dead_trials(study, paths, cfg.grace_s)
-        if taken(study) >= cfg.n_trials:
+            retry_dead_trials(study, paths, cfg)
+        if taken(study, cfg.max_retry) >= cfg.n_trials:
             return None
         trial = study.ask()
         for key, value in this_worker().items():
@@ -353,7 +376,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, base: Setup, folds, spac
     except optuna.TrialPruned as exc:
         study.tell(trial, state=TrialState.PRUNED)
         print(f"trial {trial.number}: {exc}")
-    except (PipelineError, RuntimeError, FloatingPointError, ValueError) as exc:
+    except (PipelineError, RuntimeError, FloatingPointError, ValueError, MemoryError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=TrialState.FAIL)
@@ -388,10 +411,12 @@ def work(cfg: C.Config, paths: Paths) -> None:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
     baseline = baseline_params(cfg, space)
     deadline = time.monotonic() + C.seconds(cfg.tune.timeout) if cfg.tune.timeout else float("inf")
-    with beating(paths.tune_heartbeat(heartbeat_name(this_worker())), cfg.tune.heartbeat_s):
+    heartbeat = paths.tune_heartbeat(heartbeat_name(this_worker()))
+    with beating(heartbeat, cfg.tune.heartbeat_s):
         while time.monotonic() < deadline:
             trial = next_trial(study, storage, paths, cfg.tune, baseline)
             if trial is not None:
+                heartbeat.touch()  # a new trial's first batch may be further off than a beat
                 run_trial(study, trial, base, folds, space, paths)
             elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 # full only if those finish: when their worker is gone, this one runs them again

@@ -261,3 +261,20 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(digits_dir, tmp_path,
     with pytest.raises(PipelineError, match=r"model.pt could not be written \(\d+ MiB free on its disk\): \[enforce"):
         run(cfg, tmp_path, monkeypatch)
     assert not list((tmp_path / "runs").rglob("*.tmp"))  # nothing half-written left behind
+
+
+def test_the_pretrained_source_decided_first_is_kept_whatever_the_hub_says_later(
+    digits_dir, tmp_path, monkeypatch, capsys
+):
+    from pipeline import defaults
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None})
+    folds.run(cfg)
+    monkeypatch.setattr(defaults, "hub_weights_available", lambda name: True)
+    assert plan.prepare(cfg, Paths.of(cfg))[0].cfg.model.pretrained == "hub"
+    monkeypatch.setattr(defaults, "hub_weights_available", lambda name: False)  # the network went away
+    setup, _ = plan.prepare(cfg, Paths.of(cfg))
+    assert setup.cfg.model.pretrained == "hub" and "test_resnet's source as an earlier run decided it" in (
+        capsys.readouterr().out
+    )

@@ -18,7 +18,7 @@ from conftest import tiny
 from optuna.trial import TrialState
 
 from pipeline import config as C
-from pipeline import folds, optuna_private, train, tune
+from pipeline import engine, folds, optuna_private, train, tune
 from pipeline.paths import Paths
 
 SPACE = {
@@ -126,9 +126,45 @@ def test_a_trial_whose_worker_is_gone_is_retried(tmp_path, monkeypatch, gone):
         os.utime(beat, (time.time() - 100, time.time() - 100))
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    tune.retry_dead_trials(study, paths, grace_s=60)
+    tune.retry_dead_trials(study, paths, C.Tune(heartbeat_s=10, grace_s=60))
     assert study.trials[0].state == TrialState.FAIL
     assert study.get_trials(states=(TrialState.WAITING,))[0].user_attrs["retry_of"] == 0
+
+
+def test_a_trial_that_kills_its_worker_runs_at_most_max_retry_times_more(tmp_path, monkeypatch):
+    """A trial whose worker was killed before it recorded itself (right after `ask`), or by the
+    host running out of memory again and again, is not queued forever."""
+    monkeypatch.chdir(tmp_path)
+    paths = Paths(Path("data/x"), Path("runs/x"), "x", "x")
+    study = optuna.create_study()
+    cfg = C.Tune(max_retry=1, heartbeat_s=1, grace_s=2)
+    study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})  # killed before it recorded itself
+    tune.retry_dead_trials(study, paths, cfg)
+    assert study.trials[0].state == TrialState.RUNNING  # within grace_s of its start
+    monkeypatch.setattr(time, "time", lambda: study.trials[0].datetime_start.timestamp() + 3)
+    tune.retry_dead_trials(study, paths, cfg)
+    assert study.trials[0].state == TrialState.FAIL and tune.taken(study, cfg.max_retry) == 0
+    retry = study.ask()
+    assert retry.user_attrs == {"retry_of": 0, "retries": 1}
+    tune.retry_dead_trials(study, paths, cfg)  # its worker died too: max_retry reached
+    assert not study.get_trials(states=(TrialState.WAITING,)) and tune.taken(study, cfg.max_retry) == 1
+
+
+def test_the_heartbeat_stops_when_the_batches_do(tmp_path, monkeypatch):
+    beat = tmp_path / "worker.alive"
+    with tune.beating(beat, every_s=0.05):
+        time.sleep(0.1)
+        os.utime(beat, (0, 0))
+        time.sleep(0.2)  # no batch: a hung training loop
+        assert beat.stat().st_mtime == 0
+        engine.BatchCounter.done += 1
+        time.sleep(0.2)
+        assert beat.stat().st_mtime > 0
+
+
+def test_grace_must_outlast_a_heartbeat():
+    with pytest.raises(ValueError, match="tune.grace_s=60 must exceed tune.heartbeat_s=60"):
+        C.Tune(heartbeat_s=60, grace_s=60)
 
 
 def test_a_live_worker_keeps_its_trial(tmp_path, monkeypatch):
@@ -139,7 +175,7 @@ def test_a_live_worker_keeps_its_trial(tmp_path, monkeypatch):
     for key, value in tune.this_worker().items():
         trial.set_user_attr(key, value)
     with tune.beating(paths.tune_heartbeat(tune.heartbeat_name(tune.this_worker())), every_s=1):
-        tune.retry_dead_trials(study, paths, grace_s=60)
+        tune.retry_dead_trials(study, paths, C.Tune(heartbeat_s=10, grace_s=60))
     assert study.trials[0].state == TrialState.RUNNING
 
 
