@@ -2,7 +2,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 
 
@@ -14,7 +13,18 @@ class PipelineError(Exception):
     """
 
 
-INTERRUPTED = threading.Event()  # set once Ctrl-C has ended the stage
+class Terminated(BaseException):
+    """SIGTERM, as `kill`, a job scheduler, or `make` passing its own on, sends it: the stage ends
+    as Ctrl-C ends it (a tuning trial in flight failed and queued again), one line, and by SIGTERM
+    (a shell's status 143)."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+STOPS = (KeyboardInterrupt, Terminated)
+ENDED_BY: list[int] = []  # the signal that ended the stage (SIGINT, SIGTERM), for the last exit handler
 
 
 @contextlib.contextmanager
@@ -33,15 +43,17 @@ def interrupt_held() -> Iterator[None]:
 
 
 def report_interrupt(exc_type, exc, traceback) -> None:
-    """`python -m pipeline`'s sys.excepthook. Ctrl-C is one line, `interrupted`, and no
-    traceback, also when a library raised another error from it (a lazy import's, wrapped as
-    above); a spawned tuning worker stays quiet, as its parent says it once for all."""
-    if not any(isinstance(cause, KeyboardInterrupt) for cause in causes(exc)):
+    """`python -m pipeline`'s sys.excepthook. Ctrl-C is one line, `interrupted` (SIGTERM:
+    `terminated`), and no traceback, also when a library raised another error from it (a lazy
+    import's, wrapped as above); a spawned tuning worker stays quiet, as its parent says it once
+    for all."""
+    stop = next((cause for cause in causes(exc) if isinstance(cause, STOPS)), None)
+    if stop is None:
         sys.__excepthook__(exc_type, exc, traceback)
         return
-    INTERRUPTED.set()
+    ENDED_BY.append(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     if "PIPELINE_TUNE_WORKER" not in os.environ:
-        print("interrupted", file=sys.stderr)
+        print("terminated" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
 
 
 def causes(exc: BaseException | None) -> Iterator[BaseException]:
@@ -54,14 +66,15 @@ def causes(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__
 
 
-def end_by_sigint_when_interrupted() -> None:
+def end_by_the_stopping_signal() -> None:
     """The last exit handler of `python -m pipeline`: once its threads and the other handlers are
-    done, an interrupted process ends by SIGINT, as a shell expects (status 130). CPython's own
-    version of this hangs on a private flag that any code still running at exit can reset (a
-    download thread importing Pillow's plugins did), and a hand-set exit status it overrides."""
-    if INTERRUPTED.is_set():
+    done, an interrupted process ends by SIGINT, a terminated one by SIGTERM, as a shell expects
+    (status 130, 143). CPython's own version of this for SIGINT hangs on a private flag that any
+    code still running at exit can reset (a download thread importing Pillow's plugins did), and
+    a hand-set exit status it overrides."""
+    if ENDED_BY:
         with contextlib.suppress(OSError, ValueError):  # a reader that has gone: nothing to flush to
             sys.stdout.flush()
             sys.stderr.flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.signal(ENDED_BY[0], signal.SIG_DFL)
+        os.kill(os.getpid(), ENDED_BY[0])

@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from pipeline import aug_ops, distributed, engine, models, optuna_private, plan
 from pipeline import config as C
-from pipeline.errors import PipelineError
+from pipeline.errors import STOPS, PipelineError, Terminated
 from pipeline.files import write_csv, write_text
 from pipeline.fit import Setup, check, fit
 from pipeline.paths import Paths
@@ -381,6 +381,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, base: Setup, folds, spac
         trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=TrialState.FAIL)
         print(f"trial {trial.number}: failed: {reason}")
+    except STOPS:  # Ctrl-C or SIGTERM: the trial is not its parameters' fault; the next run runs it
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        raise
     finally:
         for checkpoint in out.rglob("*.pt"):  # keep configs and metrics, not the weights
             checkpoint.unlink()
@@ -447,8 +451,10 @@ def spawn_workers(cfg: C.Config, paths: Paths, workers: int) -> None:
         processes.append(subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "-c", str(resolved)], env=env))
     try:
         codes = [p.wait() for p in processes]
-    except KeyboardInterrupt:  # Ctrl-C reached the workers too: they end quietly, this process says it
+    except STOPS as stop:  # Ctrl-C reached the workers too; SIGTERM is passed on: they end quietly, this says it
         for process in processes:
+            if isinstance(stop, Terminated):
+                process.terminate()
             process.wait()
         raise
     if any(codes):

@@ -305,3 +305,31 @@ def test_a_pinned_key_is_not_searched(capsys):
     space = {key: C.Param(**spec) for key, spec in SPACE.items()}
     assert list(tune.unpinned(space, ["train.lr", "train.epochs"])) == [k for k in SPACE if k != "train.lr"]
     assert "not searched, as train.pinned (or the command line) sets them: train.lr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigterm_fails_the_trials_in_flight_queues_them_again_and_ends_by_sigterm(
+    digits_dir, tmp_path, monkeypatch, workers
+):
+    """`nohup make tune &` then `kill`: make passes SIGTERM on to the stage (and the stage to its
+    workers); each trial in flight is failed and its parameters queued for the next run, and
+    the stage says `terminated` and ends by SIGTERM (a shell's 143)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tune_config(digits_dir, n_trials=4, epochs=30)
+    folds.run(cfg)
+    config = tmp_path / "tune.yaml"
+    config.write_text(cfg.to_yaml())
+    command = [sys.executable, "-m", "pipeline", "tune", "-c", str(config), "--workers", str(workers)]
+    stage = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(glob.glob(str(tmp_path / "runs/tiny/tiny/tune/trial-*/fold*/metrics.csv"))) < workers:
+        assert time.monotonic() < deadline and stage.poll() is None
+        time.sleep(0.2)
+    stage.send_signal(signal.SIGTERM)
+    _, err = stage.communicate(timeout=60)
+    assert stage.returncode == -signal.SIGTERM and err == "terminated\n", err
+    study = load(cfg)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert len(failed) == workers and not study.get_trials(states=(TrialState.RUNNING,))
+    assert sorted(t.user_attrs["retry_of"] for t in queued) == sorted(t.number for t in failed)
