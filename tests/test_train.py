@@ -168,8 +168,45 @@ def test_mixed_precision_and_optimizer_options(digits_dir, tmp_path, monkeypatch
         head_lr_mult=5.0,
     )
     cfg.model.freeze_depth, cfg.model.unfreeze_epoch = 2, 2
+    seen = spy_on_the_optimisation(monkeypatch)
     cv = run(cfg, tmp_path, monkeypatch)
     assert np.isfinite(cv["score"]) and len(cv["folds"]) == 2
+    assert seen["loss_dtypes"] == {torch.bfloat16 if amp == "bf16" else torch.float16}  # autocast's outputs
+    assert seen["scaler_enabled"] == {amp == "fp16"}  # loss scaling for fp16 only
+    assert seen["optimizers"] == {"SGD"}
+    # 18 training rows a fold in full batches of 8: 2 an epoch, one optimiser step for both (accumulate=2)
+    assert seen["steps"] == 2 * 2 * 1 and seen["clipped"] == [1.0] * seen["steps"]
+    lrs = pd.read_csv(tmp_path / "runs/tiny/tiny/fold0/metrics.csv")["lr"].to_numpy()
+    expected = [cfg.train.lr * engine.lr_factor(step, 2, cfg.train, 1) for step in (0, 1)]  # each epoch's step
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)  # cosine: warmup then decay, not onecycle's
+
+
+def spy_on_the_optimisation(monkeypatch) -> dict:
+    """What training did: the dtype of the outputs the loss saw, whether the loss scaler was on,
+    the optimiser, its steps and each step's gradient clipping."""
+    from pipeline.tasks import Classification
+
+    seen = {"loss_dtypes": set(), "scaler_enabled": set(), "optimizers": set(), "steps": 0, "clipped": []}
+    loss, step, clip = Classification.loss, torch.amp.GradScaler.step, torch.nn.utils.clip_grad_norm_
+
+    def observed_loss(self, outputs, target):
+        seen["loss_dtypes"].add(outputs.dtype)
+        return loss(self, outputs, target)
+
+    def observed_step(self, optimizer, *args, **kwargs):
+        seen["scaler_enabled"].add(self.is_enabled())
+        seen["optimizers"].add(type(optimizer).__name__)
+        seen["steps"] += 1
+        return step(self, optimizer, *args, **kwargs)
+
+    def observed_clip(parameters, max_norm, **kwargs):
+        seen["clipped"].append(max_norm)
+        return clip(parameters, max_norm, **kwargs)
+
+    monkeypatch.setattr(Classification, "loss", observed_loss)
+    monkeypatch.setattr(torch.amp.GradScaler, "step", observed_step)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", observed_clip)
+    return seen
 
 
 def test_scraped_rows_train_but_never_validate(digits_dir, tmp_path, monkeypatch, rng):
