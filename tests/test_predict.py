@@ -63,11 +63,22 @@ def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, m
     submissions = list((tmp_path / "submissions/tiny").glob("*.csv"))
     assert len(submissions) == 1
     written = pd.read_csv(submissions[0])
-    assert list(written.columns) == ["ImageId", "Label"] and set(written["Label"]) <= {0, 1, 2}
-    assert capsys.readouterr().out.count("predicted 5 test images") == 3  # two folds and the full model
+    assert list(written.columns) == ["ImageId", "Label"]
+    out = capsys.readouterr().out
+    assert out.count("predicted 5 test images") == 3  # two folds and the full model
+    # the labels are those of the models' TTA predictions averaged with the weights predict states
+    weights = {
+        m[1]: float(m[2])
+        for m in re.finditer(r"runs/tiny/tiny/(\w+)/model\.pt in the submission, weight ([\d.]+)", out)
+    }
+    assert sorted(weights) == ["fold0", "fold1", "full"] and sum(weights.values()) == pytest.approx(1.0, abs=2e-3)
+    runs = tmp_path / "runs/tiny/tiny"
+    averaged = sum(w * np.load(runs / fit / "test_shift0.05.npz")["raw"][:, :-2] for fit, w in weights.items())
+    np.testing.assert_array_equal(written["Label"].to_numpy(), averaged.argmax(axis=1))
     from pipeline import submission
 
-    assert 0.0 <= submission.score(cfg) <= 1.0
+    truth = pd.read_csv(digits_dir / "solution.csv")["Label"].to_numpy()
+    assert submission.score(cfg) == pytest.approx((written["Label"].to_numpy() == truth).mean())
 
 
 def test_keypoint_submission_is_clipped_to_the_image(faces_dir, tmp_path, monkeypatch):
