@@ -64,6 +64,43 @@ def test_the_nested_cv_score_is_never_the_in_sample_one():
         assert len(per_fold) == 5 and pooled > in_sample  # weights fitted on the rows they score flatter them
 
 
+def folds_whose_weights_saw_their_own_rows(nested_scores, monkeypatch) -> list[int]:
+    """Runs `nested_scores` on rows whose truth is their own index, recording the rows each
+    fit_weights call was given; the held-out folds, in order, whose fit saw any of their rows."""
+    fitted_on = []
+    fit = ensemble.fit_weights
+
+    def recording(method, stack, target, **options):
+        fitted_on.append(set(target.truth[:, 0].astype(int)))
+        return fit(method, stack, target, **options)
+
+    monkeypatch.setattr(ensemble, "fit_weights", recording)
+    rng = np.random.default_rng(3)
+    truth = np.arange(100.0)[:, None]
+    members = truth + rng.normal(size=(3, 100, 1))
+    fold_of_row = np.arange(100) % 5
+    nested_scores("optimise", members, ensemble.Target("rmse", truth), fold_of_row)
+    return [k for k, rows in zip(range(5), fitted_on, strict=True) if rows & set(np.flatnonzero(fold_of_row == k))]
+
+
+def test_the_nested_cv_never_fits_weights_on_a_row_it_scores(monkeypatch):
+    """Each fold's weights are fitted on the other folds' rows alone. A planted partial leak,
+    half the held-out fold's rows in its own fit, is caught."""
+    assert folds_whose_weights_saw_their_own_rows(ensemble.nested_scores, monkeypatch) == []
+
+    def half_leaky(method, stack, target, fold_of_row, *, rounds=50):
+        pooled, per_fold = np.empty(stack.shape[1:]), []
+        for fold in np.unique(fold_of_row):
+            held_out = fold_of_row == fold
+            fitted = ~held_out | (held_out & (np.arange(len(held_out)) % 2 == 0))
+            weights = ensemble.fit_weights(method, stack[:, fitted], target.rows(fitted), rounds=rounds)
+            pooled[held_out] = ensemble.blend(stack[:, held_out], weights)
+            per_fold.append(target.rows(held_out).score(pooled[held_out]))
+        return per_fold, target.score(pooled)
+
+    assert folds_whose_weights_saw_their_own_rows(half_leaky, monkeypatch) == [0, 1, 2, 3, 4]
+
+
 def test_hill_climbing_takes_blend_rounds_additions():
     rng = np.random.default_rng(2)
     truth = rng.normal(size=(200, 2))
