@@ -1,7 +1,10 @@
 """Kaggle code competitions: the bundle `make package` builds, and its offline prediction."""
 
+import contextlib
 import json
 import os
+import socket
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -44,13 +47,46 @@ def test_the_package_holds_the_submitted_models_and_its_offline_prediction_equal
     pd.testing.assert_frame_equal(pd.read_csv(out), submitted)
 
 
+@contextlib.contextmanager
+def listening():
+    """A TCP server on loopback that accepts connections, for the block; yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.listen()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def try_to_connect(notebook: Path, port: int, record: Path) -> None:
+    """A cell, after the install cell, that tries the port and writes what happened to `record`."""
+    book = nbformat.read(notebook, as_version=4)
+    code = (
+        "import socket, pathlib\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=3).close()\n"
+        "    tried = 'reached'\n"
+        "except OSError as error:\n"
+        "    tried = f'unreachable: {error}'\n"
+        f"pathlib.Path({str(record)!r}).write_text(tried)"
+    )
+    first = next(i for i, cell in enumerate(book.cells) if cell.cell_type == "code")
+    book.cells.insert(first + 1, nbformat.v4.new_code_cell(code))
+    nbformat.write(book, notebook)
+
+
 def test_the_rehearsal_runs_the_notebook_offline_and_names_what_is_missing(digits_dir, tmp_path, monkeypatch, capsys):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir)}, full_fit=False)
     cfg = C.with_overrides(cfg, {"predict.models": "folds"}, "test")
     run(cfg, tmp_path, monkeypatch)
     package.run(cfg)
-    rehearse.run(cfg)
+    with listening() as port:  # a server here that the notebook, network cut, must not reach
+        tried = tmp_path / "network.txt"
+        try_to_connect(Paths.of(cfg).package.notebook("tiny-inference"), port, tried)
+        rehearse.run(cfg)
+    assert tried.read_text().startswith("unreachable: ")
     assert "submission.csv equals make predict's (5 rows)" in capsys.readouterr().out
+    package.run(cfg)  # the notebook as packaged again
     image = [name for name in cfg.package.kaggle_image if name != "albumentations"]
     with pytest.raises(PipelineError, match="No module named 'albumentations'.*add its distribution to package.wheels"):
         rehearse.run(C.with_overrides(cfg, {"package.kaggle_image": image}, "test"))
