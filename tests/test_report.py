@@ -87,12 +87,39 @@ def referenced_images(index) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', index.read_text())
 
 
+def plotted(monkeypatch, *names: str) -> dict[str, list]:
+    """What each named plot function of the report was given, call by call."""
+    calls = {name: [] for name in names}
+    for name in names:
+        original = getattr(report, name)
+
+        def recording(*args, _name=name, _original=original, **kwargs):
+            calls[_name].append(args)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(report, name, recording)
+    return calls
+
+
 def test_classification_report_links_every_image(digits_dir, tmp_path, monkeypatch):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "solution": "solution.csv"})
     run(cfg, tmp_path, monkeypatch)
     train.run(config.with_overrides(cfg, {"train.experiment": "other", "train.lr": 0.02}, "test"))
     lr_find.run(cfg)
+    calls = plotted(monkeypatch, "plot_confusion", "plot_bars", "plot_grid")
     report.run(cfg)
+    # the figures show the out-of-fold predictions, counted here by hand
+    oof = pd.concat(pd.read_csv(tmp_path / f"runs/tiny/tiny/fold{k}/oof.csv") for k in (0, 1))
+    probabilities = oof[["prob_0", "prob_1", "prob_2"]].to_numpy()
+    confusion = pd.crosstab(oof["label"], probabilities.argmax(axis=1)).reindex(
+        index=[0, 1, 2], columns=[0, 1, 2], fill_value=0
+    )
+    np.testing.assert_array_equal(calls["plot_confusion"][0][0], confusion.to_numpy())
+    per_class = calls["plot_bars"][0][0]
+    np.testing.assert_allclose(per_class.to_numpy(), np.diag(confusion) / confusion.sum(axis=1).clip(lower=1))
+    losses = [float(c.split(" loss ")[1].split()[0]) for c in calls["plot_grid"][0][1]]
+    expected = -np.log(np.sort(probabilities[np.arange(len(oof)), oof["label"]])[:16])
+    np.testing.assert_allclose(losses, expected, atol=0.006)  # the highest losses, highest first, as printed
     index = tmp_path / "runs/tiny/report/index.html"
     images = referenced_images(index)
     for expected in (
@@ -113,7 +140,15 @@ def test_classification_report_links_every_image(digits_dir, tmp_path, monkeypat
 def test_keypoint_report_links_every_image(faces_dir, tmp_path, monkeypatch):
     cfg = tiny({"layout": "pixel_string", "dir": str(faces_dir)}, task="keypoints")
     run(cfg, tmp_path, monkeypatch)
+    calls = plotted(monkeypatch, "plot_bars", "plot_grid")
     report.run(config.with_overrides(cfg, {"train.device": "cuda:7"}, "test"))  # a report needs no training device
+    oof = pd.concat(pd.read_csv(tmp_path / f"runs/tiny/tiny/fold{k}/oof.csv") for k in (0, 1))
+    for point in ("left_eye_center", "right_eye_center"):  # RMSE in pixels over the images that label it
+        dx, dy = (oof[f"pred_{point}_{a}"] - oof[f"{point}_{a}"] for a in "xy")
+        expected = np.sqrt(np.nanmean(dx**2 + dy**2))
+        assert calls["plot_bars"][0][0][point] == pytest.approx(expected)
+    worst = [float(c.split("RMSE ")[1].split()[0]) for c in calls["plot_grid"][1][1]]
+    assert worst == sorted(worst, reverse=True)  # the worst images, worst first
     index = tmp_path / "runs/tiny/report/index.html"
     images = referenced_images(index)
     assert {"keypoints_samples.png", "rmse_per_keypoint.png", "keypoints_worst.png"} <= set(images)
