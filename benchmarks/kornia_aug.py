@@ -7,7 +7,8 @@ with 12 keypoints each. Ours: `BatchAugment.draw` (numpy, on the CPU), `apply` a
 ColorJiggle)` over the same images as floats in [0, 1] and the points in pixels (the conversion
 timed with it). Both include their draws. Beside them, the per-image path: albumentations'
 transforms of the same ops, one image at a time (pipeline.transforms). Images per second, the
-median of the rounds.
+median of the rounds; the whole measurement is repeated (REPEATS), and the ratios are given as
+the median and the range of the repeats, since they move between runs on a shared machine.
 
 Equality: kornia's flips and affine maps (its transform_matrix, in pixels), carried into our
 [-1, 1] coordinates and applied by our warp; the largest difference from kornia's images in
@@ -32,6 +33,7 @@ from pipeline.config import Aug
 AUG = Aug(hflip=0.5, rotate=20, shift=0.1, scale=0.1, shear=5, brightness=0.2, contrast=0.2, p=0.8)
 GREY = transforms.Normalise((0.0,), (1 / 255,))  # keeps 0-255 values
 POINTS = 12
+REPEATS = 5
 
 
 def kornia_sequence(colour: bool):
@@ -115,19 +117,25 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small batches, 2 rounds: for the test suite")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    n, rounds = (16, 2) if args.tiny else (256, 20)
+    n, rounds, repeats = (16, 2, 1) if args.tiny else (256, 20, REPEATS)
     print(
-        "| machine | batch | ours, img/s | kornia, img/s | ours / kornia | albumentations per image, img/s "
-        "| ours / per image | largest difference from kornia: image, grey levels | keypoints, px |"
+        f"| machine | batch | ours, img/s | kornia, img/s | ours / kornia, median (range of {repeats} repeats) "
+        "| albumentations per image, img/s | ours / per image, median (range) "
+        "| largest difference from kornia: image, grey levels | keypoints, px |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for channels, side in ((1, 28), (3, 64)):
-        ours, theirs, per_image = speeds(n, channels, side, rounds)
+        ours, theirs, per_image = np.array([speeds(n, channels, side, rounds) for _ in range(repeats)]).T
         image_gap, point_gap = differences(n, side)
         print(
-            f"| {machine()} | {n} x {channels}x{side}x{side}, {POINTS} points | {ours:.0f} | {theirs:.0f} "
-            f"| {ours / theirs:.2f} | {per_image:.0f} | {ours / per_image:.2f} | {image_gap:.3f} | {point_gap:.4f} |"
+            f"| {machine()} | {n} x {channels}x{side}x{side}, {POINTS} points | {np.median(ours):.0f} "
+            f"| {np.median(theirs):.0f} | {spread(ours / theirs)} | {np.median(per_image):.0f} "
+            f"| {spread(ours / per_image)} | {image_gap:.3f} | {point_gap:.4f} |"
         )
+
+
+def spread(ratios: np.ndarray) -> str:
+    return f"{np.median(ratios):.2f} ({ratios.min():.2f}-{ratios.max():.2f})"
 
 
 if __name__ == "__main__":
