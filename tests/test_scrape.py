@@ -100,14 +100,19 @@ def handler_for(site: Site):
             self.reply(site.files[self.path], kind)
 
         def reply(self, body: bytes, kind: str, status: int = 200):
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            with SuppressDisconnect():
-                self.wfile.write(body)
+            send_reply(self, body, kind, status)
 
     return Handler
+
+
+def send_reply(handler: http.server.BaseHTTPRequestHandler, body: bytes, kind: str, status: int = 200) -> None:
+    """`body` with its Content-Type and Content-Length; a client that has hung up is no error."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", kind)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    with SuppressDisconnect():
+        handler.wfile.write(body)
 
 
 class SuppressDisconnect:
@@ -531,12 +536,7 @@ def proxy():
                     status, kind, body = answer.status, answer.headers.get("Content-Type", ""), answer.read()
             except urllib.error.HTTPError as error:
                 status, kind, body = error.code, "text/plain", error.read()
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            with SuppressDisconnect():
-                self.wfile.write(body)
+            send_reply(self, body, kind, status)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
