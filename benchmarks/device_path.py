@@ -27,7 +27,7 @@ from pipeline import batch_aug, engine, models, transforms
 from pipeline.config import Aug, Model, Train
 from pipeline.images import MemoryImages
 from pipeline.loader import ImageDataset, create_loader, default_workers
-from pipeline.tasks import Classification
+from pipeline.tasks.classification import Classification
 
 AUG = Aug(hflip=0.5, shift=0.125, brightness=0.2, p=1.0)
 NORMALISE = transforms.Normalise((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -87,7 +87,7 @@ def main() -> None:
         torch.manual_seed(0)
         return models.create_model(Model(name=args.model), 10, 3).to(device.device, memory_format=device.memory_format)
 
-    augment = transforms.compose(transforms.augmentations(AUG, 3, 32), False, 0)
+    augment = transforms.compose(transforms.augmentations(AUG, 3, 32), {}, 0)
     dataset = ImageDataset(images, np.arange(args.images), labels, augment, transforms.finish(32))
     theirs = fresh_model()
     optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-3)

@@ -29,10 +29,13 @@ from _stages import machine
 from pipeline import transforms
 from pipeline.batch_aug import BatchAugment, Draws
 from pipeline.config import Aug
+from pipeline.tasks.keypoints import Keypoints, keypoint_params
 
 AUG = Aug(hflip=0.5, rotate=20, shift=0.1, scale=0.1, shear=5, brightness=0.2, contrast=0.2, p=0.8)
 GREY = transforms.Normalise((0.0,), (1 / 255,))  # keeps 0-255 values
 POINTS = 12
+# points with no left/right names: a flip swaps none of them
+POINT_TASK = Keypoints([f"p{i}_{axis}" for i in range(POINTS) for axis in "xy"])
 REPEATS = 5
 
 
@@ -72,7 +75,7 @@ def rate(step, n: int, rounds: int) -> float:
 def speeds(n: int, channels: int, side: int, rounds: int) -> tuple[float, float, float]:
     """Images per second: ours, kornia's, and albumentations' per image (the per-image path)."""
     images, points = batch(n, channels, side)
-    ours = BatchAugment(AUG, GREY, swap=np.arange(POINTS))
+    ours = BatchAugment(AUG, GREY, POINT_TASK)
     unit = to_unit(points, side).reshape(n, -1)
     rng = np.random.default_rng(0)
 
@@ -81,7 +84,7 @@ def speeds(n: int, channels: int, side: int, rounds: int) -> tuple[float, float,
         ours.apply(images, draws), ours.targets(unit, draws)
 
     steps = transforms.augmentations(AUG, channels, side, np.arange(POINTS))
-    per_image = transforms.compose(steps, keypoints=True, seed=0)
+    per_image = transforms.compose(steps, keypoint_params(), seed=0)
     arrays, present = images.permute(0, 2, 3, 1).numpy(), [True] * POINTS
 
     def per_image_step():
@@ -103,7 +106,7 @@ def differences(n: int, side: int) -> tuple[float, float]:
     warped, moved = theirs(images.float(), points)
     pixel_to_unit = torch.tensor([[2 / side, 0, 1 / side - 1], [0, 2 / side, 1 / side - 1], [0, 0, 1]])
     forward = pixel_to_unit @ theirs.transform_matrix @ torch.linalg.inv(pixel_to_unit)
-    ours = BatchAugment(Aug(hflip=0.5, rotate=1), GREY, swap=np.arange(POINTS))
+    ours = BatchAugment(Aug(hflip=0.5, rotate=1), GREY, POINT_TASK)
     unflipped = {"flipped": torch.zeros(n, dtype=torch.bool)}  # the swap is the identity: nothing to rename
     draws = Draws(torch.linalg.inv(forward)[:, :2], forward[:, :2], (unflipped, {}))
     ours_moved = ours.targets(to_unit(points, side).reshape(n, -1), draws).reshape(n, POINTS, 2)

@@ -111,7 +111,7 @@ def epoch_rate(loader: DataLoader) -> float:
 def pipeline_loader(paths, labels, kind: str, cache: Path, workers: int):
     _, channels, size, aug, _, (mean, std), _ = KINDS[kind]
     images = open_images(FileSource(tuple(paths), channels), cache, policy="always")
-    augment = transforms.compose(transforms.augmentations(aug, channels, size), False, 0)
+    augment = transforms.compose(transforms.augmentations(aug, channels, size), {}, 0)
     dataset = ImageDataset(images, np.arange(len(paths)), labels, augment, transforms.finish(size))
     normalise = transforms.Normalise(mean, std)
     return lambda epoch: create_loader(dataset, BATCH, True, workers, epoch, CPU, normalise)

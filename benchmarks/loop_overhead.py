@@ -16,7 +16,7 @@ from _stages import machine
 
 from pipeline import engine, models
 from pipeline.config import Model, Train
-from pipeline.tasks import Classification
+from pipeline.tasks.classification import Classification
 
 
 def batches(n_images: int, batch_size: int, size: int, channels: int, seed: int = 0) -> list:

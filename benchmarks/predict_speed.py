@@ -16,7 +16,7 @@ from _stages import machine
 
 from pipeline import engine, inference, models
 from pipeline.config import Model, Train
-from pipeline.tasks import Classification
+from pipeline.tasks.classification import Classification
 
 
 def bare_loop(model: torch.nn.Module, batches: list) -> float:
@@ -29,7 +29,7 @@ def bare_loop(model: torch.nn.Module, batches: list) -> float:
 
 def pipeline_loop(model: torch.nn.Module, batches: list, device: engine.Device) -> float:
     start = time.perf_counter()
-    inference.predict_images(model, Classification(list(range(10))), batches, device, inference.views([]), None)
+    inference.predict_images(model, Classification(list(range(10))), batches, device, inference.views([]))
     return sum(len(b[0]) for b in batches) / (time.perf_counter() - start)
 
 

@@ -24,7 +24,7 @@ from pipeline import batch_aug, engine, transforms
 from pipeline.config import Aug
 from pipeline.images import MemoryImages
 from pipeline.loader import ImageDataset, create_loader, default_workers
-from pipeline.tasks import Classification
+from pipeline.tasks.classification import Classification
 
 BATCH = 64
 AUG = Aug(rotate=10, shift=0.1, scale=0.1, p=0.8)  # configs/digits.yaml's
@@ -41,7 +41,7 @@ def epoch_seconds(n: int, side: int, batched: bool, seed: int = 0) -> float:
         resident = batch_aug.resident_images(images, np.arange(n), side, device.device).images
         augment, targets = batch_aug.BatchAugment(AUG, NORMALISE), torch.as_tensor(labels)
     else:
-        augment = transforms.compose(transforms.augmentations(AUG, 1, side), False, seed)
+        augment = transforms.compose(transforms.augmentations(AUG, 1, side), {}, seed)
     for rows in (np.arange(2 * BATCH), np.arange(n)):  # the warm-up, then the timed epoch
         start = time.perf_counter()
         if batched:

@@ -84,7 +84,7 @@ class Op:
     geometric = False  # moves pixels (and points) rather than changing their values
     batched = False  # has a batched executor
     needs_colour = False
-    tasks = ("classification", "keypoints")  # where the tune space searches it
+    crops = False  # may cut what the targets mark out of the image
 
     def on(self, aug: Any) -> bool:
         return any(getattr(aug, k.name) for k in self.keys if not k.default)
@@ -343,7 +343,7 @@ def _hole_mask(holes: Any, side: int) -> Any:
 class RandomResizedCrop(Op):
     keys = (Key("random_resized_crop", 1.0, search=(0.3, 0.9), open_high=True, doc="smallest share of the area kept"),)
     geometric = True
-    tasks = ("classification",)
+    crops = True
 
     def setting(self, aug: Any) -> Setting:
         return Setting(1.0, {"area": (aug.random_resized_crop, 1.0)})
@@ -378,11 +378,12 @@ def enabled(aug: Any) -> list[Op]:
     return [op for op in OPS if op.on(aug)]
 
 
-def search_space(channels: int, task: str) -> dict[str, dict]:
-    """The tune space's augmentation keys, as `Param` fields: each strength with its switch."""
+def search_space(channels: int, *, crops: bool) -> dict[str, dict]:
+    """The tune space's augmentation keys, as `Param` fields: each strength with its switch
+    (`crops`: with the ops that may cut the targets out of the image)."""
     space = {}
     for op in OPS:
-        if task not in op.tasks or (op.needs_colour and channels != 3):
+        if (op.crops and not crops) or (op.needs_colour and channels != 3):
             continue
         for k in op.keys:
             if k.choices:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pipeline import aug_ops, distributed
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
+from pipeline.tasks.base import Task
 from pipeline.transforms import Normalise
 
 DEVICE_SHARE = 0.25  # at most this share of the device's memory (or RAM) goes to the resident images
@@ -45,17 +46,37 @@ class Draws:
         return Draws(take(self.theta), take(self.forward), tuple({k: take(v) for k, v in d.items()} for d in self.ops))
 
 
-class BatchAugment:
-    """`aug.*` as batched tensor ops on (N, C, S, S) uint8 images, ending normalised float; with
-    `swap` (where each keypoint goes under a horizontal flip), keypoint targets move with them."""
+@dataclass(frozen=True)
+class Warp:
+    """One batch's geometric draws, applied to what moves with its images: the task's targets."""
 
-    def __init__(self, aug: Aug, normalise: Normalise, swap: np.ndarray | None = None):
+    ops: list[aug_ops.Op]
+    draws: Draws
+    swap: torch.Tensor | None  # where each point goes under a horizontal flip, on the batch's device
+
+    def points(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, K, 2) points in [-1, 1] -> where the warp takes them, renamed where a flip renames
+        them (NaN, missing, stays NaN)."""
+        forward = self.draws.forward
+        moved = points @ forward[:, :, :2].transpose(1, 2) + forward[:, None, :, 2]
+        for op, params in zip(self.ops, self.draws.ops, strict=True):
+            if op.geometric:
+                moved = op.relabel(moved, params, self.swap)
+        return moved
+
+
+class BatchAugment:
+    """`aug.*` as batched tensor ops on (N, C, S, S) uint8 images, ending normalised float; the
+    `task` moves its targets with them (None: they stay as they are)."""
+
+    def __init__(self, aug: Aug, normalise: Normalise, task: Task | None = None):
         if aug_ops.not_batched(aug):
             raise PipelineError(f"batched augmentation cannot do {', '.join(aug_ops.not_batched(aug))}")
         self.ops = aug_ops.enabled(aug)
         self.settings = [op.setting(aug) for op in self.ops]
         self.normalise = normalise
-        self.swap = None if swap is None else torch.as_tensor(swap)
+        self.task = task
+        self.swap = None if task is None or task.flip_swap is None else torch.as_tensor(task.flip_swap)
         # decided once: a test on the draws would read them back from the GPU every batch
         self.warps = any(op.geometric for op in self.ops)
 
@@ -82,18 +103,12 @@ class BatchAugment:
         return self.normalise(x)
 
     def targets(self, targets: torch.Tensor, draws: Draws) -> torch.Tensor:
-        """Class targets as they are; keypoints (N, K*2) in [-1, 1] moved by the same warp as
-        their images, renamed where a flip renames them (NaN, missing, stays NaN)."""
-        if self.swap is None or not self.warps:
+        """The targets after the same warp as their images, as the task moves them."""
+        if self.task is None or not self.warps:
             return targets
-        points = targets.view(len(targets), -1, 2)
-        moved = points @ draws.forward[:, :, :2].transpose(1, 2) + draws.forward[:, None, :, 2]
-        if self.swap.device != moved.device:  # moved once, not copied to the device every batch
-            self.swap = self.swap.to(moved.device)
-        for op, params in zip(self.ops, draws.ops, strict=True):
-            if op.geometric:
-                moved = op.relabel(moved, params, self.swap)
-        return moved.reshape(targets.shape)
+        if self.swap is not None and self.swap.device != targets.device:  # moved once, not every batch
+            self.swap = self.swap.to(targets.device)
+        return self.task.warp_targets(targets, Warp(self.ops, draws, self.swap))
 
 
 def _dtype(values: np.ndarray) -> torch.dtype:

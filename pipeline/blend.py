@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config as C
-from pipeline import ensemble, sources
+from pipeline import ensemble, sources, tasks
 from pipeline.errors import PipelineError
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, trained_state
-from pipeline.targets import HIGHER_IS_BETTER, of_data, oof_frame, target_columns
-from pipeline.validation import read_folds, validation_plan, validation_rows
+from pipeline.tasks.base import Task
+from pipeline.validation import read_folds, target_columns, validation_plan, validation_rows
 
 SMOOTH = ("log_loss", "rmse")  # metrics the optimiser minimises directly
 
@@ -32,7 +32,7 @@ def run(cfg: C.Config) -> None:
     folds = read_folds(paths)
     members = {name: member_cv(paths, name, validation_plan(folds)) for name in names}
     stack, target, fold_of_row = out_of_fold(cfg, paths, members, folds)
-    method = _method(cfg, target.metric)
+    method = _method(cfg, target.task)
     weights = ensemble.fit_weights(method, stack, target, rounds=cfg.blend.rounds)
     per_fold, pooled = ensemble.nested_scores(method, stack, target, fold_of_row, rounds=cfg.blend.rounds)
     blend = Blend(
@@ -68,7 +68,7 @@ def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], folds: pd.D
     """(stack (members, rows, outputs) in the competition's units, the target, each row's fold),
     rows in the same order for every member: every fold's validation rows in turn."""
     data = sources.read(cfg)
-    targets, read = of_data(cfg, data.train.table, data.targets), _oof_reader(cfg, paths)
+    task, read = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets), _oof_reader(cfg, paths)
     fold_ids = sorted(int(f) for f in folds["fold"].unique() if f >= 0)
     stacked, frame = [], None
     for name, cv in members.items():
@@ -77,11 +77,11 @@ def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], folds: pd.D
         epoch, fits, frames = _epoch(cfg, name, cv), paths.of_experiment(name), []
         for k in fold_ids:
             rows = validation_rows(folds, k)
-            frames.append(oof_frame(targets, folds, rows, read(fits.fold(k), rows, epoch)))
+            frames.append(task.oof_frame(folds, rows, read(fits.fold(k), rows, epoch)))
         frame = pd.concat(frames, ignore_index=True)
-        stacked.append(ensemble.in_space(cfg.blend.space, frame[targets.prediction_columns()].to_numpy(np.float64)))
-    truth = targets.encode(frame, target_columns(folds))  # class indices, or pixels with NaN
-    return np.stack(stacked), ensemble.Target(targets.metric, truth), frame["fold"].to_numpy()
+        stacked.append(ensemble.in_space(cfg.blend.space, frame[task.prediction_columns()].to_numpy(np.float64)))
+    truth = task.truth(frame, target_columns(folds))
+    return np.stack(stacked), ensemble.Target(task, truth), frame["fold"].to_numpy()
 
 
 def _oof_reader(cfg: C.Config, paths: Paths):
@@ -113,16 +113,18 @@ def _epoch(cfg: C.Config, name: str, cv: CV) -> str:
     return "last"
 
 
-def _method(cfg: C.Config, metric: str) -> str:
-    if cfg.blend.space == "ranks" and (cfg.competition.task == "keypoints" or metric == "log_loss"):
-        raise PipelineError(f"blend.space=ranks is for classification scored by ranks; {metric} needs probabilities")
+def _method(cfg: C.Config, task: Task) -> str:
+    if cfg.blend.space == "ranks" and not task.ranks_blend():
+        raise PipelineError(
+            f"blend.space=ranks is for metrics of ranks; {task.name} scored by {task.metric} needs its predictions"
+        )
     if cfg.blend.method != "auto":
         return cfg.blend.method
-    return "optimise" if metric in SMOOTH else "hill_climb"
+    return "optimise" if task.metric in SMOOTH else "hill_climb"
 
 
 def describe(blend: Blend, rows: int) -> list[str]:
-    higher = HIGHER_IS_BETTER[blend.metric]
+    higher = tasks.higher_is_better(blend.metric)
     best = (max if higher else min)(blend.member_scores, key=blend.member_scores.get)
     lines = [f"blend {blend.name}: {blend.method} weights on {rows} out-of-fold rows, {blend.metric}"]
     scores = blend.member_scores

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline import aug_ops
+from pipeline import aug_ops, tasks
 from pipeline.errors import PipelineError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
@@ -66,8 +66,17 @@ def _names_bool(annotation: Any) -> bool:
 
 class Competition(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    task: Literal["classification", "keypoints"]
+    task: str  # a module of pipeline/tasks: classification, keypoints (or one registered)
     kaggle: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        try:
+            tasks.get(task)
+        except PipelineError as exc:
+            raise ValueError(str(exc).partition("; ")[2]) from None
+        return task
 
 
 class LayoutBase(Section):
@@ -286,8 +295,8 @@ class Train(Section):
     ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     accumulate: PositiveInt = 1
     clip_grad: PositiveFloat | None = None
-    loss: Literal["auto", "cross_entropy", "l1", "mse", "smooth_l1"] = "auto"
-    metric: Literal["auto", "accuracy", "log_loss", "macro_f1", "rmse"] = "auto"
+    loss: str = "auto"  # the task's: cross_entropy; l1, mse, smooth_l1 (keypoints)
+    metric: str = "auto"  # the task's: accuracy, log_loss, macro_f1; rmse (keypoints)
     device: str = "auto"  # auto: cuda when available
     amp: Annotated[Literal["auto", "bf16", "fp16", "off"], OnOff] = "auto"  # auto: on cuda, bf16 if supported
     channels_last: bool = True  # on cuda
@@ -372,7 +381,7 @@ class Predict(Section):
     # scale:<factor>, within TTA_RANGES
     tta: list[str] = []
     batch_size: PositiveInt | None = None  # None: twice train.batch_size
-    format: Literal["auto", "label", "probabilities", "keypoints_long", "keypoints_wide"] = "auto"
+    format: str = "auto"  # the task's: label, probabilities; keypoints_wide, keypoints_long
     submit_wait: NonNegative = 0.0  # seconds `make submit` waits for the public score
     blend: BlendName | None = None  # submit runs/<name>/blends/<blend>.yaml instead of this experiment
 
@@ -513,12 +522,14 @@ class Config(Section):
             )
         if self.data.dir is None:
             self.data.dir = Path("data") / self.competition.name
+        task = tasks.get(self.competition.task)
+        task.check(self)
         for op in aug_ops.enabled(self.aug):
-            if self.competition.task not in op.tasks:
+            if op.crops and not task.crops:
                 names = " and ".join(f"aug.{k.name}" for k in op.keys)
-                raise ValueError(f"{names} is for {' and '.join(op.tasks)}, not {self.competition.task}")
+                raise ValueError(f"{names} may cut the targets out of the image, which {task.name} cannot have")
         if self.folds.kind == "auto":
-            self.folds.kind = "stratified" if self.competition.task == "classification" else "stratified_binned"
+            self.folds.kind = task.fold_kind
         if self.train.experiment is None:
             self.train.experiment = self.competition.name
         for key in self.train.pinned:

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline import inputs, kaggle_cli, sources
+from pipeline import inputs, kaggle_cli, sources, tasks
 from pipeline.config import Config, save_resolved
 from pipeline.demo import build_digits
 from pipeline.errors import PipelineError
@@ -35,14 +35,10 @@ def run(cfg: Config) -> None:
         shapes[name] = describe_shapes(images)
     inputs.refresh(paths)  # what was built or downloaded here is what the stage read
     save_resolved(cfg, paths.resolved("data"))
-    classes = (
-        f", {data.train.table[data.targets[0]].nunique()} classes"
-        if cfg.competition.task == "classification" and len(data.targets) == 1
-        else f", {len(data.targets)} targets"
-    )
+    targets = tasks.get(cfg.competition.task).describe_targets(data.train.table, data.targets)
     print(
         f"data {cfg.competition.name}: {len(data.train.table)} train rows ({shapes['train']}), "
-        f"{len(data.test.table)} test rows ({shapes['test']}){classes}"
+        f"{len(data.test.table)} test rows ({shapes['test']}); {targets}"
     )
 
 

@@ -12,8 +12,8 @@ the task, scaled by `train.preset` (AutoGluon's idea: one word trades time for a
   fine-tune fastai's `fine_tune`: the head alone for the first epoch (the backbone frozen), then
             everything, with learning rates falling by layer_decay per stage towards the stem.
   epochs    a number of optimizer steps per fold, so that small data gets more epochs.
-  aug       a preset by task and image kind: no flips for tiny grayscale images (flipping a
-            digit changes it), hflip for photos, keypoint flips only with left/right pairs.
+  aug       the task's preset (keypoints: flips only with left/right pairs), else one by image
+            kind: no flips for tiny grayscale images (flipping a digit changes it), hflip for photos.
 
 Every value it decides is printed once, with the reason, and lands in the resolved config.
 """
@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline import config as C
+from pipeline import tasks
 
 SCRATCH_SIDE = 32  # a resnet's stem and first stage divide by 4: smaller inputs lose the image
 SMALL_SIDE, MANY_ROWS = 64, 1000  # this many grayscale images of at most this side learn from scratch
@@ -46,7 +47,6 @@ PRETRAINED_STEPS, PRETRAINED_EPOCHS = 300, (10, 30)
 
 GLYPH_AUG = {"rotate": 10.0, "shift": 0.1, "scale": 0.1, "p": 0.8}
 PHOTO_AUG = {"hflip": 0.5, "rotate": 10.0, "shift": 0.1, "scale": 0.15, "brightness": 0.2, "contrast": 0.2, "p": 0.8}
-KEYPOINT_AUG = {"rotate": 10.0, "shift": 0.05, "scale": 0.1, "brightness": 0.2, "contrast": 0.2, "p": 0.8}
 
 
 def working_side(cfg: C.Config) -> int:
@@ -69,7 +69,7 @@ class Facts:
     side: int  # the longer side of a typical training image
     channels: int
     n_folds: int
-    keypoint_columns: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()  # the target columns
     # model.name -> the pretrained source an earlier run decided: kept, since a hub that answers
     # today and not tomorrow would otherwise change the fingerprint and retrain every fold
     recorded_sources: tuple[tuple[str, str], ...] = ()
@@ -258,19 +258,13 @@ def schedule_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
         ),
         Default("train.lr", 1e-3 if pretrained else 3e-3, "AdamW, one-cycle: fine-tuning" if pretrained else "AdamW"),
     ]
-    if facts.task == "classification":
-        decided.append(Default("train.label_smoothing", 0.1, "the bag of tricks"))
-    return decided
+    return decided + [Default(*proposal) for proposal in tasks.get(facts.task).proposals(cfg, facts)]
 
 
 def aug_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
-    from pipeline import transforms  # albumentations and torch: not for the stages that only cache images
-
-    if facts.task == "keypoints":
-        names = transforms.point_names(list(facts.keypoint_columns))
-        pairs = cfg.aug.flip_pairs != "auto" or (transforms.flip_permutation(names, "auto") != range(len(names))).any()
-        values = KEYPOINT_AUG | ({"hflip": 0.5} if pairs else {})
-        why = "keypoints" + (", flipped with their left/right pairs" if pairs else ", no flips: no left/right pairs")
+    preset = tasks.get(facts.task).aug_preset(cfg, facts)
+    if preset is not None:
+        values, why = preset
     elif facts.tiny_grayscale:
         values, why = GLYPH_AUG, f"{facts.kind}: light affine, no flips (a flip can change the class)"
     else:

@@ -204,7 +204,7 @@ def evaluate(
     for images, target, size in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         with device.autocast():
             outputs = model(device.images(images))
-        predictions.append(task.predict(outputs).cpu())
+        predictions.append(task.activate(outputs).cpu())
         if labelled:
             total_loss += task.eval_loss(outputs, target.to(device.device)).item() * len(images)
             targets.append(target)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.targets import HIGHER_IS_BETTER, macro_f1
+from pipeline.tasks.base import Task
 
 MEASURES_AVERAGING = ("rmse",)
 
@@ -43,46 +43,34 @@ def blend_rmse(scores: list[float], weights: list[float], members_spread: float)
 
 @dataclass(frozen=True)
 class Target:
-    """The out-of-fold truth a blend is scored against, in the competition's units: class
-    indices (N,), or keypoints (N, D) in pixels with NaN where a point is missing."""
+    """The out-of-fold truth a blend is scored against, in the competition's units, and the task
+    that scores predictions against it (Task.truth)."""
 
-    metric: str
+    task: Task
     truth: np.ndarray
 
     @property
+    def metric(self) -> str:
+        return self.task.metric
+
+    @property
     def higher_is_better(self) -> bool:
-        return HIGHER_IS_BETTER[self.metric]
+        return self.task.higher_is_better
 
     def rows(self, rows: np.ndarray) -> "Target":
-        return Target(self.metric, self.truth[rows])
+        return Target(self.task, self.truth[rows])
 
     def score(self, blended: np.ndarray) -> float:
         """The metric of blended predictions (N, D)."""
-        if self.metric == "rmse":
-            return float(np.sqrt(np.nanmean((blended - self.truth) ** 2)))
-        if self.metric == "log_loss":
-            return self.loss(blended)
-        labels = blended.argmax(axis=1)
-        if self.metric == "accuracy":
-            return float((labels == self.truth).mean())
-        return macro_f1(labels, self.truth, blended.shape[1])
+        return self.task.score(blended, self.truth)
 
     def loss(self, blended: np.ndarray) -> float:
-        """A smooth loss to minimise: the cross entropy of blended probabilities, or the mean
-        squared error over the labelled coordinates."""
-        if self.metric == "rmse":
-            return float(np.nanmean((blended - self.truth) ** 2))
-        return float(-np.log(np.clip(blended[np.arange(len(self.truth)), self.truth], 1e-15, None)).mean())
+        """The task's smooth loss, which the optimiser minimises."""
+        return self.task.smooth_loss(blended, self.truth)
 
     def loss_gradient(self, stack: np.ndarray, blended: np.ndarray) -> np.ndarray:
         """d loss / d w_i for blended = sum_i w_i stack[i]; stack (M, N, D)."""
-        if self.metric == "rmse":
-            present = ~np.isnan(self.truth)
-            residual = np.where(present, blended - np.nan_to_num(self.truth), 0.0)
-            return 2.0 * (stack * residual).sum(axis=(1, 2)) / max(int(present.sum()), 1)
-        index = np.arange(len(self.truth))
-        picked = np.clip(blended[index, self.truth], 1e-15, None)
-        return -(stack[:, index, self.truth] / picked).mean(axis=1)
+        return self.task.smooth_loss_gradient(stack, blended, self.truth)
 
 
 def in_space(space: str, predictions: np.ndarray) -> np.ndarray:

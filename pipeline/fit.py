@@ -18,10 +18,10 @@ from pipeline import batch_aug, distributed, engine, models, transforms
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
-from pipeline.loader import ImageDataset, create_loader, default_workers, unit_points
+from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import FitFiles
 from pipeline.records import FitResult
-from pipeline.targets import HIGHER_IS_BETTER
+from pipeline.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Setup:
     """Everything fit() needs that does not change between folds."""
 
     cfg: Config
-    task: object  # tasks.Classification | tasks.Keypoints
+    task: Task
     images: Sequence  # uint8 (H, W, C) images
     rows: np.ndarray  # image index of every folds.csv row
     targets: np.ndarray  # encoded target of every folds.csv row
@@ -54,31 +54,22 @@ def check(setup: Setup) -> torch.nn.Module:
     is said before any result is touched. Returns the model, for what its shape decides."""
     cfg = setup.cfg
     model, _ = build_model(setup)
-    transforms.augmentations(cfg.aug, setup.channels, setup.image_size, flip_swap(setup))
+    transforms.augmentations(cfg.aug, setup.channels, setup.image_size, setup.task.flip_swap)
     device = engine.Device.choose(cfg.train).device
     batch_aug.should_use(cfg.train.device_aug, cfg.aug, device, len(setup.images), setup.channels, setup.image_size)
     return model
 
 
-def flip_swap(setup: Setup) -> np.ndarray | None:
-    """Where each keypoint goes under a horizontal flip; None for classification."""
-    if setup.task.kind != "keypoints":
-        return None
-    return transforms.flip_permutation(transforms.point_names(setup.task.columns), setup.cfg.aug.flip_pairs)
-
-
 def datasets(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None):
-    cfg, keypoints = setup.cfg, setup.task.kind == "keypoints"
-    size = setup.image_size
-    augment = transforms.compose(
-        transforms.augmentations(cfg.aug, setup.channels, size, flip_swap(setup)), keypoints, cfg.train.seed
-    )
+    cfg, task, size = setup.cfg, setup.task, setup.image_size
+    steps = transforms.augmentations(cfg.aug, setup.channels, size, task.flip_swap)
+    augment = transforms.compose(steps, task.compose_params(), cfg.train.seed)
     finish = transforms.finish(size)
-    train = ImageDataset(setup.images, setup.rows[train_rows], setup.targets[train_rows], augment, finish, keypoints)
+    train = ImageDataset(setup.images, setup.rows[train_rows], setup.targets[train_rows], augment, finish, task)
     if valid_rows is None:
         return train, None
     valid_rows = distributed.shard(valid_rows)  # each rank validates its share; _validate gathers them
-    valid = ImageDataset(setup.images, setup.rows[valid_rows], setup.targets[valid_rows], None, finish, keypoints)
+    valid = ImageDataset(setup.images, setup.rows[valid_rows], setup.targets[valid_rows], None, finish, task)
     return train, valid
 
 
@@ -161,7 +152,7 @@ def _resident_batches(
         setup.resident[key] = batch_aug.resident_images(setup.images, np.arange(n), side, device)
         print(f"device_aug: {n} images resident on {device}, augmented there")
     resident, rows = setup.resident[key], torch.as_tensor(train_set.rows).to(device)
-    augment = batch_aug.BatchAugment(cfg.aug, normalise, flip_swap(setup))
+    augment = batch_aug.BatchAugment(cfg.aug, normalise, setup.task)
     targets = torch.as_tensor(_resident_targets(setup, train_set, resident)).to(device)
     valid = None
     if valid_set is not None:
@@ -179,12 +170,7 @@ def _resident_batches(
 
 
 def _resident_targets(setup: Setup, dataset: ImageDataset, resident: batch_aug.Resident) -> np.ndarray:
-    """Classes as they are; keypoints (N, K*2) from pixels of each original image to [-1, 1],
-    which a resize to the resident side leaves where they are."""
-    if setup.task.kind != "keypoints":
-        return dataset.targets
-    points = dataset.targets.reshape(len(dataset.targets), -1, 2)
-    return unit_points(points, resident.sizes[dataset.rows]).reshape(len(points), -1)
+    return setup.task.device_targets(dataset.targets, resident.sizes[dataset.rows])
 
 
 def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
@@ -196,7 +182,7 @@ def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
         parts.device.scaler(),
         cfg,
         steps_per_epoch * epochs,
-        mixup=engine.create_mixup(cfg, task.n_outputs) if task.kind == "classification" else None,
+        mixup=engine.create_mixup(cfg, task.n_outputs) if task.mixes else None,
         ema=ModelEmaV3(parts.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
     )
 
@@ -280,7 +266,7 @@ def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict | None, o
     metrics = task.metrics(result["predictions"], result["targets"], result["sizes"])
     row = {**row, "valid_loss": result["loss"], **metrics}
     score = metrics[task.metric]
-    sign = 1 if HIGHER_IS_BETTER[task.metric] else -1
+    sign = 1 if task.higher_is_better else -1
     predictions = np.column_stack([result["predictions"], result["sizes"]])
     _save_array(out.valid_predictions("last"), predictions)
     improved = best is None or sign * score > sign * best["score"]
@@ -303,9 +289,7 @@ def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
         "num_outputs": task.n_outputs,
         "in_chans": setup.channels,
         "image_size": setup.image_size,
-        "task": task.kind,
-        "labels": [str(c) for c in task.classes] if task.kind == "classification" else list(task.columns),
-        "head_activation": setup.cfg.model.head_activation,
+        **task.meta(),
     }
     _torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
 

@@ -16,7 +16,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from pipeline import config as C
-from pipeline import sources
+from pipeline import sources, tasks
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv
 from pipeline.paths import Paths
@@ -37,12 +37,12 @@ def assign_folds(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: st
 
 
 def strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> pd.Series:
-    """What each fold must get its share of: the class, or the bin of stratified_binned."""
+    """What each fold must get its share of: the task's strata (the class), or the bin of
+    stratified_binned."""
     if cfg.kind == "stratified_binned":
         return _bins(table, targets, cfg)
-    if task == "classification" and len(targets) == 1:
-        return table[targets[0]].astype(str)
-    return pd.Series("all", index=table.index)
+    found = tasks.get(task).strata(table, targets)
+    return pd.Series("all", index=table.index) if found is None else found
 
 
 def _splitter(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str):
@@ -53,17 +53,16 @@ def _splitter(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str):
     if cfg.kind == "multilabel":
         labels = _multilabel_matrix(table, targets)
         return MultilabelStratifiedKFold(n_splits=n, shuffle=True, random_state=seed).split(index, labels)
+    by_task = tasks.get(task).strata(table, targets)
     if cfg.kind == "group":
         groups = _groups(table, cfg)
-        if task == "classification" and len(targets) == 1:
-            return StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(
-                index, table[targets[0]].astype(str), groups
-            )
+        if by_task is not None:
+            return StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(index, by_task, groups)
         return GroupKFold(n, shuffle=True, random_state=seed).split(index, groups=groups)
-    if cfg.kind == "stratified" and not (task == "classification" and len(targets) == 1):
+    if cfg.kind == "stratified" and by_task is None:
         raise PipelineError(
-            "folds.kind=stratified needs a single-label classification; "
-            "use stratified_binned for keypoints or multilabel for several label columns"
+            f"folds.kind=stratified needs strata the task defines, and {task} has none; "
+            "use stratified_binned, or multilabel for several label columns"
         )
     with warnings.catch_warnings():  # small classes are reported by the stage, in its own words
         warnings.simplefilter("ignore", UserWarning)
@@ -192,16 +191,7 @@ def _extra_rows(cfg: C.Config, paths: Paths, table: pd.DataFrame, targets: list[
     extra = read_extra(paths.extra_csv, targets)
     if extra.empty:  # `make scrape` with no sources: a keypoint competition's too
         return None
-    if cfg.competition.task != "classification" or len(targets) != 1:
-        raise PipelineError(
-            f"{paths.extra_csv}: scraped extra images need a single-label classification (set data.use_extra=false)"
-        )
-    known = {str(v): v for v in table[targets[0]].unique()}
-    unknown = sorted(set(extra[targets[0]].astype(str)) - set(known))
-    if unknown:
-        raise PipelineError(f"{paths.extra_csv}: label {unknown[0]!r} is not a class of the training set")
-    extra[targets[0]] = extra[targets[0]].astype(str).map(known)
-    return extra
+    return tasks.get(cfg.competition.task).label_extra(extra, table, targets, str(paths.extra_csv))
 
 
 def _print_summary(folds: pd.DataFrame, labels: pd.Series, cfg: C.Folds) -> None:

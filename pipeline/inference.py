@@ -3,7 +3,7 @@ beside each model, and a fold's out-of-fold predictions with the same views.
 
 A TTA view is an affine map in the [-1, 1] coordinates of `grid_sample(align_corners=False)`,
 which are the keypoint coordinates the network predicts: a point p predicted in a view lies
-at theta @ [p, 1] in the image, exactly. A horizontal flip also swaps left/right points.
+at theta @ [p, 1] in the image, exactly. Each task maps its predictions back (Task.view_back).
 """
 
 import pickle
@@ -16,25 +16,28 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import engine, models, sources, transforms
+from pipeline import engine, models, sources, tasks, transforms
 from pipeline.config import Config, Model
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import FitFiles, Paths
-from pipeline.targets import oof_frame
-from pipeline.tasks import task_from_meta
+from pipeline.tasks.base import Task
 from pipeline.validation import validation_rows
 
 
 @dataclass(frozen=True)
 class View:
     theta: torch.Tensor  # (2, 3): output coordinates -> input coordinates
-    hflip: bool = False
+    hflip: bool = False  # a horizontal flip: left/right points swap names
 
     @property
     def is_identity(self) -> bool:
         return torch.equal(self.theta, torch.eye(2, 3))
+
+    def to_image(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2) points predicted in the view -> the same places in the image."""
+        return points @ self.theta[:, :2].T.to(points) + self.theta[:, 2].to(points)
 
 
 def views(tta: list[str]) -> list[View]:
@@ -65,18 +68,9 @@ def apply_view(view: View, images: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def map_back(view: View, points: torch.Tensor, swap: torch.Tensor | None) -> torch.Tensor:
-    """(B, K*2) points predicted in `view` -> the same points in the image."""
-    xy = points.reshape(len(points), -1, 2)
-    xy = xy @ view.theta[:, :2].T.to(xy) + view.theta[:, 2].to(xy)
-    if view.hflip and swap is not None:
-        xy = xy[:, swap]
-    return xy.reshape(len(points), -1)
-
-
 @torch.no_grad()
 def predict_images(
-    model: torch.nn.Module, task, loader, device: engine.Device, tta: list[View], swap: torch.Tensor | None
+    model: torch.nn.Module, task: Task, loader, device: engine.Device, tta: list[View]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mean over TTA views of each image's prediction, and the original (height, width)s."""
     model.eval()
@@ -86,8 +80,8 @@ def predict_images(
         total = 0
         for view in tta:
             with device.autocast():
-                out = task.predict(model(apply_view(view, images)))
-            total = total + (map_back(view, out, swap) if task.kind == "keypoints" else out)
+                out = task.activate(model(apply_view(view, images)))
+            total = total + task.view_back(view, out)
         predictions.append((total / len(tta)).float().cpu())
         sizes.append(size)
     return torch.cat(predictions).numpy(), torch.cat(sizes).numpy()
@@ -135,24 +129,23 @@ def load_model(path: Path, device: engine.Device) -> tuple[torch.nn.Module, dict
     return model.to(device.device, memory_format=device.memory_format), meta
 
 
-def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: engine.Device) -> tuple[np.ndarray, object]:
+def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: engine.Device) -> tuple[np.ndarray, Task]:
     """The model at `path` on `rows` of `images`, with predict.tta: (N, outputs + 2) raw
     predictions (probabilities, or keypoints in [-1, 1]) then each image's (height, width)."""
     model, meta = load_model(path, device)
-    task = task_from_meta(meta)
+    task = task_from_meta(meta, cfg)
     dataset = ImageDataset(images, rows, None, None, transforms.finish(meta["image_size"]))
     normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, meta["in_chans"]))
     batch_size = cfg.predict.batch_size or 2 * cfg.train.batch_size
     workers = default_workers() if cfg.train.workers is None else cfg.train.workers
     loader = create_loader(dataset, batch_size, False, workers, 0, device, normalise)
-    predictions, sizes = predict_images(model, task, loader, device, views(cfg.predict.tta), _swap(task, cfg))
+    predictions, sizes = predict_images(model, task, loader, device, views(cfg.predict.tta))
     return np.column_stack([predictions, sizes]), task
 
 
-def _swap(task, cfg: Config) -> torch.Tensor | None:
-    if task.kind != "keypoints":
-        return None
-    return torch.as_tensor(transforms.flip_permutation(transforms.point_names(task.columns), cfg.aug.flip_pairs))
+def task_from_meta(meta: dict, cfg: Config) -> Task:
+    """The task a saved model solves, as `cfg` reads its outputs."""
+    return tasks.get(meta["task"]).from_meta(meta, cfg)
 
 
 # --- each model's predictions, made once and kept beside it -------------------------------------
@@ -203,22 +196,19 @@ class PredictionsOnTest:
         with np.load(path) as kept:
             if not np.array_equal(kept["ids"], self.ids):
                 return None
-            self.task = self.task or task_from_meta(load_meta(fit.model))
+            self.task = self.task or task_from_meta(load_meta(fit.model), self.cfg)
             return kept["raw"]
 
     def in_units(self, fit: FitFiles) -> np.ndarray:
         """The competition's units: keypoints in pixels of each image."""
-        raw = self.of(fit)
-        return self.task.to_pixels(raw, self.sizes) if self.task.kind == "keypoints" else raw
+        raw = self.of(fit)  # sets the task and the sizes
+        return self.task.to_units(raw, self.sizes)
 
     def blend(self, weighted: list[tuple[FitFiles, float]]) -> np.ndarray:
         """The weighted mean of the models' predictions in the competition's units (weights sum
-        to 1), keypoints clipped to each image."""
+        to 1), made valid again by the task (keypoints clipped to each image)."""
         total = sum(weight * self.in_units(fit) for fit, weight in weighted)
-        if self.task.kind != "keypoints":
-            return total
-        limits = np.where(np.arange(total.shape[1]) % 2 == 0, self.sizes[:, 1:2], self.sizes[:, 0:1]) - 1
-        return np.clip(total, 0, limits)
+        return self.task.finish_blend(total, self.sizes)
 
 
 def oof_frames(cfg: Config, paths: Paths, fold_ids: list[int], epoch: str, setup, folds: pd.DataFrame) -> list:
@@ -227,7 +217,7 @@ def oof_frames(cfg: Config, paths: Paths, fold_ids: list[int], epoch: str, setup
     frames = []
     for k in fold_ids:
         rows = validation_rows(folds, k)
-        frames.append(oof_frame(setup.task, folds, rows, fold_oof(cfg, paths.fold(k), setup, rows, epoch)))
+        frames.append(setup.task.oof_frame(folds, rows, fold_oof(cfg, paths.fold(k), setup, rows, epoch)))
     return frames
 
 

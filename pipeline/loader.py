@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline import distributed
 from pipeline.engine import Device
+from pipeline.tasks.base import Task
 
 
 class ConcatImages(Sequence):
@@ -28,27 +29,10 @@ class ConcatImages(Sequence):
         return self.parts[part][i - self.starts[part]]
 
 
-def rescaled_points(points: np.ndarray, original: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(K, 2) x/y pixels of an image of `original` (height, width) -> the same places in the
-    copy of it resized to `size`, pixel centres at integers."""
-    scale = np.asarray(size[:2], dtype=np.float32)[::-1] / np.asarray(original, dtype=np.float32)[::-1]
-    return ((points + 0.5) * scale - 0.5).astype(np.float32)
-
-
-def unit_points(points: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(..., K, 2) x/y pixels of images of `sizes` (..., 2) (height, width) -> the [-1, 1]
-    coordinates of grid_sample(align_corners=False), which the networks predict."""
-    half = np.asarray(sizes, dtype=np.float32)[..., ::-1] / 2
-    return ((points + 0.5) / half[..., None, :] - 1.0).astype(np.float32)
-
-
 class ImageDataset(Dataset):
-    """Rows of an image store with their targets, augmented then finished to a uint8 tensor.
-
-    Keypoint targets (N, K*2) in pixels of the image files leave as (K*2,) in [-1, 1] of the
-    augmented image, NaN where missing. Each item also returns its file's (height, width), for
-    the metrics and the predictions in competition units.
-    """
+    """Rows of an image store with their targets, augmented (the task moves its targets with the
+    image) then finished to a uint8 tensor. Each item also returns its file's (height, width),
+    for the metrics and the predictions in competition units."""
 
     def __init__(
         self,
@@ -57,10 +41,11 @@ class ImageDataset(Dataset):
         targets: np.ndarray | None,
         augment: A.Compose | None,
         finish: A.Compose,
-        keypoints: bool = False,
+        task: Task | None = None,
     ):
+        """`task`: what moves the targets with the image; None, they stay as they are."""
         self.images, self.rows, self.targets = images, np.asarray(rows), targets
-        self.augment, self.finish, self.keypoints = augment, finish, keypoints
+        self.augment, self.finish, self.task = augment, finish, task
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -69,26 +54,13 @@ class ImageDataset(Dataset):
         image = np.asarray(self.images[self.rows[i]])
         original = self.images.original_sizes[self.rows[i]]
         target = self.targets[i] if self.targets is not None else np.float32(np.nan)
-        if self.keypoints and self.targets is not None:
-            image, target = self._move_points(image, target, original)
+        if self.task is not None and self.targets is not None:
+            image, target = self.task.augment_item(self.augment, image, target, original)
         elif self.augment is not None:
             image = self.augment(image=image)["image"]
         image = self.finish(image=image)["image"]  # may be the store's read-only array: torch.tensor copies
         size = torch.tensor(original, dtype=torch.float32)
         return torch.tensor(image.transpose(2, 0, 1)), torch.as_tensor(target), size
-
-    def _move_points(
-        self, image: np.ndarray, target: np.ndarray, original: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        points = rescaled_points(target.reshape(-1, 2), original, image.shape)
-        present = ~np.isnan(points).any(axis=1)
-        if self.augment is not None:
-            moved = self.augment(image=image, keypoints=np.nan_to_num(points), present=present)
-            image, points = moved["image"], np.asarray(moved["keypoints"], dtype=np.float32)[:, :2]
-            present = np.asarray(moved["present"], dtype=bool)
-        scaled = unit_points(points, np.array(image.shape[:2], dtype=np.float32))
-        scaled[~present] = np.nan
-        return image, scaled.reshape(-1).astype(np.float32)
 
     def reseed(self, seed: int) -> None:
         if self.augment is not None:

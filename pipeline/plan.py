@@ -11,14 +11,13 @@ import pandas as pd
 import yaml
 
 from pipeline import config as C
-from pipeline import defaults, sources
+from pipeline import defaults, sources, tasks
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_text
 from pipeline.fit import Setup
 from pipeline.images import FileSource, typical_side, uniform_side
 from pipeline.loader import ConcatImages
 from pipeline.paths import Paths
-from pipeline.tasks import create_task
 from pipeline.validation import read_folds
 
 TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
@@ -108,7 +107,7 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
         side=typical_side(store),
         channels=channels(cfg),
         n_folds=folds.loc[competition, "fold"].nunique(),
-        keypoint_columns=tuple(data.targets) if cfg.competition.task == "keypoints" else (),
+        targets=tuple(data.targets),
         recorded_sources=tuple(recorded_sources(paths).items()),
     )
     given = given_keys(cfg)
@@ -118,7 +117,7 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     settings = tuned_settings(cfg, paths) if tuned else {}
     if settings:
         cfg = C.with_overrides(cfg, settings, str(paths.tuned_yaml))
-    task = create_task(cfg, data.train.table, data.targets)
+    task = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets)
     targets = task.encode(folds, data.targets)
     size = cfg.model.image_size or uniform_side(store)
     if size is None:

@@ -9,14 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline import ensemble, plan, submission
+from pipeline import ensemble, plan, submission, tasks
 from pipeline.config import Config, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.inference import PredictionsOnTest, oof_frames
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, StatedCV, trained_state
-from pipeline.targets import HIGHER_IS_BETTER, target_columns
-from pipeline.validation import read_folds, validation_plan
+from pipeline.validation import read_folds, target_columns, validation_plan
 
 # --- which models, and the CV that describes them ----------------------------------------------
 
@@ -203,7 +202,7 @@ def run(cfg: Config) -> None:
     paths = Paths.of(cfg)
     plan, test = plan_submission(cfg, paths)
     path = submission.write(plan.cfg, paths, test.table, combine(test, plan.parts), test.task, plan.stated)
-    stated, direction = plan.stated, "higher" if HIGHER_IS_BETTER[plan.stated.metric] else "lower"
+    stated, direction = plan.stated, "higher" if tasks.higher_is_better(plan.stated.metric) else "lower"
     print(
         f"submission {path}: {stated.models} models ({stated.experiment}), CV {stated.metric} {stated.score:.5f} "
         f"± {stated.std:.5f} ({stated.method}; {direction} is better)"

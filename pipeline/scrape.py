@@ -48,7 +48,7 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
 
-from pipeline import sources
+from pipeline import sources, tasks
 from pipeline.config import Config, Scrape
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
@@ -547,8 +547,9 @@ def run(cfg: Config) -> None:
     if not cfg.scrape.sources:
         nothing_to_scrape(paths)
         return
-    if cfg.competition.task != "classification":
-        raise PipelineError("scraping adds labelled images: it is for classification competitions")
+    task = tasks.get(cfg.competition.task)
+    if not task.takes_extra_images:
+        raise PipelineError(f"scraping adds images labelled with a class, which a {task.name} competition cannot use")
     refuse_environment_proxy(cfg.scrape)
     gallery = served(paths.data / "gallery") if cfg.scrape.serve_gallery else contextlib.nullcontext(None)
     with gallery as base:

@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config as C
+from pipeline import tasks
 from pipeline.defaults import working_side
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.images import ArraySource, FileSource, open_images
+from pipeline.tables import line, read_csv, require_columns, show
 
 
 @dataclass(frozen=True)
@@ -36,49 +38,16 @@ class Split:
 class CompetitionData:
     train: Split
     test: Split
-    targets: list[str]  # classification: one label column; keypoints: x/y columns in pixels
+    targets: list[str]  # the target columns of the train table, as its task reads them
 
 
 def read(cfg: C.Config) -> CompetitionData:
     """The competition's train and test tables, checked; every problem is a PipelineError."""
     reader = READERS[cfg.data.layout]
     data = reader(cfg.data, cfg.competition.task)
-    _check_targets(data.train.table, data.targets, cfg.competition.task)
+    source = data.train.table.attrs.get("source", "train table")
+    tasks.get(cfg.competition.task).check_targets(data.train.table, data.targets, source)
     return data
-
-
-def line(index: int) -> int:
-    """The CSV line of a 0-based data row (line 1 is the header)."""
-    return index + 2
-
-
-# --- CSV helpers -------------------------------------------------------------------------------
-
-
-def read_csv(path: Path, *, rows_required: bool = True, **kwargs) -> pd.DataFrame:
-    """A competition table; one without rows is an error unless `rows_required` is off."""
-    if not path.is_file():
-        raise PipelineError(f"{path} does not exist")
-    try:
-        frame = pd.read_csv(path, **kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise PipelineError(f"{path} cannot be read as CSV: {str(exc).strip().splitlines()[-1]}") from None
-    if frame.empty and rows_required:
-        raise PipelineError(f"{path} has a header but no rows")
-    return frame
-
-
-def show(value) -> str:
-    """repr() of a table cell as the user wrote it: 99, not np.int64(99)."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
-
-
-def require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PipelineError(
-            f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {list(frame.columns)[:8]}..."
-        )
 
 
 def check_unique(ids: pd.Series, path: Path, column: str) -> None:
@@ -89,27 +58,6 @@ def check_unique(ids: pd.Series, path: Path, column: str) -> None:
             f"{path} lines {line(first[0])} and {line(first[1])}: "
             f"duplicate id {show(ids[first[0]])} in column {column!r}"
         )
-
-
-def _check_targets(table: pd.DataFrame, targets: list[str], task: str) -> None:
-    source = table.attrs.get("source", "train table")
-    for column in targets:
-        values = table[column]
-        if task == "classification":
-            missing = values.isna() | (values.astype(str).str.strip() == "")
-            if missing.any():
-                raise PipelineError(
-                    f"{source} line {line(int(np.flatnonzero(missing)[0]))}: missing label in column {column!r}"
-                )
-        else:
-            numeric = pd.to_numeric(values, errors="coerce")
-            bad = numeric.isna() & values.notna()
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise PipelineError(
-                    f"{source} line {line(i)}, column {column!r}: {show(values.iloc[i])} is not a number"
-                )
-            table[column] = numeric.astype(float)
 
 
 def check_against_sample(ids: pd.Series, layout: C.LayoutBase) -> pd.Series:

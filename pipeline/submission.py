@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import kaggle_cli, sources
+from pipeline import kaggle_cli, sources, tables, tasks
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv
 from pipeline.paths import SUBMISSIONS, Paths
 from pipeline.records import StatedCV
-from pipeline.targets import HIGHER_IS_BETTER, competition_metric, of_data
+from pipeline.tables import read_csv
+from pipeline.tasks.base import Task
 
 LEDGER_COLUMNS = [
     "file",
@@ -45,61 +46,21 @@ LEDGER_COLUMNS = [
 # --- formats -----------------------------------------------------------------------------------
 
 
-def submission_format(cfg: Config, task, sample: pd.DataFrame | None) -> str:
-    if cfg.predict.format != "auto":
-        return cfg.predict.format
-    if task.kind == "keypoints":
-        return "keypoints_long" if getattr(cfg.data, "lookup_table", None) else "keypoints_wide"
-    return "probabilities" if sample is not None and sample.shape[1] > 2 else "label"
+def submission_format(cfg: Config, task: Task, sample: pd.DataFrame | None) -> str:
+    return task.submission_format(cfg, sample) if cfg.predict.format == "auto" else cfg.predict.format
 
 
 def read_sample(cfg: Config) -> pd.DataFrame | None:
     if cfg.data.sample_submission is None:
         return None
-    return sources.read_csv(Path(cfg.data.dir) / cfg.data.sample_submission)
+    return read_csv(Path(cfg.data.dir) / cfg.data.sample_submission)
 
 
-def build(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task, sample: pd.DataFrame | None) -> pd.DataFrame:
+def build(
+    cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task: Task, sample: pd.DataFrame | None
+) -> pd.DataFrame:
     """The submission in the competition's format, columns named as the sample names them."""
-    kind = submission_format(cfg, task, sample)
-    ids = table["id"].to_numpy()
-    if kind == "label":
-        columns = list(sample.columns) if sample is not None else ["id", "label"]
-        labels = np.array(task.classes, dtype=object)[predictions.argmax(axis=1)]
-        return pd.DataFrame({columns[0]: ids, columns[1]: _as_sample_dtype(labels, sample, columns[1])})
-    if kind == "probabilities":
-        if sample is None:
-            return pd.DataFrame({"id": ids, **{str(c): predictions[:, i] for i, c in enumerate(task.classes)}})
-        by_class = {str(c): predictions[:, i] for i, c in enumerate(task.classes)}
-        missing = [c for c in sample.columns[1:] if str(c) not in by_class]
-        if missing:
-            raise PipelineError(f"sample submission column {missing[0]!r} is not a class; classes: {task.classes}")
-        return pd.DataFrame({sample.columns[0]: ids, **{c: by_class[str(c)] for c in sample.columns[1:]}})
-    if kind == "keypoints_wide":
-        columns = list(sample.columns[1:]) if sample is not None else list(task.columns)
-        frame = pd.DataFrame(predictions, columns=task.columns)
-        return pd.concat(
-            [pd.DataFrame({sample.columns[0] if sample is not None else "id": ids}), frame[columns]], axis=1
-        )
-    return _keypoints_long(cfg, table, predictions, task)
-
-
-def _keypoints_long(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -> pd.DataFrame:
-    """RowId,Location through IdLookupTable.csv: only the features each image asks for."""
-    if getattr(cfg.data, "lookup_table", None) is None:
-        raise PipelineError("predict.format=keypoints_long needs data.lookup_table (IdLookupTable.csv)")
-    lookup = sources.read_csv(Path(cfg.data.dir) / cfg.data.lookup_table)
-    row_of = {image_id: i for i, image_id in enumerate(table["id"])}
-    column_of = {name: i for i, name in enumerate(task.columns)}
-    rows = lookup["ImageId"].map(row_of).to_numpy()
-    columns = lookup["FeatureName"].map(column_of).to_numpy()
-    return pd.DataFrame({"RowId": lookup["RowId"].to_numpy(), "Location": predictions[rows, columns]})
-
-
-def _as_sample_dtype(labels: np.ndarray, sample: pd.DataFrame | None, column: str) -> np.ndarray:
-    if sample is not None and pd.api.types.is_integer_dtype(sample[column]):
-        return labels.astype(np.int64)
-    return labels
+    return task.submission(submission_format(cfg, task, sample), table["id"].to_numpy(), predictions, sample)
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -128,7 +89,7 @@ def validate(frame: pd.DataFrame, sample: pd.DataFrame | None, known_labels: lis
     if known_labels is not None:
         unknown = ~frame.iloc[:, 1].astype(str).isin({str(c) for c in known_labels})
         if unknown.any():
-            label = sources.show(frame.iloc[:, 1][unknown].iloc[0])
+            label = tables.show(frame.iloc[:, 1][unknown].iloc[0])
             raise PipelineError(f"submission label {label} is not a known class")
     return frame
 
@@ -155,16 +116,17 @@ def validated(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -
     return validate(build(cfg, table, predictions, task, sample), sample, known_labels(cfg, task, sample))
 
 
-def known_labels(cfg: Config, task, sample: pd.DataFrame | None) -> list | None:
+def known_labels(cfg: Config, task: Task, sample: pd.DataFrame | None) -> list | None:
     """The labels a submission of one label per row may hold; None for the other formats."""
-    return task.classes if submission_format(cfg, task, sample) == "label" else None
+    return task.known_labels(submission_format(cfg, task, sample))
 
 
 def checked_file(cfg: Config, path: str) -> pd.DataFrame:
     """The submission file at `path` checked as `make predict` checks the files it writes."""
     data = sources.read(cfg)
-    task, sample = of_data(cfg, data.train.table, data.targets), read_sample(cfg)
-    return validate(sources.read_csv(Path(path)), sample, known_labels(cfg, task, sample))
+    task = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets)
+    sample = read_sample(cfg)
+    return validate(read_csv(Path(path)), sample, known_labels(cfg, task, sample))
 
 
 def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
@@ -218,7 +180,7 @@ def read_ledger() -> pd.DataFrame:
     if not SUBMISSIONS.ledger.exists():
         return pd.DataFrame(columns=LEDGER_COLUMNS)
     types = {"git_commit": str, "config_hash": str, "cv_method": str}
-    ledger = sources.read_csv(SUBMISSIONS.ledger, rows_required=False, dtype=types)
+    ledger = read_csv(SUBMISSIONS.ledger, rows_required=False, dtype=types)
     ledger = ledger.reindex(columns=LEDGER_COLUMNS)  # a ledger from an older version gains the new columns
     broken = ledger["file"].isna() | pd.to_datetime(ledger["utc_time"], errors="coerce", utc=True).isna()
     if broken.any():
@@ -310,27 +272,21 @@ def score(cfg: Config, file: str | None = None) -> float:
     if cfg.data.solution is None:
         raise PipelineError("data.solution is not set: this competition has no local answers to score against")
     path = newest(cfg, file)
-    solution = sources.read_csv(Path(cfg.data.dir) / cfg.data.solution)
-    submitted = validate(sources.read_csv(Path(path)), solution)
+    solution = read_csv(Path(cfg.data.dir) / cfg.data.solution)
+    submitted = validate(read_csv(Path(path)), solution)
     row = ledger_row_of(path)
-    metric = row["cv_metric"] if row is not None else competition_metric(cfg)
-    value = _metric(metric, submitted, solution)
+    metric = row["cv_metric"] if row is not None else tasks.metric_of(cfg)
+    value = tasks.get(cfg.competition.task).score_file(metric, submitted, solution)
     update_ledger(path, local_score=value)
     print(f"{path}: {metric} {value:.5f} on the held-out answers in {cfg.data.solution}")
     return value
 
 
-def _metric(metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
-    truth, guess = solution.iloc[:, 1:].to_numpy(), submitted.iloc[:, 1:].to_numpy()
-    if metric == "rmse":
-        return float(np.sqrt(np.nanmean((guess.astype(float) - truth.astype(float)) ** 2)))
-    if metric in ("accuracy", "macro_f1") and truth.shape[1] == 1:
-        from sklearn.metrics import f1_score
-
-        if metric == "accuracy":
-            return float((truth[:, 0].astype(str) == guess[:, 0].astype(str)).mean())
-        return float(f1_score(truth[:, 0].astype(str), guess[:, 0].astype(str), average="macro"))
-    raise PipelineError(f"scoring {metric} against {list(solution.columns)} is not supported")
+def _higher_is_better(metric: str) -> bool | None:
+    try:
+        return tasks.higher_is_better(metric)
+    except PipelineError:  # a ledger row from an older version, or hand-made
+        return None
 
 
 def show(cfg: Config) -> None:
@@ -340,7 +296,7 @@ def show(cfg: Config) -> None:
     if ledger.empty:
         print(f"{SUBMISSIONS.ledger} is empty: run `make predict`")
         return
-    higher = ledger["cv_metric"].map(HIGHER_IS_BETTER).fillna(True)
+    higher = ledger["cv_metric"].map(_higher_is_better).fillna(True)
     cv = pd.to_numeric(ledger["cv_score"], errors="coerce")
     for column in ("local", "public"):
         ledger[f"{column}_gap"] = pd.to_numeric(ledger[f"{column}_score"], errors="coerce") - cv

@@ -20,13 +20,12 @@ import yaml
 from PIL import Image
 
 from pipeline import config as C
-from pipeline import sources
+from pipeline import sources, tasks
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
 from pipeline.images import DECODE_ERRORS, ArraySource
 
 PIXEL_COLUMN = re.compile(r"^pixel\d+$")
-COORDINATE = re.compile(r"_[xy]$", re.IGNORECASE)
 FILENAME_LABEL = r"^(?P<label>.+)_\d+$"
 SAMPLE_SUBMISSION = re.compile(r"sample.*submission.*\.csv$", re.IGNORECASE)
 SAMPLED_IMAGES = 200  # images opened to learn sizes and channels
@@ -130,7 +129,7 @@ def pixel_string(folder: Folder) -> list[Decision] | None:
     with_strings = {n: f for n, f in folder.tables.items() if _pixel_string_column(f)}
     if len(with_strings) != 2:
         return None
-    train = next((n for n, f in with_strings.items() if any(map(COORDINATE.search, f.columns))), None)
+    train = next((n for n, f in with_strings.items() if claimed(list(f.columns))[0]), None)
     if train is None:
         return None
     test = next(n for n in with_strings if n != train)
@@ -234,6 +233,15 @@ def _folder_of(folder: Folder, names: pd.Series) -> Path | None:
     return next((d for d in folder.subfolders() if _resolves(folder, d, names)), None)
 
 
+def claimed(columns: list) -> tuple[list[str], str]:
+    """The columns the first task to claim any takes as its targets (keypoints: x/y columns), and why."""
+    for task in tasks.every():
+        found = task.claim_columns([str(c) for c in columns])
+        if found:
+            return found, f"{task.name} columns, by their names"
+    return [], ""
+
+
 def _test_folder(folder: Folder, exclude: Path) -> str | None:
     with_images = [d.name for d in folder.subfolders() if d != exclude and folder.images_in(d)]
     return "test" if "test" in with_images else (with_images[0] if len(with_images) == 1 else None)
@@ -248,7 +256,7 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
     test_dir = _folder_of(folder, test_ids.astype(str)) if test or folder.sample_submission else None
     shared = set(folder.tables[test].columns) if test else set()
     targets = [c for c in frame.columns if c != id_column and c not in shared]
-    coordinates = [c for c in targets if COORDINATE.search(str(c))]
+    coordinates, why = claimed(targets)
     labels = (
         folder.given.get("data.label_columns") or coordinates or [folder.pick(targets, "data.label_columns", train)]
     )
@@ -257,7 +265,7 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
         Decision("data.train_csv", train, "the CSV with the targets"),
         Decision("data.test_csv", test, "the test ids" if test else "none: the test ids are the sample's first column"),
         Decision("data.id_column", id_column, "its values are image file names"),
-        Decision("data.label_columns", labels, "x/y coordinate columns" if coordinates else "the one target column"),
+        Decision("data.label_columns", labels, why or "the one target column"),
         Decision("data.train_dir", image_dir.name, "the training images"),
         Decision("data.test_dir", test_dir.name if test_dir else "test", "the images the test ids name"),
     ]
@@ -310,13 +318,14 @@ class Survey:
 
 
 def task_of(layout: list[Decision]) -> Decision:
+    """The first task, in the registry's order, that takes the competition for its own."""
     values = {d.key: d.value for d in layout}
-    if values["data.layout"] == "pixel_string":
-        return Decision("competition.task", "keypoints", "x/y coordinate columns in the training CSV")
     labels = values.get("data.label_columns", [])
-    if len(labels) > 1 or (labels and COORDINATE.search(labels[0])):
-        return Decision("competition.task", "keypoints", f"{len(labels) // 2} points as x/y columns")
-    return Decision("competition.task", "classification", "one label per image")
+    for task in tasks.every():
+        why = task.detect(values["data.layout"], labels)
+        if why is not None:
+            return Decision("competition.task", task.name, why)
+    raise PipelineError(f"init: no task takes label columns {labels}; set competition.task=<task>")
 
 
 @dataclass(frozen=True)
@@ -382,27 +391,13 @@ def _is_gray(image: Image.Image) -> bool:
     return bool(np.abs(pixels - pixels[..., :1]).max() <= 2)
 
 
-def sample_format(folder: Folder, task: str, classes: list[str]) -> Decision | None:
+def sample_format(folder: Folder, task: str, data: sources.CompetitionData) -> Decision | None:
     name = folder.sample_submission
     if name is None:
         return None
     columns = [str(c) for c in folder.csvs[name].columns]
-    if task == "keypoints":
-        wide = all(COORDINATE.search(c) for c in columns[1:])
-        return Decision("predict.format", "keypoints_wide" if wide else "keypoints_long", f"{name}'s columns")
-    if len(columns) > 2 and set(columns[1:]) <= set(classes):
-        return Decision("predict.format", "probabilities", f"{name} has a column per class")
-    return Decision("predict.format", "label", f"{name} has one label column")
-
-
-def balance(data: sources.CompetitionData, task: str) -> str:
-    table = data.train.table[data.targets]
-    if task == "keypoints":
-        complete = int(table.notna().all(axis=1).sum())
-        return f"{len(data.targets) // 2} points; {complete} of {len(table)} rows have all of them"
-    counts = table.iloc[:, 0].astype(str).value_counts()
-    shape = "balanced" if counts.max() <= 1.5 * counts.min() else f"imbalanced, {counts.max() / counts.min():.1f} to 1"
-    return f"{len(counts)} classes, {counts.min()} to {counts.max()} rows each ({shape})"
+    value, why = tasks.get(task).sample_format(columns, data.train.table, data.targets)
+    return Decision("predict.format", value, f"{name}: {why}")
 
 
 def survey(root: Path, name: str | None = None, given: dict[str, object] | None = None) -> Survey:
@@ -425,8 +420,7 @@ def survey(root: Path, name: str | None = None, given: dict[str, object] | None 
     data = sources.read(C.validate(Survey(name, decisions, []).raw(), f"init {root}"))
     pictures = images_of(data)
     decisions += [pictures.channels] if pictures.channels else []
-    classes = sorted(data.train.table[data.targets[0]].astype(str).unique()) if task.value == "classification" else []
-    decisions += [d for d in [sample_format(folder, task.value, classes)] if d]
+    decisions += [d for d in [sample_format(folder, task.value, data)] if d]
     budget, gpu = machine_budget()
     preset = suggested_preset(len(data.train.table), pictures.side, gpu=gpu)
     decisions = overlay([*decisions, preset, budget], given)
@@ -434,7 +428,7 @@ def survey(root: Path, name: str | None = None, given: dict[str, object] | None 
     rows = f"{len(data.train.table)} training rows, {len(data.test.table)} test rows"
     found = [
         rows,
-        balance(data, task.value),
+        tasks.get(task.value).describe_targets(data.train.table, data.targets),
         f"images: {pictures.sizes}, {pictures.kind}",
         f"preset: {final['train.preset']}",
         f"time budget: {final['train.time_budget']}",

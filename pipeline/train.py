@@ -28,8 +28,7 @@ from pipeline.files import write_csv
 from pipeline.fit import Setup, check, fit
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, FitResult, Scores
-from pipeline.targets import HIGHER_IS_BETTER, oof_frame, target_columns
-from pipeline.validation import validation_plan, validation_rows
+from pipeline.validation import target_columns, validation_plan, validation_rows
 
 
 def run(cfg: C.Config) -> None:
@@ -207,7 +206,7 @@ def restore_unreplaced(out: FitFiles, previous: FitFiles) -> None:
 def write_oof(setup: Setup, folds: pd.DataFrame, valid: np.ndarray, out: FitFiles) -> None:
     """The kept epoch's out-of-fold predictions, in the competition's units."""
     kept = "best" if setup.cfg.train.checkpoint == "best" else "last"
-    write_csv(out.oof, oof_frame(setup.task, folds, valid, np.load(out.valid_predictions(kept))))
+    write_csv(out.oof, setup.task.oof_frame(folds, valid, np.load(out.valid_predictions(kept))))
 
 
 def summarize(
@@ -220,13 +219,13 @@ def summarize(
 
     def scores(epoch: str) -> Scores:
         raw = [np.load(paths.fold(k).valid_predictions(epoch)) for k in fold_ids]
-        oof = pd.concat([oof_frame(task, folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
+        oof = pd.concat([task.oof_frame(folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
         per_fold = [r.best_score if epoch == "best" else r.last_score for r in results]
         return Scores.of(per_fold, task.oof_score(oof, targets))
 
     return CV(
         metric=task.metric,
-        higher_is_better=HIGHER_IS_BETTER[task.metric],
+        higher_is_better=task.higher_is_better,
         kept=setup.cfg.train.checkpoint,
         epochs=setup.cfg.train.epochs,
         fold_ids=[int(k) for k in fold_ids],

@@ -15,31 +15,6 @@ from pipeline.config import Aug
 from pipeline.errors import PipelineError
 
 
-def point_names(columns: list[str]) -> list[str]:
-    """x/y column pairs -> point names: left_eye_center_x, left_eye_center_y -> left_eye_center."""
-    names = []
-    for x, y in zip(columns[0::2], columns[1::2], strict=True):
-        if not (x.endswith("x") and y.endswith("y") and x[:-1] == y[:-1]):
-            raise PipelineError(f"keypoint columns must come as x, y pairs; got {x!r} then {y!r}")
-        names.append(x[:-1].rstrip("_"))
-    return names
-
-
-def flip_permutation(names: list[str], pairs: str | list[tuple[str, str]]) -> np.ndarray:
-    """Where each point goes under a horizontal flip. "auto" pairs every name containing
-    'left' with the same name with 'right'."""
-    if pairs == "auto":
-        pairs = [(n, n.replace("left", "right")) for n in names if "left" in n and n.replace("left", "right") in names]
-    position = {n: i for i, n in enumerate(names)}
-    swap = np.arange(len(names))
-    for a, b in pairs:
-        for name in (a, b):
-            if name not in position:
-                raise PipelineError(f"aug.flip_pairs names {name!r}, which is not a keypoint; points: {names}")
-        swap[position[a]], swap[position[b]] = position[b], position[a]
-    return swap
-
-
 def augmentations(aug: Aug, channels: int, size: int, swap: np.ndarray | None = None) -> list[A.BasicTransform]:
     """The enabled ops' albumentations transforms, in the order they apply. `swap`: where each
     keypoint goes under a horizontal flip (None: no keypoints)."""
@@ -52,14 +27,13 @@ def augmentations(aug: Aug, channels: int, size: int, swap: np.ndarray | None = 
     return [op.per_image(op.setting(aug), context) for op in ops]
 
 
-def compose(steps: list[A.BasicTransform], keypoints: bool, seed: int) -> A.Compose | None:
-    """The steps as one pipeline; None when there are none (albumentations would warn, on every
-    run, that its keypoint processor has nothing to process)."""
+def compose(steps: list[A.BasicTransform], params: dict, seed: int) -> A.Compose | None:
+    """The steps as one pipeline, with the task's `params` for what moves with the image; None
+    when there are none (albumentations would warn, on every run, that its keypoint processor
+    has nothing to process)."""
     if not steps:
         return None
-    # `present` rides along with each point, so a flip that swaps points swaps their labels too
-    params = A.KeypointParams(format="xy", remove_invisible=False, label_fields=["present"]) if keypoints else None
-    return A.Compose(steps, keypoint_params=params, seed=seed)
+    return A.Compose(steps, **params, seed=seed)
 
 
 def finish(size: int) -> A.Compose:

@@ -34,14 +34,12 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from pipeline import aug_ops, distributed, engine, models, optuna_private, plan
+from pipeline import aug_ops, distributed, engine, models, optuna_private, plan, tasks
 from pipeline import config as C
 from pipeline.errors import STOPS, PipelineError, Terminated
 from pipeline.files import write_csv, write_text
 from pipeline.fit import Setup, check, fit
 from pipeline.paths import Paths
-from pipeline.targets import HIGHER_IS_BETTER, competition_metric
-from pipeline.tasks import configured_task
 from pipeline.validation import validation_rows
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,10 +63,9 @@ def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
         space["model.freeze_depth"] = P(type="int", low=0, high=n_stages)
         # frozen for good (the ResNeXt write-up) or, fastai's way, only for the first epoch
         space["model.unfreeze_epoch"] = P(type="categorical", choices=[None, 2])
-    if cfg.competition.task == "classification":
-        space["train.mixup_alpha"] = P(type="float", low=0.1, high=0.4, optional=True)
-    augmentations = aug_ops.search_space(plan.channels(cfg), cfg.competition.task)
-    return space | {key: P(**spec) for key, spec in augmentations.items()}
+    task = tasks.get(cfg.competition.task)
+    augmentations = aug_ops.search_space(plan.channels(cfg), crops=task.crops)
+    return space | {key: P(**spec) for key, spec in (task.search_space(cfg) | augmentations).items()}
 
 
 def baseline_params(cfg: C.Config, space: dict[str, C.Param]) -> dict:
@@ -142,7 +139,7 @@ def storage_of(cfg: C.Config, paths: Paths):
 
 
 def create_study(cfg: C.Config, paths: Paths, storage=None) -> optuna.Study:
-    direction = "maximize" if HIGHER_IS_BETTER[competition_metric(cfg)] else "minimize"
+    direction = "maximize" if tasks.higher_is_better(tasks.metric_of(cfg)) else "minimize"
     # Pruning looks only at the last epoch of each fold: mid-way through a one-cycle schedule a
     # high learning rate or strong regularisation scores low and ends best, so comparing there
     # prunes exactly the trials worth finishing.
@@ -336,7 +333,7 @@ def objective(trial: optuna.Trial, base: Setup, folds, space: dict, paths: Paths
     trial_cfg = C.with_overrides(cfg, values, f"trial {trial.number}")
     trial.set_user_attr("overrides", values)
     C.save_resolved(trial_cfg, paths.trial_config(trial.number))
-    setup = dataclasses.replace(base, cfg=trial_cfg, task=configured_task(trial_cfg, base.task.labels))
+    setup = dataclasses.replace(base, cfg=trial_cfg, task=type(base.task).of_labels(trial_cfg, base.task.labels))
     fold_ids = cfg.tune.folds if cfg.tune.folds is not None else sorted(k for k in set(folds["fold"]) if k >= 0)
     epochs = cfg.tune.epochs or cfg.train.epochs
     scores = []
@@ -476,13 +473,13 @@ def write_best(cfg: C.Config, paths: Paths, study: optuna.Study) -> None:
     baseline = [f"the config's own values {t.value:.5f}" for t in finished if t.user_attrs.get("baseline")]
     header = (
         f"# best of {len(finished)} complete trials in study {study.study_name}: trial {best.number}, "
-        f"{competition_metric(cfg)} {', '.join([f'{best.value:.5f}', *baseline])}\n"
+        f"{tasks.metric_of(cfg)} {', '.join([f'{best.value:.5f}', *baseline])}\n"
     )
     write_text(paths.best_yaml, header + yaml.safe_dump(overrides, sort_keys=True))
     C.save_resolved(cfg, paths.resolved("tune"))
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     print(
-        f"tune: best {competition_metric(cfg)} {best.value:.5f} (trial {best.number}) of "
+        f"tune: best {tasks.metric_of(cfg)} {best.value:.5f} (trial {best.number}) of "
         f"{', '.join(f'{v} {k}' for k, v in counts.items() if v)} -> {paths.best_yaml}"
     )
 

@@ -30,3 +30,8 @@ def validation_plan(folds: pd.DataFrame) -> str:
     """A digest of which competition row validates in which fold: equal digests, blendable OOF."""
     rows = folds.loc[folds["fold"] != EXTRA_FOLD, ["id", "fold"]].astype(str)
     return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def target_columns(folds: pd.DataFrame) -> list[str]:
+    """folds.csv holds id, the targets and fold."""
+    return [c for c in folds.columns if c not in ("id", "fold")]

@@ -13,7 +13,7 @@ from pipeline.aug_ops import Context, Setting
 from pipeline.batch_aug import BatchAugment
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
-from pipeline.loader import unit_points
+from pipeline.tasks.keypoints import Keypoints, flip_permutation, keypoint_params, point_names, unit_points
 
 DATA = {"layout": "image_csv", "dir": "data/x"}
 SIDE = 48
@@ -28,10 +28,10 @@ def forced(op: aug_ops.Op, aug: Aug = STRONG) -> Setting:
     return Setting(1.0, op.setting(aug).ranges)
 
 
-def batched(op: aug_ops.Op, setting: Setting, swap: np.ndarray | None = None) -> BatchAugment:
-    """The batched executor of `op` alone, drawing from `setting`."""
+def batched(op: aug_ops.Op, setting: Setting, task: Keypoints | None = None) -> BatchAugment:
+    """The batched executor of `op` alone, drawing from `setting`, moving `task`'s points."""
     on = {k.name: getattr(STRONG, k.name) or 0.1 for k in op.keys if not k.default}
-    augment = BatchAugment(Aug(**on), GREY, swap)
+    augment = BatchAugment(Aug(**on), GREY, task)
     augment.settings = [setting]
     return augment
 
@@ -64,7 +64,7 @@ def smooth_image(seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_per_image_keypoint_mapping_lands_on_the_dot(op, seed):
     point = np.array([[21.3, 26.6]])
-    steps = transforms.compose([op.per_image(forced(op), Context(1, SIDE))], keypoints=True, seed=seed)
+    steps = transforms.compose([op.per_image(forced(op), Context(1, SIDE))], keypoint_params(), seed=seed)
     moved = steps(image=dot(*point[0]), keypoints=point, present=[True])
     np.testing.assert_allclose(np.asarray(moved["keypoints"])[0, :2], found(moved["image"]), atol=0.5)
 
@@ -72,13 +72,11 @@ def test_per_image_keypoint_mapping_lands_on_the_dot(op, seed):
 @pytest.mark.parametrize("op", [op for op in GEOMETRIC if op.batched], ids=lambda op: type(op).__name__)
 def test_batched_keypoint_mapping_lands_on_the_dot(op):
     points = np.array([[21.3, 26.6], [30.2, 17.5], [24.0, 24.0], [15.7, 29.9]])
-    augment = batched(op, forced(op))
+    augment = batched(op, forced(op), Keypoints(["p_x", "p_y"]))  # one point per image
     draws = augment.draw(len(points), np.random.default_rng(0))
     images = torch.from_numpy(np.stack([dot(*p) for p in points])).permute(0, 3, 1, 2)
     moved_images = augment.apply(images, draws)
-    # a keypoint target is what the swap-aware path moves; one point per image here
     targets = torch.from_numpy(unit_points(points[:, None, :], np.full((len(points), 2), SIDE)).reshape(-1, 2))
-    augment.swap = torch.tensor([0])
     moved = augment.targets(targets, draws).numpy()
     for image, unit in zip(moved_images, moved, strict=True):
         np.testing.assert_allclose((unit + 1) * SIDE / 2 - 0.5, found(image.numpy()), atol=0.5)
@@ -113,12 +111,12 @@ def test_every_batched_op_but_cutout_is_compared_above():
 
 def test_a_flip_swaps_left_and_right_names_on_both_paths():
     columns = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y"]
-    swap = transforms.flip_permutation(transforms.point_names(columns), "auto")
+    swap = flip_permutation(point_names(columns), "auto")
     points = np.array([[10.0, 20.0], [36.0, 21.0], [23.0, 30.0]])  # the left eye on the image's left
-    steps = transforms.compose(transforms.augmentations(Aug(hflip=1.0), 1, SIDE, swap), keypoints=True, seed=0)
+    steps = transforms.compose(transforms.augmentations(Aug(hflip=1.0), 1, SIDE, swap), keypoint_params(), seed=0)
     per_image = np.asarray(steps(image=dot(0, 0), keypoints=points, present=[True] * 3)["keypoints"])[:, :2]
     np.testing.assert_allclose(per_image, [[SIDE - 1 - 36.0, 21.0], [SIDE - 1 - 10.0, 20.0], [SIDE - 1 - 23.0, 30.0]])
-    augment = BatchAugment(Aug(hflip=1.0), GREY, swap)
+    augment = BatchAugment(Aug(hflip=1.0), GREY, Keypoints(columns))
     targets = torch.from_numpy(unit_points(points, np.array([SIDE, SIDE])).reshape(1, -1))
     moved = augment.targets(targets, augment.draw(1, np.random.default_rng(0))).reshape(-1, 2).numpy()
     np.testing.assert_allclose((moved + 1) * SIDE / 2 - 0.5, per_image, atol=1e-4)
@@ -126,9 +124,10 @@ def test_a_flip_swaps_left_and_right_names_on_both_paths():
 
 def test_a_point_pushed_out_of_the_image_and_a_missing_point_stay_in_the_targets():
     augment = batched(
-        aug_ops.Affine(), Setting(1.0, {"rotate": (0, 0), "shift": (0.4, 0.4), "scale": (1, 1), "shear": (0, 0)})
+        aug_ops.Affine(),
+        Setting(1.0, {"rotate": (0, 0), "shift": (0.4, 0.4), "scale": (1, 1), "shear": (0, 0)}),
+        Keypoints(["a_x", "a_y", "b_x", "b_y"]),
     )
-    augment.swap = torch.tensor([0, 1])
     targets = torch.tensor([[0.9, 0.0, float("nan"), float("nan")]])
     moved = augment.targets(targets, augment.draw(1, np.random.default_rng(0)))
     assert moved[0, 0] == pytest.approx(1.7) and moved[0, 1] == pytest.approx(0.8) and moved[0, 2:].isnan().all()

@@ -32,7 +32,7 @@ def as_tensor(batch: np.ndarray) -> torch.Tensor:
 )
 def test_exact_ops_match_the_per_image_albumentations_path(aug, same_as):
     batch = images()
-    steps = transforms.compose([same_as] if same_as else [], False, 0)
+    steps = transforms.compose([same_as] if same_as else [], {}, 0)
     per_image = ImageDataset(MemoryImages(batch), np.arange(len(batch)), None, steps, transforms.finish(16))
     expected = NORMALISE(torch.stack([per_image[i][0] for i in range(len(batch))]))
     augment = BatchAugment(aug, NORMALISE)

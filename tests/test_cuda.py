@@ -15,6 +15,7 @@ from pipeline.config import Aug
 from pipeline.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV
+from pipeline.tasks.keypoints import Keypoints
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -72,7 +73,9 @@ def test_keypoints_move_alike_on_cuda_and_on_the_cpu():
     batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 1, 24, 24), dtype=np.uint8))
     points = torch.from_numpy(np.random.default_rng(1).uniform(-0.8, 0.8, (40, 6)).astype(np.float32))
     points[::5, 2:4] = float("nan")
-    augment = BatchAugment(EVERYTHING, NORMALISE, swap=np.array([1, 0, 2]))
+    augment = BatchAugment(
+        EVERYTHING, NORMALISE, Keypoints(["left_x", "left_y", "right_x", "right_y", "nose_x", "nose_y"])
+    )
     on_cpu = list(DeviceBatches(batch, points, augment, batch_size=16, seed=5))
     on_cuda = list(DeviceBatches(batch.cuda(), points.cuda(), augment, batch_size=16, seed=5))
     for cpu, cuda in zip(on_cpu, on_cuda, strict=True):

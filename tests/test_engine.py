@@ -6,7 +6,7 @@ from pipeline import engine
 from pipeline.config import Train
 from pipeline.images import MemoryImages
 from pipeline.loader import ConcatImages
-from pipeline.tasks import Classification
+from pipeline.tasks.classification import Classification
 
 
 def factors(cfg: Train, total: int = 100, per_epoch: int = 10) -> np.ndarray:

@@ -5,6 +5,14 @@ import pytest
 from sklearn.metrics import f1_score
 
 from pipeline import ensemble
+from pipeline.tasks.classification import Classification
+from pipeline.tasks.keypoints import Keypoints
+
+
+def target_of(metric: str, truth: np.ndarray) -> ensemble.Target:
+    """What a blend scores against: keypoint pixels for RMSE, else class indices of 4 classes."""
+    task = Keypoints(["p_x", "p_y"]) if metric == "rmse" else Classification(range(4), metric=metric)
+    return ensemble.Target(task, truth)
 
 
 def test_the_members_rmse_less_their_spread_is_the_blends_rmse():
@@ -26,7 +34,7 @@ def keypoint_mixture(rng, rows=2000):
     members = rng.normal(size=(3, rows, 6)) * 10
     truth = 0.6 * members[0] + 0.4 * members[1]
     truth[rng.random(truth.shape) < 0.2] = np.nan  # missing points are masked
-    return members, ensemble.Target("rmse", truth)
+    return members, target_of("rmse", truth)
 
 
 def class_mixture(rng, rows=20000):
@@ -43,12 +51,12 @@ def test_blend_weights_recover_a_known_mixture():
     assert ensemble.optimise(members, target) == pytest.approx([0.6, 0.4, 0.0], abs=1e-3)
     assert ensemble.hill_climb(members, target) == pytest.approx([0.6, 0.4, 0.0], abs=0.03)
     probabilities, labels = class_mixture(rng)
-    weights = ensemble.optimise(probabilities, ensemble.Target("log_loss", labels))
+    weights = ensemble.optimise(probabilities, target_of("log_loss", labels))
     assert weights == pytest.approx([0.7, 0.3, 0.0], abs=0.05)
-    accuracy = ensemble.Target("accuracy", labels)
+    accuracy = target_of("accuracy", labels)
     climbed = ensemble.hill_climb(probabilities, accuracy)
     assert accuracy.score(ensemble.blend(probabilities, climbed)) >= max(accuracy.score(p) for p in probabilities)
-    assert ensemble.Target("macro_f1", labels).score(probabilities[0]) == pytest.approx(
+    assert target_of("macro_f1", labels).score(probabilities[0]) == pytest.approx(
         f1_score(labels, probabilities[0].argmax(axis=1), average="macro")
     )
 
@@ -57,7 +65,7 @@ def test_the_nested_cv_score_is_never_the_in_sample_one():
     rng = np.random.default_rng(1)
     truth = rng.normal(size=(300, 4))
     members = truth + rng.normal(size=(8, 300, 4)) * np.linspace(1.0, 1.4, 8)[:, None, None]
-    target, folds = ensemble.Target("rmse", truth), np.arange(300) % 5
+    target, folds = target_of("rmse", truth), np.arange(300) % 5
     for method in ensemble.METHODS:
         in_sample = target.score(ensemble.blend(members, ensemble.fit_weights(method, members, target)))
         per_fold, pooled = ensemble.nested_scores(method, members, target, folds)
@@ -79,7 +87,7 @@ def folds_whose_weights_saw_their_own_rows(nested_scores, monkeypatch) -> list[i
     truth = np.arange(100.0)[:, None]
     members = truth + rng.normal(size=(3, 100, 1))
     fold_of_row = np.arange(100) % 5
-    nested_scores("optimise", members, ensemble.Target("rmse", truth), fold_of_row)
+    nested_scores("optimise", members, target_of("rmse", truth), fold_of_row)
     return [k for k, rows in zip(range(5), fitted_on, strict=True) if rows & set(np.flatnonzero(fold_of_row == k))]
 
 
@@ -105,6 +113,6 @@ def test_hill_climbing_takes_blend_rounds_additions():
     rng = np.random.default_rng(2)
     truth = rng.normal(size=(200, 2))
     members = truth + rng.normal(size=(8, 200, 2))
-    target = ensemble.Target("rmse", truth)
+    target = target_of("rmse", truth)
     assert np.count_nonzero(ensemble.fit_weights("hill_climb", members, target, rounds=1)) <= 2
     assert np.count_nonzero(ensemble.fit_weights("hill_climb", members, target, rounds=50)) > 2

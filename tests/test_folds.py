@@ -133,7 +133,9 @@ def test_an_empty_scrape_manifest_is_no_extra_rows_for_any_task(faces_dir, tmp_p
     pd.DataFrame([{"label": "cat", "path": "extra/cat/a.png", "status": "kept"}], columns=COLUMNS).to_csv(
         manifest, index=False
     )
-    with pytest.raises(PipelineError, match="scraped extra images need a single-label classification"):
+    with pytest.raises(
+        PipelineError, match="scraped images come with a class; a keypoints competition cannot use them"
+    ):
         F.run(cfg)
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline import config as C
-from pipeline import hands, sources, transforms
+from pipeline import hands, sources
+from pipeline.tasks.keypoints import flip_permutation, point_names
 
 
 @pytest.fixture
@@ -28,8 +29,8 @@ def test_the_demo_is_a_keypoint_competition_with_missing_points(hands_dir):
 def test_a_flip_swaps_the_points_named_by_their_place_from_the_left():
     """Finger bases lie on a line across the palm: base_1 to base_4 run left to right in every
     image, left hands and right; mirrored, they do so again only once flip_pairs are swapped."""
-    names = transforms.point_names(hands.COLUMNS)
-    swap = transforms.flip_permutation(names, C.load("configs/hands.yaml").aug.flip_pairs)
+    names = point_names(hands.COLUMNS)
+    swap = flip_permutation(names, C.load("configs/hands.yaml").aug.flip_pairs)
     rng = np.random.default_rng(0)
     for _ in range(20):
         _, points = hands.draw_hand(rng)

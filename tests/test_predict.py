@@ -15,7 +15,7 @@ from pipeline import engine, inference, predict
 from pipeline.cli import main
 from pipeline.config import Train
 from pipeline.errors import PipelineError
-from pipeline.tasks import Keypoints
+from pipeline.tasks.keypoints import Keypoints
 
 
 class BrightestPoints(torch.nn.Module):
@@ -40,19 +40,19 @@ def test_keypoint_tta_maps_points_back_exactly():
         images[i, 0, ly, lx], images[i, 0, ry, rx] = 1.0, 0.8
     batches = [(images, torch.zeros(3), torch.full((3, 2), 16.0))]
     task, device = Keypoints(KEYPOINTS), engine.Device.choose(Train(device="cpu"))
-    swap = torch.tensor([1, 0])
-    plain, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views([]), swap)
+    assert task.flip_swap.tolist() == [1, 0]
+    plain, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views([]))
     for tta in (["hflip"], ["vflip"], ["shift:0.0625"], ["hflip", "vflip", "shift:0.0625"]):
-        with_tta, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views(tta), swap)
+        with_tta, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views(tta))
         np.testing.assert_allclose(with_tta, plain, atol=1e-5, err_msg=str(tta))
 
 
 def test_views_are_exact_inverses_of_their_maps():
-    points = torch.tensor([[0.25, -0.5, -0.75, 0.125]])
+    points = torch.tensor([[[0.25, -0.5], [-0.75, 0.125]]])
     for view in inference.views(["hflip", "vflip", "shift:0.1", "scale:1.25"]):
         inverse = torch.linalg.inv(torch.cat([view.theta, torch.tensor([[0.0, 0, 1]])]))[:2]
-        moved = inference.map_back(inference.View(inverse), points, None)
-        torch.testing.assert_close(inference.map_back(inference.View(view.theta), moved, None), points)
+        moved = inference.View(inverse).to_image(points)
+        torch.testing.assert_close(inference.View(view.theta).to_image(moved), points)
 
 
 def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, monkeypatch, capsys):
@@ -190,7 +190,7 @@ def test_submit_refuses_a_file_changed_since_predict_wrote_it(fake_kaggle, tmp_p
     from pipeline import submission
     from pipeline.paths import Paths
     from pipeline.records import StatedCV
-    from pipeline.tasks import Classification
+    from pipeline.tasks.classification import Classification
 
     monkeypatch.chdir(tmp_path)
     cfg = two_digit_competition(tmp_path)
@@ -207,7 +207,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
     from pipeline import submission
     from pipeline.paths import Paths
     from pipeline.records import StatedCV
-    from pipeline.tasks import Classification
+    from pipeline.tasks.classification import Classification
 
     monkeypatch.chdir(tmp_path)
     cfg = two_digit_competition(tmp_path, submit_wait=1)

@@ -8,8 +8,7 @@ import pytest
 from conftest import run, tiny
 from PIL import Image
 
-from pipeline import config, lr_find, report, train
-from pipeline.config import Train
+from pipeline import config, lr_find, plots, report, train
 from pipeline.records import CV, Scores
 
 
@@ -23,7 +22,7 @@ def nonblank_png(path) -> bool:
     [
         (
             "curves",
-            lambda: report.plot_learning_curves(
+            lambda: plots.plot_learning_curves(
                 {
                     "fold0": pd.DataFrame(
                         {"epoch": [1, 2], "train_loss": [1.0, 0.5], "valid_loss": [1.1, 0.7], "accuracy": [0.5, 0.8]}
@@ -32,16 +31,16 @@ def nonblank_png(path) -> bool:
                 "accuracy",
             ),
         ),
-        ("schedule", lambda: report.plot_schedule(Train(), epochs=3)),
-        ("confusion", lambda: report.plot_confusion(np.array([[5, 1], [2, 7]]), ["a", "b"])),
-        ("bars", lambda: report.plot_bars(pd.Series([0.9, 0.7], index=["a", "b"]), "accuracy", "class")),
+        ("schedule", lambda: plots.plot_schedule([1e-3 * (1 - s / 300) for s in range(300)], 100, "onecycle")),
+        ("confusion", lambda: plots.plot_confusion(np.array([[5, 1], [2, 7]]), ["a", "b"])),
+        ("bars", lambda: plots.plot_bars(pd.Series([0.9, 0.7], index=["a", "b"]), "accuracy", "class")),
         (
             "stacked",
-            lambda: report.plot_stacked(pd.DataFrame({"kept": [3, 1], "corrupt": [1, 2]}, index=["a", "b"]), "scrape"),
+            lambda: plots.plot_stacked(pd.DataFrame({"kept": [3, 1], "corrupt": [1, 2]}, index=["a", "b"]), "scrape"),
         ),
         (
             "grid",
-            lambda: report.plot_grid(
+            lambda: plots.plot_grid(
                 [np.full((8, 8, 1), 200, np.uint8), np.zeros((8, 8, 3), np.uint8)],
                 ["one", "two"],
                 [(np.array([[2.0, 3.0]]), np.array([[4.0, 4.0]]))],
@@ -49,7 +48,7 @@ def nonblank_png(path) -> bool:
         ),
         (
             "scores",
-            lambda: report.plot_scores(
+            lambda: plots.plot_scores(
                 pd.DataFrame(
                     {
                         "cv_score": [0.9, 0.95],
@@ -62,7 +61,7 @@ def nonblank_png(path) -> bool:
         ),
         (
             "best_and_last",
-            lambda: report.plot_best_and_last(
+            lambda: plots.plot_best_and_last(
                 CV(
                     "accuracy",
                     True,
@@ -79,7 +78,7 @@ def nonblank_png(path) -> bool:
     ],
 )
 def test_each_plot_writes_a_png(name, figure, tmp_path):
-    path = report.save(figure(), tmp_path / f"{name}.png")
+    path = plots.save(figure(), tmp_path / f"{name}.png")
     assert nonblank_png(path)
 
 
@@ -88,16 +87,16 @@ def referenced_images(index) -> list[str]:
 
 
 def plotted(monkeypatch, *names: str) -> dict[str, list]:
-    """What each named plot function of the report was given, call by call."""
+    """What each named plot function was given, call by call."""
     calls = {name: [] for name in names}
     for name in names:
-        original = getattr(report, name)
+        original = getattr(plots, name)
 
         def recording(*args, _name=name, _original=original, **kwargs):
             calls[_name].append(args)
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(report, name, recording)
+        monkeypatch.setattr(plots, name, recording)
     return calls
 
 

@@ -12,7 +12,8 @@ from pipeline import submission
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
 from pipeline.records import StatedCV
-from pipeline.tasks import Classification, Keypoints
+from pipeline.tasks.classification import Classification
+from pipeline.tasks.keypoints import Keypoints
 
 CV = StatedCV("accuracy", 0.98765, 0.01, "OOF of the fold models (last epochs)", "folds", "tiny")
 
@@ -65,7 +66,8 @@ def test_probability_format_takes_the_header_from_the_sample(in_tmp):
 def test_keypoints_long_through_the_lookup_table(faces_dir, in_tmp):
     cfg = make_config({"layout": "pixel_string", "dir": str(faces_dir)}, task="keypoints")
     pixels = np.arange(12, dtype=float).reshape(3, 4)  # images 1..3 x the 4 keypoint columns
-    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2, 3]}), pixels, Keypoints(KEYPOINTS), CV)
+    task = Keypoints.of_labels(cfg, KEYPOINTS)  # the config's lookup table names the rows
+    path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2, 3]}), pixels, task, CV)
     written = pd.read_csv(path)
     assert list(written.columns) == ["RowId", "Location"]
     assert written["Location"].tolist() == [0.0, 1.0, 7.0, 8.0, 10.0]  # only the features each image asks for

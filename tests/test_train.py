@@ -184,7 +184,7 @@ def test_mixed_precision_and_optimizer_options(digits_dir, tmp_path, monkeypatch
 def spy_on_the_optimisation(monkeypatch) -> dict:
     """What training did: the dtype of the outputs the loss saw, whether the loss scaler was on,
     the optimiser, its steps and each step's gradient clipping."""
-    from pipeline.tasks import Classification
+    from pipeline.tasks.classification import Classification
 
     seen = {"loss_dtypes": set(), "scaler_enabled": set(), "optimizers": set(), "steps": 0, "clipped": []}
     loss, step, clip = Classification.loss, torch.amp.GradScaler.step, torch.nn.utils.clip_grad_norm_

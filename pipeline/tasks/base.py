@@ -1,0 +1,279 @@
+"""The `Task` protocol: everything that differs between problem types, one subclass per type.
+
+The class answers what needs no labels: what `make init` takes for its targets, how they are
+checked, what folds stratify on, its defaults and search space, how a submission file is scored.
+An instance is bound to the labels a model predicts (the classes, the target columns) and
+answers the rest: the encoding, the head's loss and activation, the metrics, the outputs in the
+competition's units and the out-of-fold table, how TTA views and blends combine predictions, how
+augmentations move the targets on both executors, the submission and the report's sections.
+
+The defaults here are those of a target an image's geometry does not move, scored by its own
+metric in its own units. No torch at import: the stages that only read predictions (`make blend`)
+start without it; the methods that take tensors use the tensors' own methods.
+"""
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.tables import line, show
+
+Section = tuple[str, str]  # a report section: (title, HTML)
+Proposal = tuple[str, object, str]  # a default: (dotted key, value, why)
+
+
+class Task:
+    name: ClassVar[str]
+    METRICS: ClassVar[dict[str, bool]]  # metric -> whether higher is better; the first is the default
+    LOSSES: ClassVar[tuple[str, ...]]  # train.loss values; the first is the default
+    FORMATS: ClassVar[tuple[str, ...]] = ("values",)  # predict.format values
+    fold_kind: ClassVar[str] = "kfold"  # what folds.kind=auto means
+    takes_extra_images: ClassVar[bool] = False  # scraped images, labelled by their source's name
+    mixes: ClassVar[bool] = False  # mixup and cutmix apply (and are searched)
+    crops: ClassVar[bool] = True  # augmentations that may cut the targets out of the image apply
+
+    # --- what needs no labels --------------------------------------------------------------
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """The config's task-dependent keys; a value this task cannot use raises ValueError."""
+        for key, value, allowed in (
+            ("train.loss", cfg.train.loss, cls.LOSSES),
+            ("train.metric", cfg.train.metric, tuple(cls.METRICS)),
+            ("predict.format", cfg.predict.format, cls.FORMATS),
+        ):
+            if value != "auto" and value not in allowed:
+                raise ValueError(f"{key}={value!r} is not for {cls.name}; use auto or one of {', '.join(allowed)}")
+
+    @classmethod
+    def claim_columns(cls, columns: list[str]) -> list[str]:
+        """Of a training table's columns, those `make init` takes as this task's targets by their
+        names; none here."""
+        return []
+
+    @classmethod
+    def detect(cls, layout: str, label_columns: list[str]) -> str | None:
+        """Why a competition of this `data.layout` and these label columns is this task, or None."""
+        return None
+
+    @classmethod
+    def check_targets(cls, table: pd.DataFrame, targets: list[str], source: str) -> None:
+        """A bad target is an error naming its line and column: here, a cell that is not a number."""
+        for column in targets:
+            values = table[column]
+            bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise PipelineError(
+                    f"{source} line {line(i)}, column {column!r}: {show(values.iloc[i])} is not a number"
+                )
+
+    @classmethod
+    def strata(cls, table: pd.DataFrame, targets: list[str]) -> pd.Series | None:
+        """What folds.kind=stratified gives each fold its share of; None: this task has none."""
+        return None
+
+    @classmethod
+    def metric_of(cls, chosen: str) -> str:
+        """The competition metric for train.metric=`chosen` ("auto": the task's first)."""
+        return next(iter(cls.METRICS)) if chosen == "auto" else chosen
+
+    @classmethod
+    def loss_of(cls, chosen: str) -> str:
+        return cls.LOSSES[0] if chosen == "auto" else chosen
+
+    @classmethod
+    def describe_targets(cls, table: pd.DataFrame, targets: list[str]) -> str:
+        """One line for `make init` and `make data`: what the targets hold."""
+        return f"{len(targets)} target column(s): {', '.join(targets)}"
+
+    @classmethod
+    def sample_format(cls, columns: list[str], table: pd.DataFrame, targets: list[str]) -> tuple[str, str]:
+        """predict.format for a sample submission with these columns, and why."""
+        return "values", "one column per target"
+
+    @classmethod
+    def proposals(cls, cfg: Any, facts: Any) -> list[Proposal]:
+        """Defaults beyond the model and schedule every task shares (the defaults stage keeps
+        those of the keys the config leaves unset)."""
+        return []
+
+    @classmethod
+    def aug_preset(cls, cfg: Any, facts: Any) -> tuple[dict, str] | None:
+        """The `aug` values for an unset aug section, and why; None: the image kind decides."""
+        return None
+
+    @classmethod
+    def search_space(cls, cfg: Any) -> dict[str, dict]:
+        """Tune space entries (as `config.Param` fields) only this task has."""
+        return {}
+
+    @classmethod
+    def label_extra(cls, extra: pd.DataFrame, table: pd.DataFrame, targets: list[str], source: str) -> pd.DataFrame:
+        """Scraped rows (labelled by their source's name) as training rows of this task."""
+        raise PipelineError(
+            f"{source}: scraped images come with a class; a {cls.name} competition cannot use them"
+            " (set data.use_extra=false)"
+        )
+
+    @classmethod
+    def score_file(cls, metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
+        """`metric` of a submission file against the solution file (rows in the same order)."""
+        raise PipelineError(f"scoring {metric} against {list(solution.columns)} is not supported")
+
+    @classmethod
+    def of_data(cls, cfg: Any, table: pd.DataFrame, targets: list[str]) -> "Task":
+        """The task a model of `cfg` trained on `table` solves, with its loss as cfg sets it."""
+        return cls.of_labels(cfg, cls.labels_of(table, targets))
+
+    @classmethod
+    def labels_of(cls, table: pd.DataFrame, targets: list[str]) -> list:
+        """What the model's outputs stand for, in their order: here, the target columns."""
+        return list(targets)
+
+    @classmethod
+    def of_labels(cls, cfg: Any, labels: list) -> "Task":
+        """The task over known labels, with its loss and metric as `cfg` sets them."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_meta(cls, meta: dict, cfg: Any) -> "Task":
+        """The task a saved model solves, from what `meta()` wrote beside its weights."""
+        raise NotImplementedError
+
+    # --- bound to the labels ---------------------------------------------------------------
+
+    metric: str
+    labels: list
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.labels)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.METRICS[self.metric]
+
+    def meta(self) -> dict:
+        """What a saved model needs to be read again (from_meta)."""
+        return {"task": self.name, "labels": [str(label) for label in self.labels]}
+
+    def encode(self, table: pd.DataFrame, targets: list[str]) -> np.ndarray:
+        """The network's targets of `table`'s rows."""
+        return table[targets].to_numpy(np.float32)
+
+    def metrics(self, predictions: np.ndarray, target: np.ndarray, sizes: np.ndarray) -> dict:
+        """Every metric of the activated outputs against encoded targets; `sizes` (N, 2) the
+        images' (height, width) in their files."""
+        raise NotImplementedError
+
+    def prediction_columns(self) -> list[str]:
+        return [f"pred_{label}" for label in self.labels]
+
+    def to_units(self, predictions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Activated outputs (N, outputs) -> the competition's units."""
+        return predictions
+
+    def oof_frame(self, folds: pd.DataFrame, rows: np.ndarray, raw: np.ndarray) -> pd.DataFrame:
+        """folds.csv's `rows` (id, targets, fold) with the predictions in the competition's units
+        beside them. `raw`: (N, outputs + 2), the activated outputs then each image's (height, width)."""
+        predictions = self.to_units(raw[:, :-2], raw[:, -2:])
+        frame = folds.iloc[rows].reset_index(drop=True)
+        return pd.concat([frame, pd.DataFrame(predictions, columns=self.prediction_columns())], axis=1)
+
+    def oof_score(self, frame: pd.DataFrame, targets: list[str]) -> float:
+        """The competition metric of an out-of-fold table (targets and prediction columns)."""
+        return self.score(frame[self.prediction_columns()].to_numpy(np.float64), self.truth(frame, targets))
+
+    # what blends combine: predictions in the competition's units against the truth in them
+
+    def truth(self, table: pd.DataFrame, targets: list[str]) -> np.ndarray:
+        """The targets in the competition's units, as `score` compares predictions to them."""
+        return table[targets].to_numpy(np.float64)
+
+    def score(self, predictions: np.ndarray, truth: np.ndarray) -> float:
+        """The competition metric of predictions in the competition's units."""
+        raise NotImplementedError
+
+    def smooth_loss(self, predictions: np.ndarray, truth: np.ndarray) -> float:
+        """A smooth loss a blend's weights minimise (the mean squared error here)."""
+        return float(np.nanmean((predictions - truth) ** 2))
+
+    def smooth_loss_gradient(self, stack: np.ndarray, blended: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """d smooth_loss / d w_i for blended = sum_i w_i stack[i]; stack (M, N, D)."""
+        present = ~np.isnan(truth)
+        residual = np.where(present, blended - np.nan_to_num(truth), 0.0)
+        return 2.0 * (stack * residual).sum(axis=(1, 2)) / max(int(present.sum()), 1)
+
+    @property
+    def squared_error(self) -> bool:
+        """Whether the metric is a root mean squared error, whose ensemble gain is exact
+        (ensemble.blend_rmse)."""
+        return self.metric == "rmse"
+
+    def ranks_blend(self) -> bool:
+        """Whether blend.space=ranks keeps this task's metric."""
+        return False
+
+    def finish_blend(self, blended: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """A blend of predictions in the competition's units, made valid again."""
+        return blended
+
+    # --- the head ---------------------------------------------------------------------------
+
+    def loss(self, outputs: Any, target: Any) -> Any:
+        raise NotImplementedError
+
+    def eval_loss(self, outputs: Any, target: Any) -> Any:
+        return self.loss(outputs, target)
+
+    def activate(self, outputs: Any) -> Any:
+        """(B, outputs) logits -> what `metrics` and `to_units` read."""
+        return outputs.float()
+
+    # --- augmentation and TTA ---------------------------------------------------------------
+
+    flip_swap: np.ndarray | None = None  # where each point goes under a horizontal flip
+
+    def compose_params(self) -> dict:
+        """albumentations.Compose's keyword arguments for what moves with the image."""
+        return {}
+
+    def augment_item(self, augment: Callable | None, image: np.ndarray, target: Any, original: np.ndarray):
+        """One training image and its target through the per-image augmentations; `original`
+        the image's (height, width) in its file. Here the target stays as it is."""
+        return (image if augment is None else augment(image=image)["image"]), target
+
+    def device_targets(self, targets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Targets of images held on the device at the model's side (sizes: in their files)."""
+        return targets
+
+    def warp_targets(self, targets: Any, warp: Any) -> Any:
+        """A batch's targets after the batched executor's warp (batch_aug.Warp)."""
+        return targets
+
+    def view_back(self, view: Any, outputs: Any) -> Any:
+        """Activated outputs of a TTA view -> those of the image itself (inference.View)."""
+        return outputs
+
+    # --- the submission and the report ------------------------------------------------------
+
+    def submission_format(self, cfg: Any, sample: pd.DataFrame | None) -> str:
+        return "values"
+
+    def submission(
+        self, fmt: str, ids: np.ndarray, predictions: np.ndarray, sample: pd.DataFrame | None
+    ) -> pd.DataFrame:
+        """One row per image: the id, then a column per target, named as the sample names them."""
+        columns = list(sample.columns) if sample is not None else ["id", *map(str, self.labels)]
+        return pd.DataFrame({columns[0]: ids, **dict(zip(columns[1:], predictions.T, strict=True))})
+
+    def known_labels(self, fmt: str) -> list | None:
+        """The values a submission's label column may hold; None: not a label column."""
+        return None
+
+    def report_sections(self, oof: pd.DataFrame, out: Any, image_of: Callable, size_of: Callable) -> list[Section]:
+        return []
