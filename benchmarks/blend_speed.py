@@ -25,9 +25,9 @@ import yaml
 from _stages import machine, stage
 
 from pipeline import config as C
+from pipeline.learn.validation import validation_plan
 from pipeline.paths import Paths
 from pipeline.records import CV, Blend, Scores
-from pipeline.validation import validation_plan
 
 CLASSES = 10
 
@@ -86,7 +86,7 @@ def timed_blend(config: Path, scratch: Path, metric: str) -> tuple[float, Blend]
 def import_seconds(cwd: Path) -> float:
     """The interpreter's start and the blend stage's imports, the cost before any work."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import pipeline.blend"], cwd=cwd, check=True)
+    subprocess.run([sys.executable, "-c", "import pipeline.stages.blend"], cwd=cwd, check=True)
     return time.perf_counter() - started
 
 

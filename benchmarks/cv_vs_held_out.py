@@ -26,7 +26,7 @@ from _peers import Peer, inside
 from _stages import ROOT, machine, stage
 
 from pipeline import config as C
-from pipeline import sources
+from pipeline.data import sources
 from pipeline.records import COUNTING_METRICS
 
 TINY = ["folds.n_splits=2", "train.epochs=1"]

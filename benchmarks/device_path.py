@@ -7,7 +7,7 @@ channels_last on CUDA, for whole epochs over the same in-memory uint8 images (CI
     memory without blocking and normalised on the device (timm's train.py with its default
     prefetcher; this is also the pipeline's per-image path);
   - pipeline: `train.device_aug=on`, the images copied to the device once, each batch gathered,
-    augmented and normalised there (pipeline.batch_aug), the engine's train_one_epoch.
+    augmented and normalised there (pipeline.augment.batch_aug), the engine's train_one_epoch.
 Figures: images/s (median of rounds) and peak device memory. On a CPU-only machine the same
 script runs on the CPU (no memory column); the GPU figures need a GPU.
 
@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _stages import machine
+from pipeline.data.images import MemoryImages
 
-from pipeline import batch_aug, engine, models, transforms
+from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug, Model, Train
-from pipeline.images import MemoryImages
-from pipeline.loader import ImageDataset, create_loader, default_workers
+from pipeline.learn import engine, models
+from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks.classification import Classification
 
 AUG = Aug(hflip=0.5, shift=0.125, brightness=0.2, p=1.0)

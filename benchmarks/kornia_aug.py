@@ -3,10 +3,10 @@
 The ops: a horizontal flip (p 0.5), an affine map (rotate 20 degrees, shift 0.1, scale 0.1,
 shear 5 degrees, p 0.8) and brightness and contrast (0.2, p 0.8), on a batch of uint8 images
 with 12 keypoints each. Ours: `BatchAugment.draw` (numpy, on the CPU), `apply` and `targets`
-(pipeline.batch_aug). Kornia's: `AugmentationSequential(RandomHorizontalFlip, RandomAffine,
+(pipeline.augment.batch_aug). Kornia's: `AugmentationSequential(RandomHorizontalFlip, RandomAffine,
 ColorJiggle)` over the same images as floats in [0, 1] and the points in pixels (the conversion
 timed with it). Both include their draws. Beside them, the per-image path: albumentations'
-transforms of the same ops, one image at a time (pipeline.transforms). Images per second, the
+transforms of the same ops, one image at a time (pipeline.augment.transforms). Images per second, the
 median of the rounds; the whole measurement is repeated (REPEATS), and the ratios are given as
 the median and the range of the repeats, since they move between runs on a shared machine.
 
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from _stages import machine
 
-from pipeline import transforms
-from pipeline.batch_aug import BatchAugment, Draws
+from pipeline.augment import transforms
+from pipeline.augment.batch_aug import BatchAugment, Draws
 from pipeline.config import Aug
 from pipeline.tasks.keypoints import Keypoints, keypoint_params
 

@@ -31,14 +31,15 @@ import torch
 from _stages import machine
 from loop_overhead import batches, pipeline_loop, pipeline_model
 from PIL import Image
+from pipeline.data.images import FileSource, open_images
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from pipeline import batch_aug, engine, transforms
+from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug
-from pipeline.images import FileSource, open_images
-from pipeline.loader import ImageDataset, create_loader, default_workers
+from pipeline.learn import engine
+from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 BATCH = 64
@@ -148,7 +149,7 @@ def demo_model_rate(rounds: int) -> float:
 
 def batched_loader(paths, labels, kind: str, cache: Path):
     """What train.device_aug=auto takes here: the cached images resident at the model's size
-    once, each batch gathered and augmented in a few batched ops (pipeline.batch_aug)."""
+    once, each batch gathered and augmented in a few batched ops (pipeline.augment.batch_aug)."""
     _, channels, size, aug, _, (mean, std), _ = KINDS[kind]
     assert batch_aug.should_use("auto", aug, CPU.device, len(paths), channels, size)
     images = open_images(FileSource(tuple(paths), channels), cache, policy="always")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from _stages import machine
 
-from pipeline import engine, models
 from pipeline.config import Model, Train
+from pipeline.learn import engine, models
 from pipeline.tasks.classification import Classification
 
 

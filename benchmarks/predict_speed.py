@@ -14,8 +14,8 @@ import time
 import torch
 from _stages import machine
 
-from pipeline import engine, inference, models
 from pipeline.config import Model, Train
+from pipeline.learn import engine, inference, models
 from pipeline.tasks.classification import Classification
 
 

@@ -41,10 +41,11 @@ import yaml
 from _peers import Peer, inside
 from _stages import ROOT, machine, stage
 from PIL import Image
+from pipeline.data.images import LazyImages, decode
 
-from pipeline import budget, engine, fit, plan, sources
 from pipeline import config as C
-from pipeline.images import LazyImages, decode
+from pipeline.data import sources
+from pipeline.learn import budget, engine, fit, plan
 from pipeline.paths import Paths
 
 BEFORE = "cf846cf"  # the last commit before issue 25

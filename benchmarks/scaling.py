@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from _stages import machine
 from loop_overhead import pipeline_model
+from pipeline.data.images import MemoryImages
 
-from pipeline import batch_aug, engine, transforms
+from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug
-from pipeline.images import MemoryImages
-from pipeline.loader import ImageDataset, create_loader, default_workers
+from pipeline.learn import engine
+from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks.classification import Classification
 
 BATCH = 64

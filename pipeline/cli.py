@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import config as C
-from pipeline import inputs
+from pipeline.data import inputs
 from pipeline.errors import PipelineError, interrupt_held
 from pipeline.files import write_if_changed, write_text
 from pipeline.paths import Paths
@@ -26,86 +26,88 @@ STAGES = {
     "data": Stage(
         "build the demo or check the competition files; decode and cache the images",
         ("competition", "data"),
-        "pipeline.data:run",
+        "pipeline.stages.data:run",
     ),
     "scrape": Stage(
         "download extra training images from scrape.sources -> data/<name>/extra/, extra.csv",
         ("competition", "data", "scrape"),
-        "pipeline.scrape:run",
+        "pipeline.stages.scrape:run",
     ),
     "folds": Stage(
         "split the training rows into folds -> runs/<name>/folds.csv",
         ("competition", "data", "folds"),
-        "pipeline.folds:run",
+        "pipeline.stages.folds:run",
     ),
     "tune": Stage(
         "Optuna search over freeze depth and augmentations -> runs/<name>/<exp>/tune/best.yaml",
         ("competition", "data", "folds", "model", "train", "aug", "tune"),
-        "pipeline.tune:run",
+        "pipeline.stages.tune:run",
         options=("workers",),
     ),
     "tune-report": Stage(
         "the study's trials, parameter importances and history plot -> runs/<name>/<exp>/tune/",
         ("competition", "data", "folds", "model", "train", "aug", "tune"),
-        "pipeline.tune:report",
+        "pipeline.stages.tune:report",
     ),
     "train": Stage(
         "train per fold (OOF, CV score), then on all data",
         ("competition", "data", "folds", "model", "train", "aug"),
-        "pipeline.launch:run",
+        "pipeline.stages.train:run",
         options=("gpus",),
     ),
     "lr-find": Stage(
         "fastai's learning-rate finder on fold 0 -> runs/<name>/<exp>/lr_find.png and a suggestion",
         ("competition", "data", "folds", "model", "train", "aug"),
-        "pipeline.lr_find:run",
+        "pipeline.stages.lr_find:run",
     ),
     "experiments": Stage(
         "the competition's experiments, best CV first: backbone, size, epochs, CVs, time, what differs",
         ("competition",),
-        "pipeline.experiments:show",
+        "pipeline.stages.experiments:show",
     ),
     "blend": Stage(
         "weights for several experiments on their OOF, nested-CV score -> runs/<name>/blends/<blend>.yaml",
         ("competition", "data", "folds", "predict", "blend"),
-        "pipeline.blend:run",
+        "pipeline.stages.blend:run",
     ),
     "predict": Stage(
         "predict the test set (or predict.blend) -> submissions/<name>/<stamp>_<models>_<cv>.csv, a ledger row",
         ("competition", "data", "model", "aug", "predict"),
-        "pipeline.predict:run",
+        "pipeline.stages.predict:run",
     ),
     "package": Stage(
         "Kaggle code competitions: the models predict would submit, as a dataset and an offline notebook "
         "-> package/<name>/",
         ("competition", "data", "model", "aug", "predict", "package"),
-        "pipeline.package:run",
+        "pipeline.stages.package:run",
     ),
     "rehearse": Stage(
         "run the packaged notebook here as Kaggle would: offline, its image's packages only; check it",
         ("competition", "data", "package"),
-        "pipeline.rehearse:run",
+        "pipeline.stages.rehearse:run",
     ),
     "push": Stage(
         "upload the rehearsed package with the Kaggle CLI: dataset, kernel, then submit that kernel version",
         ("competition", "package"),
-        "pipeline.push:run",
+        "pipeline.stages.push:run",
     ),
     "score": Stage(
         "score a submission (default: the newest) against the competition's solution file",
         ("competition",),
-        "pipeline.submission:score",
+        "pipeline.kaggle.submission:score",
         options=("file",),
     ),
-    "submissions": Stage("print submissions/ledger.csv, best CV first", ("competition",), "pipeline.submission:show"),
+    "submissions": Stage(
+        "print submissions/ledger.csv, best CV first", ("competition",), "pipeline.kaggle.submission:show"
+    ),
     "submit": Stage(
         "upload a submission (default: the newest) with the Kaggle CLI",
         ("competition",),
-        "pipeline.submission:submit",
+        "pipeline.kaggle.submission:submit",
         options=("file",),
     ),
     "report": Stage(
-        "plots and the run report -> runs/<name>/report/index.html", ("competition",), "pipeline.report:run"
+        "plots and the run report -> runs/<name>/report/index.html", ("competition",), "pipeline.stages.report:run"
     ),
 }
 
@@ -138,7 +140,7 @@ INIT_HELP = "python -m pipeline init DIR [key=value ...]: survey a competition f
 
 
 def init(args: argparse.Namespace) -> None:
-    from pipeline import survey
+    from pipeline.data import survey
 
     folders = [item for item in args.overrides if "=" not in item]
     if len(folders) != 1:
@@ -202,7 +204,7 @@ def tuned_settings(paths: Paths, stage: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
     if "RANK" in os.environ:  # under torchrun (imported only then: makevars runs without torch)
-        from pipeline import distributed
+        from pipeline.learn import distributed
 
         distributed.quiet_other_ranks()
     try:

@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline import aug_ops, tasks
+from pipeline import tasks
+from pipeline.augment import aug_ops
 from pipeline.errors import PipelineError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")

@@ -7,12 +7,13 @@ import pytest
 import torch
 from conftest import make_config
 
-from pipeline import aug_ops, transforms, tune
 from pipeline import config as C
-from pipeline.aug_ops import Context, Setting
-from pipeline.batch_aug import BatchAugment
+from pipeline.augment import aug_ops, transforms
+from pipeline.augment.aug_ops import Context, Setting
+from pipeline.augment.batch_aug import BatchAugment
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
+from pipeline.stages import tune
 from pipeline.tasks.keypoints import Keypoints, flip_permutation, keypoint_params, point_names, unit_points
 
 DATA = {"layout": "image_csv", "dir": "data/x"}

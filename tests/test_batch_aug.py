@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import run, tiny
+from pipeline.data.images import MemoryImages
 
-from pipeline import batch_aug, engine, transforms
 from pipeline import config as C
-from pipeline.batch_aug import BatchAugment, DeviceBatches, Draws, ResidentBatches
+from pipeline.augment import batch_aug, transforms
+from pipeline.augment.batch_aug import BatchAugment, DeviceBatches, Draws, ResidentBatches
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
-from pipeline.images import MemoryImages
-from pipeline.loader import ImageDataset, create_loader
+from pipeline.learn import engine
+from pipeline.learn.loader import ImageDataset, create_loader
 
 NORMALISE = transforms.Normalise((0.5,), (0.25,))
 EVERYTHING = Aug(rotate=20, shift=0.1, scale=0.1, shear=5, hflip=0.5, brightness=0.2, contrast=0.2, cutout=0.3, p=0.8)

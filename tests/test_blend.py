@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from conftest import run, tiny
 
-from pipeline import blend, experiments, folds, predict, train
 from pipeline import config as C
 from pipeline.errors import PipelineError
+from pipeline.learn import training as train
 from pipeline.paths import Paths
 from pipeline.records import Blend
+from pipeline.stages import blend, experiments, folds, predict
 
 
 def faces(faces_dir, experiment: str, **train_keys) -> C.Config:
@@ -78,6 +79,6 @@ def test_experiments_are_listed_and_a_blend_refuses_one_on_other_folds(digits_di
 def test_the_blend_stage_reads_saved_predictions_without_torch_or_scikit_learn():
     """`make blend` only reads arrays; importing torch, timm and scikit-learn would cost it
     seconds on every call (the blend_speed benchmark's target is 5 s in all)."""
-    code = "import sys, pipeline.blend; print(sorted({'torch', 'timm', 'sklearn'} & set(sys.modules)))"
+    code = "import sys, pipeline.stages.blend; print(sorted({'torch', 'timm', 'sklearn'} & set(sys.modules)))"
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == "[]"

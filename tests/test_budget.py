@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import make_config, run, tiny
 
-from pipeline import budget, defaults, engine, train
-from pipeline.fit import Setup
+from pipeline.learn import budget, defaults, engine
+from pipeline.learn import training as train
+from pipeline.learn.fit import Setup
 
 FOLDS = pd.DataFrame({"fold": [k for k in range(5) for _ in range(20)]})  # 100 rows, 80 train per fold
 FINE_TUNE = {"name": "efficientnet_lite0", "pretrained": "efficientnet_lite0", "freeze_depth": 5, "unfreeze_epoch": 2}

@@ -148,7 +148,7 @@ def test_a_duration_is_a_finite_time_above_zero(tmp_path, budget):
 
 
 def test_a_key_named_on_the_command_line_is_pinned_against_the_tuned_settings(tmp_path, monkeypatch, capsys):
-    from pipeline import plan
+    from pipeline.learn import plan
     from pipeline.paths import Paths
 
     monkeypatch.chdir(tmp_path)

@@ -9,12 +9,14 @@ import pytest
 import torch
 from conftest import run, tiny
 
-from pipeline import batch_aug, config, predict, transforms
-from pipeline.batch_aug import BatchAugment, DeviceBatches
+from pipeline import config
+from pipeline.augment import batch_aug, transforms
+from pipeline.augment.batch_aug import BatchAugment, DeviceBatches
 from pipeline.config import Aug
-from pipeline.inference import PredictionsOnTest
+from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV
+from pipeline.stages import predict
 from pipeline.tasks.keypoints import Keypoints
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -43,7 +45,8 @@ def test_training_on_cuda_learns(blobs_dir, tmp_path, monkeypatch, capsys, amp, 
 
 
 def test_channels_last_and_autocast_are_in_force(blobs_dir, tmp_path, monkeypatch):
-    from pipeline import fit, folds, plan
+    from pipeline.learn import fit, plan
+    from pipeline.stages import folds
 
     monkeypatch.chdir(tmp_path)
     cfg = blobs(blobs_dir, amp="bf16")
@@ -108,7 +111,8 @@ def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):
 def test_ddp_over_nccl_matches_one_gpu(blobs_dir, tmp_path, monkeypatch):
     import json
 
-    from pipeline import folds, launch
+    from pipeline.stages import folds
+    from pipeline.stages import train as launch
 
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     single = run(blobs(blobs_dir, amp="off"), tmp_path / "one", monkeypatch)

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from conftest import KEYPOINTS, run, tiny
 
-from pipeline import predict, submission
 from pipeline.errors import PipelineError
-from pipeline.inference import PredictionsOnTest
+from pipeline.kaggle import submission
+from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV, Scores
+from pipeline.stages import predict
 
 
 def digits(digits_dir, **train_keys):

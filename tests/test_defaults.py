@@ -5,8 +5,8 @@ import yaml
 from conftest import make_config
 
 from pipeline import config as C
-from pipeline import defaults
-from pipeline.defaults import Facts
+from pipeline.learn import defaults
+from pipeline.learn.defaults import Facts
 
 DIGITS = Facts(task="classification", rows=1400, side=8, channels=1, n_folds=5)
 PHOTOS = Facts(task="classification", rows=150, side=64, channels=3, n_folds=5)

@@ -1,12 +1,12 @@
 import numpy as np
 import pydicom
 import pytest
+from pipeline.data.images import FileSource, decode, open_images
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pipeline import dicom
+from pipeline.data import dicom
 from pipeline.errors import PipelineError
-from pipeline.images import FileSource, decode, open_images
 
 
 def write_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", **attributes) -> None:

@@ -9,9 +9,11 @@ import torch
 from conftest import run, tiny
 
 from pipeline import config as C
-from pipeline import distributed, folds, launch
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
+from pipeline.learn import distributed
+from pipeline.stages import folds
+from pipeline.stages import train as launch
 
 
 def blobs_config(blobs_dir, **train_keys):

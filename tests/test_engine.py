@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from pipeline.data.images import MemoryImages
 
-from pipeline import engine
 from pipeline.config import Train
-from pipeline.images import MemoryImages
-from pipeline.loader import ConcatImages
+from pipeline.learn import engine
+from pipeline.learn.loader import ConcatImages
 from pipeline.tasks.classification import Classification
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline import ensemble
+from pipeline.learn import ensemble
 from pipeline.tasks.classification import Classification
 from pipeline.tasks.keypoints import Keypoints
 

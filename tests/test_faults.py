@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from test_scrape import competition, config, site  # noqa: F401 (fixtures)
 
 from pipeline import config as C
-from pipeline import tune
 from pipeline.paths import Paths
+from pipeline.stages import tune
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

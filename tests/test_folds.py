@@ -4,8 +4,8 @@ import pytest
 from conftest import KEYPOINTS
 
 from pipeline import config as C
-from pipeline import folds as F
 from pipeline.errors import PipelineError
+from pipeline.stages import folds as F
 
 
 def classification_table(rng, n=103, classes=(0, 1, 2, 3)) -> pd.DataFrame:
@@ -119,7 +119,7 @@ def test_an_empty_scrape_manifest_is_no_extra_rows_for_any_task(faces_dir, tmp_p
     from conftest import tiny
 
     from pipeline.paths import Paths
-    from pipeline.scrape import COLUMNS
+    from pipeline.stages.scrape import COLUMNS
 
     cfg = tiny(
         {"layout": "pixel_string", "dir": str(faces_dir), "sample_submission": None, "lookup_table": None}, "keypoints"

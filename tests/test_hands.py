@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline import config as C
-from pipeline import hands, sources
+from pipeline.data import hands, sources
 from pipeline.tasks.keypoints import flip_permutation, point_names
 
 

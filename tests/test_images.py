@@ -2,10 +2,7 @@ import numpy as np
 import pytest
 from conftest import make_config, write_image
 from PIL import Image
-
-from pipeline import images, sources
-from pipeline.errors import PipelineError
-from pipeline.images import (
+from pipeline.data.images import (
     ArraySource,
     CachedImages,
     FileSource,
@@ -15,6 +12,9 @@ from pipeline.images import (
     open_images,
     uniform_side,
 )
+
+from pipeline.data import images, sources
+from pipeline.errors import PipelineError
 
 
 def test_files_decode_once_into_a_memory_mapped_cache(image_csv_dir, tmp_path):

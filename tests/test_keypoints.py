@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pipeline.data.images import FileSource, MemoryImages, open_images
 
-from pipeline import transforms
+from pipeline.augment import transforms
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
-from pipeline.images import FileSource, MemoryImages, open_images
-from pipeline.loader import ImageDataset
+from pipeline.learn.loader import ImageDataset
 from pipeline.tasks.keypoints import Keypoints, flip_permutation, keypoint_params, point_names
 
 COLUMNS = ["left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_tip_x", "nose_tip_y"]

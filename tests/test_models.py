@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import models
 from pipeline.config import Model
 from pipeline.errors import PipelineError
+from pipeline.learn import models
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext"]
 

@@ -12,10 +12,11 @@ import pytest
 from conftest import run, tiny
 
 from pipeline import config as C
-from pipeline import offline, package, predict, rehearse
 from pipeline.errors import PipelineError
+from pipeline.kaggle import offline
 from pipeline.paths import Paths
 from pipeline.records import Bundle
+from pipeline.stages import package, predict, rehearse
 
 
 def test_the_package_holds_the_submitted_models_and_its_offline_prediction_equals_make_predict(

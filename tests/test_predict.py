@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import KEYPOINTS, run, tiny
 
-from pipeline import engine, inference, predict
 from pipeline.cli import main
 from pipeline.config import Train
 from pipeline.errors import PipelineError
+from pipeline.learn import engine, inference
+from pipeline.stages import predict
 from pipeline.tasks.keypoints import Keypoints
 
 
@@ -75,7 +76,7 @@ def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, m
     runs = tmp_path / "runs/tiny/tiny"
     averaged = sum(w * np.load(runs / fit / "test_shift0.05.npz")["raw"][:, :-2] for fit, w in weights.items())
     np.testing.assert_array_equal(written["Label"].to_numpy(), averaged.argmax(axis=1))
-    from pipeline import submission
+    from pipeline.kaggle import submission
 
     truth = pd.read_csv(digits_dir / "solution.csv")["Label"].to_numpy()
     assert submission.score(cfg) == pytest.approx((written["Label"].to_numpy() == truth).mean())
@@ -175,7 +176,7 @@ def two_digit_competition(folder, **predict):
 def test_submit_checks_the_file_as_predict_would_before_the_upload(
     fake_kaggle, tmp_path, monkeypatch, content, refused
 ):
-    from pipeline import submission
+    from pipeline.kaggle import submission
 
     monkeypatch.chdir(tmp_path)
     cfg = two_digit_competition(tmp_path)
@@ -187,7 +188,7 @@ def test_submit_checks_the_file_as_predict_would_before_the_upload(
 
 
 def test_submit_refuses_a_file_changed_since_predict_wrote_it(fake_kaggle, tmp_path, monkeypatch):
-    from pipeline import submission
+    from pipeline.kaggle import submission
     from pipeline.paths import Paths
     from pipeline.records import StatedCV
     from pipeline.tasks.classification import Classification
@@ -204,7 +205,7 @@ def test_submit_refuses_a_file_changed_since_predict_wrote_it(fake_kaggle, tmp_p
 
 def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path, monkeypatch, capsys):
 
-    from pipeline import submission
+    from pipeline.kaggle import submission
     from pipeline.paths import Paths
     from pipeline.records import StatedCV
     from pipeline.tasks.classification import Classification
@@ -248,7 +249,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
 def test_missing_cli_or_credentials(tmp_path, monkeypatch, fake_kaggle):
     """Credentials are the CLI's to find (2.x also takes KAGGLE_API_TOKEN, access_token files and
     its own OAuth cache); when it finds none, its words say so, on one line."""
-    from pipeline import kaggle_cli
+    from pipeline.kaggle import kaggle_cli
 
     monkeypatch.delenv("KAGGLE_KEY")
     with pytest.raises(PipelineError, match=r"failed: Authentication required to call the Kaggle API\. \(kaggle auth"):
@@ -273,7 +274,7 @@ def test_missing_cli_or_credentials(tmp_path, monkeypatch, fake_kaggle):
 
 
 def test_credentials_in_the_clis_files_are_scrubbed_too(tmp_path, monkeypatch):
-    from pipeline import kaggle_cli
+    from pipeline.kaggle import kaggle_cli
 
     for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_USERNAME"):
         monkeypatch.delenv(name, raising=False)

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from conftest import make_config
 
-from pipeline import kaggle_cli, push
 from pipeline.errors import PipelineError
 from pipeline.files import tree_sha256
+from pipeline.kaggle import kaggle_cli
 from pipeline.paths import Paths
 from pipeline.records import Bundle, StatedCV
+from pipeline.stages import push
 
 
 class Parsed(Exception):

@@ -8,8 +8,10 @@ import pytest
 from conftest import run, tiny
 from PIL import Image
 
-from pipeline import config, lr_find, plots, report, train
+from pipeline import config, plots
+from pipeline.learn import training as train
 from pipeline.records import CV, Scores
+from pipeline.stages import lr_find, report
 
 
 def nonblank_png(path) -> bool:
@@ -194,7 +196,7 @@ def test_an_empty_scrape_manifest_adds_no_scrape_section(tmp_path, monkeypatch):
     from conftest import make_config
 
     from pipeline.paths import Paths
-    from pipeline.scrape import COLUMNS
+    from pipeline.stages.scrape import COLUMNS
 
     monkeypatch.chdir(tmp_path)
     paths = Paths.of(make_config({"layout": "image_csv", "dir": "data/x"}))

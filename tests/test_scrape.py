@@ -19,9 +19,9 @@ import pytest
 from conftest import make_config
 from PIL import Image
 
-from pipeline import report, scrape
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
+from pipeline.stages import report, scrape
 
 
 def smooth_image(seed: int, side: int = 64) -> Image.Image:
@@ -267,7 +267,7 @@ def test_only_allowed_domains_and_clear_config_errors(competition, site, tmp_pat
 
 
 def test_no_sources_leave_an_empty_manifest_that_folds_read(competition, site, tmp_path, monkeypatch, capsys):
-    from pipeline import folds
+    from pipeline.stages import folds
 
     monkeypatch.chdir(tmp_path)
     cfg = config(competition, site, sources={})
@@ -295,7 +295,7 @@ def test_links_from_every_kind_of_markup():
 
 
 def test_scraped_images_join_training_with_fold_minus_one(competition, site, tmp_path, monkeypatch):
-    from pipeline import folds
+    from pipeline.stages import folds
 
     monkeypatch.chdir(tmp_path)
     cfg = config(competition, site)

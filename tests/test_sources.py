@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import KEYPOINTS, make_config, write_image
+from pipeline.data.images import ArraySource, FileSource
 
-from pipeline import sources
+from pipeline.data import sources
 from pipeline.errors import PipelineError
-from pipeline.images import ArraySource, FileSource
 
 
 def read(data: dict, task: str = "classification") -> sources.CompetitionData:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import KEYPOINTS, make_config
 
-from pipeline import submission
 from pipeline.errors import PipelineError
+from pipeline.kaggle import submission
 from pipeline.paths import Paths
 from pipeline.records import StatedCV
 from pipeline.tasks.classification import Classification
@@ -132,7 +132,7 @@ def test_a_submissions_folder_that_cannot_be_written_is_said_before_anything_is_
 
 def test_two_processes_appending_to_the_ledger_lose_no_row(in_tmp):
     append = (
-        "import sys; from pipeline import submission\n"
+        "import sys; from pipeline.kaggle import submission\n"
         "for i in range(20):\n"
         "    submission.add_to_ledger({'file': f'{sys.argv[1]}{i}', 'competition': 'tiny', 'utc_time': '2026-12-06'})"
     )

@@ -9,8 +9,9 @@ import yaml
 from conftest import KEYPOINTS
 from PIL import Image
 
-from pipeline import cli, sources, survey
+from pipeline import cli
 from pipeline import config as C
+from pipeline.data import sources, survey
 from pipeline.errors import PipelineError
 
 EXPECTED = {

@@ -6,10 +6,12 @@ import yaml
 from conftest import KEYPOINTS, run, tiny
 
 from pipeline import config as C
-from pipeline import engine, folds, plan, train
-from pipeline import fit as fit_module
 from pipeline.errors import PipelineError
+from pipeline.learn import engine, plan
+from pipeline.learn import fit as fit_module
+from pipeline.learn import training as train
 from pipeline.paths import Paths
+from pipeline.stages import folds
 
 
 def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monkeypatch):
@@ -99,7 +101,8 @@ def test_finished_folds_are_skipped_and_tuned_settings_merged(digits_dir, tmp_pa
 
 
 def test_a_fold_whose_weights_are_lost_or_damaged_trains_again(digits_dir, tmp_path, monkeypatch, capsys):
-    from pipeline import cli, predict
+    from pipeline import cli
+    from pipeline.stages import predict
 
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
     run(cfg, tmp_path, monkeypatch)
@@ -136,7 +139,7 @@ def test_experiments_live_side_by_side_on_shared_folds(digits_dir, tmp_path, mon
 
 
 def test_lr_find_sweeps_plots_and_suggests(digits_dir, tmp_path, monkeypatch, capsys):
-    from pipeline import lr_find
+    from pipeline.stages import lr_find
 
     lrs = np.logspace(-5, 0, 50)
     losses = 2.0 - np.tanh(np.log10(lrs) + 3) + np.where(lrs > 0.3, 5.0, 0.0)  # falls fastest at 1e-3
@@ -303,7 +306,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(digits_dir, tmp_path,
 def test_the_pretrained_source_decided_first_is_kept_whatever_the_hub_says_later(
     digits_dir, tmp_path, monkeypatch, capsys
 ):
-    from pipeline import defaults
+    from pipeline.learn import defaults
 
     monkeypatch.chdir(tmp_path)
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None})

@@ -18,8 +18,11 @@ from conftest import tiny
 from optuna.trial import TrialState
 
 from pipeline import config as C
-from pipeline import engine, folds, optuna_private, train, tune
+from pipeline.learn import engine
+from pipeline.learn import training as train
 from pipeline.paths import Paths
+from pipeline.stages import folds, tune
+from pipeline.study import optuna_private
 
 SPACE = {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.02, "log": True},
@@ -186,7 +189,7 @@ def test_the_private_optuna_names_we_use_still_exist():
     trial = study.ask()
     missing = [n for n in ("get_heartbeat_thread",) if not hasattr(_heartbeat, n)]
     missing += [n for n, owner in (("_trial_id", trial), ("_storage", study)) if not hasattr(owner, n)]
-    assert not missing, f"optuna {optuna.__version__} no longer has {missing}: see pipeline/optuna_private.py"
+    assert not missing, f"optuna {optuna.__version__} no longer has {missing}: see pipeline/study/optuna_private.py"
     with optuna_private.heartbeat(study, trial):  # an in-memory storage has no heartbeat: a no-op
         pass
 

@@ -1,0 +1,327 @@
+"""Submission files: built in the competition's format, checked against the sample submission
+before anything is written, recorded in submissions/ledger.csv; scored locally where the
+competition folder holds a solution; uploaded with the Kaggle CLI."""
+
+import contextlib
+import datetime as dt
+import fcntl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import tables, tasks
+from pipeline.config import Config
+from pipeline.data import sources
+from pipeline.errors import PipelineError
+from pipeline.files import sha256_file, write_csv
+from pipeline.kaggle import kaggle_cli
+from pipeline.paths import SUBMISSIONS, Paths
+from pipeline.records import StatedCV
+from pipeline.tables import read_csv
+from pipeline.tasks.base import Task
+
+LEDGER_COLUMNS = [
+    "file",
+    "competition",
+    "utc_time",
+    "cv_metric",
+    "cv_score",
+    "cv_std",
+    "cv_method",
+    "models",
+    "experiment",
+    "tta",
+    "config_hash",
+    "git_commit",
+    "git_dirty",
+    "sha256",
+    "local_score",
+    "public_score",
+    "kernel",  # a code competition's submission: the kernel and its version, not a file
+    "kernel_version",
+]
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+def submission_format(cfg: Config, task: Task, sample: pd.DataFrame | None) -> str:
+    return task.submission_format(cfg, sample) if cfg.predict.format == "auto" else cfg.predict.format
+
+
+def read_sample(cfg: Config) -> pd.DataFrame | None:
+    if cfg.data.sample_submission is None:
+        return None
+    return read_csv(Path(cfg.data.dir) / cfg.data.sample_submission)
+
+
+def build(
+    cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task: Task, sample: pd.DataFrame | None
+) -> pd.DataFrame:
+    """The submission in the competition's format, columns named as the sample names them."""
+    return task.submission(submission_format(cfg, task, sample), table["id"].to_numpy(), predictions, sample)
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def validate(frame: pd.DataFrame, sample: pd.DataFrame | None, known_labels: list | None = None) -> pd.DataFrame:
+    """The frame in the sample's row order; any broken rule is an error naming it."""
+    if sample is not None:
+        if list(frame.columns) != list(sample.columns):
+            raise PipelineError(
+                f"submission columns {list(frame.columns)} differ from the sample's {list(sample.columns)}"
+            )
+        frame = _in_sample_order(frame, sample)
+        for column in sample.columns:
+            if pd.api.types.is_numeric_dtype(sample[column]) != pd.api.types.is_numeric_dtype(frame[column]):
+                raise PipelineError(
+                    f"submission column {column!r} is {frame[column].dtype}, the sample's is {sample[column].dtype}"
+                )
+    numeric = frame.select_dtypes("number")
+    bad = ~np.isfinite(numeric.to_numpy(dtype=float))
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise PipelineError(
+            f"submission row {row + 1}, column {numeric.columns[col]!r}: {numeric.iat[row, col]} is not a finite number"
+        )
+    if known_labels is not None:
+        unknown = ~frame.iloc[:, 1].astype(str).isin({str(c) for c in known_labels})
+        if unknown.any():
+            label = tables.show(frame.iloc[:, 1][unknown].iloc[0])
+            raise PipelineError(f"submission label {label} is not a known class")
+    return frame
+
+
+def _in_sample_order(frame: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
+    key = sample.columns[0]
+    ours, theirs = frame[key].astype(str), sample[key].astype(str)
+    if ours.duplicated().any():
+        raise PipelineError(f"submission id {ours[ours.duplicated()].iloc[0]!r} appears twice")
+    if set(ours) != set(theirs):
+        missing, extra = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+        example = f"{missing[0]!r} is missing" if missing else f"{extra[0]!r} is not in the sample"
+        raise PipelineError(f"submission ids differ from the sample's {key!r} column: {example}")
+    order = pd.Series(np.arange(len(frame)), index=ours.to_numpy())
+    return frame.iloc[order[theirs.to_numpy()].to_numpy()].reset_index(drop=True)
+
+
+# --- writing and the ledger --------------------------------------------------------------------
+
+
+def validated(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -> pd.DataFrame:
+    """The submission's rows in the competition's format, checked against its sample."""
+    sample = read_sample(cfg)
+    return validate(build(cfg, table, predictions, task, sample), sample, known_labels(cfg, task, sample))
+
+
+def known_labels(cfg: Config, task: Task, sample: pd.DataFrame | None) -> list | None:
+    """The labels a submission of one label per row may hold; None for the other formats."""
+    return task.known_labels(submission_format(cfg, task, sample))
+
+
+def checked_file(cfg: Config, path: str) -> pd.DataFrame:
+    """The submission file at `path` checked as `make predict` checks the files it writes."""
+    data = sources.read(cfg)
+    task = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets)
+    sample = read_sample(cfg)
+    return validate(read_csv(Path(path)), sample, known_labels(cfg, task, sample))
+
+
+def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
+    """The validated submission file and its ledger row with the CV of the models in it: both or
+    neither."""
+    frame = validated(cfg, table, predictions, task)
+    stamp = dt.datetime.now(dt.UTC)
+    with locked_ledger():
+        path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")
+        try:
+            write_csv(path, frame)
+            _append({**ledger_row(cfg, stated, str(path), stamp), "sha256": sha256_file(path)})
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    return path
+
+
+def ledger_row(cfg: Config, stated: StatedCV, file: str, stamp: dt.datetime) -> dict:
+    """What every ledger row holds: the file (or kernel), when, the CV it states and how, and
+    what made it."""
+    return {
+        "file": file,
+        "competition": cfg.competition.name,
+        "utc_time": stamp.isoformat(timespec="seconds"),
+        "cv_metric": stated.metric,
+        "cv_score": stated.score,
+        "cv_std": stated.std,
+        "cv_method": stated.method,
+        "models": stated.models,
+        "experiment": stated.experiment,
+        "tta": " ".join(cfg.predict.tta) or "none",
+        "config_hash": cfg.fingerprint(),
+        **_git_state(),
+    }
+
+
+def _new_file(competition: str, stem: str, suffix: str) -> Path:
+    """A name no earlier submission has: two predictions in the same second must not share a file."""
+    folder = SUBMISSIONS.folder(competition)
+    path, copy = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        copy += 1
+        path = folder / f"{stem}-{copy}{suffix}"
+    return path
+
+
+def read_ledger() -> pd.DataFrame:
+    """The ledger; one with a row that is not a submission's (a merge's conflict markers, a
+    hand edit) is an error naming its line."""
+    if not SUBMISSIONS.ledger.exists():
+        return pd.DataFrame(columns=LEDGER_COLUMNS)
+    types = {"git_commit": str, "config_hash": str, "cv_method": str}
+    ledger = read_csv(SUBMISSIONS.ledger, rows_required=False, dtype=types)
+    ledger = ledger.reindex(columns=LEDGER_COLUMNS)  # a ledger from an older version gains the new columns
+    broken = ledger["file"].isna() | pd.to_datetime(ledger["utc_time"], errors="coerce", utc=True).isna()
+    if broken.any():
+        row = int(np.flatnonzero(broken)[0])
+        raise PipelineError(
+            f"{SUBMISSIONS.ledger} line {row + 2} is not a submission's row (it starts"
+            f" {str(ledger['file'].iloc[row])[:40]!r}; a merge's conflict markers?): mend the file"
+        )
+    return ledger
+
+
+def ledger_name(file: str) -> str:
+    """`file` as the ledger names it, whichever path reaches it (./x, absolute, a link); else as given."""
+    target = Path(file).resolve()
+    return next((name for name in read_ledger()["file"] if Path(name).resolve() == target), file)
+
+
+@contextlib.contextmanager
+def locked_ledger() -> Iterator[None]:
+    """Hold the ledger against every other process's update (two `make predict` at once); a
+    submissions/ that cannot be written is said before anything is."""
+    try:
+        SUBMISSIONS.root.mkdir(parents=True, exist_ok=True)
+        handle = open(SUBMISSIONS.ledger_lock, "a")  # noqa: SIM115 (held for the block)
+    except OSError as exc:
+        raise PipelineError(
+            f"{SUBMISSIONS.root}/ cannot be written ({exc.strerror}): a submission needs it for its ledger row"
+        ) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def add_to_ledger(row: dict) -> None:
+    with locked_ledger():
+        _append(row)
+
+
+def _append(row: dict) -> None:
+    ledger, new = read_ledger(), pd.DataFrame([row]).reindex(columns=LEDGER_COLUMNS)
+    write_csv(SUBMISSIONS.ledger, pd.concat([ledger, new], ignore_index=True) if len(ledger) else new)
+
+
+def update_ledger(file: str, **values) -> None:
+    with locked_ledger():
+        ledger = read_ledger()
+        for key, value in values.items():
+            ledger[key] = ledger[key].astype(object)
+            ledger.loc[ledger["file"] == file, key] = value
+        write_csv(SUBMISSIONS.ledger, ledger)
+
+
+def _git_state() -> dict:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain")) if commit else ""}
+
+
+def ledger_row_of(path: str) -> pd.Series | None:
+    ledger = read_ledger()
+    mine = ledger[ledger["file"] == path]
+    return mine.iloc[-1] if len(mine) else None
+
+
+def newest(cfg: Config, file: str | None) -> str:
+    """The named submission, or this competition's newest in the ledger."""
+    if file:
+        if not Path(file).is_file():
+            raise PipelineError(f"submission file {file} does not exist")
+        return ledger_name(file)
+    ledger, where = read_ledger(), SUBMISSIONS.ledger
+    mine = ledger[ledger["competition"] == cfg.competition.name]
+    if mine.empty:
+        raise PipelineError(f"no submission of {cfg.competition.name} in {where}: run `make predict` first")
+    path = str(mine.sort_values("utc_time")["file"].iloc[-1])
+    if not Path(path).exists():
+        raise PipelineError(f"the newest submission in {where}, {path}, no longer exists: name one with FILE=...")
+    return path
+
+
+# --- stages: score, submissions, submit --------------------------------------------------------
+
+
+def score(cfg: Config, file: str | None = None) -> float:
+    """The competition metric of a submission against the solution file, stored in the ledger."""
+    if cfg.data.solution is None:
+        raise PipelineError("data.solution is not set: this competition has no local answers to score against")
+    path = newest(cfg, file)
+    solution = read_csv(Path(cfg.data.dir) / cfg.data.solution)
+    submitted = validate(read_csv(Path(path)), solution)
+    row = ledger_row_of(path)
+    metric = row["cv_metric"] if row is not None else tasks.metric_of(cfg)
+    value = tasks.get(cfg.competition.task).score_file(metric, submitted, solution)
+    update_ledger(path, local_score=value)
+    print(f"{path}: {metric} {value:.5f} on the held-out answers in {cfg.data.solution}")
+    return value
+
+
+def _higher_is_better(metric: str) -> bool | None:
+    try:
+        return tasks.higher_is_better(metric)
+    except PipelineError:  # a ledger row from an older version, or hand-made
+        return None
+
+
+def show(cfg: Config) -> None:
+    """The ledger as a table, best CV first: the CV each file states beside its local and public
+    scores, and the gap between them (score - CV)."""
+    ledger = read_ledger()
+    if ledger.empty:
+        print(f"{SUBMISSIONS.ledger} is empty: run `make predict`")
+        return
+    higher = ledger["cv_metric"].map(_higher_is_better).fillna(True)
+    cv = pd.to_numeric(ledger["cv_score"], errors="coerce")
+    for column in ("local", "public"):
+        ledger[f"{column}_gap"] = pd.to_numeric(ledger[f"{column}_score"], errors="coerce") - cv
+    ledger = ledger.assign(_key=np.where(higher, -cv, cv)).sort_values("_key")
+    columns = ["file", "models", "tta", "cv_metric", "cv_score", "cv_std", "local_score", "local_gap"]
+    columns += ["public_score", "public_gap", "config_hash"]
+    print(ledger[columns].to_string(index=False, na_rep="", float_format=lambda v: f"{v:.5f}"))
+
+
+def submit(cfg: Config, file: str | None = None) -> None:
+    if not cfg.competition.kaggle:
+        raise PipelineError("competition.kaggle is not set: no Kaggle competition to submit to")
+    path = newest(cfg, file)
+    checked_file(cfg, path)
+    row = ledger_row_of(path)
+    if row is not None and isinstance(row["sha256"], str) and row["sha256"] != sha256_file(Path(path)):
+        raise PipelineError(f"{path} was changed after `make predict` wrote it: its ledger row's CV is not its")
+    message = (
+        f"CV {row['cv_metric']} {row['cv_score']:.5f} config {row['config_hash']}" if row is not None else "pipeline"
+    )
+    kaggle_cli.submit(cfg.competition.kaggle, Path(path), message)
+    print(f"submitted {path} to {cfg.competition.kaggle}: {message}")
+    if cfg.predict.submit_wait:
+        public = kaggle_cli.public_score(cfg.competition.kaggle, Path(path).name, cfg.predict.submit_wait)
+        update_ledger(path, public_score=public)
+        print(f"public score {public}")

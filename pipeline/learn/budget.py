@@ -1,0 +1,578 @@
+"""train.time_budget: the folds and the full fit planned into a wall-clock budget, as a
+competitor plans them.
+
+Measure. A probe builds fold 0's model and batches, as a fit does, and times steady-state steps
+after a warm-up: training with the fine-tune's stages frozen, training with everything, and
+validating (twice, keeping the faster of each: a process's first probe can run slow past its
+warm-up, and a probe of seconds catches whatever else the machine does). The one-time costs are
+measured apart: a fit's start (the model, its weights and loaders, its first steps' warm-up)
+and an epoch's (its loaders' start and its checkpoint).
+
+Plan. The epochs are the most that fit, between a floor (two epochs past the unfreeze, and half
+the optimizer steps the data asks for: defaults.epoch_bounds) and a ceiling (train.epochs when
+the config sets it, else the preset's most: a roomy budget is used). When even the floor does
+not fit, the plan trades what the config left to the defaults, in this order: a smaller image
+side (down to 96 px for a pretrained model), fewer folds (the others left for a later run, the
+CV stated on the folds trained), then no full fit (the fold models are submitted). A side the
+probe did not measure is measured before the plan keeps it. A plan of several folds fills the
+time left, since the pace can leave its last folds for later when the fits run late; a plan of
+one fold leaves 5% for the estimate's error.
+
+Keep. The plan, with what it measured, goes to runs/<name>/<experiment>/budget.json: a re-run of
+the same config trains the same schedule, keeps its finished folds and has a budget of its own.
+The schedule never changes between folds, which would make their scores incomparable.
+
+Pace. After each fit the train stage compares its time with the plan's and says so. Before each
+fold after the first it asks whether that fold and the full fit still end inside the budget at
+the pace so far; when not, that fold and those after it are left for a later run. Epochs and
+folds are whole, so a plan can end well short of its budget: the time left at the end gives the
+first fold left for later a head start, its first epochs on the same schedule, checkpointed for
+the later run to resume.
+"""
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import config as C
+from pipeline.files import write_text
+from pipeline.learn import defaults, engine, plan
+from pipeline.learn.fit import Setup, assemble, optimisation, save_checkpoint, wrap
+from pipeline.learn.validation import validation_rows
+from pipeline.paths import Paths
+
+WARMUP_STEPS, TIMED_STEPS, TIMED_VALID_BATCHES = 2, 6, 3
+FILL = 0.95  # of the time left, for what the pace cannot leave for later: the estimate's error stays inside
+AIM = 0.8  # of the budget: a plan that uses less says why
+SIDE_STEP = 32  # trade the side in steps the backbones' strides divide
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What one probe measured at one model input side, in seconds."""
+
+    side: int
+    frozen_s: float  # per training image, the fine-tune's stages frozen
+    unfrozen_s: float  # per training image, everything training
+    valid_s: float  # per validation image
+    start_s: float  # once a fit: its model, weights and loaders, its first steps' warm-up
+    epoch_s: float  # once an epoch: its loaders' start and its checkpoint
+
+    def at(self, side: int, exponent: float = 2.0) -> "Speed":
+        """An estimate at another side: the per-image work grows as side ** exponent (2: with
+        the pixels)."""
+        growth = (side / self.side) ** exponent
+        per_image = {k: getattr(self, k) * growth for k in ("frozen_s", "unfrozen_s", "valid_s")}
+        return dataclasses.replace(self, side=side, **per_image)
+
+    def fastest(self, other: "Speed") -> "Speed":
+        """Each time the less of the two: what a probe measures is the step's time plus whatever
+        else the machine did meanwhile."""
+        times = {f.name: min(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v for k, v in times.items() if k != "side"})
+
+    def exponent_to(self, other: "Speed") -> float:
+        """How the training time per image grew from this side to `other`'s: side ** exponent."""
+        return math.log(other.unfrozen_s / self.unfrozen_s) / math.log(other.side / self.side)
+
+    def describe(self) -> str:
+        rates = f"training {1 / self.unfrozen_s:.0f} img/s"
+        if self.frozen_s != self.unfrozen_s:
+            rates += f" ({1 / self.frozen_s:.0f} with the backbone frozen)"
+        return (
+            f"at {self.side} px: {rates}, validating {1 / self.valid_s:.0f} img/s; "
+            f"once a fit {self.start_s:.1f} s, once an epoch {self.epoch_s:.1f} s"
+        )
+
+
+@dataclass(frozen=True)
+class Fit:
+    fold: int | None  # None: the full fit
+    train_rows: int
+    valid_rows: int
+
+    @property
+    def name(self) -> str:
+        return "full" if self.fold is None else f"fold {self.fold}"
+
+
+@dataclass(frozen=True)
+class HeadStart:
+    """The first `epochs` of a fold left for a later run, trained last in the time the plan leaves."""
+
+    fold: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    side: int
+    epochs: int
+    folds: tuple[int, ...]
+    full_fit: bool
+    head_start: HeadStart | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Schedule":
+        head_start = raw.get("head_start") and HeadStart(**raw["head_start"])
+        return cls(**{**raw, "folds": tuple(raw["folds"]), "head_start": head_start})
+
+    def describe(self, all_folds: int, unfrozen_from: int | None = None) -> str:
+        fits = f"{len(self.folds)} of {all_folds} folds" if len(self.folds) < all_folds else f"{all_folds} folds"
+        epochs = f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+        said = f"{fits}{' and the full fit' if self.full_fit else ''}, {epochs} at {self.side} px"
+        if unfrozen_from:
+            said += f", the backbone unfrozen from epoch {unfrozen_from}"
+        if self.head_start is not None:
+            first = f"{self.head_start.epochs} epochs" if self.head_start.epochs > 1 else "epoch"
+            said += f", then the first {first} of fold {self.head_start.fold}, a head start for a later run"
+        return said
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What budget.json keeps."""
+
+    key: str
+    budget_s: float
+    started: float  # time.time() when the probe began
+    schedule: Schedule
+    planned: dict[str, float]  # each fit's seconds
+    speeds: list[Speed]
+    said: list[str]
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.budget_s
+
+    def save(self, path) -> None:
+        write_text(path, json.dumps(dataclasses.asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, path, key: str) -> "Plan | None":
+        try:
+            raw = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if raw.get("key") != key or "schedule" not in raw:  # another config, or an older budget.json
+            return None
+        speeds = [Speed(**s) for s in raw["speeds"]]
+        return cls(**{**raw, "schedule": Schedule.from_json(raw["schedule"]), "speeds": speeds})
+
+
+def fit_into(
+    setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths
+) -> tuple[Setup, list[int], "Pace | None"]:
+    """`setup` and the fold ids the plan for train.time_budget trains, and its pace keeper;
+    unchanged, with no pace keeper, without a budget."""
+    cfg = setup.cfg
+    if cfg.train.time_budget is None:
+        return setup, fold_ids, None
+    asked = f"{plan.fingerprint(cfg, paths)}time_budget {cfg.train.time_budget} folds {fold_ids} {cfg.train.full_fit}"
+    key = hashlib.sha256(asked.encode()).hexdigest()[:16]
+    kept = Plan.read(paths.budget_json, key)
+    if kept is None:
+        kept = make_plan(setup, folds, fold_ids, paths, key)
+        kept.save(paths.budget_json)
+        deadline = kept.deadline
+    else:
+        deadline = time.time() + kept.budget_s
+        print(
+            f"time budget {cfg.train.time_budget}: the plan made at {_clock(kept.started)} (budget.json), kept; "
+            f"this run's budget ends about {_clock(deadline)}"
+        )
+    print("\n".join(kept.said), flush=True)
+    pace = Pace(kept, deadline, fits(folds, fold_ids, full_fit=False), cfg.model)
+    return apply(setup, kept.schedule, fold_ids), list(kept.schedule.folds), pace
+
+
+def apply(setup: Setup, schedule: Schedule, fold_ids: list[int]) -> Setup:
+    """`setup` on the schedule: its epochs, side and fits."""
+    overrides = {
+        "train.epochs": schedule.epochs,
+        "model.image_size": schedule.side,
+        "train.full_fit": schedule.full_fit,
+    }
+    if list(schedule.folds) != fold_ids:
+        overrides["train.folds"] = list(schedule.folds)
+    cfg = C.with_overrides(setup.cfg, overrides, f"train.time_budget={setup.cfg.train.time_budget}")
+    return dataclasses.replace(setup, cfg=cfg, image_size=schedule.side)
+
+
+def _at_side(setup: Setup, side: int) -> Setup:
+    cfg = C.with_overrides(setup.cfg, {"model.image_size": side}, f"timing at {side} px")
+    return dataclasses.replace(setup, cfg=cfg, image_size=side)
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+
+def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths, key: str) -> Plan:
+    cfg = setup.cfg
+    budget_s, started = C.seconds(cfg.train.time_budget), time.time()
+    fold_rows = len(folds) - len(validation_rows(folds, fold_ids[0]))
+    floor, ceiling = defaults.epoch_bounds(cfg, fold_rows, epochs_given="train.epochs" in setup.given)
+    first = measure(setup, folds, fold_ids[0], paths)  # see measure()
+    speeds = {setup.image_size: first.fastest(measure(setup, folds, fold_ids[0], paths))}
+    while True:
+        left = budget_s - (time.time() - started)
+        choice, traded = choose(setup, folds, fold_ids, speeds, (floor, ceiling), left)
+        if choice.side in speeds:
+            break
+        speeds[choice.side] = measure(_at_side(setup, choice.side), folds, fold_ids[0], paths)
+    speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit)
+    planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model) for f in chosen}
+    one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model) for f in chosen)
+    left_over = [k for k in fold_ids if k not in choice.folds]
+    room = FILL * left - sum(planned.values())
+    next_fit = fits(folds, left_over[:1], full_fit=False)
+    if next_fit and (head := longest_head_start(next_fit[0], choice.epochs, speed, cfg.model, room)) is not None:
+        choice, planned[f"fold {head[0].fold}"] = dataclasses.replace(choice, head_start=head[0]), head[1]
+    said = [
+        f"time budget {cfg.train.time_budget}: measured " + "; ".join(s.describe() for s in speeds.values()),
+        *traded,
+        _plan_line(cfg, choice, len(fold_ids), (sum(planned.values()), one_more), started, (floor, ceiling)),
+    ]
+    if left_over:
+        said.append(_later_run(choice, left_over, resumed=choice.head_start and choice.head_start.fold))
+    return Plan(key, budget_s, started, choice, planned, list(speeds.values()), said)
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    """Which fits run at which side; the epochs come after."""
+
+    side: int
+    folds: tuple[int, ...]
+    full_fit: bool
+    trade: str  # what was traded to come to it; "" for the config's own
+
+    def seconds(self, epochs: int, folds: pd.DataFrame, speed: Speed, model: C.Model) -> float:
+        return sum(fit_seconds(speed, f, epochs, model) for f in fits(folds, self.folds, self.full_fit))
+
+
+def choose(
+    setup: Setup, folds: pd.DataFrame, fold_ids: list[int], speeds: dict, bounds: tuple[int, int], left: float
+) -> tuple[Schedule, list[str]]:
+    """The first arrangement, in trade order, whose floor of epochs fits in `left` seconds (the
+    last one when none does), with the most epochs that fit; and what it traded, said."""
+    (floor, ceiling), model, said = bounds, setup.cfg.model, []
+    options = list(arrangements(setup, fold_ids))
+    for n, option in enumerate(options):
+        speed, room = estimate(speeds, option.side), fill(option.folds) * left
+        at_floor = option.seconds(floor, folds, speed, model)
+        if at_floor <= room or n == len(options) - 1:
+            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, model) <= room]
+            if not fitting:
+                said.append(
+                    f"  even this takes {_duration(at_floor)} at the floor of {floor} epochs, more than the "
+                    f"{_duration(max(left, 0))} left: it runs over the budget"
+                )
+            return Schedule(option.side, max(fitting, default=floor), option.folds, option.full_fit), said
+        arranged = Schedule(option.side, floor, option.folds, option.full_fit).describe(len(fold_ids))
+        said.append(
+            f"  {arranged} (the floor) take {_duration(at_floor)}, more than the {_duration(max(left, 0))} "
+            f"left: trading for {options[n + 1].trade}"
+        )
+    raise AssertionError("unreachable: the last arrangement is always taken")
+
+
+def arrangements(setup: Setup, fold_ids: list[int]) -> Iterator[Arrangement]:
+    """In the order a budget trades: the config's own, then smaller sides, fewer folds, no full
+    fit; only what the config left to the defaults is traded."""
+    cfg, side, ids, full_fit = setup.cfg, setup.image_size, tuple(fold_ids), setup.cfg.train.full_fit
+    yield Arrangement(side, ids, full_fit, "")
+    if "model.image_size" not in setup.given:
+        sides = list(range((side - 1) // SIDE_STEP * SIDE_STEP, defaults.smallest_side(cfg) - 1, -SIDE_STEP))
+        for smaller in sides:
+            yield Arrangement(smaller, ids, full_fit, f"a smaller image side, model.image_size {side} -> {smaller}")
+        side = sides[-1] if sides else side
+    if "train.folds" not in setup.given:
+        for n in range(len(ids) - 1, 0, -1):
+            trade = f"fewer folds, {n} of {len(fold_ids)} (the others left for a later run)"
+            yield Arrangement(side, ids[:n], full_fit, trade)
+        ids = ids[:1]
+    if "train.full_fit" not in setup.given and full_fit:
+        yield Arrangement(side, ids, False, "no full fit (the fold models are submitted)")
+
+
+def fill(fold_ids) -> float:
+    """The share of the time left a plan of these folds may fill: all of it when the pace can leave
+    a fold for later, should the fits run late."""
+    return 1.0 if len(fold_ids) > 1 else FILL
+
+
+def longest_head_start(
+    fit: Fit, epochs: int, speed: Speed, model: C.Model, room: float
+) -> tuple[HeadStart, float] | None:
+    """The most epochs of the fold `fit`, fewer than the schedule's `epochs`, that fit in `room`
+    seconds, and their seconds; None when not one does."""
+    fitting = [(e, fit_seconds(speed, fit, e, model)) for e in range(1, epochs)]
+    fitting = [(e, seconds) for e, seconds in fitting if seconds <= room]
+    return (HeadStart(fit.fold, fitting[-1][0]), fitting[-1][1]) if fitting else None
+
+
+def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
+    """The fits a schedule trains, with their rows: a fold trains on the rows it does not
+    validate on (scraped extras too); the full fit on every row."""
+    made = []
+    for k in fold_ids:
+        valid = len(validation_rows(folds, k))
+        made.append(Fit(int(k), len(folds) - valid, valid))
+    return made + ([Fit(None, len(folds), 0)] if full_fit else [])
+
+
+def fit_seconds(speed: Speed, fit: Fit, epochs: int, model: C.Model) -> float:
+    frozen = frozen_epochs(model, epochs)
+    training = fit.train_rows * (frozen * speed.frozen_s + (epochs - frozen) * speed.unfrozen_s)
+    return speed.start_s + training + epochs * (fit.valid_rows * speed.valid_s + speed.epoch_s)
+
+
+def frozen_epochs(model: C.Model, epochs: int) -> int:
+    """The epochs that train with the fine-tune's stages frozen."""
+    if not (model.freeze_depth or model.freeze_blocks):
+        return 0
+    return epochs if model.unfreeze_epoch is None else min(epochs, model.unfreeze_epoch - 1)
+
+
+def estimate(speeds: dict[int, Speed], side: int) -> Speed:
+    """The speed at `side`: as measured there, else from the nearest measurement, grown as the
+    two nearest measurements grew (with the pixels, when there is one)."""
+    if side in speeds:
+        return speeds[side]
+    nearest = sorted(speeds, key=lambda s: abs(s - side))
+    if len(nearest) == 1:
+        return speeds[nearest[0]].at(side)
+    return speeds[nearest[0]].at(side, speeds[nearest[0]].exponent_to(speeds[nearest[1]]))
+
+
+def _plan_line(
+    cfg: C.Config,
+    schedule: Schedule,
+    all_folds: int,
+    seconds: tuple[float, float],
+    started: float,
+    bounds: tuple[int, int],
+) -> str:
+    """`seconds`: the schedule's, and with one epoch more."""
+    (floor, ceiling), (seconds, one_more), probe = bounds, seconds, time.time() - started
+    share = (probe + seconds) / C.seconds(cfg.train.time_budget)
+    asked = cfg.train.epochs
+    if schedule.epochs < asked:
+        why = f"train.epochs {asked} lowered to fit"
+    elif schedule.epochs > asked:
+        why = f"train.epochs {asked} raised to use the budget"
+    else:
+        why = f"the {asked} epochs asked for"
+    if schedule.epochs == ceiling and share < AIM:
+        why += f"; {ceiling} is the most it plans"
+    elif share < AIM:  # epochs and folds are whole: the next step up can be a large one
+        past = f"past {fill(schedule.folds):.0%} of the time left"
+        why += f"; {schedule.epochs + 1} would take {_duration(one_more)}, {past}"
+    return (
+        f"plan: {schedule.describe(all_folds, cfg.model.unfreeze_epoch)} ({why}; floor {floor}): "
+        f"{_duration(seconds)} of training after {_duration(probe)} of timing, "
+        f"ending about {_clock(time.time() + seconds)}, {share:.0%} of the budget"
+    )
+
+
+def _later_run(schedule: Schedule, left: list[int], resumed: int | None, full_fit: bool = False) -> str:
+    """How to train the folds `left`, and the full fit with `full_fit`, for later: the same
+    schedule without the budget; `resumed`: the fold given a head start, if one is."""
+    same = f"train.time_budget=null train.epochs={schedule.epochs} model.image_size={schedule.side}"
+    named = [f"fold {left[0]}" if len(left) == 1 else f"folds {', '.join(map(str, left))}"] if left else []
+    named += [_fit_named("full")] if full_fit else []
+    resuming = "" if resumed is None else f" and resumes fold {resumed}"
+    return (
+        f"  {' and '.join(named)} {'is' if len(left) + full_fit == 1 else 'are'} left for a later run on the same "
+        f'schedule, which keeps the folds trained now{resuming}: make train ARGS="{same}"'
+    )
+
+
+def _fit_named(name: str) -> str:
+    return "the full fit" if name == "full" else name
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if abs(seconds) < 90 else f"{seconds / 60:.1f} min"
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%H:%M", time.localtime(timestamp))
+
+
+# --- the probe ----------------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """The first `warmup + steps` of `batches`; times the last `steps` of them (the device
+    synchronised at both ends, so that queued GPU work is counted) and the wait for the first."""
+
+    def __init__(self, batches, warmup: int, steps: int, device: engine.Device):
+        self.batches, self.device = batches, device
+        self.length = min(len(batches), warmup + steps)
+        self.warmup = min(warmup, self.length - 1)
+        self.first_s = self.warmup_s = self.timed_s = 0.0
+        self.timed_images = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        self._sync()
+        began = time.perf_counter()
+        for i, batch in enumerate(itertools.islice(iter(self.batches), self.length)):
+            if i == 0:
+                self.first_s = time.perf_counter() - began
+            if i == self.warmup:
+                self._sync()
+                self.warmup_s, timed_from = time.perf_counter() - began, time.perf_counter()
+            if i >= self.warmup:
+                self.timed_images += len(batch[0])
+            yield batch
+        self._sync()
+        self.timed_s = time.perf_counter() - timed_from
+
+    @property
+    def per_image(self) -> float:
+        return self.timed_s / max(self.timed_images, 1)
+
+    def _sync(self) -> None:
+        if self.device.device.type == "cuda":
+            torch.cuda.synchronize(self.device.device)
+
+
+def measure(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> Speed:
+    """Time fold `fold`'s fit, as fit() runs it, for a few steps of each kind. The first probe
+    of a process can run slow past its warm-up (on 2 cores: frozen steps and validation up to
+    2x, training 15%, where the fits after it did not), and a probe of a few seconds on a shared
+    machine as much as 22% (58 img/s where the epochs ran 74): the plan measures twice and keeps
+    the faster of each time."""
+    cfg = setup.cfg.train
+    valid = validation_rows(folds, fold)
+    began = time.perf_counter()
+    parts = assemble(setup, np.setdiff1d(np.arange(len(folds)), valid), valid)
+    state = optimisation(setup, parts, epochs=10**6)  # a schedule so long that the rate stays at its start
+    built = time.perf_counter() - began
+    warmups, trained = [], parts.trained
+    frozen = None
+    if parts.frozen.params:
+        frozen = Stopwatch(parts.train_batches(cfg.seed), WARMUP_STEPS, TIMED_STEPS, parts.device)
+        engine.train_one_epoch(trained, frozen, setup.task, state, parts.device, parts.frozen, "timing, frozen")
+        warmups.append(frozen)
+        parts.frozen.unfreeze()
+        trained = wrap(parts.model, parts.device, cfg.compile)
+    unfrozen = Stopwatch(parts.train_batches(cfg.seed + 1), WARMUP_STEPS, TIMED_STEPS, parts.device)
+    engine.train_one_epoch(trained, unfrozen, setup.task, state, parts.device, None, "timing")
+    warmups.append(unfrozen)
+    validating = Stopwatch(parts.valid_batches(), 1, TIMED_VALID_BATCHES, parts.device)
+    engine.evaluate(parts.model, validating, setup.task, parts.device, desc="timing")
+    checkpoint_s = _time_checkpoint(parts, state, paths)
+    warm = sum(max(0.0, w.warmup_s - w.per_image * w.warmup * cfg.batch_size) for w in warmups)
+    loader_start = max(0.0, validating.first_s - validating.per_image * 2 * cfg.batch_size)
+    return Speed(
+        side=setup.image_size,
+        frozen_s=(frozen or unfrozen).per_image,
+        unfrozen_s=unfrozen.per_image,
+        valid_s=validating.per_image,
+        start_s=built + warm,
+        epoch_s=2 * loader_start + checkpoint_s,
+    )
+
+
+def _time_checkpoint(parts, state: engine.Step, paths: Paths) -> float:
+    probe = paths.budget_probe
+    shutil.rmtree(probe.root, ignore_errors=True)
+    probe.root.mkdir(parents=True)
+    began = time.perf_counter()
+    try:
+        save_checkpoint(probe, parts.model, state, [{"epoch": 1}], {"epoch": 1, "score": math.nan}, "timing")
+        return time.perf_counter() - began
+    finally:
+        shutil.rmtree(probe.root, ignore_errors=True)
+
+
+# --- the pace -----------------------------------------------------------------------------------
+
+
+class Pace:
+    """The fits' times against the plan's, said after each; before each fold, whether it still
+    fits; at the end, the head start the time left allows."""
+
+    def __init__(self, kept: Plan, deadline: float, fold_fits: list[Fit], model: C.Model):
+        """`fold_fits`: every fold the config asks for, in order, trained now or left for later."""
+        self.plan, self.deadline, self.model = kept, deadline, model
+        self.fold_fits = {f.fold: f for f in fold_fits}
+        self.measured = self.expected = 0.0
+        planned_head_start = kept.schedule.head_start and f"fold {kept.schedule.head_start.fold}"
+        self.left = {name: s for name, s in kept.planned.items() if name != planned_head_start}
+
+    @property
+    def ratio(self) -> float:
+        """The fits' times this run over their plan's: above 1, late."""
+        return self.measured / self.expected if self.expected else 1.0
+
+    def starts(self, fit: str, trained: list[int]) -> bool:
+        """Whether `fit` ("fold <k>" or "full"), about to start afresh, and after a fold the full
+        fit, still end inside the budget at this pace. When not, a fold and the folds after it are
+        left for a later run (the CV is stated on the folds trained); the full fit, when it is the
+        one, too (the fold models are submitted)."""
+        ending = [fit] + (["full"] if fit != "full" and "full" in self.left else [])
+        end = time.time() + self.ratio * sum(self.left.get(name, 0.0) for name in ending)
+        if end <= self.deadline or not self.expected:
+            return True
+        folds_left = [k for k in self.fold_fits if k not in trained]
+        for name in [fit, *(f"fold {k}" for k in folds_left)]:
+            self.left.pop(name, None)
+        if fit == "full":
+            outcome = "no full fit: the fold models are submitted"
+        else:
+            outcome = f"the CV is stated on {len(trained)} of {len(self.fold_fits)} folds"
+        print(
+            f"budget: at this pace {' and '.join(map(_fit_named, ending))} would end about {_clock(end)}, past the "
+            f"budget's {_clock(self.deadline)}: {outcome}\n"
+            + _later_run(self.plan.schedule, folds_left, resumed=None, full_fit=fit == "full"),
+            flush=True,
+        )
+        return False
+
+    def head_start(self, trained: list[int]) -> HeadStart | None:
+        """The first epochs of the first fold left for later that fit in what is left of the budget
+        at this pace; None when every fold is trained, or not one epoch fits."""
+        left = [k for k in self.fold_fits if k not in trained]
+        if not left:
+            return None
+        schedule, room = self.plan.schedule, FILL * (self.deadline - time.time())
+        speed = next(s for s in self.plan.speeds if s.side == schedule.side)
+        fit = self.fold_fits[left[0]]
+        found = longest_head_start(fit, schedule.epochs, speed, self.model, room / self.ratio)
+        if found is None:
+            print(f"budget: no head start on fold {left[0]}: {_duration(max(room, 0))} left, too little for an epoch")
+            return None
+        self.left[fit.name] = found[1]
+        return found[0]
+
+    def done(self, name: str, seconds: float | None) -> None:
+        """`seconds`: the fit's time in this run; None when it was finished before or resumed."""
+        planned = self.left.pop(name, None)
+        if planned is None or seconds is None:
+            return
+        self.measured, self.expected = self.measured + seconds, self.expected + planned
+        end = time.time() + self.ratio * sum(self.left.values())
+        late = end - self.deadline
+        verdict = f"{_duration(abs(late))} {'past' if late > 0 else 'inside'} its budget"
+        print(
+            f"budget: {name} took {_duration(seconds)}, planned {_duration(planned)} ({seconds / planned - 1:+.0%}); "
+            f"at this pace the plan ends about {_clock(end)}, {verdict} (the schedule stays: folds must compare)",
+            flush=True,
+        )

@@ -1,0 +1,239 @@
+"""The trained models on images: test-time augmentation, the test set's predictions kept
+beside each model, and a fold's out-of-fold predictions with the same views.
+
+A TTA view is an affine map in the [-1, 1] coordinates of `grid_sample(align_corners=False)`,
+which are the keypoint coordinates the network predicts: a point p predicted in a view lies
+at theta @ [p, 1] in the image, exactly. Each task maps its predictions back (Task.view_back).
+"""
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline import tasks
+from pipeline.augment import transforms
+from pipeline.config import Config, Model
+from pipeline.data import sources
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+from pipeline.learn import engine, models
+from pipeline.learn.loader import ImageDataset, create_loader, default_workers
+from pipeline.learn.validation import validation_rows
+from pipeline.paths import FitFiles, Paths
+from pipeline.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class View:
+    theta: torch.Tensor  # (2, 3): output coordinates -> input coordinates
+    hflip: bool = False  # a horizontal flip: left/right points swap names
+
+    @property
+    def is_identity(self) -> bool:
+        return torch.equal(self.theta, torch.eye(2, 3))
+
+    def to_image(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2) points predicted in the view -> the same places in the image."""
+        return points @ self.theta[:, :2].T.to(points) + self.theta[:, 2].to(points)
+
+
+def views(tta: list[str]) -> list[View]:
+    """The plain view, then each named one; shift:f gives four views moved by f of the side."""
+    out = [View(torch.eye(2, 3))]
+    for spec in tta:
+        name, _, value = spec.partition(":")
+        if name == "hflip":
+            out.append(View(torch.tensor([[-1.0, 0, 0], [0, 1, 0]]), hflip=True))
+        elif name == "vflip":
+            out.append(View(torch.tensor([[1.0, 0, 0], [0, -1, 0]])))
+        elif name == "shift":
+            step = 2 * float(value)  # a fraction of the side is twice that in [-1, 1] units
+            out += [
+                View(torch.tensor([[1.0, 0, dx], [0, 1, dy]]))
+                for dx, dy in ((step, 0), (-step, 0), (0, step), (0, -step))
+            ]
+        elif name == "scale":
+            out.append(View(torch.tensor([[1 / float(value), 0, 0], [0, 1 / float(value), 0]])))
+    return out
+
+
+def apply_view(view: View, images: torch.Tensor) -> torch.Tensor:
+    if view.is_identity:
+        return images
+    theta = view.theta.to(images.device, images.dtype).expand(len(images), 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def predict_images(
+    model: torch.nn.Module, task: Task, loader, device: engine.Device, tta: list[View]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over TTA views of each image's prediction, and the original (height, width)s."""
+    model.eval()
+    predictions, sizes = [], []
+    for images, _, size in tqdm(loader, desc="predict", leave=False, dynamic_ncols=True, disable=None):
+        images = device.images(images)
+        total = 0
+        for view in tta:
+            with device.autocast():
+                out = task.activate(model(apply_view(view, images)))
+            total = total + task.view_back(view, out)
+        predictions.append((total / len(tta)).float().cpu())
+        sizes.append(size)
+    return torch.cat(predictions).numpy(), torch.cat(sizes).numpy()
+
+
+def load_meta(path: Path) -> dict:
+    return _checkpoint(path)["meta"]
+
+
+UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError)  # what torch.load raises on a damaged file
+
+
+def _checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise PipelineError(f"{path} does not exist: `make train` trains its fit again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as exc:
+        raise PipelineError(
+            f"{path} cannot be read ({str(exc).splitlines()[0]}): `make train` trains its fit again"
+        ) from None
+
+
+def weights_readable(path: Path) -> bool:
+    """Whether the weights at `path` load (mapped, not read: a truncated or missing file fails)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, *UNREADABLE):
+        return False
+    return True
+
+
+def weights_time(fit: FitFiles) -> float:
+    """When the fit's weights were written; what was predicted with them before is older."""
+    if not fit.model.exists():
+        raise PipelineError(f"{fit.model} does not exist: `make train` trains its fit again")
+    return fit.model.stat().st_mtime
+
+
+def load_model(path: Path, device: engine.Device) -> tuple[torch.nn.Module, dict]:
+    checkpoint = _checkpoint(path)
+    meta = checkpoint["meta"]
+    model = models.create_model(Model(name=meta["name"]), meta["num_outputs"], meta["in_chans"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device.device, memory_format=device.memory_format), meta
+
+
+def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: engine.Device) -> tuple[np.ndarray, Task]:
+    """The model at `path` on `rows` of `images`, with predict.tta: (N, outputs + 2) raw
+    predictions (probabilities, or keypoints in [-1, 1]) then each image's (height, width)."""
+    model, meta = load_model(path, device)
+    task = task_from_meta(meta, cfg)
+    dataset = ImageDataset(images, rows, None, None, transforms.finish(meta["image_size"]))
+    normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, meta["in_chans"]))
+    batch_size = cfg.predict.batch_size or 2 * cfg.train.batch_size
+    workers = default_workers() if cfg.train.workers is None else cfg.train.workers
+    loader = create_loader(dataset, batch_size, False, workers, 0, device, normalise)
+    predictions, sizes = predict_images(model, task, loader, device, views(cfg.predict.tta))
+    return np.column_stack([predictions, sizes]), task
+
+
+def task_from_meta(meta: dict, cfg: Config) -> Task:
+    """The task a saved model solves, as `cfg` reads its outputs."""
+    return tasks.get(meta["task"]).from_meta(meta, cfg)
+
+
+# --- each model's predictions, made once and kept beside it -------------------------------------
+
+
+def views_key(tta: list[str]) -> str:
+    """A file-name-safe name for a TTA setting: "plain", or the views joined by "+"."""
+    return "+".join(v.replace(":", "") for v in tta) or "plain"
+
+
+class PredictionsOnTest:
+    """The test table, and each model's predictions on its images with predict.tta: made once,
+    and kept beside the model (FitFiles.test_predictions) for every later submission and blend."""
+
+    def __init__(self, cfg: Config, paths: Paths, *, keep: bool = True):
+        """keep=False: every model predicts afresh and nothing is written beside it (the offline
+        notebook, whose models lie in a read-only input)."""
+        data = sources.read(cfg)
+        self.cfg, self.table, self.keep = cfg, data.test.table, keep
+        self.images = sources.open_split(cfg, data.test.images, paths.cache("test"))
+        self.device = engine.Device.choose(cfg.train)
+        self.ids = self.table["id"].astype(str).to_numpy(dtype=str)
+        self.made: dict[Path, np.ndarray] = {}
+        self.task, self.sizes = None, None
+
+    def of(self, fit: FitFiles) -> np.ndarray:
+        """(N, outputs): probabilities, or keypoints in [-1, 1]."""
+        if fit.model not in self.made:
+            raw = self._kept(fit)
+            if raw is None:
+                every = np.arange(len(self.images))
+                raw, self.task = predict_rows(self.cfg, fit.model, self.images, every, self.device)
+                self._keep(fit, raw)
+                print(f"predicted {len(self.images)} test images with {fit.model}")
+            self.made[fit.model], self.sizes = raw[:, :-2], raw[:, -2:]
+        return self.made[fit.model]
+
+    def _keep(self, fit: FitFiles, raw: np.ndarray) -> None:
+        if self.keep:
+            with atomic_path(fit.test_predictions(views_key(self.cfg.predict.tta))) as tmp, open(tmp, "wb") as f:
+                np.savez(f, raw=raw, ids=self.ids)
+
+    def _kept(self, fit: FitFiles) -> np.ndarray | None:
+        """The predictions kept beside the model for these test ids and views, if any."""
+        path = fit.test_predictions(views_key(self.cfg.predict.tta))
+        if not (self.keep and path.exists() and path.stat().st_mtime >= weights_time(fit)):
+            return None
+        with np.load(path) as kept:
+            if not np.array_equal(kept["ids"], self.ids):
+                return None
+            self.task = self.task or task_from_meta(load_meta(fit.model), self.cfg)
+            return kept["raw"]
+
+    def in_units(self, fit: FitFiles) -> np.ndarray:
+        """The competition's units: keypoints in pixels of each image."""
+        raw = self.of(fit)  # sets the task and the sizes
+        return self.task.to_units(raw, self.sizes)
+
+    def blend(self, weighted: list[tuple[FitFiles, float]]) -> np.ndarray:
+        """The weighted mean of the models' predictions in the competition's units (weights sum
+        to 1), made valid again by the task (keypoints clipped to each image)."""
+        total = sum(weight * self.in_units(fit) for fit, weight in weighted)
+        return self.task.finish_blend(total, self.sizes)
+
+
+def oof_frames(cfg: Config, paths: Paths, fold_ids: list[int], epoch: str, setup, folds: pd.DataFrame) -> list:
+    """Per fold, its validation rows of folds.csv with the predictions at `epoch` beside them,
+    in the competition's units; with predict.tta, those of the kept epoch through its views."""
+    frames = []
+    for k in fold_ids:
+        rows = validation_rows(folds, k)
+        frames.append(setup.task.oof_frame(folds, rows, fold_oof(cfg, paths.fold(k), setup, rows, epoch)))
+    return frames
+
+
+def fold_oof(cfg: Config, fit: FitFiles, setup, rows: np.ndarray, epoch: str) -> np.ndarray:
+    """A fold's raw predictions on its validation rows (positions in folds.csv) at `epoch`, with
+    each image's (height, width): without TTA as training saved them; with predict.tta, its
+    model (the kept epoch) through the same views as the test images, made once and kept."""
+    if not cfg.predict.tta:
+        return np.load(fit.valid_predictions(epoch))
+    path = fit.valid_predictions(views_key(cfg.predict.tta))
+    if path.exists() and path.stat().st_mtime >= weights_time(fit):
+        return np.load(path)
+    raw, _ = predict_rows(cfg, fit.model, setup.images, setup.rows[rows], engine.Device.choose(cfg.train))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, raw)
+    return raw

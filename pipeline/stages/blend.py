@@ -1,0 +1,142 @@
+"""The blend stage: weights for several experiments, found on their out-of-fold predictions,
+scored by nested CV. The blended submission is predict.py's (`make predict BLEND=<blend>`).
+
+    make blend [BLEND="a b c"]    -> runs/<name>/blends/<blend>.yaml
+
+Every member validated on the same folds (validation.validation_plan), so each OOF row is predicted
+by every member from a model that never saw it. The weights the submission uses are fitted on
+every OOF row; the score it states is the nested CV: per fold, weights fitted on the other
+folds' rows, scored on that fold's.
+"""
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config as C
+from pipeline import tasks
+from pipeline.data import sources
+from pipeline.errors import PipelineError
+from pipeline.learn import ensemble
+from pipeline.learn.validation import read_folds, target_columns, validation_plan, validation_rows
+from pipeline.paths import FitFiles, Paths
+from pipeline.records import CV, Blend, Scores, trained_state
+from pipeline.tasks.base import Task
+
+SMOOTH = ("log_loss", "rmse")  # metrics the optimiser minimises directly
+
+
+def run(cfg: C.Config) -> None:
+    """`make blend`: fit, score by nested CV, save, and print the members beside the blend."""
+    paths = Paths.of(cfg)
+    names = cfg.blend.experiments or paths.experiments()
+    if len(names) < 2:
+        raise PipelineError(f"a blend needs two or more finished experiments; {paths.runs} has {names or 'none'}")
+    folds = read_folds(paths)
+    members = {name: member_cv(paths, name, validation_plan(folds)) for name in names}
+    stack, target, fold_of_row = out_of_fold(cfg, paths, members, folds)
+    method = _method(cfg, target.task)
+    weights = ensemble.fit_weights(method, stack, target, rounds=cfg.blend.rounds)
+    per_fold, pooled = ensemble.nested_scores(method, stack, target, fold_of_row, rounds=cfg.blend.rounds)
+    blend = Blend(
+        name=cfg.blend.name or ("blend" if not cfg.blend.experiments else "+".join(names)),
+        metric=target.metric,
+        method=method,
+        models=cfg.blend.models,
+        space=cfg.blend.space,
+        tta=list(cfg.predict.tta),
+        validation_plan=validation_plan(folds),
+        weights={name: float(w) for name, w in zip(names, weights, strict=True)},
+        trained={name: trained_state(paths.of_experiment(name).cv_json) for name in names},
+        member_scores={name: target.score(s) for name, s in zip(names, stack, strict=True)},
+        nested=Scores.of(per_fold, pooled),
+        in_sample=target.score(ensemble.blend(stack, weights)),
+    )
+    blend.save(paths.blend(blend.name))
+    print("\n".join(describe(blend, len(fold_of_row))) + f"\n-> {paths.blend(blend.name)}")
+
+
+def member_cv(paths: Paths, name: str, plan_now: str) -> CV:
+    """The experiment's CV summary, refused when its OOF cannot be blended with the others'."""
+    cv = CV.load(paths.of_experiment(name).cv_json)
+    if cv.validation_plan != plan_now:
+        raise PipelineError(
+            f"experiment {name} validated on other folds than {paths.folds_csv} (or before they were recorded): "
+            f"its OOF cannot be blended; train it again (`make train EXP={name}`)"
+        )
+    return cv
+
+
+def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], folds: pd.DataFrame):
+    """(stack (members, rows, outputs) in the competition's units, the target, each row's fold),
+    rows in the same order for every member: every fold's validation rows in turn."""
+    data = sources.read(cfg)
+    task, read = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets), _oof_reader(cfg, paths)
+    fold_ids = sorted(int(f) for f in folds["fold"].unique() if f >= 0)
+    stacked, frame = [], None
+    for name, cv in members.items():
+        if sorted(cv.fold_ids) != fold_ids:
+            raise PipelineError(f"experiment {name} trained folds {cv.fold_ids} of {fold_ids}: a blend needs them all")
+        epoch, fits, frames = _epoch(cfg, name, cv), paths.of_experiment(name), []
+        for k in fold_ids:
+            rows = validation_rows(folds, k)
+            frames.append(task.oof_frame(folds, rows, read(fits.fold(k), rows, epoch)))
+        frame = pd.concat(frames, ignore_index=True)
+        stacked.append(ensemble.in_space(cfg.blend.space, frame[task.prediction_columns()].to_numpy(np.float64)))
+    truth = task.truth(frame, target_columns(folds))
+    return np.stack(stacked), ensemble.Target(task, truth), frame["fold"].to_numpy()
+
+
+def _oof_reader(cfg: C.Config, paths: Paths):
+    """read(fit, rows, epoch): a member fold's raw predictions on its validation rows, as
+    training saved them; with predict.tta, through its model (made once and kept)."""
+    if not cfg.predict.tta:
+        return lambda fit, rows, epoch: np.load(fit.valid_predictions(epoch))
+    # torch and timm take seconds to import: only TTA, which runs the models, needs them
+    from pipeline.learn import inference, plan
+
+    setup, _ = plan.prepare(cfg, paths)
+
+    def read(fit: FitFiles, rows: np.ndarray, epoch: str) -> np.ndarray:
+        return inference.fold_oof(cfg, fit, setup, rows, epoch)
+
+    return read
+
+
+def _epoch(cfg: C.Config, name: str, cv: CV) -> str:
+    """Whose OOF describes the member's models: the kept epoch's for its fold models, the last
+    epoch's (the recipe) for its full fit."""
+    if cfg.blend.models == "folds":
+        return cv.kept
+    if cfg.predict.tta and cv.kept == "best":
+        raise PipelineError(
+            f"blend.models=full with predict.tta: experiment {name}'s fold models keep their best epochs, so its "
+            "recipe's TTA predictions were never made; use blend.models=folds"
+        )
+    return "last"
+
+
+def _method(cfg: C.Config, task: Task) -> str:
+    if cfg.blend.space == "ranks" and not task.ranks_blend():
+        raise PipelineError(
+            f"blend.space=ranks is for metrics of ranks; {task.name} scored by {task.metric} needs its predictions"
+        )
+    if cfg.blend.method != "auto":
+        return cfg.blend.method
+    return "optimise" if task.metric in SMOOTH else "hill_climb"
+
+
+def describe(blend: Blend, rows: int) -> list[str]:
+    higher = tasks.higher_is_better(blend.metric)
+    best = (max if higher else min)(blend.member_scores, key=blend.member_scores.get)
+    lines = [f"blend {blend.name}: {blend.method} weights on {rows} out-of-fold rows, {blend.metric}"]
+    scores = blend.member_scores
+    lines += [f"  {name:<24} OOF {scores[name]:.5f}  weight {weight:.3f}" for name, weight in blend.weights.items()]
+    nested = blend.nested
+    lines.append(
+        f"nested CV {nested.oof:.5f} (per fold {nested.mean:.5f} ± {nested.std:.5f}): weights fitted on the other "
+        f"folds, scored on the held-out one; in-sample {blend.in_sample:.5f} (scored on the rows that chose them)"
+    )
+    gain = nested.oof - blend.member_scores[best]
+    if (gain if higher else -gain) <= 0:
+        lines.append(f"note: the blend does not beat its best member, {best} ({blend.member_scores[best]:.5f})")
+    return lines

@@ -1,0 +1,702 @@
+"""The scrape stage, the only module that talks to the web: extra training images per label,
+with corrupt files, duplicates and copies of test images kept out.
+
+Pages are fetched with one requests Session per thread (timeouts, retries with backoff on 429
+and 5xx, a User-Agent, a per-host rate limit, redirects followed by hand so that every hop is
+checked against the domain and private-address rules, and each connection's peer checked too;
+through scrape.proxy when one is set, and never through the environment's)
+and parsed with BeautifulSoup. Every image link found is recorded in the progress manifest as
+soon as its page is parsed, then downloaded (streamed, capped in bytes and time, content-type
+checked), fully decoded and, in link order, compared by sha256 and perceptual hash with what is
+already kept, with the training images and with the test images. Kept images are stored as RGB
+PNGs named by content hash under `data/<name>/extra/<label>/`; decodable rejects (duplicates,
+leaks, too small) only as thumbnails under `extra/.rejected/<status>/`, for the report;
+undecodable files nowhere. A re-run skips every URL the progress manifest already settled, so an
+interrupted scrape loses nothing; `data/<name>/extra.csv` is written only when the stage
+finishes.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import http.server
+import io
+import ipaddress
+import os
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+from urllib.request import getproxies
+
+import imagehash
+import numpy as np
+import pandas as pd
+import requests
+import urllib3
+import urllib3.connection
+from bs4 import BeautifulSoup
+from PIL import Image
+from requests.adapters import HTTPAdapter
+from tqdm import tqdm
+from urllib3.util.retry import Retry
+
+from pipeline import tasks
+from pipeline.config import Config, Scrape
+from pipeline.data import sources
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, write_csv
+from pipeline.paths import Paths
+from pipeline.data.images import eight_bit
+
+COLUMNS = ["kind", "label", "page", "url", "final_url", "status", "detail", "sha256", "phash", "width", "height"]
+COLUMNS += ["bytes", "path"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+GALLERY = "{gallery}"  # the served demo gallery's origin, as scrape.sources and the manifest name it
+SAVE_EVERY = 25  # results between manifest writes
+THUMBNAIL = 96  # side of the stored thumbnail of a decodable but rejected image
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+
+class RateLimit:
+    """At most `per_second` requests to each host, across threads."""
+
+    def __init__(self, per_second: float):
+        self.interval, self.next_slot, self.lock = 1.0 / per_second, {}, threading.Lock()
+
+    def wait(self, url: str) -> None:
+        host = urlparse(url).netloc
+        with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next_slot.get(host, now))
+            self.next_slot[host] = slot + self.interval
+        time.sleep(max(0.0, slot - now))
+
+
+class Refused(Exception):
+    """A URL the scrape does not fetch, with its manifest status and why."""
+
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+# IETF protocol assignments, not globally reachable (Oracle Cloud's metadata service is 192.0.0.192),
+# though the ipaddress of Pythons before 3.11.10 calls them global
+NOT_GLOBAL_IPV4 = ipaddress.IPv4Network("192.0.0.0/24")
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the last 32 bits are an IPv4 address
+
+
+def blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether the scrape refuses to reach `address`: an allow-list, since a block-list missed
+    carrier-grade NAT (Alibaba Cloud's metadata service is 100.100.100.200). Only what ipaddress
+    calls global passes, and an IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, Teredo,
+    NAT64) only when that one passes too."""
+    if not address.is_global or (address.version == 4 and address in NOT_GLOBAL_IPV4):
+        return True
+    return any(blocked(inner) for inner in embedded_ipv4(address))
+
+
+def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    if address.version == 4:
+        return []
+    inner = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if address in NAT64:
+        inner.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [a for a in inner if a is not None]
+
+
+@functools.lru_cache(maxsize=1024)
+def addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    try:
+        return tuple({ipaddress.ip_address(info[4][0].split("%")[0]) for info in socket.getaddrinfo(host, None)})
+    except (socket.gaierror, UnicodeError):
+        return ()  # the request itself then fails, and says so
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What may be fetched, checked at every redirect hop: http(s) only, on scrape.allowed_domains,
+    and never a loopback, private or link-local address (a cloud metadata service) unless
+    scrape.allow_private_addresses. `trusted`: origins fetched regardless, the demo's own gallery.
+    `proxied`: fetches go through scrape.proxy, so a host must resolve here to be checked."""
+
+    domains: tuple[str, ...]
+    private_ok: bool
+    trusted: tuple[str, ...] = ()
+    proxied: bool = False
+
+    @classmethod
+    def of(cls, cfg: Scrape, gallery: str | None = None) -> "Policy":
+        trusted = (gallery,) if gallery else ()
+        return cls(tuple(cfg.allowed_domains), cfg.allow_private_addresses, trusted, proxied=cfg.proxy is not None)
+
+    def on_domain(self, url: str) -> bool:
+        """The scheme and domain rules alone: a link worth recording (one that does not parse is,
+        to be refused as bad_url)."""
+        if self.trusts(url):
+            return True
+        try:
+            parts = urlparse(url)
+        except ValueError:
+            return True
+        if parts.scheme not in ("http", "https"):
+            return False
+        host = parts.hostname or ""
+        return not self.domains or any(host == d or host.endswith(f".{d}") for d in self.domains)
+
+    def check(self, url: str) -> None:
+        """Raise Refused unless `url` may be fetched."""
+        try:
+            urlparse(url).port  # noqa: B018 (the port is parsed on reading it)
+        except ValueError as exc:
+            raise Refused("bad_url", f"{url}: {exc}") from None
+        if self.trusts(url):
+            return
+        if not self.on_domain(url):
+            raise Refused("refused", f"{url}: not an http(s) URL on scrape.allowed_domains")
+        if self.private_ok:
+            return
+        host = urlparse(url).hostname or ""
+        found = addresses(host)
+        private = [a for a in found if blocked(a)]
+        if private:
+            raise Refused(
+                "refused", f"{url}: {host} is a private address ({private[0]}), see scrape.allow_private_addresses"
+            )
+        if not found and self.proxied:
+            raise Refused("refused", f"{url}: {host} does not resolve here, so its address cannot be checked")
+
+    def guards_connections(self, url: str) -> bool:
+        """Whether the connection to `url` must itself refuse a private peer (a proxied one cannot:
+        its peer is the proxy, and `check` has checked the target's address before the request)."""
+        return not self.private_ok and not self.trusts(url) and not self.proxied
+
+    def trusts(self, url: str) -> bool:
+        return any(url.startswith(origin + "/") for origin in self.trusted)
+
+
+class PublicPeer:
+    """A connection that refuses a private peer once connected, before it sends a request. The
+    address checked is the one reached: a DNS answer that changed since Policy.check resolved
+    the host (rebinding) is caught here."""
+
+    def connect(self) -> None:
+        super().connect()
+        peer = ipaddress.ip_address(self.sock.getpeername()[0].split("%")[0])
+        if blocked(peer):
+            self.close()
+            raise Refused(
+                "refused", f"{self.host} connected to a private address ({peer}), see scrape.allow_private_addresses"
+            )
+
+
+class PublicHTTPConnection(PublicPeer, urllib3.connection.HTTPConnection):
+    pass
+
+
+class PublicHTTPSConnection(PublicPeer, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class PublicHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = PublicHTTPConnection
+
+
+class PublicHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = PublicHTTPSConnection
+
+
+class PublicAdapter(HTTPAdapter):
+    """requests' adapter whose direct connections are PublicPeers (a proxy's are not: the proxy
+    resolves the host)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": PublicHTTPPool, "https": PublicHTTPSPool}
+
+
+class Http:
+    """requests Sessions, one per thread and kind, with retries, timeouts, the rate limit, and
+    redirects followed by hand so that the policy sees every hop; connections refuse a private
+    peer unless the policy allows it or trusts the origin. Every fetch but the gallery's goes
+    through scrape.proxy when one is set, and through no proxy of the environment's.
+
+    URLs under the served `gallery` are named by GALLERY in place of its origin, whose port
+    changes from run to run: `real` is the URL fetched, `named` the one the manifest keys."""
+
+    def __init__(self, cfg: Scrape, policy: Policy, gallery: str | None = None):
+        self.cfg, self.policy, self.limit, self.local = cfg, policy, RateLimit(cfg.rate_limit), threading.local()
+        self.gallery = gallery
+
+    def real(self, url: str) -> str:
+        return self.gallery + url[len(GALLERY) :] if self.gallery and url.startswith(GALLERY + "/") else url
+
+    def named(self, url: str) -> str:
+        return GALLERY + url[len(self.gallery) :] if self.gallery and url.startswith(self.gallery + "/") else url
+
+    def session(self, url: str) -> requests.Session:
+        proxy = None if self.policy.trusts(url) else self.cfg.proxy
+        guarded = self.policy.guards_connections(url)
+        name = f"session {proxy} {guarded}"
+        if not hasattr(self.local, name):
+            # read=False: a server too slow once is too slow again; its timeout is reported as one
+            retry = Retry(
+                total=self.cfg.retries,
+                read=False,
+                redirect=False,
+                backoff_factor=self.cfg.backoff,
+                status_forcelist=(429, 500, 502, 503, 504),
+                allowed_methods=("GET",),
+                respect_retry_after_header=True,
+                raise_on_status=False,
+            )
+            session = requests.Session()
+            # the environment's proxies would win over session.proxies, and its .netrc would send
+            # credentials to scraped hosts; its CA bundle is still the one verified against
+            session.trust_env = False
+            session.proxies = {"http": proxy, "https": proxy} if proxy else {}
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            adapter = PublicAdapter if guarded else HTTPAdapter
+            session.mount("http://", adapter(max_retries=retry))
+            session.mount("https://", adapter(max_retries=retry))
+            session.headers["User-Agent"] = self.cfg.user_agent
+            setattr(self.local, name, session)
+        return getattr(self.local, name)
+
+    def get(self, url: str, stream: bool = False) -> requests.Response:
+        """The response at the end of `url`'s redirects (its .url is the final URL); Refused when
+        a hop breaks the policy or there are more than scrape.max_redirects."""
+        url = self.real(url)
+        for _ in range(self.cfg.max_redirects + 1):
+            self.policy.check(url)
+            self.limit.wait(url)
+            response = self.session(url).get(url, timeout=self.cfg.timeout, stream=stream, allow_redirects=False)
+            if not response.is_redirect:
+                return response
+            response.close()
+            url = resolve(url, response.headers["Location"])
+        raise Refused("too_many_redirects", f"more than scrape.max_redirects={self.cfg.max_redirects}, at {url}")
+
+
+# --- pages -------------------------------------------------------------------------------------
+
+
+def image_links(html: str | bytes, page_url: str) -> list[str]:
+    """Every image a page shows or links: img src, srcset and lazy data-src(set), links to image
+    files, og:image; resolved against the page, in order, without repeats."""
+    soup = BeautifulSoup(html, "html.parser")
+    found = []
+    for img in soup.find_all(["img", "source"]):
+        for attribute in ("src", "data-src", "data-original", "data-lazy-src"):
+            found.append(img.get(attribute))
+        for attribute in ("srcset", "data-srcset"):
+            found += [part.strip().split(" ")[0] for part in (img.get(attribute) or "").split(",")]
+    found += [a.get("href") for a in soup.find_all("a") if _looks_like_image(a.get("href") or "")]
+    found += [m.get("content") for m in soup.find_all("meta", property=["og:image", "og:image:url"])]
+    links = [resolve(page_url, link.strip()) for link in found if link and not link.strip().startswith("data:")]
+    return list(dict.fromkeys(links))
+
+
+def resolve(base: str, link: str) -> str:
+    """`link` against `base`; one that does not parse stays as it is, for the policy to refuse."""
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return link
+
+
+def _looks_like_image(href: str) -> bool:
+    return urlparse(href).path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def page_urls(source, cfg: Scrape, *, gallery_served: bool) -> list[str]:
+    pages = list(source.pages)
+    if GALLERY in "".join(pages) and not gallery_served:
+        raise PipelineError(f"scrape.sources uses {GALLERY}, but scrape.serve_gallery is off")
+    pages += (
+        [source.search.replace("{query}", requests.utils.quote(q)) for q in source.queries] if source.search else []
+    )
+    return pages[: cfg.max_pages]
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    status: str
+    detail: str = ""
+    data: bytes | None = None
+    image: Image.Image | None = None
+    final_url: str = ""  # where the redirects ended
+    sha256: str = ""  # of the downloaded bytes, once decoded
+    phash: bytes = b""  # perceptual hash of the decoded image
+
+
+def download(http: Http, url: str, cfg: Scrape, *, image: bool = True) -> Outcome:
+    """The body at `url` (a result page, or an image whose Content-Type must say so), streamed,
+    capped in bytes and in time, or why not; its final_url is where the redirects ended."""
+    try:
+        with http.get(url, stream=True) as response:
+            final = http.named(response.url)
+            if response.status_code != 200:
+                return Outcome("http_error", f"HTTP {response.status_code}", final_url=final)
+            kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if image and kind and not kind.startswith("image/"):
+                return Outcome("not_image", f"Content-Type {kind}", final_url=final)
+            if (content_length(response) or 0) > cfg.max_bytes:
+                return Outcome("too_large", f"{response.headers['Content-Length']} bytes", final_url=final)
+            return dataclasses.replace(_body(response, cfg), final_url=final)
+    except Refused as refused:
+        return Outcome(refused.status, refused.detail)
+    except requests.exceptions.Timeout:
+        return Outcome("timeout", f"no answer in {cfg.timeout} s")
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+        return Outcome("http_error", type(exc).__name__)
+
+
+def _body(response: requests.Response, cfg: Scrape) -> Outcome:
+    """read1 returns what one socket read brings, so the deadline is checked however slowly the
+    body drips (each read waits at most scrape.timeout)."""
+    deadline, body = time.monotonic() + cfg.download_s, io.BytesIO()
+    while chunk := response.raw.read1(64 * 1024, decode_content=True):
+        body.write(chunk)
+        if body.tell() > cfg.max_bytes:
+            return Outcome("too_large", f"over {cfg.max_bytes} bytes")
+        if time.monotonic() > deadline:
+            return Outcome("timeout", f"not downloaded in scrape.download_s={cfg.download_s:g} s")
+    announced = content_length(response)
+    if announced is not None and "Content-Encoding" not in response.headers and announced != body.tell():
+        return Outcome("http_error", f"{body.tell()} bytes where Content-Length said {announced}")
+    return Outcome("downloaded", data=body.getvalue())
+
+
+def content_length(response: requests.Response) -> int | None:
+    """The body's length the response announces, None when it announces none; Refused
+    (http_error) when what it announces is not a byte count."""
+    announced = response.headers.get("Content-Length")
+    if announced is None:
+        return None
+    if not re.fullmatch(r"[0-9]+", announced.strip()):  # int() would take "1_000", "+5" and Unicode digits
+        raise Refused("http_error", f"{response.url}: Content-Length {announced!r} is not a byte count")
+    return int(announced)
+
+
+def verify(data: bytes, cfg: Scrape) -> Outcome:
+    """A full decode, not a header check: truncated, empty, non-image, tiny and bomb files fail."""
+    if not data:
+        return Outcome("corrupt", "empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # from the header: a bomb is refused before it is decoded
+            if width * height > cfg.max_pixels:
+                return Outcome("too_large", f"{width}x{height} pixels, over scrape.max_pixels")
+            image.load()
+            rgb = eight_bit(image).convert("RGB")
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger limit
+        return Outcome("too_large", str(exc).split(".")[0])
+    except Image.UnidentifiedImageError:
+        return Outcome("not_image", "not an image format")
+    except (OSError, SyntaxError, ValueError) as exc:
+        return Outcome("corrupt", str(exc)[:120])
+    if min(rgb.size) < cfg.min_side:
+        return Outcome("too_small", f"{rgb.size[0]}x{rgb.size[1]}", data=data, image=rgb)
+    return Outcome("ok", data=data, image=rgb)
+
+
+HASH_SIDE = 16  # a 256-bit perceptual hash: 64 bits cannot tell one handwritten 3 from another
+
+
+def phash(image: Image.Image) -> bytes:
+    return np.packbits(imagehash.phash(image, hash_size=HASH_SIDE).hash.ravel()).tobytes()
+
+
+class Seen:
+    """What a new image is compared with: sha256s, and perceptual hashes of the test images,
+    the training images and what was kept so far. Judged one image at a time, in link order."""
+
+    def __init__(self, train: list[bytes], test: list[bytes], kept: pd.DataFrame, distance: int):
+        self.distance = distance
+        self.sha = set(kept["sha256"])
+        self.test = _hash_array(test)
+        self.known = _hash_array(train + [bytes.fromhex(h) for h in kept["phash"]])
+
+    def judge(self, sha: str, hashed: bytes) -> str:
+        if sha in self.sha:
+            return "duplicate"
+        if _nearest(self.test, hashed) <= self.distance:
+            return "test_leak"
+        if _nearest(self.known, hashed) <= self.distance:
+            return "near_duplicate"
+        self.sha.add(sha)
+        self.known = np.vstack([self.known, _hash_array([hashed])])
+        return "kept"
+
+
+def _hash_array(hashes: list[bytes]) -> np.ndarray:
+    """(N, 32) uint8: one packed 256-bit hash per row."""
+    return np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(len(hashes), HASH_SIDE**2 // 8)
+
+
+def _nearest(hashes: np.ndarray, hashed: bytes) -> int:
+    """The smallest Hamming distance from `hashed` to any of `hashes` (more than any if none)."""
+    if not len(hashes):
+        return HASH_SIDE**2 + 1
+    return int(np.bitwise_count(hashes ^ np.frombuffer(hashed, dtype=np.uint8)).sum(axis=1).min())
+
+
+def reference_hashes(cfg: Config, paths: Paths) -> tuple[list[bytes], list[bytes]]:
+    """Perceptual hashes of the competition's training and test images."""
+    data = sources.read(cfg)
+    hashes = []
+    for name, split in (("train", data.train), ("test", data.test)):
+        images = sources.open_split(cfg, split.images, paths.cache(name))
+        hashes.append([phash(_picture(images[i])) for i in range(len(images))])
+    return hashes[0], hashes[1]
+
+
+def _picture(array: np.ndarray) -> Image.Image:
+    """(H, W, 1 or 3) uint8 -> a PIL image."""
+    array = np.asarray(array)
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+
+class Manifest:
+    """A row per URL tried, saved atomically every few results to the progress file (which a
+    re-run resumes from), and to extra.csv once the stage has finished."""
+
+    def __init__(self, path: Path, resume_from: Path | None = None):
+        """Saved to `path`, starting from the rows in `resume_from` (default `path`)."""
+        source = resume_from or path
+        self.path, self.unsaved = path, 0
+        self.rows = pd.read_csv(source, dtype=str, keep_default_na=False).to_dict("records") if source.exists() else []
+        self.index = {(r["kind"], r["url"]): i for i, r in enumerate(self.rows)}
+
+    @classmethod
+    def resumed(cls, paths: Paths) -> "Manifest":
+        """The scrape so far: the progress file, else the last finished scrape's extra.csv."""
+        progress = paths.scrape_progress
+        return cls(progress, resume_from=progress if progress.exists() else paths.extra_csv)
+
+    def settled(self, kind: str, url: str) -> bool:
+        i = self.index.get((kind, url))
+        return i is not None and self.rows[i]["status"] not in ("pending", "")
+
+    def record(self, row: dict) -> None:
+        row = {c: row.get(c, "") for c in COLUMNS}
+        key = (row["kind"], row["url"])
+        if key in self.index:
+            self.rows[self.index[key]] = row
+        else:
+            self.index[key] = len(self.rows)
+            self.rows.append(row)
+        self.unsaved += 1
+        if self.unsaved >= SAVE_EVERY:
+            self.save()
+
+    def save(self) -> None:
+        self.save_as(self.path)
+        self.unsaved = 0
+
+    def save_as(self, path: Path) -> None:
+        """The whole manifest at `path`, written at once (extra.csv: the finished stage's target)."""
+        write_csv(path, self.frame())
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def served(folder: Path) -> Iterator[str]:
+    """`folder` served over HTTP on loopback for the duration of the block; yields its base URL."""
+    if not folder.is_dir():
+        raise PipelineError(f"scrape.serve_gallery: {folder} does not exist (run `make data` first)")
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def run(cfg: Config) -> None:
+    paths = Paths.of(cfg)
+    if not cfg.scrape.sources:
+        nothing_to_scrape(paths)
+        return
+    task = tasks.get(cfg.competition.task)
+    if not task.takes_extra_images:
+        raise PipelineError(f"scraping adds images labelled with a class, which a {task.name} competition cannot use")
+    refuse_environment_proxy(cfg.scrape)
+    gallery = served(paths.data / "gallery") if cfg.scrape.serve_gallery else contextlib.nullcontext(None)
+    with gallery as base:
+        counts = scrape(cfg, paths, base)
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k not in ("page", "links", "kept", "pending"))
+    print(
+        f"scrape: {counts['page']} pages, {counts['links']} image links, {counts['kept']} kept"
+        f"{'; rejected: ' + rejected if rejected else ''} -> {paths.extra_csv}"
+    )
+
+
+def refuse_environment_proxy(cfg: Scrape) -> None:
+    """A proxy from the environment is refused unless scrape.proxy names it: the scrape would
+    otherwise bypass it, and through it the connections' peers cannot be checked."""
+    beyond_gallery = [p for s in cfg.sources.values() for p in [*s.pages, s.search or ""] if p and GALLERY not in p]
+    found = {k: v for k, v in getproxies().items() if k in ("http", "https", "all")}
+    if found and beyond_gallery and cfg.proxy is None:
+        scheme, proxy = next(iter(found.items()))
+        parts = urlparse(proxy)
+        shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"  # no credentials
+        raise PipelineError(
+            f"{scheme.upper()}_PROXY is set ({shown}) but scrape.proxy is not: the scrape fetches through"
+            f" no proxy it was not given; set scrape.proxy to fetch through it, or unset {scheme.upper()}_PROXY"
+        )
+
+
+def nothing_to_scrape(paths: Paths) -> None:
+    """No sources: the stage is a no-op that leaves a manifest, so `make scrape train predict` runs
+    on every competition; a manifest from earlier sources is kept, as data.use_extra decides."""
+    if paths.extra_csv.exists():
+        kept = int((Manifest(paths.extra_csv).frame()["status"] == "kept").sum())
+        print(f"scrape: scrape.sources is empty; {paths.extra_csv} from an earlier scrape stays ({kept} images kept)")
+        return
+    Manifest(paths.extra_csv).save_as(paths.extra_csv)
+    print(f"scrape: scrape.sources is empty, nothing to download; an empty manifest -> {paths.extra_csv}")
+
+
+def scrape(cfg: Config, paths: Paths, gallery: str | None) -> Counter:
+    """Every label's pages, then its images. Downloads run in parallel, but each image is judged
+    against what was kept in link order, so a scrape keeps the same set whatever order the
+    downloads end in, and an interrupted one resumes to the same set. extra.csv is written last."""
+    manifest = Manifest.resumed(paths)
+    train, test = reference_hashes(cfg, paths)
+    frame = manifest.frame()
+    seen = Seen(train, test, frame[frame["status"] == "kept"], cfg.scrape.near_duplicate_distance)
+    http = Http(cfg.scrape, Policy.of(cfg.scrape, gallery), gallery)
+    try:
+        for label, source in cfg.scrape.sources.items():
+            pages = page_urls(source, cfg.scrape, gallery_served=gallery is not None)
+            links = collect_links(http, manifest, label, pages, cfg.scrape)
+            work = [(page, url) for page, url in links if not manifest.settled("image", url)]
+            fetch_all(http, manifest, seen, label, work, cfg.scrape, paths)
+    finally:
+        manifest.save()
+    manifest.save_as(paths.extra_csv)
+    result = manifest.frame()
+    counts = Counter(result.loc[result["kind"] == "image", "status"])
+    counts["page"] = int((result["kind"] == "page").sum())
+    counts["links"] = int((result["kind"] == "image").sum())
+    return counts
+
+
+def fetch_all(
+    http: Http, manifest: Manifest, seen: Seen, label: str, work: list[tuple[str, str]], cfg: Scrape, paths: Paths
+) -> None:
+    """Download (page, url) pairs in parallel; settle each in their order."""
+    with ThreadPoolExecutor(cfg.workers) as pool:
+        try:
+            outcomes = pool.map(lambda job: fetch(http, job[1], cfg), work)
+            bar = tqdm(outcomes, total=len(work), desc=f"scrape {label}", leave=False, disable=None)
+            for (page, url), outcome in zip(work, bar, strict=True):
+                settle(manifest, seen, {"kind": "image", "label": label, "page": page, "url": url}, outcome, paths)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # an interrupt stops at the downloads under way
+            raise
+
+
+def collect_links(http: Http, manifest: Manifest, label: str, pages: list[str], cfg: Scrape) -> list[tuple[str, str]]:
+    """(page, image URL) for the label, from its pages; a page the manifest has is not fetched again.
+    Links resolve against the page's final URL, after its redirects."""
+    links = [(r["page"], r["url"]) for r in manifest.rows if r["kind"] == "image" and r["label"] == label]
+    for page in pages:
+        if manifest.settled("page", page) or not http.policy.on_domain(http.real(page)):
+            continue
+        status, detail, final, found = fetch_page(http, page, cfg)
+        new = [u for u in found if http.policy.on_domain(http.real(u)) and (page, u) not in links]
+        new = new[: max(0, cfg.max_images - len(links))]
+        for url in new:
+            manifest.record({"kind": "image", "label": label, "page": page, "url": url, "status": "pending"})
+        row = {"kind": "page", "label": label, "page": page, "url": page, "final_url": final, "status": status}
+        manifest.record({**row, "detail": f"{detail}, {len(new)} image links"})
+        links += [(page, u) for u in new]
+    manifest.save()
+    return list(dict.fromkeys(links))
+
+
+def fetch_page(http: Http, page: str, cfg: Scrape) -> tuple[str, str, str, list[str]]:
+    """(status, detail, final URL, image links) of one result page, read with the caps of an image."""
+    body = download(http, page, cfg, image=False)
+    if body.status != "downloaded":
+        return body.status, body.detail, body.final_url, []
+    # bytes: BeautifulSoup finds the charset, as requests' .text would have guessed it
+    links = image_links(body.data, http.real(body.final_url))
+    return "ok", "HTTP 200", body.final_url, [http.named(link) for link in links]
+
+
+def fetch(http: Http, url: str, cfg: Scrape) -> Outcome:
+    """An image URL downloaded, fully decoded and hashed, or why not (in a worker thread: no
+    shared state)."""
+    outcome = download(http, url, cfg)
+    if outcome.status != "downloaded":
+        return outcome
+    verified = verify(outcome.data, cfg)
+    if verified.image is None:
+        return dataclasses.replace(verified, final_url=outcome.final_url)
+    sha, hashed = hashlib.sha256(verified.data).hexdigest(), phash(verified.image)
+    return dataclasses.replace(verified, final_url=outcome.final_url, sha256=sha, phash=hashed)
+
+
+def settle(manifest: Manifest, seen: Seen, row: dict, outcome: Outcome, paths: Paths) -> None:
+    """Judge a fetched image against what was kept (in link order), store it and record it."""
+    row = {**row, "final_url": outcome.final_url}
+    if outcome.image is None:
+        manifest.record({**row, "status": outcome.status, "detail": outcome.detail})
+        return
+    sha, hashed = outcome.sha256, outcome.phash
+    status = seen.judge(sha, hashed) if outcome.status == "ok" else outcome.status
+    if status == "kept":
+        path = f"extra/{row['label']}/{sha[:20]}.png"
+        image = outcome.image
+    else:  # a thumbnail, for the report's grid of rejected images; never training data
+        path = f"extra/.rejected/{status}/{sha[:20]}.png"
+        image = outcome.image.copy()
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+    with atomic_path(paths.data / path) as tmp:
+        image.save(tmp, format="PNG")
+    width, height = outcome.image.size
+    manifest.record(
+        {
+            **row,
+            "status": status,
+            "sha256": sha,
+            "phash": hashed.hex(),
+            "width": width,
+            "height": height,
+            "bytes": len(outcome.data),
+            "path": path,
+        }
+    )

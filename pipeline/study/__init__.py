@@ -1,0 +1,1 @@
+"""The Optuna adapter: storages, worker liveness, and the only private Optuna names."""
