@@ -7,11 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from pipeline.data.images import open_images
 from sklearn.svm import SVC
 
 from pipeline import config as C
 from pipeline.data import sources
+from pipeline.data.images import open_images
 from pipeline.paths import Paths
 
 

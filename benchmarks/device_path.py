@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _stages import machine
-from pipeline.data.images import MemoryImages
 
 from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug, Model, Train
+from pipeline.data.images import MemoryImages
 from pipeline.learn import engine, models
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks.classification import Classification

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from _peers import Peer, inside
 from _stages import ROOT, machine, stage
-from pipeline.data.hands import SIDE
 
 from pipeline import config as C
+from pipeline.data.hands import SIDE
 from pipeline.paths import Paths
 
 CONFIG = ROOT / "configs" / "hands.yaml"

@@ -31,13 +31,13 @@ import torch
 from _stages import machine
 from loop_overhead import batches, pipeline_loop, pipeline_model
 from PIL import Image
-from pipeline.data.images import FileSource, open_images
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
 from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug
+from pipeline.data.images import FileSource, open_images
 from pipeline.learn import engine
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 

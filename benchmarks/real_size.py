@@ -41,10 +41,10 @@ import yaml
 from _peers import Peer, inside
 from _stages import ROOT, machine, stage
 from PIL import Image
-from pipeline.data.images import LazyImages, decode
 
 from pipeline import config as C
 from pipeline.data import sources
+from pipeline.data.images import LazyImages, decode
 from pipeline.learn import budget, engine, fit, plan
 from pipeline.paths import Paths
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from _stages import machine
 from loop_overhead import pipeline_model
-from pipeline.data.images import MemoryImages
 
 from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug
+from pipeline.data.images import MemoryImages
 from pipeline.learn import engine
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks.classification import Classification

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import run, tiny
-from pipeline.data.images import MemoryImages
 
 from pipeline import config as C
 from pipeline.augment import batch_aug, transforms
 from pipeline.augment.batch_aug import BatchAugment, DeviceBatches, Draws, ResidentBatches
 from pipeline.config import Aug
+from pipeline.data.images import MemoryImages
 from pipeline.errors import PipelineError
 from pipeline.learn import engine
 from pipeline.learn.loader import ImageDataset, create_loader

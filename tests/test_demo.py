@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from pipeline.data.digits import build_digits
 
 from pipeline.config import validate
 from pipeline.data import sources
+from pipeline.data.digits import build_digits
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 import numpy as np
 import pydicom
 import pytest
-from pipeline.data.images import FileSource, decode, open_images
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipeline.data import dicom
+from pipeline.data.images import FileSource, decode, open_images
 from pipeline.errors import PipelineError
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from pipeline.data.images import MemoryImages
 
 from pipeline.config import Train
+from pipeline.data.images import MemoryImages
 from pipeline.learn import engine
 from pipeline.learn.loader import ConcatImages
 from pipeline.tasks.classification import Classification

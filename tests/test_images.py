@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from conftest import make_config, write_image
 from PIL import Image
+
+from pipeline.data import images, sources
 from pipeline.data.images import (
     ArraySource,
     CachedImages,
@@ -12,8 +14,6 @@ from pipeline.data.images import (
     open_images,
     uniform_side,
 )
-
-from pipeline.data import images, sources
 from pipeline.errors import PipelineError
 
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pipeline.data.images import FileSource, MemoryImages, open_images
 
 from pipeline.augment import transforms
 from pipeline.config import Aug
+from pipeline.data.images import FileSource, MemoryImages, open_images
 from pipeline.errors import PipelineError
 from pipeline.learn.loader import ImageDataset
 from pipeline.tasks.keypoints import Keypoints, flip_permutation, keypoint_params, point_names

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import KEYPOINTS, make_config, write_image
-from pipeline.data.images import ArraySource, FileSource
 
 from pipeline.data import sources
+from pipeline.data.images import ArraySource, FileSource
 from pipeline.errors import PipelineError
 
 

@@ -21,10 +21,10 @@ import pandas as pd
 
 from pipeline import config as C
 from pipeline import tasks
+from pipeline.data.images import ArraySource, FileSource, open_images
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.learn.defaults import working_side
-from pipeline.data.images import ArraySource, FileSource, open_images
 from pipeline.tables import line, read_csv, require_columns, show
 
 

@@ -22,9 +22,9 @@ from PIL import Image
 from pipeline import config as C
 from pipeline import tasks
 from pipeline.data import sources
+from pipeline.data.images import DECODE_ERRORS, ArraySource
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
-from pipeline.data.images import DECODE_ERRORS, ArraySource
 
 PIXEL_COLUMN = re.compile(r"^pixel\d+$")
 FILENAME_LABEL = r"^(?P<label>.+)_\d+$"

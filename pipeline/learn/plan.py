@@ -13,6 +13,7 @@ import yaml
 from pipeline import config as C
 from pipeline import tasks
 from pipeline.data import sources
+from pipeline.data.images import FileSource, typical_side, uniform_side
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_text
 from pipeline.learn import defaults
@@ -20,7 +21,6 @@ from pipeline.learn.fit import Setup
 from pipeline.learn.loader import ConcatImages
 from pipeline.learn.validation import read_folds
 from pipeline.paths import Paths
-from pipeline.data.images import FileSource, typical_side, uniform_side
 
 TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
 

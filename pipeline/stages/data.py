@@ -7,12 +7,12 @@ import numpy as np
 from pipeline import tasks
 from pipeline.config import Config, save_resolved
 from pipeline.data import inputs, sources
-from pipeline.errors import PipelineError
-from pipeline.kaggle import kaggle_cli
-from pipeline.paths import Paths
 from pipeline.data.digits import build_digits
 from pipeline.data.hands import build_hands
 from pipeline.data.images import CachedImages
+from pipeline.errors import PipelineError
+from pipeline.kaggle import kaggle_cli
+from pipeline.paths import Paths
 
 DEMOS = {"digits": build_digits, "hands": build_hands}
 

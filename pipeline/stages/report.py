@@ -15,13 +15,13 @@ import pandas as pd
 
 from pipeline import config as C
 from pipeline import plots
+from pipeline.data.images import decode
 from pipeline.files import write_text
 from pipeline.learn import engine, plan
 from pipeline.paths import Paths
 from pipeline.plots import Section
 from pipeline.records import CV
 from pipeline.stages import experiments
-from pipeline.data.images import decode
 
 # --- sections: what a run's files say ----------------------------------------------------------
 

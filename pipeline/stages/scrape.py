@@ -51,10 +51,10 @@ from urllib3.util.retry import Retry
 from pipeline import tasks
 from pipeline.config import Config, Scrape
 from pipeline.data import sources
+from pipeline.data.images import eight_bit
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
 from pipeline.paths import Paths
-from pipeline.data.images import eight_bit
 
 COLUMNS = ["kind", "label", "page", "url", "final_url", "status", "detail", "sha256", "phash", "width", "height"]
 COLUMNS += ["bytes", "path"]
