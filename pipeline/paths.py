@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.stage_table import STAGES
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,6 @@ class SubmissionFiles:
 
 
 SUBMISSIONS = SubmissionFiles()
-
-SHARED_STAGES = ("data", "scrape", "folds")  # their output serves every experiment of the competition
 
 
 @dataclass(frozen=True)
@@ -299,7 +298,7 @@ class Paths:
         return [d.name for d in sorted(finished, key=lambda d: ((d / "cv.json").stat().st_mtime, d.name))]
 
     def _home(self, stage: str) -> Path:
-        return self.runs if stage in SHARED_STAGES else self.experiment
+        return self.runs if stage in STAGES and STAGES[stage].shared else self.experiment
 
 
 def _fold_dir(k: int) -> str:

@@ -13,10 +13,10 @@ from pipeline import config
 from pipeline.augment import batch_aug, transforms
 from pipeline.augment.batch_aug import BatchAugment, DeviceBatches
 from pipeline.config import Aug
+from pipeline.learn import selection
 from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV
-from pipeline.stages import predict
 from pipeline.tasks.keypoints import Keypoints
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -96,7 +96,7 @@ def test_cuda_predictions_match_the_cpu(blobs_dir, tmp_path, monkeypatch):
     run(cfg, tmp_path, monkeypatch)
     paths = Paths.of(cfg)
     cfg.predict.tta = ["hflip", "shift:0.05"]
-    members = predict.choose(cfg, paths, CV.load(paths.cv_json), PredictionsOnTest(cfg, paths, keep=False)).members
+    members = selection.choose(cfg, paths, CV.load(paths.cv_json), PredictionsOnTest(cfg, paths, keep=False)).members
     weighted = [(m.fit, m.weight) for m in members]
     on_cuda = PredictionsOnTest(cfg, paths, keep=False).blend(weighted)
     cpu = config.with_overrides(cfg, {"train.device": "cpu"}, "test")

@@ -12,6 +12,7 @@ from conftest import KEYPOINTS, run, tiny
 
 from pipeline.errors import PipelineError
 from pipeline.kaggle import submission
+from pipeline.learn import selection
 from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV, Scores
@@ -81,18 +82,18 @@ def test_a_schedule_that_ends_past_its_best_is_named():
     assert record([2.0, 2.1, 2.0], [2.6, 2.7, 2.6], metric="rmse").unstable  # lower is better
 
 
-def option(models: str, score: float) -> predict.Choice:
-    return predict.Choice(models, [], score, 0.0, "")
+def option(models: str, score: float) -> selection.Choice:
+    return selection.Choice(models, [], score, 0.0, "")
 
 
 def test_auto_takes_the_full_model_only_when_its_recipe_is_within_noise():
     cv = record([0.99, 0.98, 0.99], [0.90, 0.92, 0.91], kept="best")  # noise: one validation row, 0.01
-    assert predict.auto_models(cv, None, option("folds", 0.98))[0].models == "folds"  # no full fit
-    assert predict.auto_models(cv, option("full", 0.91), option("folds", 0.987))[0].models == "folds"
-    assert predict.auto_models(cv, option("full", 0.98), option("folds", 0.987))[0].models == "full"
+    assert selection.auto_models(cv, None, option("folds", 0.98))[0].models == "folds"  # no full fit
+    assert selection.auto_models(cv, option("full", 0.91), option("folds", 0.987))[0].models == "folds"
+    assert selection.auto_models(cv, option("full", 0.98), option("folds", 0.987))[0].models == "full"
     rmse = record([0.61, 0.62, 0.60], [0.61, 0.62, 0.60], metric="rmse")  # noise: the folds' spread, 0.008
-    assert predict.auto_models(rmse, option("full", 0.61), option("folds", 0.48))[0].models == "folds"
-    assert predict.auto_models(rmse, option("full", 0.61), option("folds", 0.605))[0].models == "full"
+    assert selection.auto_models(rmse, option("full", 0.61), option("folds", 0.48))[0].models == "folds"
+    assert selection.auto_models(rmse, option("full", 0.61), option("folds", 0.605))[0].models == "full"
 
 
 def test_a_keypoint_ensemble_states_its_averaging_gain(faces_dir, tmp_path, monkeypatch, capsys):
@@ -136,7 +137,7 @@ def test_full_with_tta_under_best_checkpoints_says_its_tta_is_unmeasured(digits_
     run(cfg, tmp_path, monkeypatch)
     cv = CV.load(Paths.of(cfg).cv_json)
     cfg.predict.models, cfg.predict.tta = "full", ["hflip"]
-    choice = predict.choose(cfg, Paths.of(cfg), cv, PredictionsOnTest(cfg, Paths.of(cfg)))
+    choice = selection.choose(cfg, Paths.of(cfg), cv, PredictionsOnTest(cfg, Paths.of(cfg)))
     assert (choice.score, choice.std) == (cv.recipe.oof, cv.recipe.std) and "TTA unmeasured" in choice.method
 
 

@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from test_scrape import competition, config, site  # noqa: F401 (fixtures)
 
 from pipeline import config as C
+from pipeline import study as studies
 from pipeline.paths import Paths
-from pipeline.stages import tune
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_tune_killed_three_times_ends_with_exactly_n_trials(digits_dir, tmp_path
     print(f"tune: {landed} of 3 kills landed mid-run, each a seeded delay into a trial")
     assert landed == 3
     finished("tune", config_file, tmp_path)
-    study = tune.create_study(cfg, Paths.of(cfg))
+    study = studies.create_study(cfg, Paths.of(cfg))
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     print(f"tune: {len(done)} finished trials, {len(study.trials) - len(done)} failed by a kill and run again")
     assert len(done) == 4 and not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))

@@ -18,11 +18,11 @@ from conftest import tiny
 from optuna.trial import TrialState
 
 from pipeline import config as C
+from pipeline import study as studies
 from pipeline.learn import engine
 from pipeline.learn import training as train
 from pipeline.paths import Paths
 from pipeline.stages import folds, tune
-from pipeline.study import optuna_private
 
 SPACE = {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.02, "log": True},
@@ -38,7 +38,7 @@ def tune_config(digits_dir, n_trials=3, storage=None, epochs=1, **tune_keys):
 
 
 def load(cfg) -> optuna.Study:
-    return tune.create_study(cfg, Paths.of(cfg))
+    return studies.create_study(cfg, Paths.of(cfg))
 
 
 def states(study: optuna.Study) -> list[str]:
@@ -120,16 +120,16 @@ def test_a_trial_whose_worker_is_gone_is_retried(tmp_path, monkeypatch, gone):
     paths = Paths(Path("data/x"), Path("runs/x"), "x", "x")
     study = optuna.create_study()
     trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
-    attrs = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": tune.process_start(0)}
+    attrs = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": studies.process_start(0)}
     if gone == "a silent heartbeat":
-        attrs["process_start"] = tune.process_start(os.getpid())  # the process itself still runs
-        beat = paths.tune_heartbeat(tune.heartbeat_name(attrs))
+        attrs["process_start"] = studies.process_start(os.getpid())  # the process itself still runs
+        beat = paths.tune_heartbeat(studies.heartbeat_name(attrs))
         beat.parent.mkdir(parents=True)
         beat.touch()
         os.utime(beat, (time.time() - 100, time.time() - 100))
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    tune.retry_dead_trials(study, paths, C.Tune(heartbeat_s=10, grace_s=60))
+    studies.retry_dead_trials(study, paths, C.Tune(heartbeat_s=10, grace_s=60))
     assert study.trials[0].state == TrialState.FAIL
     assert study.get_trials(states=(TrialState.WAITING,))[0].user_attrs["retry_of"] == 0
 
@@ -142,20 +142,20 @@ def test_a_trial_that_kills_its_worker_runs_at_most_max_retry_times_more(tmp_pat
     study = optuna.create_study()
     cfg = C.Tune(max_retry=1, heartbeat_s=1, grace_s=2)
     study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})  # killed before it recorded itself
-    tune.retry_dead_trials(study, paths, cfg)
+    studies.retry_dead_trials(study, paths, cfg)
     assert study.trials[0].state == TrialState.RUNNING  # within grace_s of its start
     monkeypatch.setattr(time, "time", lambda: study.trials[0].datetime_start.timestamp() + 3)
-    tune.retry_dead_trials(study, paths, cfg)
-    assert study.trials[0].state == TrialState.FAIL and tune.taken(study, cfg.max_retry) == 0
+    studies.retry_dead_trials(study, paths, cfg)
+    assert study.trials[0].state == TrialState.FAIL and studies.taken(study, cfg.max_retry) == 0
     retry = study.ask()
     assert retry.user_attrs == {"retry_of": 0, "retries": 1}
-    tune.retry_dead_trials(study, paths, cfg)  # its worker died too: max_retry reached
-    assert not study.get_trials(states=(TrialState.WAITING,)) and tune.taken(study, cfg.max_retry) == 1
+    studies.retry_dead_trials(study, paths, cfg)  # its worker died too: max_retry reached
+    assert not study.get_trials(states=(TrialState.WAITING,)) and studies.taken(study, cfg.max_retry) == 1
 
 
 def test_the_heartbeat_stops_when_the_batches_do(tmp_path, monkeypatch):
     beat = tmp_path / "worker.alive"
-    with tune.beating(beat, every_s=0.05):
+    with studies.beating(beat, every_s=0.05, progress=lambda: engine.BatchCounter.done):
         time.sleep(0.1)
         os.utime(beat, (0, 0))
         time.sleep(0.2)  # no batch: a hung training loop
@@ -175,10 +175,12 @@ def test_a_live_worker_keeps_its_trial(tmp_path, monkeypatch):
     paths = Paths(Path("data/x"), Path("runs/x"), "x", "x")
     study = optuna.create_study()
     trial = study.ask()
-    for key, value in tune.this_worker().items():
+    for key, value in studies.this_worker().items():
         trial.set_user_attr(key, value)
-    with tune.beating(paths.tune_heartbeat(tune.heartbeat_name(tune.this_worker())), every_s=1):
-        tune.retry_dead_trials(study, paths, C.Tune(heartbeat_s=10, grace_s=60))
+    with studies.beating(
+        paths.tune_heartbeat(studies.heartbeat_name(studies.this_worker())), every_s=1, progress=lambda: 0
+    ):
+        studies.retry_dead_trials(study, paths, C.Tune(heartbeat_s=10, grace_s=60))
     assert study.trials[0].state == TrialState.RUNNING
 
 
@@ -190,7 +192,7 @@ def test_the_private_optuna_names_we_use_still_exist():
     missing = [n for n in ("get_heartbeat_thread",) if not hasattr(_heartbeat, n)]
     missing += [n for n, owner in (("_trial_id", trial), ("_storage", study)) if not hasattr(owner, n)]
     assert not missing, f"optuna {optuna.__version__} no longer has {missing}: see pipeline/study/optuna_private.py"
-    with optuna_private.heartbeat(study, trial):  # an in-memory storage has no heartbeat: a no-op
+    with studies.heartbeat(study, trial):  # an in-memory storage has no heartbeat: a no-op
         pass
 
 

@@ -12,9 +12,9 @@ from pipeline import config as C
 from pipeline.files import write_csv
 from pipeline.kaggle import submission
 from pipeline.learn.inference import PredictionsOnTest
+from pipeline.learn.selection import Part, combine
 from pipeline.paths import DatasetFiles, FitFiles, Paths
 from pipeline.records import Bundle
-from pipeline.stages.predict import Part, combine
 
 
 def submit(dataset: Path, competition: Path, out: Path) -> Path:

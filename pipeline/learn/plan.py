@@ -21,8 +21,7 @@ from pipeline.learn.fit import Setup
 from pipeline.learn.loader import ConcatImages
 from pipeline.learn.validation import read_folds
 from pipeline.paths import Paths
-
-TRAIN_SECTIONS = ("competition", "data", "folds", "model", "train", "aug")
+from pipeline.stage_table import training_sections
 
 
 def tuned_settings(cfg: C.Config, paths: Paths) -> dict:
@@ -80,7 +79,7 @@ SELECTION_KEYS = ("folds", "full_fit", "time_budget", "pinned")
 
 def fingerprint(cfg: C.Config, paths: Paths) -> str:
     """What a fit's result depends on: the config's training sections and folds.csv."""
-    sections = cfg.model_dump(mode="json", include=set(TRAIN_SECTIONS))
+    sections = cfg.model_dump(mode="json", include=set(training_sections()))
     sections["train"] = {k: v for k, v in sections["train"].items() if k not in SELECTION_KEYS}
     return f"{yaml.safe_dump(sections, sort_keys=False)}folds.csv sha256 {sha256_file(paths.folds_csv)}"
 

@@ -17,11 +17,10 @@ from pipeline import config as C
 from pipeline import plots
 from pipeline.data.images import decode
 from pipeline.files import write_text
-from pipeline.learn import engine, plan
+from pipeline.learn import engine, experiments, plan
 from pipeline.paths import Paths
 from pipeline.plots import Section
 from pipeline.records import CV
-from pipeline.stages import experiments
 
 # --- sections: what a run's files say ----------------------------------------------------------
 
@@ -123,7 +122,7 @@ def tune_section(cfg: C.Config, paths: Paths, out: Path) -> Section | None:
     import optuna
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    from pipeline.stages.tune import load_study
+    from pipeline.study import load_study
 
     study = load_study(cfg, paths)
     axes = plot_optimization_history(study)

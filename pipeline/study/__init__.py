@@ -1,1 +1,0 @@
-"""The Optuna adapter: storages, worker liveness, and the only private Optuna names."""
