@@ -27,14 +27,15 @@ from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug, Model, Train
 from pipeline.data.images import MemoryImages
 from pipeline.learn import engine, models
+from pipeline.learn.device import Device, Normalise
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks.classification import Classification
 
 AUG = Aug(hflip=0.5, shift=0.125, brightness=0.2, p=1.0)
-NORMALISE = transforms.Normalise((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+NORMALISE = Normalise((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
-def timm_style_epoch(model, loader, optimizer, device: engine.Device) -> float:
+def timm_style_epoch(model, loader, optimizer, device: Device) -> float:
     """timm's train_one_epoch without its extras: images/s over one pass."""
     model.train()
     start, seen = time.perf_counter(), 0
@@ -51,7 +52,7 @@ def timm_style_epoch(model, loader, optimizer, device: engine.Device) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def pipeline_epoch(model, batches, state, device: engine.Device) -> float:
+def pipeline_epoch(model, batches, state, device: Device) -> float:
     start = time.perf_counter()
     engine.train_one_epoch(model, batches, Classification(list(range(10))), state, device, desc="device_aug")
     if device.device.type == "cuda":
@@ -59,7 +60,7 @@ def pipeline_epoch(model, batches, state, device: engine.Device) -> float:
     return len(batches) * batches.batch_size / (time.perf_counter() - start)
 
 
-def peak_memory_gb(device: engine.Device) -> str:
+def peak_memory_gb(device: Device) -> str:
     if device.device.type != "cuda":
         return "n/a"
     peak = torch.cuda.max_memory_allocated(device.device) / 2**30
@@ -81,7 +82,7 @@ def main() -> None:
     images = MemoryImages(rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8))
     labels = rng.integers(0, 10, args.images)
     cfg = Train(batch_size=args.batch_size, lr=1e-3)
-    device = engine.Device.choose(cfg)
+    device = Device.choose(cfg)
     torch.backends.cudnn.benchmark = True
 
     def fresh_model():

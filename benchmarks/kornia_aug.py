@@ -29,10 +29,11 @@ from _stages import machine
 from pipeline.augment import transforms
 from pipeline.augment.batch_aug import BatchAugment, Draws
 from pipeline.config import Aug
+from pipeline.learn.device import Normalise
 from pipeline.tasks.keypoints import Keypoints, keypoint_params
 
 AUG = Aug(hflip=0.5, rotate=20, shift=0.1, scale=0.1, shear=5, brightness=0.2, contrast=0.2, p=0.8)
-GREY = transforms.Normalise((0.0,), (1 / 255,))  # keeps 0-255 values
+GREY = Normalise((0.0,), (1 / 255,))  # keeps 0-255 values
 POINTS = 12
 # points with no left/right names: a flip swaps none of them
 POINT_TASK = Keypoints([f"p{i}_{axis}" for i in range(POINTS) for axis in "xy"])

@@ -38,12 +38,12 @@ from torchvision import transforms as T
 from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug
 from pipeline.data.images import FileSource, open_images
-from pipeline.learn import engine
+from pipeline.learn.device import Device, Normalise
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 BATCH = 64
-CPU = engine.Device(torch.device("cpu"), None, False)
+CPU = Device(torch.device("cpu"), None, False)
 
 
 def write_digits(folder: Path, n: int) -> tuple[list[Path], np.ndarray]:
@@ -114,7 +114,7 @@ def pipeline_loader(paths, labels, kind: str, cache: Path, workers: int):
     images = open_images(FileSource(tuple(paths), channels), cache, policy="always")
     augment = transforms.compose(transforms.augmentations(aug, channels, size), {}, 0)
     dataset = ImageDataset(images, np.arange(len(paths)), labels, augment, transforms.finish(size))
-    normalise = transforms.Normalise(mean, std)
+    normalise = Normalise(mean, std)
     return lambda epoch: create_loader(dataset, BATCH, True, workers, epoch, CPU, normalise)
 
 
@@ -154,7 +154,7 @@ def batched_loader(paths, labels, kind: str, cache: Path):
     assert batch_aug.should_use("auto", aug, CPU.device, len(paths), channels, size)
     images = open_images(FileSource(tuple(paths), channels), cache, policy="always")
     resident = batch_aug.resident_images(images, np.arange(len(paths)), size, CPU.device).images
-    augment, targets = batch_aug.BatchAugment(aug, transforms.Normalise(mean, std)), torch.as_tensor(labels)
+    augment, targets = batch_aug.BatchAugment(aug, Normalise(mean, std)), torch.as_tensor(labels)
     return lambda epoch: batch_aug.DeviceBatches(resident, targets, augment, BATCH, epoch)
 
 

@@ -16,6 +16,7 @@ from _stages import machine
 
 from pipeline.config import Model, Train
 from pipeline.learn import engine, models
+from pipeline.learn.device import Device
 from pipeline.tasks.classification import Classification
 
 
@@ -41,7 +42,7 @@ def minimal_loop(model, data, optimizer) -> float:
 def pipeline_model(name: str, channels: int, batch_size: int, total_steps: int):
     """A 10-class model on the CPU with the engine's optimisation state: (model, state, device)."""
     cfg = Train(lr=1e-3, weight_decay=0.0, device="cpu", batch_size=batch_size)
-    device = engine.Device.choose(cfg)
+    device = Device.choose(cfg)
     model = models.create_model(Model(name=name), 10, channels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     return model, engine.Step(optimizer, device.scaler(), cfg, total_steps=total_steps), device

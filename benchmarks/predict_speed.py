@@ -15,7 +15,8 @@ import torch
 from _stages import machine
 
 from pipeline.config import Model, Train
-from pipeline.learn import engine, inference, models
+from pipeline.learn import inference, models
+from pipeline.learn.device import Device
 from pipeline.tasks.classification import Classification
 
 
@@ -27,7 +28,7 @@ def bare_loop(model: torch.nn.Module, batches: list) -> float:
     return sum(len(b[0]) for b in batches) / (time.perf_counter() - start)
 
 
-def pipeline_loop(model: torch.nn.Module, batches: list, device: engine.Device) -> float:
+def pipeline_loop(model: torch.nn.Module, batches: list, device: Device) -> float:
     start = time.perf_counter()
     inference.predict_images(model, Classification(list(range(10))), batches, device, inference.views([]))
     return sum(len(b[0]) for b in batches) / (time.perf_counter() - start)
@@ -49,7 +50,7 @@ def main() -> None:
     sizes = torch.full((args.batch_size, 2), float(args.size))
     batches = [(images[i : i + args.batch_size], None, sizes) for i in range(0, args.images, args.batch_size)]
     model = models.create_model(Model(name=args.model), 10, 1).eval()
-    device = engine.Device.choose(Train(device="cpu"))
+    device = Device.choose(Train(device="cpu"))
     bare_loop(model, batches[:2]), pipeline_loop(model, batches[:2], device)  # warm-up
     bare, ours = [], []
     for _ in range(args.rounds):

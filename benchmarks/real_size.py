@@ -46,6 +46,7 @@ from pipeline import config as C
 from pipeline.data import sources
 from pipeline.data.images import LazyImages, decode
 from pipeline.learn import budget, engine, fit, plan
+from pipeline.learn.fit_setup import Setup
 from pipeline.paths import Paths
 
 BEFORE = "cf846cf"  # the last commit before issue 25
@@ -161,7 +162,7 @@ def decode_rows(scratch: Path, tiny: bool) -> Iterator[str]:
 # --- wait ---------------------------------------------------------------------------------------
 
 
-def waiting(setup: fit.Setup, folds: pd.DataFrame, steps: int) -> tuple[float, float, float]:
+def waiting(setup: Setup, folds: pd.DataFrame, steps: int) -> tuple[float, float, float]:
     """(seconds to build the batches, data wait share, img/s) of fold 0's first `steps` steps."""
     valid = np.flatnonzero(folds["fold"].to_numpy() == 0)
     started = time.perf_counter()

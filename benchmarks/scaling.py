@@ -24,12 +24,13 @@ from pipeline.augment import batch_aug, transforms
 from pipeline.config import Aug
 from pipeline.data.images import MemoryImages
 from pipeline.learn import engine
+from pipeline.learn.device import Normalise
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.tasks.classification import Classification
 
 BATCH = 64
 AUG = Aug(rotate=10, shift=0.1, scale=0.1, p=0.8)  # configs/digits.yaml's
-NORMALISE = transforms.Normalise((0.5,), (0.5,))
+NORMALISE = Normalise((0.5,), (0.5,))
 
 
 def epoch_seconds(n: int, side: int, batched: bool, seed: int = 0) -> float:

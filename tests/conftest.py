@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline import config as C
-from pipeline.learn import training as train
 from pipeline.paths import Paths
-from pipeline.stages import folds
+from pipeline.stages import folds, train
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # model.pretrained's default never asks the hub from a test
 for proxy in ("http_proxy", "https_proxy", "all_proxy"):  # the scrape refuses one it was not given

@@ -13,12 +13,13 @@ from pipeline.augment.aug_ops import Context, Setting
 from pipeline.augment.batch_aug import BatchAugment
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
+from pipeline.learn.device import Normalise
 from pipeline.stages import tune
 from pipeline.tasks.keypoints import Keypoints, flip_permutation, keypoint_params, point_names, unit_points
 
 DATA = {"layout": "image_csv", "dir": "data/x"}
 SIDE = 48
-GREY = transforms.Normalise((0.0,), (1 / 255,))  # keeps 0-255 values
+GREY = Normalise((0.0,), (1 / 255,))  # keeps 0-255 values
 STRONG = Aug(hflip=1.0, vflip=1.0, rotate=30, shift=0.1, scale=0.2, shear=10, perspective=0.1, random_resized_crop=0.6)
 GEOMETRIC = [op for op in aug_ops.OPS if op.geometric]
 BATCHED = [op for op in aug_ops.OPS if op.batched]

@@ -12,10 +12,10 @@ from pipeline.augment.batch_aug import BatchAugment, DeviceBatches, Draws, Resid
 from pipeline.config import Aug
 from pipeline.data.images import MemoryImages
 from pipeline.errors import PipelineError
-from pipeline.learn import engine
+from pipeline.learn.device import Device, Normalise
 from pipeline.learn.loader import ImageDataset, create_loader
 
-NORMALISE = transforms.Normalise((0.5,), (0.25,))
+NORMALISE = Normalise((0.5,), (0.25,))
 EVERYTHING = Aug(rotate=20, shift=0.1, scale=0.1, shear=5, hflip=0.5, brightness=0.2, contrast=0.2, cutout=0.3, p=0.8)
 
 
@@ -45,9 +45,7 @@ def test_a_whole_pixel_shift_moves_the_image_exactly():
     batch = images(2)
     forward = torch.tensor([[1.0, 0.0, 2 * 3 / 16], [0.0, 1.0, -2 * 2 / 16]]).expand(2, 2, 3)  # 3 px right, 2 up
     theta = torch.linalg.inv(torch.cat([forward, torch.tensor([[[0.0, 0.0, 1.0]]] * 2)], dim=1))[:, :2]
-    got = BatchAugment(Aug(shift=0.2), transforms.Normalise((0.0,), (1.0,))).apply(
-        as_tensor(batch), Draws(theta, forward, ({},))
-    )
+    got = BatchAugment(Aug(shift=0.2), Normalise((0.0,), (1.0,))).apply(as_tensor(batch), Draws(theta, forward, ({},)))
     expected = np.zeros_like(batch)
     expected[:, :-2, 3:] = batch[:, 2:, :-3]
     torch.testing.assert_close(got * 255, as_tensor(expected).float(), atol=1e-3, rtol=0)
@@ -78,7 +76,7 @@ def test_device_batches_are_the_per_image_ops_in_the_served_order():
 def test_validation_from_resident_images_is_the_per_image_loaders():
     batch, rows = images(10, side=12), np.array([3, 1, 4, 1, 5, 9, 2])  # 12 px resized to 16 on both paths
     targets = np.arange(10) * 10
-    cpu = engine.Device(torch.device("cpu"), None, False)
+    cpu = Device(torch.device("cpu"), None, False)
     per_image = ImageDataset(MemoryImages(batch), rows, targets[rows], None, transforms.finish(16))
     expected = list(create_loader(per_image, 4, False, 0, 0, cpu, NORMALISE))
     resident = batch_aug.resident_images(MemoryImages(batch), np.arange(10), 16, cpu.device).images

@@ -12,10 +12,9 @@ from conftest import run, tiny
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.learn import experiments
-from pipeline.learn import training as train
 from pipeline.paths import Paths
 from pipeline.records import Blend
-from pipeline.stages import blend, folds, predict
+from pipeline.stages import blend, folds, predict, train
 
 
 def faces(faces_dir, experiment: str, **train_keys) -> C.Config:

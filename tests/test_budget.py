@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import make_config, run, tiny
 
-from pipeline.learn import budget, defaults, engine
-from pipeline.learn import training as train
-from pipeline.learn.fit import Setup
+from pipeline.learn import budget, defaults
+from pipeline.learn.device import Device
+from pipeline.learn.fit_setup import Setup
+from pipeline.stages import train
 
 FOLDS = pd.DataFrame({"fold": [k for k in range(5) for _ in range(20)]})  # 100 rows, 80 train per fold
 FINE_TUNE = {"name": "efficientnet_lite0", "pretrained": "efficientnet_lite0", "freeze_depth": 5, "unfreeze_epoch": 2}
@@ -126,7 +127,7 @@ class Batches:
 
 
 def test_the_stopwatch_times_only_the_steps_after_its_warm_up():
-    cpu = engine.Device(torch.device("cpu"), None, False)
+    cpu = Device(torch.device("cpu"), None, False)
     watch = budget.Stopwatch(Batches(10), warmup=2, steps=3, device=cpu)
     assert len(watch) == 5 and len(list(watch)) == 5 and watch.timed_images == 12
     short = budget.Stopwatch(Batches(1), warmup=2, steps=3, device=cpu)

@@ -10,10 +10,11 @@ import torch
 from conftest import run, tiny
 
 from pipeline import config
-from pipeline.augment import batch_aug, transforms
+from pipeline.augment import batch_aug
 from pipeline.augment.batch_aug import BatchAugment, DeviceBatches
 from pipeline.config import Aug
 from pipeline.learn import selection
+from pipeline.learn.device import Normalise
 from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV
@@ -22,7 +23,7 @@ from pipeline.tasks.keypoints import Keypoints
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 EVERYTHING = Aug(rotate=20, shift=0.1, scale=0.1, shear=5, hflip=0.5, brightness=0.2, contrast=0.2, cutout=0.3, p=0.8)
-NORMALISE = transforms.Normalise((0.5,), (0.25,))
+NORMALISE = Normalise((0.5,), (0.25,))
 
 
 def blobs(blobs_dir, **train_keys) -> config.Config:

@@ -5,6 +5,7 @@ import torch
 from pipeline.config import Train
 from pipeline.data.images import MemoryImages
 from pipeline.learn import engine
+from pipeline.learn.device import Device
 from pipeline.learn.loader import ConcatImages
 from pipeline.tasks.classification import Classification
 
@@ -66,7 +67,7 @@ def test_diverging_loss_is_reported():
 
     model = Exploding()
     cfg = Train(device="cpu")
-    device = engine.Device.choose(cfg)
+    device = Device.choose(cfg)
     state = engine.Step(torch.optim.SGD(model.parameters(), lr=0.1), device.scaler(), cfg, total_steps=1)
     batch = [(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), torch.zeros(2, 2))]
     with pytest.raises(FloatingPointError, match="nan"):

@@ -5,7 +5,7 @@ from torch import nn
 
 from pipeline.config import Model
 from pipeline.errors import PipelineError
-from pipeline.learn import models
+from pipeline.learn import backbones, models
 
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext"]
 
@@ -19,7 +19,7 @@ def model_of(name: str, **kwargs) -> nn.Module:
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_freeze_depth_freezes_exactly_the_named_stages(name, depth):
     model = model_of(name)
-    stages = models.stages(model)
+    stages = backbones.stages(model)
     models.freeze(model, depth)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     for i, stage in enumerate(stages):
@@ -30,7 +30,7 @@ def test_freeze_depth_freezes_exactly_the_named_stages(name, depth):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_freezing_every_backbone_stage_leaves_only_the_head(name):
     model = model_of(name)
-    stages = models.stages(model)
+    stages = backbones.stages(model)
     models.freeze(model, len(stages) - 1)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(stages[-1])
     with pytest.raises(PipelineError, match=f"freeze_depth={len(stages)}"):
@@ -39,9 +39,9 @@ def test_freezing_every_backbone_stage_leaves_only_the_head(name):
 
 def test_freeze_blocks_goes_into_the_next_stage():
     model = model_of("test_convnext")
-    stages = models.stages(model)
+    stages = backbones.stages(model)
     frozen = models.freeze(model, 1, n_blocks=1)
-    first_block = [b for b in models.blocks(model) if set(b) <= set(stages[1])][0]
+    first_block = [b for b in backbones.blocks(model) if set(b) <= set(stages[1])][0]
     frozen_names = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen_names == set(stages[0]) | set(first_block)
     assert len(frozen.params) == len(frozen_names)

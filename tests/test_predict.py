@@ -14,7 +14,8 @@ from conftest import KEYPOINTS, run, tiny
 from pipeline.cli import main
 from pipeline.config import Train
 from pipeline.errors import PipelineError
-from pipeline.learn import engine, inference
+from pipeline.learn import inference
+from pipeline.learn.device import Device
 from pipeline.stages import predict
 from pipeline.tasks.keypoints import Keypoints
 
@@ -40,7 +41,7 @@ def test_keypoint_tta_maps_points_back_exactly():
     for i, (lx, ly, rx, ry) in enumerate(points):
         images[i, 0, ly, lx], images[i, 0, ry, rx] = 1.0, 0.8
     batches = [(images, torch.zeros(3), torch.full((3, 2), 16.0))]
-    task, device = Keypoints(KEYPOINTS), engine.Device.choose(Train(device="cpu"))
+    task, device = Keypoints(KEYPOINTS), Device.choose(Train(device="cpu"))
     assert task.flip_swap.tolist() == [1, 0]
     plain, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views([]))
     for tta in (["hflip"], ["vflip"], ["shift:0.0625"], ["hflip", "vflip", "shift:0.0625"]):

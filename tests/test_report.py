@@ -9,9 +9,8 @@ from conftest import run, tiny
 from PIL import Image
 
 from pipeline import config, plots
-from pipeline.learn import training as train
 from pipeline.records import CV, Scores
-from pipeline.stages import lr_find, report
+from pipeline.stages import lr_find, report, train
 
 
 def nonblank_png(path) -> bool:

@@ -9,9 +9,8 @@ from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.learn import engine, plan
 from pipeline.learn import fit as fit_module
-from pipeline.learn import training as train
 from pipeline.paths import Paths
-from pipeline.stages import folds
+from pipeline.stages import folds, train
 
 
 def test_classification_writes_oof_cv_and_full_model(digits_dir, tmp_path, monkeypatch):

@@ -20,9 +20,8 @@ from optuna.trial import TrialState
 from pipeline import config as C
 from pipeline import study as studies
 from pipeline.learn import engine
-from pipeline.learn import training as train
 from pipeline.paths import Paths
-from pipeline.stages import folds, tune
+from pipeline.stages import folds, train, tune
 
 SPACE = {
     "train.lr": {"type": "float", "low": 0.001, "high": 0.02, "log": True},

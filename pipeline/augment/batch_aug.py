@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.augment import aug_ops
-from pipeline.augment.transforms import Normalise
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
 from pipeline.learn import distributed
+from pipeline.learn.device import Normalise
 from pipeline.tasks.base import Task
 
 DEVICE_SHARE = 0.25  # at most this share of the device's memory (or RAM) goes to the resident images

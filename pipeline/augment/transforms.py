@@ -8,7 +8,6 @@ the backbone's mean and std on the device, a batch at a time (as timm's prefetch
 
 import albumentations as A
 import numpy as np
-import torch
 
 from pipeline.augment import aug_ops
 from pipeline.config import Aug
@@ -39,22 +38,6 @@ def compose(steps: list[A.BasicTransform], params: dict, seed: int) -> A.Compose
 def finish(size: int) -> A.Compose:
     """uint8 (H, W, C) -> uint8 (size, size, C)."""
     return A.Compose([A.Resize(size, size)])
-
-
-class Normalise:
-    """(B, C, H, W) batches of 0-255 values -> float32 (x / 255 - mean) / std, on their device.
-    A float batch is normalised in place: its owner passes a temporary."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
-        std_ = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.scale = 1 / (255 * std_)
-        self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images if images.is_floating_point() else images.float()
-        if self.scale.device != x.device:  # moved once, not copied to the device every batch
-            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
-        return x.mul_(self.scale).add_(self.shift)
 
 
 def normalisation(pretrained_cfg: dict, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

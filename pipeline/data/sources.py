@@ -24,7 +24,6 @@ from pipeline import tasks
 from pipeline.data.images import ArraySource, FileSource, open_images
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
-from pipeline.learn.defaults import working_side
 from pipeline.tables import line, read_csv, require_columns, show
 
 
@@ -259,10 +258,10 @@ def _check_lookup_table(layout: C.PixelString, test_ids: pd.Series, keypoints: l
 # --- image files -------------------------------------------------------------------------------
 
 
-def open_split(cfg: C.Config, source: ArraySource | FileSource, cache_dir: Path) -> Sequence:
-    """A split's images, cached in `cache_dir` at the experiment's working side, the largest
-    model input it may ask for (defaults.working_side)."""
-    return open_images(source, cache_dir, cfg.data.cache, cfg.data.cache_limit_gb, working_side(cfg))
+def open_split(cfg: C.Config, source: ArraySource | FileSource, cache_dir: Path, side: int) -> Sequence:
+    """A split's images, cached in `cache_dir` at `side`: the experiment's working side, the
+    largest model input it may ask for (learn.presets.working_side)."""
+    return open_images(source, cache_dir, cfg.data.cache, cfg.data.cache_limit_gb, side)
 
 
 def list_images(folder: Path, extensions: list[str]) -> list[Path]:

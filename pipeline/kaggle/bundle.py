@@ -1,9 +1,8 @@
-"""The bundle a Kaggle code competition runs: the models `make predict` would submit, copied into
-a Kaggle dataset with the project's wheel and package.wheels, and an inference notebook that
-installs them with `pip --no-index` and calls offline.submit; the dataset, kernel and
-competition slugs the package, rehearse and push stages share."""
+"""What a Kaggle code competition's bundle is made of: the project's wheel and package.wheels
+built for `pip --no-index`, the dataset and kernel metadata, and the inference notebook that
+calls offline.submit; and the dataset, kernel and competition slugs the package, rehearse and
+push stages share."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -14,40 +13,11 @@ import nbformat
 
 from pipeline import config as C
 from pipeline.errors import PipelineError
-from pipeline.files import write_text
-from pipeline.learn import selection
-from pipeline.paths import DatasetFiles, PackageFiles
 from pipeline.records import Bundle
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_FILES = ("pyproject.toml", "README.md")  # what the wheel's build reads besides pipeline/
 OWNER_PLACEHOLDER = "your-kaggle-username"  # `make push` refuses it: set package.owner
-
-
-def fill(files: PackageFiles, cfg: C.Config, plan: selection.Plan, labels: list[str]) -> tuple[Bundle, list[str]]:
-    """The dataset and the kernel folders; the bundle and the wheels' file names."""
-    bundle = Bundle(copy_models(plan.parts, files.dataset), plan.stated, labels)
-    bundle.save(files.dataset.bundle)
-    write_text(files.dataset.config, plan.cfg.to_yaml())
-    wheels = build_wheels(cfg.package.wheels, files.dataset.wheels)
-    write_text(files.dataset.metadata, json.dumps(dataset_metadata(cfg), indent=2))
-    write_text(files.kernel_metadata, json.dumps(kernel_metadata(cfg), indent=2))
-    nbformat.write(notebook(cfg, wheels, bundle), files.notebook(kernel_slug(cfg)))
-    return bundle, wheels
-
-
-def copy_models(parts: list[selection.Part], dataset: DatasetFiles) -> list[dict]:
-    """Each part's model files copied into the dataset; the parts as bundle.yaml holds them."""
-    bundled = []
-    for part in parts:
-        models = []
-        for fit, weight in part.models:
-            copy = dataset.model(fit.root.parent.name, fit)  # runs/<name>/<experiment>/<fit>
-            copy.root.mkdir(parents=True)
-            shutil.copyfile(fit.model, copy.model)
-            models.append({"folder": copy.root.relative_to(dataset.root).as_posix(), "weight": float(weight)})
-        bundled.append({"weight": float(part.weight), "space": part.space, "models": models})
-    return bundled
 
 
 def build_wheels(requirements: list[str], folder: Path) -> list[str]:

@@ -46,8 +46,10 @@ import torch
 
 from pipeline import config as C
 from pipeline.files import write_text
-from pipeline.learn import defaults, engine, plan
-from pipeline.learn.fit import Setup, assemble, optimisation, save_checkpoint, wrap
+from pipeline.learn import defaults, engine, validation
+from pipeline.learn.device import Device
+from pipeline.learn.fit import assemble, optimisation, save_checkpoint, wrap
+from pipeline.learn.fit_setup import Setup
 from pipeline.learn.validation import validation_rows
 from pipeline.paths import Paths
 
@@ -178,7 +180,8 @@ def fit_into(
     cfg = setup.cfg
     if cfg.train.time_budget is None:
         return setup, fold_ids, None
-    asked = f"{plan.fingerprint(cfg, paths)}time_budget {cfg.train.time_budget} folds {fold_ids} {cfg.train.full_fit}"
+    fingerprint = validation.fingerprint(cfg, paths.folds_csv)
+    asked = f"{fingerprint}time_budget {cfg.train.time_budget} folds {fold_ids} {cfg.train.full_fit}"
     key = hashlib.sha256(asked.encode()).hexdigest()[:16]
     kept = Plan.read(paths.budget_json, key)
     if kept is None:
@@ -418,7 +421,7 @@ class Stopwatch:
     """The first `warmup + steps` of `batches`; times the last `steps` of them (the device
     synchronised at both ends, so that queued GPU work is counted) and the wait for the first."""
 
-    def __init__(self, batches, warmup: int, steps: int, device: engine.Device):
+    def __init__(self, batches, warmup: int, steps: int, device: Device):
         self.batches, self.device = batches, device
         self.length = min(len(batches), warmup + steps)
         self.warmup = min(warmup, self.length - 1)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pipeline import config as C
 from pipeline import tasks
+from pipeline.learn.backbones import LITE0_MODELS, backbone_stages
 
 SCRATCH_SIDE = 32  # a resnet's stem and first stage divide by 4: smaller inputs lose the image
 SMALL_SIDE, MANY_ROWS = 64, 1000  # this many grayscale images of at most this side learn from scratch
@@ -156,8 +157,6 @@ def model_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
 
 
 def pretrained_default(name: str, *, from_scratch: bool, recorded: dict[str, str] | None = None) -> Default:
-    from pipeline.learn.models import LITE0_MODELS
-
     if recorded and name in recorded:
         return Default("model.pretrained", recorded[name], f"{name}'s source as an earlier run decided it")
     if from_scratch:
@@ -201,9 +200,7 @@ def fine_tune_defaults(cfg: C.Config, facts: Facts) -> list[Default]:
     decided = [Default("train.layer_decay", 0.7, "discriminative learning rates: each stage towards the stem at 0.7x")]
     if not all(unset(cfg.model, key) for key in ("freeze_depth", "freeze_blocks", "unfreeze_epoch")):
         return decided
-    from pipeline.learn import models
-
-    backbone = len(models.stages(models.create_model(C.Model(name=cfg.model.name), 1, facts.channels))) - 1
+    backbone = backbone_stages(cfg.model.name, facts.channels)
     why = "fastai's fine_tune: the head alone for one epoch, then everything"
     return [
         Default("model.freeze_depth", backbone, f"{why}; all {backbone} backbone stages frozen at first"),

@@ -5,8 +5,8 @@ import functools
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,30 +15,14 @@ import torch
 from timm.utils import ModelEmaV3
 
 from pipeline.augment import batch_aug, transforms
-from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
 from pipeline.learn import distributed, engine, models
+from pipeline.learn.device import Device, Normalise
+from pipeline.learn.fit_setup import Setup
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import FitFiles
 from pipeline.records import FitResult
-from pipeline.tasks.base import Task
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Everything fit() needs that does not change between folds."""
-
-    cfg: Config
-    task: Task
-    images: Sequence  # uint8 (H, W, C) images
-    rows: np.ndarray  # image index of every folds.csv row
-    targets: np.ndarray  # encoded target of every folds.csv row
-    channels: int
-    image_size: int  # side of the square model input
-    given: frozenset[str] = frozenset()  # dotted keys the config, its overrides or best.yaml set
-    # (device, side) -> every image as uint8 on that device (train.device_aug), made on first use
-    resident: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
@@ -56,7 +40,7 @@ def check(setup: Setup) -> torch.nn.Module:
     cfg = setup.cfg
     model, _ = build_model(setup)
     transforms.augmentations(cfg.aug, setup.channels, setup.image_size, setup.task.flip_swap)
-    device = engine.Device.choose(cfg.train).device
+    device = Device.choose(cfg.train).device
     batch_aug.should_use(cfg.train.device_aug, cfg.aug, device, len(setup.images), setup.channels, setup.image_size)
     return model
 
@@ -78,7 +62,7 @@ def datasets(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
 class Parts:
     """A fresh model on its device, its frozen stages, optimizer and batches."""
 
-    device: engine.Device
+    device: Device
     model: torch.nn.Module  # what is saved and validated
     trained: torch.nn.Module  # what trains: the model, or the model in DistributedDataParallel
     frozen: models.Frozen
@@ -90,7 +74,7 @@ class Parts:
 
 def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None) -> Parts:
     cfg = setup.cfg.train
-    device = engine.Device.choose(cfg)
+    device = Device.choose(cfg)
     engine.seed_everything(cfg.seed)
     model, frozen = build_model(setup)
     model.to(device.device, memory_format=device.memory_format)
@@ -98,14 +82,14 @@ def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
     groups = models.param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.head_lr_mult)
     workers = default_workers() if cfg.workers is None else cfg.workers
     optimizer = engine.create_optimizer(groups, cfg)
-    normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, setup.channels))
+    normalise = Normalise(*transforms.normalisation(model.pretrained_cfg, setup.channels))
     train, valid = _batches(setup, train_set, valid_set, normalise, device, workers)
     trained = wrap(model, device, cfg.compile)
     n_valid = 0 if valid_set is None else len(valid_set)
     return Parts(device, model, trained, frozen, optimizer, train, valid, n_valid)
 
 
-def wrap(model: torch.nn.Module, device: engine.Device, compiled: bool) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, device: Device, compiled: bool) -> torch.nn.Module:
     """What trains: the model, in DistributedDataParallel under torchrun, then torch.compile'd
     when asked (DDP first, as PyTorch advises). Wrap again after unfreezing: DDP registers the
     parameters that need gradients when it is built."""
@@ -124,8 +108,8 @@ def _batches(
     setup: Setup,
     train_set: ImageDataset,
     valid_set: ImageDataset | None,
-    normalise: transforms.Normalise,
-    device: engine.Device,
+    normalise: Normalise,
+    device: Device,
     workers: int,
 ) -> Batches:
     """Made on the device from resident images when train.device_aug says so, else DataLoaders
@@ -144,7 +128,7 @@ def _resident_batches(
     setup: Setup,
     train_set: ImageDataset,
     valid_set: ImageDataset | None,
-    normalise: transforms.Normalise,
+    normalise: Normalise,
     device: torch.device,
 ) -> Batches:
     cfg, n, side = setup.cfg, len(setup.images), setup.image_size

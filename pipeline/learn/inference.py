@@ -22,7 +22,9 @@ from pipeline.config import Config, Model
 from pipeline.data import sources
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
-from pipeline.learn import engine, models
+from pipeline.learn import models
+from pipeline.learn.defaults import working_side
+from pipeline.learn.device import Device, Normalise
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.learn.validation import validation_rows
 from pipeline.paths import FitFiles, Paths
@@ -73,7 +75,7 @@ def apply_view(view: View, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_images(
-    model: torch.nn.Module, task: Task, loader, device: engine.Device, tta: list[View]
+    model: torch.nn.Module, task: Task, loader, device: Device, tta: list[View]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mean over TTA views of each image's prediction, and the original (height, width)s."""
     model.eval()
@@ -124,7 +126,7 @@ def weights_time(fit: FitFiles) -> float:
     return fit.model.stat().st_mtime
 
 
-def load_model(path: Path, device: engine.Device) -> tuple[torch.nn.Module, dict]:
+def load_model(path: Path, device: Device) -> tuple[torch.nn.Module, dict]:
     checkpoint = _checkpoint(path)
     meta = checkpoint["meta"]
     model = models.create_model(Model(name=meta["name"]), meta["num_outputs"], meta["in_chans"])
@@ -132,13 +134,13 @@ def load_model(path: Path, device: engine.Device) -> tuple[torch.nn.Module, dict
     return model.to(device.device, memory_format=device.memory_format), meta
 
 
-def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: engine.Device) -> tuple[np.ndarray, Task]:
+def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: Device) -> tuple[np.ndarray, Task]:
     """The model at `path` on `rows` of `images`, with predict.tta: (N, outputs + 2) raw
     predictions (probabilities, or keypoints in [-1, 1]) then each image's (height, width)."""
     model, meta = load_model(path, device)
     task = task_from_meta(meta, cfg)
     dataset = ImageDataset(images, rows, None, None, transforms.finish(meta["image_size"]))
-    normalise = transforms.Normalise(*transforms.normalisation(model.pretrained_cfg, meta["in_chans"]))
+    normalise = Normalise(*transforms.normalisation(model.pretrained_cfg, meta["in_chans"]))
     batch_size = cfg.predict.batch_size or 2 * cfg.train.batch_size
     workers = default_workers() if cfg.train.workers is None else cfg.train.workers
     loader = create_loader(dataset, batch_size, False, workers, 0, device, normalise)
@@ -168,8 +170,8 @@ class PredictionsOnTest:
         notebook, whose models lie in a read-only input)."""
         data = sources.read(cfg)
         self.cfg, self.table, self.keep = cfg, data.test.table, keep
-        self.images = sources.open_split(cfg, data.test.images, paths.cache("test"))
-        self.device = engine.Device.choose(cfg.train)
+        self.images = sources.open_split(cfg, data.test.images, paths.cache("test"), working_side(cfg))
+        self.device = Device.choose(cfg.train)
         self.ids = self.table["id"].astype(str).to_numpy(dtype=str)
         self.made: dict[Path, np.ndarray] = {}
         self.task, self.sizes = None, None
@@ -233,7 +235,7 @@ def fold_oof(cfg: Config, fit: FitFiles, setup, rows: np.ndarray, epoch: str) ->
     path = fit.valid_predictions(views_key(cfg.predict.tta))
     if path.exists() and path.stat().st_mtime >= weights_time(fit):
         return np.load(path)
-    raw, _ = predict_rows(cfg, fit.model, setup.images, setup.rows[rows], engine.Device.choose(cfg.train))
+    raw, _ = predict_rows(cfg, fit.model, setup.images, setup.rows[rows], Device.choose(cfg.train))
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, raw)
     return raw

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.learn import distributed
-from pipeline.learn.engine import Device
+from pipeline.learn.device import Device
 from pipeline.tasks.base import Task
 
 

@@ -1,9 +1,6 @@
-"""timm backbones: creation, pretrained-weight sources, freeze depth and parameter groups.
-
-Stages are timm's coarse parameter groups (`group_matcher(coarse=True)`): the stem, then one
-group per stage, then the head. Blocks are its fine groups. This holds for resnets,
-efficientnets and convnexts alike, without lists of module names.
-"""
+"""The model as the config asks for it: a timm backbone (learn.backbones) with its head, its
+pretrained weights from the hub, a file or the packaged EfficientNet-Lite0 weights, its frozen
+stages and blocks, and its parameter groups."""
 
 import os
 from dataclasses import dataclass, field
@@ -11,21 +8,20 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models import adapt_input_conv, group_parameters
+from timm.models import adapt_input_conv
 from torch import nn
 
 from pipeline.config import Model
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
-
-LITE0_MODELS = ("efficientnet_lite0", "tf_efficientnet_lite0")
+from pipeline.learn.backbones import LITE0_MODELS, blocks, stages, timm_model
 
 
 def create_model(cfg: Model, num_outputs: int, in_chans: int) -> nn.Module:
     kwargs = {"num_classes": num_outputs, "in_chans": in_chans, "drop_rate": cfg.drop_rate}
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
-    model = _timm_model(cfg.name, cfg.pretrained == "hub", kwargs, cfg.zero_init_last)
+    model = timm_model(cfg.name, cfg.pretrained == "hub", kwargs, cfg.zero_init_last)
     if cfg.pretrained == "hub" and model.pretrained_cfg.get("num_classes") != num_outputs:
         zero_head(model)
     if cfg.pretrained.startswith("file:"):
@@ -37,22 +33,6 @@ def create_model(cfg: Model, num_outputs: int, in_chans: int) -> nn.Module:
             )
         load_weights(model, read_checkpoint(lite0_weights(cfg.name)), cfg.pretrained)
     return model
-
-
-def _timm_model(name: str, hub: bool, kwargs: dict, zero_init_last: bool) -> nn.Module:
-    if not timm.is_model(name.split(".")[0]):
-        raise PipelineError(f"model.name={name!r} is not a timm model (see timm.list_models())")
-    try:
-        try:  # resnets take zero_init_last; other families do not know the keyword
-            return timm.create_model(name, pretrained=hub, zero_init_last=zero_init_last, **kwargs)
-        except TypeError:
-            return timm.create_model(name, pretrained=hub, **kwargs)
-    except (OSError, RuntimeError) as exc:
-        if not hub:
-            raise
-        raise PipelineError(
-            f"model.pretrained=hub: could not get {name}'s weights: {str(exc).splitlines()[0]}"
-        ) from None
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -125,17 +105,6 @@ def lite0_weights(name: str) -> Path:
 
 
 # --- freezing and parameter groups ------------------------------------------------------------
-
-
-def stages(model: nn.Module) -> list[list[str]]:
-    """Parameter names per coarse group, stem first; the last group is the head."""
-    groups = group_parameters(model, model.group_matcher(coarse=True))
-    return [groups[k] for k in sorted(groups)]
-
-
-def blocks(model: nn.Module) -> list[list[str]]:
-    groups = group_parameters(model, model.group_matcher(coarse=False))
-    return [groups[k] for k in sorted(groups)]
 
 
 @dataclass

@@ -15,13 +15,12 @@ from pipeline import tasks
 from pipeline.data import sources
 from pipeline.data.images import FileSource, typical_side, uniform_side
 from pipeline.errors import PipelineError
-from pipeline.files import sha256_file, write_text
+from pipeline.files import write_text
 from pipeline.learn import defaults
-from pipeline.learn.fit import Setup
+from pipeline.learn.fit_setup import Setup
 from pipeline.learn.loader import ConcatImages
 from pipeline.learn.validation import read_folds
 from pipeline.paths import Paths
-from pipeline.stage_table import training_sections
 
 
 def tuned_settings(cfg: C.Config, paths: Paths) -> dict:
@@ -71,26 +70,13 @@ def channels(cfg: C.Config) -> int:
     return 1 if cfg.data.layout in ("pixel_columns", "pixel_string") else cfg.data.channels
 
 
-# which fits run and how they were planned, not how each one trains (a fold trained under one
-# time budget is kept by a later run that trains the folds it left); pinned names keys whose
-# values are in the fingerprint already
-SELECTION_KEYS = ("folds", "full_fit", "time_budget", "pinned")
-
-
-def fingerprint(cfg: C.Config, paths: Paths) -> str:
-    """What a fit's result depends on: the config's training sections and folds.csv."""
-    sections = cfg.model_dump(mode="json", include=set(training_sections()))
-    sections["train"] = {k: v for k, v in sections["train"].items() if k not in SELECTION_KEYS}
-    return f"{yaml.safe_dump(sections, sort_keys=False)}folds.csv sha256 {sha256_file(paths.folds_csv)}"
-
-
 def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, pd.DataFrame]:
     """The images, targets and task for every row of folds.csv, in its order, and the config
     they train with (Setup.cfg): its unset keys decided from the data, then (`tuned`) the
     settings `make tune` found merged."""
-    folds = read_folds(paths)
+    folds = read_folds(paths.folds_csv)
     data = sources.read(cfg)
-    store = sources.open_split(cfg, data.train.images, paths.cache("train"))
+    store = sources.open_split(cfg, data.train.images, paths.cache("train"), defaults.working_side(cfg))
     position = {str(i): n for n, i in enumerate(data.train.table["id"])}
     competition = folds["fold"] >= 0
     missing = [i for i in folds.loc[competition, "id"] if i not in position]
@@ -100,7 +86,7 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     images = store
     if (~competition).any():
         extra = FileSource(tuple(paths.data / p for p in folds.loc[~competition, "id"]), channels(cfg))
-        images = ConcatImages([store, sources.open_split(cfg, extra, paths.cache("extra"))])
+        images = ConcatImages([store, sources.open_split(cfg, extra, paths.cache("extra"), defaults.working_side(cfg))])
         rows = np.concatenate([rows, len(store) + np.arange(int((~competition).sum()))])
     facts = defaults.Facts(
         task=cfg.competition.task,

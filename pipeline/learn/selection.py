@@ -160,7 +160,7 @@ def _models_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
 def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
     """The members' kept test predictions, weighted as `make blend` fitted them."""
     blend = Blend.load(paths.blend(cfg.predict.blend))
-    if blend.validation_plan != validation_plan(read_folds(paths)):
+    if blend.validation_plan != validation_plan(read_folds(paths.folds_csv)):
         raise PipelineError(f"blend {blend.name} was fitted on other folds than {paths.folds_csv}: run `make blend`")
     cfg = with_overrides(cfg, {"predict.tta": blend.tta}, f"blend {blend.name}")
     members = {name: CV.load(paths.of_experiment(name).cv_json) for name in blend.weights}

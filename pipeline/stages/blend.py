@@ -31,7 +31,7 @@ def run(cfg: C.Config) -> None:
     names = cfg.blend.experiments or paths.experiments()
     if len(names) < 2:
         raise PipelineError(f"a blend needs two or more finished experiments; {paths.runs} has {names or 'none'}")
-    folds = read_folds(paths)
+    folds = read_folds(paths.folds_csv)
     members = {name: member_cv(paths, name, validation_plan(folds)) for name in names}
     stack, target, fold_of_row = out_of_fold(cfg, paths, members, folds)
     method = _method(cfg, target.task)

@@ -12,6 +12,7 @@ from pipeline.data.hands import build_hands
 from pipeline.data.images import CachedImages
 from pipeline.errors import PipelineError
 from pipeline.kaggle import kaggle_cli
+from pipeline.learn.defaults import working_side
 from pipeline.paths import Paths
 
 DEMOS = {"digits": build_digits, "hands": build_hands}
@@ -33,7 +34,7 @@ def run(cfg: Config) -> None:
     data = sources.read(cfg)
     shapes = {}
     for name, split in (("train", data.train), ("test", data.test)):
-        images = sources.open_split(cfg, split.images, paths.cache(name))
+        images = sources.open_split(cfg, split.images, paths.cache(name), working_side(cfg))
         shapes[name] = describe_shapes(images)
     inputs.refresh(paths)  # what was built or downloaded here is what the stage read
     save_resolved(cfg, paths.resolved("data"))

@@ -179,7 +179,7 @@ def refuse_other_folds(paths: Paths, new: pd.DataFrame) -> None:
     trained = paths.experiments()
     if not trained or not paths.folds_csv.exists():
         return
-    if validation_plan(read_folds(paths)) != validation_plan(new):
+    if validation_plan(read_folds(paths.folds_csv)) != validation_plan(new):
         raise PipelineError(
             f"{paths.folds_csv}: the experiments {', '.join(trained)} validated on these folds, and the folds "
             f"settings now make others: keep the folds section as it was, or remove {paths.runs} to start over"

@@ -12,7 +12,9 @@ from matplotlib.figure import Figure
 from pipeline import config as C
 from pipeline.files import atomic_path, write_csv
 from pipeline.learn import engine, plan
-from pipeline.learn.fit import Setup, assemble
+from pipeline.learn.device import Device
+from pipeline.learn.fit import assemble
+from pipeline.learn.fit_setup import Setup
 from pipeline.paths import Paths
 
 
@@ -21,7 +23,7 @@ def sweep(
     loader,
     task,
     optimizer,
-    device: engine.Device,
+    device: Device,
     start: float = 1e-7,
     end: float = 10.0,
     steps: int = 100,

@@ -12,15 +12,19 @@ The notebook installs the wheels with `pip --no-index`, then calls offline.submi
 combines the models exactly as the predict stage does (learn.selection).
 """
 
+import json
 import os
 import shutil
 
+import nbformat
+
 from pipeline import config as C
-from pipeline.files import temporary_dir, write_csv
+from pipeline.files import temporary_dir, write_csv, write_text
 from pipeline.kaggle import submission
-from pipeline.kaggle.bundle import dataset_slug, fill, kernel_slug
+from pipeline.kaggle.bundle import build_wheels, dataset_metadata, dataset_slug, kernel_metadata, kernel_slug, notebook
 from pipeline.learn import selection
-from pipeline.paths import PackageFiles, Paths
+from pipeline.paths import DatasetFiles, PackageFiles, Paths
+from pipeline.records import Bundle
 
 
 def run(cfg: C.Config) -> None:
@@ -43,3 +47,29 @@ def run(cfg: C.Config) -> None:
         f"{size / 2**20:.1f} MiB), kernel {kernel_slug(cfg)}; CV {plan.stated.metric} {plan.stated.score:.5f} "
         f"({plan.stated.models} models)"
     )
+
+
+def fill(files: PackageFiles, cfg: C.Config, plan: selection.Plan, labels: list[str]) -> tuple[Bundle, list[str]]:
+    """The dataset and the kernel folders; the bundle and the wheels' file names."""
+    bundle = Bundle(copy_models(plan.parts, files.dataset), plan.stated, labels)
+    bundle.save(files.dataset.bundle)
+    write_text(files.dataset.config, plan.cfg.to_yaml())
+    wheels = build_wheels(cfg.package.wheels, files.dataset.wheels)
+    write_text(files.dataset.metadata, json.dumps(dataset_metadata(cfg), indent=2))
+    write_text(files.kernel_metadata, json.dumps(kernel_metadata(cfg), indent=2))
+    nbformat.write(notebook(cfg, wheels, bundle), files.notebook(kernel_slug(cfg)))
+    return bundle, wheels
+
+
+def copy_models(parts: list[selection.Part], dataset: DatasetFiles) -> list[dict]:
+    """Each part's model files copied into the dataset; the parts as bundle.yaml holds them."""
+    bundled = []
+    for part in parts:
+        models = []
+        for fit, weight in part.models:
+            copy = dataset.model(fit.root.parent.name, fit)  # runs/<name>/<experiment>/<fit>
+            copy.root.mkdir(parents=True)
+            shutil.copyfile(fit.model, copy.model)
+            models.append({"folder": copy.root.relative_to(dataset.root).as_posix(), "weight": float(weight)})
+        bundled.append({"weight": float(part.weight), "space": part.space, "models": models})
+    return bundled

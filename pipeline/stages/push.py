@@ -10,6 +10,7 @@ from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.files import tree_sha256
 from pipeline.kaggle import kaggle_cli, submission
+from pipeline.kaggle.bundle import competition_slug, dataset_slug, kernel_slug
 from pipeline.paths import PackageFiles, Paths
 from pipeline.records import Bundle
 
@@ -40,18 +41,18 @@ def run(cfg: C.Config) -> None:
     bundle = Bundle.load(files.dataset.bundle)
     stated = bundle.stated
     message = f"CV {stated.metric} {stated.score:.5f} ({stated.models}) config {cfg.fingerprint()}"
-    dataset = f"{owner}/{bundle.dataset_slug(cfg)}"
+    dataset = f"{owner}/{dataset_slug(cfg)}"
     kaggle_cli.upload_dataset(
         dataset, files.dataset.root, message, public=not cfg.package.private, wait_s=DATASET_WAIT_S
     )
     print(f"dataset {dataset} uploaded and ready")
-    kernel = f"{owner}/{bundle.kernel_slug(cfg)}"
+    kernel = f"{owner}/{kernel_slug(cfg)}"
     version = kaggle_cli.push_kernel(files.kernel, cfg.package.accelerator)
     print(f"kernel {kernel} version {version} pushed; Kaggle runs it")
     if not cfg.package.submit:
         return
     kaggle_cli.wait_for_kernel(kernel, C.seconds(cfg.package.time_limit))
-    competition = bundle.competition_slug(cfg)
+    competition = competition_slug(cfg)
     kaggle_cli.submit_kernel(competition, kernel, version, message)
     row = submission.ledger_row(cfg, stated, f"kernel {kernel} version {version}", dt.datetime.now(dt.UTC))
     submission.add_to_ledger({**row, "kernel": kernel, "kernel_version": version})

@@ -39,7 +39,7 @@ from pipeline import config as C
 from pipeline.data import sources
 from pipeline.errors import PipelineError
 from pipeline.files import tree_sha256, write_text
-from pipeline.kaggle import bundle
+from pipeline.kaggle.bundle import competition_slug, dataset_slug, kernel_slug
 from pipeline.paths import PackageFiles, Paths
 
 
@@ -60,7 +60,7 @@ def run(cfg: C.Config) -> None:
         scratch = Path(scratch)
         kaggle = kaggle_tree(scratch / "kaggle", cfg, files)
         python = image_environment(scratch / "env", cfg.package.kaggle_image)
-        timing = execute(files.notebook(bundle.kernel_slug(cfg)), kaggle, python, scratch, cfg.package.time_limit)
+        timing = execute(files.notebook(kernel_slug(cfg)), kaggle, python, scratch, cfg.package.time_limit)
         rows = compare(kaggle / "working" / "submission.csv", files.expected_submission)
     projected = project(cfg, timing)
     line = f"rehearsal: submission.csv equals make predict's ({rows} rows); {check_time(cfg, projected, timing)}"
@@ -116,8 +116,8 @@ def kaggle_tree(root: Path, cfg: C.Config, files: PackageFiles) -> Path:
     """input/<competition> and input/<dataset> linked to the local folders, and working/."""
     (root / "input").mkdir(parents=True)
     (root / "working").mkdir()
-    (root / "input" / bundle.competition_slug(cfg)).symlink_to(Path(cfg.data.dir).resolve())
-    (root / "input" / bundle.dataset_slug(cfg)).symlink_to(files.dataset.root.resolve())
+    (root / "input" / competition_slug(cfg)).symlink_to(Path(cfg.data.dir).resolve())
+    (root / "input" / dataset_slug(cfg)).symlink_to(files.dataset.root.resolve())
     return root
 
 

@@ -54,6 +54,7 @@ from pipeline.data import sources
 from pipeline.data.images import eight_bit
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
+from pipeline.learn.defaults import working_side
 from pipeline.paths import Paths
 
 COLUMNS = ["kind", "label", "page", "url", "final_url", "status", "detail", "sha256", "phash", "width", "height"]
@@ -460,7 +461,7 @@ def reference_hashes(cfg: Config, paths: Paths) -> tuple[list[bytes], list[bytes
     data = sources.read(cfg)
     hashes = []
     for name, split in (("train", data.train), ("test", data.test)):
-        images = sources.open_split(cfg, split.images, paths.cache(name))
+        images = sources.open_split(cfg, split.images, paths.cache(name), working_side(cfg))
         hashes.append([phash(_picture(images[i])) for i in range(len(images))])
     return hashes[0], hashes[1]
 

@@ -1,5 +1,20 @@
-"""How the train stage runs: in this process, or with `make train GPUS=0,1,2,3` on several GPUs
-of one machine, in one of two ways.
+"""The train stage: one model per fold, then one on all the data, every fit on the same
+schedule (train.epochs), so the folds measure the recipe the full fit repeats. An experiment
+(train.experiment) trains into its own folder, runs/<name>/<experiment>/:
+
+    fold<k>/  model.pt (the epoch train.checkpoint keeps), last.pt (resume), metrics.csv,
+              oof.csv, valid_best.npy, valid_last.npy, result.json
+    cv.json   every fold's score at its best epoch and at its last, their means and spreads,
+              the pooled out-of-fold scores (records.CV)
+    full/     model.pt (its last epoch), metrics.csv, result.json
+
+A fold with result.json is finished and skipped; a fold with last.pt resumes from its last
+completed epoch. Both belong to one config: when it changes, the fold is trained anew. The
+earlier fit waits in fold<k>.previous/ until its successor's first checkpoint exists, and comes
+back if the successor stops before that.
+
+It runs in this process, or with `make train GPUS=0,1,2,3` on several GPUs of one machine,
+in one of two ways.
 
     ddp    each fold in turn on every GPU: torchrun starts one process per GPU, DDP averages the
            gradients (train.batch_size is the global batch), rank 0 writes.
@@ -12,20 +27,29 @@ they gain, while independent folds scale perfectly; above it, DDP brings each fo
 fit, which `folds` trains on one GPU) to the end sooner.
 """
 
+import contextlib
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 
+import numpy as np
+import pandas as pd
 import torch
 
 from pipeline import config as C
 from pipeline.errors import PipelineError
-from pipeline.learn import distributed, plan
-from pipeline.learn import training as train
+from pipeline.files import write_csv
+from pipeline.learn import budget, distributed, inference, plan, validation
 from pipeline.learn.distributed import worker_env
-from pipeline.learn.validation import read_folds
-from pipeline.paths import Paths
+from pipeline.learn.fit import check, fit
+from pipeline.learn.fit_setup import Setup
+from pipeline.learn.validation import read_folds, target_columns, validation_plan, validation_rows
+from pipeline.paths import FitFiles, Paths
+from pipeline.records import CV, FitResult, Scores
 
 DDP_MIN_ROWS = 20_000
 
@@ -33,7 +57,7 @@ DDP_MIN_ROWS = 20_000
 def run(cfg: C.Config, gpus: str | None = None) -> None:
     """The train stage: in this process, or on the GPUs `gpus` names (several) as train.distributed says."""
     if not gpus:
-        train.run(cfg)
+        run_here(cfg)
         return
     ids = parse_gpus(gpus)
     if cfg.train.time_budget is not None and len(ids) > 1:
@@ -43,7 +67,7 @@ def run(cfg: C.Config, gpus: str | None = None) -> None:
         )
     where = devices(cfg.train.device, ids)
     paths = Paths.of(cfg)
-    mode = choose(cfg.train.distributed, len(read_folds(paths)), len(ids))
+    mode = choose(cfg.train.distributed, len(read_folds(paths.folds_csv)), len(ids))
     resolved = paths.resolved("launch")
     C.save_given(cfg, resolved)
     print(f"train on {where}: {mode}")
@@ -91,7 +115,7 @@ def choose(policy: str, rows: int, n_gpus: int) -> str:
 
 def train_folds_in_parallel(cfg: C.Config, paths: Paths, ids: list[str]) -> None:
     """Fold k on GPU ids[k % len(ids)], one process per GPU working through its folds."""
-    fold_ids = plan.fold_ids_of(cfg, read_folds(paths))
+    fold_ids = plan.fold_ids_of(cfg, read_folds(paths.folds_csv))
     context = multiprocessing.get_context("spawn")  # a fresh process: CUDA_VISIBLE_DEVICES set before CUDA starts
     workers = [
         context.Process(target=_fold_worker, args=(cfg, fold_ids[i :: len(ids)], ids[i], len(ids)))
@@ -111,9 +135,9 @@ def _fold_worker(cfg: C.Config, fold_ids: list[int], gpu: str, processes: int) -
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     paths = Paths.of(cfg)
     try:
-        setup, folds, fingerprint, planned, _ = train.train_folds(cfg, paths)
+        setup, folds, fingerprint, planned, _ = train_folds(cfg, paths)
         for k in (k for k in fold_ids if k in planned):  # a time budget may train fewer
-            train.train_fold(setup, folds, k, paths.fold(k), fingerprint)
+            train_fold(setup, folds, k, paths.fold(k), fingerprint)
     except PipelineError as exc:
         print(f"error: GPU {gpu}: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -122,3 +146,210 @@ def _fold_worker(cfg: C.Config, fold_ids: list[int], gpu: str, processes: int) -
 def _check(process: subprocess.CompletedProcess) -> None:
     if process.returncode:
         raise PipelineError(f"{' '.join(map(str, process.args[:6]))} ... exited with {process.returncode}")
+
+
+def run_here(cfg: C.Config) -> None:
+    """Every fold, the CV summary and the full fit, in this process."""
+    paths = Paths.of(cfg)
+    setup, folds, fingerprint, fold_ids, pace = train_folds(cfg, paths)
+    cfg = setup.cfg
+    results, trained = [], []
+    for k in fold_ids:
+        if not budget_allows(pace, f"fold {k}", paths.fold(k), fingerprint, trained):
+            break
+        with timed(pace, f"fold {k}", paths.fold(k), fingerprint):
+            results.append(train_fold(setup, folds, k, paths.fold(k), fingerprint))
+        trained.append(k)
+    cv = summarize(results, setup, folds, trained, paths, fingerprint)
+    for line in cv.describe():
+        print(line)
+    if cfg.train.full_fit and budget_allows(pace, "full", paths.full, fingerprint, trained):
+        epochs = cfg.train.epochs
+        with timed(pace, "full", paths.full, fingerprint):
+            result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full")
+        print(f"full fit: {epochs} epochs, the folds' schedule, on {len(folds)} rows -> {result.model_path}")
+    else:
+        drop_other_full_model(paths.full, fingerprint)
+    if pace is not None:
+        train_head_start(setup, folds, pace, paths, fingerprint, trained)
+    C.save_resolved(cfg, paths.resolved("train"))
+    cv.save(paths.cv_json)  # last: its presence means the stage finished
+
+
+def drop_other_full_model(out: FitFiles, fingerprint: str) -> None:
+    """No full fit in this run: a full model left by another config must not reach predict, which
+    weighs a full model whenever one exists. Its checkpoint stays: resuming checks its config."""
+    finished = FitResult.read(out.result)
+    if out.model.exists() and (finished is None or finished.fingerprint != fingerprint):
+        out.model.unlink()
+        out.result.unlink(missing_ok=True)
+        print(f"full fit: {out.model} was not trained with this config, removed: the fold models are submitted")
+
+
+def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int], budget.Pace | None]:
+    """What training the folds needs, defaults decided, tuned settings merged and the time
+    budget planned: (setup, folds, fingerprint, fold ids, the budget's pace keeper)."""
+    setup, folds = plan.prepare(cfg, paths)
+    check(setup)
+    setup, fold_ids, pace = budget.fit_into(setup, folds, plan.fold_ids_of(setup.cfg, folds), paths)
+    return setup, folds, validation.fingerprint(setup.cfg, paths.folds_csv), fold_ids, pace
+
+
+def train_head_start(
+    setup: Setup, folds: pd.DataFrame, pace: budget.Pace, paths: Paths, fingerprint: str, trained: list[int]
+) -> None:
+    """The first epochs of the next fold the budget left, in the time left, kept to resume."""
+    head_start = pace.head_start(trained)
+    if head_start is None:
+        return
+    k, out = head_start.fold, paths.fold(head_start.fold)
+    with timed(pace, f"fold {k}", out, fingerprint):
+        train_fold(setup, folds, k, out, fingerprint, stop_after=head_start.epochs)
+    print(f"fold {k}: {head_start.epochs} of {setup.cfg.train.epochs} epochs, {out.checkpoint} for a later run")
+
+
+def budget_allows(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str, trained: list[int]) -> bool:
+    """Whether the fit `name` runs: always without a budget, or when it is finished or begun; else
+    when the budget's pace says it still ends in time."""
+    return pace is None or not fresh(out, fingerprint) or pace.starts(name, trained)
+
+
+@contextlib.contextmanager
+def timed(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str) -> Iterator[None]:
+    """The fit's wall clock, told to the budget's pace keeper when the fit starts afresh here."""
+    afresh, started = fresh(out, fingerprint), time.monotonic()
+    yield
+    if pace is not None:
+        pace.done(name, time.monotonic() - started if afresh else None)
+
+
+def fresh(out: FitFiles, fingerprint: str) -> bool:
+    """Whether the fit in `out` would start from its first epoch: neither finished for this config nor begun."""
+    return not out.checkpoint.exists() and not finished(FitResult.read(out.result), out, fingerprint)
+
+
+def finished(before: FitResult | None, out: FitFiles, fingerprint: str) -> bool:
+    """Whether `before` is a finished fit of this config whose weights are still there and load."""
+    return before is not None and before.fingerprint == fingerprint and inference.weights_readable(out.model)
+
+
+def train_fold(
+    setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fingerprint: str, stop_after: int | None = None
+) -> FitResult | None:
+    """The fold's fit; with `stop_after`, its first epochs only, left to resume (None returned)."""
+    valid = validation_rows(folds, fold)
+    train = np.setdiff1d(np.arange(len(folds)), valid)
+    return fit_once(
+        setup,
+        train,
+        valid,
+        out,
+        setup.cfg.train.epochs,
+        fingerprint,
+        f"fold {fold}",
+        lambda: write_oof(setup, folds, valid, out),
+        stop_after,
+    )
+
+
+def fit_once(
+    setup: Setup,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray | None,
+    out: FitFiles,
+    epochs: int,
+    fingerprint: str,
+    name: str,
+    after=None,
+    stop_after: int | None = None,
+) -> FitResult | None:
+    """fit(), unless `out` already holds a finished fit of this config; None after a head start
+    (`stop_after`), which leaves its checkpoint and writes no result."""
+    previous = out.previous
+    if distributed.is_main():
+        restore_unreplaced(out, previous)
+    distributed.barrier()
+    before = FitResult.read(out.result)
+    distributed.barrier()  # under torchrun: every rank has read it before rank 0 may move it
+    if finished(before, out, fingerprint):
+        print(f"{name}: finished before ({setup.task.metric} {before.score:.5f}), skipped")
+        return before
+    if before is not None and before.fingerprint == fingerprint:
+        print(f"{name}: finished before, but {out.model} is missing or does not load; training it again")
+        if distributed.is_main():
+            shutil.rmtree(out.root)
+        distributed.barrier()
+    elif before is not None:
+        print(f"{name}: the config changed since it was trained; training it again ({previous.root.name} until then)")
+        if distributed.is_main():
+            out.root.rename(previous.root)
+        distributed.barrier()  # moved before any rank looks for a checkpoint to resume
+
+    def replaced() -> None:
+        if distributed.is_main() and previous.root.exists():
+            shutil.rmtree(previous.root)
+
+    try:
+        result = fit(
+            setup, train_rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
+        )
+    except BaseException:
+        if distributed.is_main():
+            restore_unreplaced(out, previous)
+        raise
+    distributed.barrier()  # rank 0's files are written before any rank reads them
+    if stop_after is not None:
+        return None
+    if after is not None:
+        after()
+    result.save(out.result)  # the fold counts as finished only now
+    if distributed.is_main():
+        out.checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def restore_unreplaced(out: FitFiles, previous: FitFiles) -> None:
+    """An earlier fit whose successor stopped before its first checkpoint takes its place again."""
+    if not previous.root.exists():
+        return
+    if out.checkpoint.exists() or out.result.exists():
+        shutil.rmtree(previous.root)
+        return
+    if out.root.exists():
+        shutil.rmtree(out.root)
+    previous.root.rename(out.root)
+
+
+def write_oof(setup: Setup, folds: pd.DataFrame, valid: np.ndarray, out: FitFiles) -> None:
+    """The kept epoch's out-of-fold predictions, in the competition's units."""
+    kept = "best" if setup.cfg.train.checkpoint == "best" else "last"
+    write_csv(out.oof, setup.task.oof_frame(folds, valid, np.load(out.valid_predictions(kept))))
+
+
+def summarize(
+    results: list[FitResult], setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Paths, fingerprint: str
+) -> CV:
+    """Every fold at its best and its last epoch; the pooled out-of-fold scores are computed
+    from the same rows and targets as oof.csv."""
+    task, targets = setup.task, target_columns(folds)
+    valid = [validation_rows(folds, k) for k in fold_ids]
+
+    def scores(epoch: str) -> Scores:
+        raw = [np.load(paths.fold(k).valid_predictions(epoch)) for k in fold_ids]
+        oof = pd.concat([task.oof_frame(folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
+        per_fold = [r.best_score if epoch == "best" else r.last_score for r in results]
+        return Scores.of(per_fold, task.oof_score(oof, targets))
+
+    return CV(
+        metric=task.metric,
+        higher_is_better=task.higher_is_better,
+        kept=setup.cfg.train.checkpoint,
+        epochs=setup.cfg.train.epochs,
+        fold_ids=[int(k) for k in fold_ids],
+        fold_sizes=[len(rows) for rows in valid],
+        best_epochs=[r.best_epoch for r in results],
+        best=scores("best"),
+        last=scores("last"),
+        fingerprint=fingerprint,
+        validation_plan=validation_plan(folds),
+    )

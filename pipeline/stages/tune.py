@@ -31,8 +31,9 @@ from pipeline import tasks
 from pipeline.augment import aug_ops
 from pipeline.errors import STOPS, PipelineError, Terminated
 from pipeline.files import write_csv, write_text
-from pipeline.learn import distributed, engine, models, plan
-from pipeline.learn.fit import Setup, check, fit
+from pipeline.learn import backbones, distributed, engine, plan
+from pipeline.learn.fit import check, fit
+from pipeline.learn.fit_setup import Setup
 from pipeline.learn.validation import validation_rows
 from pipeline.paths import Paths
 from pipeline.study import (
@@ -190,7 +191,7 @@ def work(cfg: C.Config, paths: Paths) -> None:
     base, folds = plan.prepare(cfg, paths, tuned=False)
     model = check(base)
     cfg = base.cfg
-    space = unpinned(cfg.tune.space or default_space(cfg, len(models.stages(model)) - 1), cfg.train.pinned)
+    space = unpinned(cfg.tune.space or default_space(cfg, len(backbones.stages(model)) - 1), cfg.train.pinned)
     for key in space:
         C.with_overrides(cfg, {key: _probe_value(space[key])}, f"tune.space key {key!r}")
     baseline = baseline_params(cfg, space)
