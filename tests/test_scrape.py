@@ -22,6 +22,7 @@ from PIL import Image
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths
 from pipeline.stages import report, scrape
+from pipeline.web import client, pages
 
 
 def smooth_image(seed: int, side: int = 64) -> Image.Image:
@@ -283,7 +284,7 @@ def test_links_from_every_kind_of_markup():
     html = """<img src="a.png"><img data-src="/b.jpg" src="data:image/gif;base64,x">
     <img srcset="c.png 1x, https://cdn.example/c2.png 2x"><picture><source data-srcset="d.webp 300w"></picture>
     <a href="e.JPG">e</a><a href="page2.html">next</a><meta property="og:image" content="//cdn.example/f.png">"""
-    assert scrape.image_links(html, "http://site.example/gallery/index.html") == [
+    assert pages.image_links(html, "http://site.example/gallery/index.html") == [
         "http://site.example/gallery/a.png",
         "http://site.example/b.jpg",
         "http://site.example/gallery/c.png",
@@ -466,11 +467,11 @@ def test_hostile_servers_end_in_their_named_status_and_redirects_obey_the_rules(
     ],
 )
 def test_the_policy_refuses_every_address_but_a_global_one_and_other_schemes(url, refused):
-    policy = scrape.Policy(domains=(), private_ok=False, trusted=("http://127.0.0.1:8000",))
+    policy = client.Policy(domains=(), private_ok=False, trusted=("http://127.0.0.1:8000",))
     if refused is None:
         policy.check(url)
     else:
-        with pytest.raises(scrape.Refused, match=re.escape(refused)):
+        with pytest.raises(client.Refused, match=re.escape(refused)):
             policy.check(url)
     policy.check("http://127.0.0.1:8000/gallery/a.png")  # the demo's own gallery, by its origin
 
@@ -500,15 +501,15 @@ def test_a_host_that_rebinds_to_a_private_address_is_refused_at_connect(scheme, 
         pytest.skip("the openssl command makes the test certificate")
     base = https_site(site, tmp_path) if scheme == "https" else site.base
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "cert.pem"))
-    monkeypatch.setattr(scrape, "addresses", lambda host: (ipaddress.ip_address("93.184.216.34"),))
+    monkeypatch.setattr(client, "addresses", lambda host: (ipaddress.ip_address("93.184.216.34"),))
     cfg = make_config({"layout": "class_folders", "dir": "."}).scrape
     outcome = scrape.download(
-        scrape.Http(cfg, scrape.Policy(domains=(), private_ok=False)), f"{base}/img/good1.png", cfg
+        client.Http(cfg, client.Policy(domains=(), private_ok=False)), f"{base}/img/good1.png", cfg
     )
     assert outcome.status == "refused" and "connected to a private address (127.0.0.1)" in outcome.detail
     assert site.requests["/img/good1.png"] == 0
-    allowed = scrape.Policy(domains=(), private_ok=False, trusted=(base,))
-    assert scrape.download(scrape.Http(cfg, allowed), f"{base}/img/good1.png", cfg).status == "downloaded"
+    allowed = client.Policy(domains=(), private_ok=False, trusted=(base,))
+    assert scrape.download(client.Http(cfg, allowed), f"{base}/img/good1.png", cfg).status == "downloaded"
 
 
 def test_a_scraped_16_bit_image_is_scaled_like_a_competition_one():
@@ -567,14 +568,14 @@ def test_through_a_proxy_the_target_address_is_checked_before_the_request(site, 
     address is what the policy checks, and a target that does not resolve here is refused."""
     address, forwarded = proxy
     cfg = make_config({"layout": "class_folders", "dir": "."}, scrape={"proxy": address}).scrape
-    http = scrape.Http(cfg, scrape.Policy.of(cfg))
+    http = client.Http(cfg, client.Policy.of(cfg))
     outcome = scrape.download(http, f"{site.base}/img/good1.png", cfg)
     assert outcome.status == "refused" and "is a private address (127.0.0.1)" in outcome.detail
-    monkeypatch.setattr(scrape, "addresses", lambda host: ())
+    monkeypatch.setattr(client, "addresses", lambda host: ())
     outcome = scrape.download(http, "http://nowhere.invalid/x.png", cfg)
     assert outcome.status == "refused" and "does not resolve here" in outcome.detail
     assert sum(forwarded.values()) == 0
-    monkeypatch.setattr(scrape, "addresses", lambda host: (ipaddress.ip_address("93.184.216.34"),))
+    monkeypatch.setattr(client, "addresses", lambda host: (ipaddress.ip_address("93.184.216.34"),))
     assert scrape.download(http, f"{site.base}/img/good1.png", cfg).status == "downloaded"
     assert forwarded[f"{site.base}/img/good1.png"] == 1
 
