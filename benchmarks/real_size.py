@@ -47,6 +47,7 @@ from pipeline.data import sources
 from pipeline.data.images import LazyImages, decode
 from pipeline.learn import budget, engine, fit, plan
 from pipeline.learn.fit_setup import Setup
+from pipeline.learn.schedule import Schedule
 from pipeline.paths import Paths
 
 BEFORE = "cf846cf"  # the last commit before issue 25
@@ -233,7 +234,7 @@ def first_rows(names: list[str], scratch: Path, tiny: bool) -> Iterator[str]:
             peer = peer_score(name, cfg, scratch)
         unfreeze = resolved["model"]["unfreeze_epoch"] or 1
         budget_min = C.seconds(cfg.train.time_budget) / 60
-        planned = budget.Schedule.from_json(schedule).describe(cfg.folds.n_splits)
+        planned = Schedule.from_json(schedule).describe(cfg.folds.n_splits)
         yield (
             f"| {machine()} | {name} | {planned} | {ran} | {train_minutes:.1f} of {budget_min:.0f} min "
             f"({train_minutes / budget_min:.0%}); whole run {total:.1f} min | {schedule['epochs'] - unfreeze + 1} | "

@@ -12,6 +12,8 @@ from conftest import make_config, run, tiny
 from pipeline.learn import budget, defaults
 from pipeline.learn.device import Device
 from pipeline.learn.fit_setup import Setup
+from pipeline.learn.pace import Pace
+from pipeline.learn.schedule import FILL, Fit, HeadStart, Plan, Schedule, Speed, fit_seconds, frozen_epochs
 from pipeline.stages import train
 
 FOLDS = pd.DataFrame({"fold": [k for k in range(5) for _ in range(20)]})  # 100 rows, 80 train per fold
@@ -27,22 +29,22 @@ def setup_of(given=(), model=None, **train_keys) -> Setup:
     return Setup(cfg, None, None, None, None, 3, cfg.model.image_size, frozenset(given))
 
 
-def speed(side=160, per_image=0.01) -> budget.Speed:
-    return budget.Speed(side, per_image / 2, per_image, per_image / 4, start_s=2.0, epoch_s=0.5)
+def speed(side=160, per_image=0.01) -> Speed:
+    return Speed(side, per_image / 2, per_image, per_image / 4, start_s=2.0, epoch_s=0.5)
 
 
 def test_a_fit_costs_its_start_its_epochs_and_its_rows_frozen_then_unfrozen():
-    fit = budget.Fit(0, train_rows=80, valid_rows=20)
+    fit = Fit(0, train_rows=80, valid_rows=20)
     model = setup_of().cfg.model  # unfrozen from epoch 2: one frozen epoch
-    seconds = budget.fit_seconds(speed(), fit, 3, model)
+    seconds = fit_seconds(speed(), fit, 3, model)
     assert seconds == pytest.approx(2.0 + 80 * (0.005 + 2 * 0.01) + 3 * (20 * 0.0025 + 0.5))
-    assert budget.frozen_epochs(model.model_copy(update={"unfreeze_epoch": None}), 3) == 3  # frozen for good
+    assert frozen_epochs(model.model_copy(update={"unfreeze_epoch": None}), 3) == 3  # frozen for good
     assert speed().at(80).unfrozen_s == pytest.approx(0.0025) and speed().at(80).start_s == 2.0
 
 
 def test_two_probes_keep_the_faster_of_each_time():
     slow_steps = speed(per_image=0.02)  # starts in 2 s
-    slow_start = budget.Speed(160, 0.005, 0.01, 0.0025, start_s=9.0, epoch_s=0.5)
+    slow_start = Speed(160, 0.005, 0.01, 0.0025, start_s=9.0, epoch_s=0.5)
     kept = slow_start.fastest(slow_steps)
     assert (kept.side, kept.unfrozen_s, kept.start_s) == (160, 0.01, 2.0)
 
@@ -75,10 +77,10 @@ def test_the_plan_lowers_epochs_to_the_floor_before_it_trades_then_fills_the_bud
     assert fills(traded, setup, left=40) == 1.0  # five folds: the pace can leave the last ones for later
     one_fold = setup_of(given={"train.folds"})
     alone, _ = budget.choose(one_fold, FOLDS, [0], speeds, bounds, left=60)
-    assert fills(alone, one_fold, left=60) == budget.FILL  # one fold: 5% kept for the estimate's error
+    assert fills(alone, one_fold, left=60) == FILL  # one fold: 5% kept for the estimate's error
 
 
-def fills(schedule: budget.Schedule, setup: Setup, left: float) -> float:
+def fills(schedule: Schedule, setup: Setup, left: float) -> float:
     """The share of `left` between the schedule's epochs and one more, checked to bound them."""
     arranged = budget.Arrangement(schedule.side, schedule.folds, schedule.full_fit, "")
 
@@ -98,10 +100,10 @@ def test_a_budget_too_short_for_anything_runs_the_last_trade_at_the_floor_and_sa
 
 def test_a_plan_under_four_fifths_of_the_budget_says_why():
     cfg, now = setup_of().cfg, time.time()  # a 20 min budget
-    short = budget.Schedule(96, 3, (0,), True)
+    short = Schedule(96, 3, (0,), True)
     line = budget._plan_line(cfg, short, 5, (600.0, 1300.0), now, (3, 5))
     assert "50% of the budget" in line and "4 would take 21.7 min, past 95% of the time left" in line
-    at_most = budget._plan_line(cfg, budget.Schedule(96, 5, (0,), True), 5, (600.0, 900.0), now, (3, 5))
+    at_most = budget._plan_line(cfg, Schedule(96, 5, (0,), True), 5, (600.0, 900.0), now, (3, 5))
     assert "5 is the most it plans" in at_most
     assert "would take" not in budget._plan_line(cfg, short, 5, (1000.0, 1400.0), now, (3, 5))
 
@@ -171,11 +173,11 @@ def test_the_time_a_short_plan_leaves_starts_the_next_fold_and_a_later_run_resum
     blobs_dir, tmp_path, monkeypatch, capsys
 ):
     data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
-    per_row = budget.Speed(32, 0.5, 0.5, 1e-9, start_s=0.0, epoch_s=0.0)  # slower than it runs: on pace
+    per_row = Speed(32, 0.5, 0.5, 1e-9, start_s=0.0, epoch_s=0.0)  # slower than it runs: on pace
     monkeypatch.setattr(budget, "measure", lambda *args: per_row)
     fold_epoch = 0.5 * len(pd.read_csv(blobs_dir / "train.csv")) / 2
     # two folds and the full fit take 8 fold epochs at the floor of 2, one fold and the full fit 6: 7 leave 1
-    short = tiny(data, epochs=2, time_budget=f"{7.5 * fold_epoch / budget.FILL:.3f}s")
+    short = tiny(data, epochs=2, time_budget=f"{7.5 * fold_epoch / FILL:.3f}s")
     cv = run(short, tmp_path, monkeypatch)
     out, fold1 = capsys.readouterr().out, tmp_path / "runs/tiny/tiny/fold1"
     assert cv["fold_ids"] == [0] and "then the first epoch of fold 1, a head start for a later run" in out
@@ -186,7 +188,7 @@ def test_the_time_a_short_plan_leaves_starts_the_next_fold_and_a_later_run_resum
     assert "budget: fold 1 took" in out and (fold1 / "last.pt").exists() and not (fold1 / "result.json").exists()
     assert len(pd.read_csv(fold1 / "metrics.csv")) == 1
     kept = json.loads((tmp_path / "runs/tiny/tiny/budget.json").read_text())
-    assert budget.Plan.read(tmp_path / "runs/tiny/tiny/budget.json", kept["key"]).schedule.head_start.epochs == 1
+    assert Plan.read(tmp_path / "runs/tiny/tiny/budget.json", kept["key"]).schedule.head_start.epochs == 1
     assert run(tiny(data, epochs=2), tmp_path, monkeypatch)["fold_ids"] == [0, 1]
     assert "resuming after epoch 1" in capsys.readouterr().out and len(pd.read_csv(fold1 / "metrics.csv")) == 2
 
@@ -196,11 +198,11 @@ def test_the_pace_leaves_for_later_the_folds_that_would_end_past_the_budget_and_
 ):
     model, clock = setup_of().cfg.model, [1001.0]  # the probe took 1 s
     monkeypatch.setattr(budget.time, "time", lambda: clock[0])
-    schedule = budget.Schedule(160, 4, (0, 1, 2), full_fit=True)
-    planned = {f.name: budget.fit_seconds(speed(), f, 4, model) for f in budget.fits(FOLDS, [0, 1, 2], True)}
+    schedule = Schedule(160, 4, (0, 1, 2), full_fit=True)
+    planned = {f.name: fit_seconds(speed(), f, 4, model) for f in budget.fits(FOLDS, [0, 1, 2], True)}
     assert planned == {"fold 0": 7.0, "fold 1": 7.0, "fold 2": 7.0, "full": 7.5}
-    kept = budget.Plan("key", 32.0, 1000.0, schedule, planned, [speed()], [])
-    pace = budget.Pace(kept, kept.deadline, budget.fits(FOLDS, range(5), full_fit=False), model)
+    kept = Plan("key", 32.0, 1000.0, schedule, planned, [speed()], [])
+    pace = Pace(kept, kept.deadline, budget.fits(FOLDS, range(5), full_fit=False), model)
     assert pace.starts("fold 0", trained=[])
     for k in (0, 1):  # each fold 20% late
         clock[0] += 8.4
@@ -214,11 +216,11 @@ def test_the_pace_leaves_for_later_the_folds_that_would_end_past_the_budget_and_
     pace.done("full", 9.0)
     assert "full took 9 s, planned 8 s (+20%)" in capsys.readouterr().out
     # 5.2 s left: 95% of it at this pace is 4.1 s of plan, one epoch of fold 2 (2.95 s) and not two (4.3 s)
-    assert pace.head_start(trained=[0, 1]) == budget.HeadStart(2, 1)
+    assert pace.head_start(trained=[0, 1]) == HeadStart(2, 1)
     assert pace.head_start(trained=[0, 1, 2, 3, 4]) is None
     clock[0] = 1031.0
     assert pace.head_start(trained=[0, 1]) is None and "too little for an epoch" in capsys.readouterr().out
-    late = budget.Pace(kept, kept.deadline, budget.fits(FOLDS, range(5), full_fit=False), model)
+    late = Pace(kept, kept.deadline, budget.fits(FOLDS, range(5), full_fit=False), model)
     late.done("fold 0", 30.0)  # 1031: the full fit would end past 1032
     assert not late.starts("full", trained=[0]) and "no full fit: the fold models are submitted" in (
         said := capsys.readouterr().out
@@ -230,9 +232,9 @@ def test_fits_that_run_late_leave_the_next_fold_and_the_full_fit_for_a_later_run
     blobs_dir, tmp_path, monkeypatch, capsys
 ):
     data = {"layout": "pixel_columns", "dir": str(blobs_dir), "sample_submission": None}
-    instant = budget.Speed(32, 1e-9, 1e-9, 1e-9, start_s=1e-3, epoch_s=0.0)  # far faster than any fit runs
+    instant = Speed(32, 1e-9, 1e-9, 1e-9, start_s=1e-3, epoch_s=0.0)  # far faster than any fit runs
     monkeypatch.setattr(budget, "measure", lambda *args: instant)
-    monkeypatch.setattr(budget.Plan, "deadline", property(lambda plan: plan.started))  # planned in, then over
+    monkeypatch.setattr(Plan, "deadline", property(lambda plan: plan.started))  # planned in, then over
     run(tiny(data, epochs=1), tmp_path, monkeypatch)  # a full model of another config
     cv = run(tiny(data, epochs=2, time_budget="1h"), tmp_path, monkeypatch)
     out, full = capsys.readouterr().out, tmp_path / "runs/tiny/tiny/full"

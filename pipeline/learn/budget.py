@@ -33,7 +33,6 @@ the later run to resume.
 import dataclasses
 import hashlib
 import itertools
-import json
 import math
 import shutil
 import time
@@ -45,131 +44,29 @@ import pandas as pd
 import torch
 
 from pipeline import config as C
-from pipeline.files import write_text
 from pipeline.learn import defaults, engine, validation
 from pipeline.learn.device import Device
 from pipeline.learn.fit import assemble, optimisation, save_checkpoint, wrap
 from pipeline.learn.fit_setup import Setup
+from pipeline.learn.pace import Pace
+from pipeline.learn.schedule import (
+    FILL,
+    Fit,
+    Plan,
+    Schedule,
+    Speed,
+    clock,
+    duration,
+    fit_seconds,
+    later_run,
+    longest_head_start,
+)
 from pipeline.learn.validation import validation_rows
 from pipeline.paths import Paths
 
 WARMUP_STEPS, TIMED_STEPS, TIMED_VALID_BATCHES = 2, 6, 3
-FILL = 0.95  # of the time left, for what the pace cannot leave for later: the estimate's error stays inside
 AIM = 0.8  # of the budget: a plan that uses less says why
 SIDE_STEP = 32  # trade the side in steps the backbones' strides divide
-
-
-@dataclass(frozen=True)
-class Speed:
-    """What one probe measured at one model input side, in seconds."""
-
-    side: int
-    frozen_s: float  # per training image, the fine-tune's stages frozen
-    unfrozen_s: float  # per training image, everything training
-    valid_s: float  # per validation image
-    start_s: float  # once a fit: its model, weights and loaders, its first steps' warm-up
-    epoch_s: float  # once an epoch: its loaders' start and its checkpoint
-
-    def at(self, side: int, exponent: float = 2.0) -> "Speed":
-        """An estimate at another side: the per-image work grows as side ** exponent (2: with
-        the pixels)."""
-        growth = (side / self.side) ** exponent
-        per_image = {k: getattr(self, k) * growth for k in ("frozen_s", "unfrozen_s", "valid_s")}
-        return dataclasses.replace(self, side=side, **per_image)
-
-    def fastest(self, other: "Speed") -> "Speed":
-        """Each time the less of the two: what a probe measures is the step's time plus whatever
-        else the machine did meanwhile."""
-        times = {f.name: min(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v for k, v in times.items() if k != "side"})
-
-    def exponent_to(self, other: "Speed") -> float:
-        """How the training time per image grew from this side to `other`'s: side ** exponent."""
-        return math.log(other.unfrozen_s / self.unfrozen_s) / math.log(other.side / self.side)
-
-    def describe(self) -> str:
-        rates = f"training {1 / self.unfrozen_s:.0f} img/s"
-        if self.frozen_s != self.unfrozen_s:
-            rates += f" ({1 / self.frozen_s:.0f} with the backbone frozen)"
-        return (
-            f"at {self.side} px: {rates}, validating {1 / self.valid_s:.0f} img/s; "
-            f"once a fit {self.start_s:.1f} s, once an epoch {self.epoch_s:.1f} s"
-        )
-
-
-@dataclass(frozen=True)
-class Fit:
-    fold: int | None  # None: the full fit
-    train_rows: int
-    valid_rows: int
-
-    @property
-    def name(self) -> str:
-        return "full" if self.fold is None else f"fold {self.fold}"
-
-
-@dataclass(frozen=True)
-class HeadStart:
-    """The first `epochs` of a fold left for a later run, trained last in the time the plan leaves."""
-
-    fold: int
-    epochs: int
-
-
-@dataclass(frozen=True)
-class Schedule:
-    side: int
-    epochs: int
-    folds: tuple[int, ...]
-    full_fit: bool
-    head_start: HeadStart | None = None
-
-    @classmethod
-    def from_json(cls, raw: dict) -> "Schedule":
-        head_start = raw.get("head_start") and HeadStart(**raw["head_start"])
-        return cls(**{**raw, "folds": tuple(raw["folds"]), "head_start": head_start})
-
-    def describe(self, all_folds: int, unfrozen_from: int | None = None) -> str:
-        fits = f"{len(self.folds)} of {all_folds} folds" if len(self.folds) < all_folds else f"{all_folds} folds"
-        epochs = f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
-        said = f"{fits}{' and the full fit' if self.full_fit else ''}, {epochs} at {self.side} px"
-        if unfrozen_from:
-            said += f", the backbone unfrozen from epoch {unfrozen_from}"
-        if self.head_start is not None:
-            first = f"{self.head_start.epochs} epochs" if self.head_start.epochs > 1 else "epoch"
-            said += f", then the first {first} of fold {self.head_start.fold}, a head start for a later run"
-        return said
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What budget.json keeps."""
-
-    key: str
-    budget_s: float
-    started: float  # time.time() when the probe began
-    schedule: Schedule
-    planned: dict[str, float]  # each fit's seconds
-    speeds: list[Speed]
-    said: list[str]
-
-    @property
-    def deadline(self) -> float:
-        return self.started + self.budget_s
-
-    def save(self, path) -> None:
-        write_text(path, json.dumps(dataclasses.asdict(self), indent=1))
-
-    @classmethod
-    def read(cls, path, key: str) -> "Plan | None":
-        try:
-            raw = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        if raw.get("key") != key or "schedule" not in raw:  # another config, or an older budget.json
-            return None
-        speeds = [Speed(**s) for s in raw["speeds"]]
-        return cls(**{**raw, "schedule": Schedule.from_json(raw["schedule"]), "speeds": speeds})
 
 
 def fit_into(
@@ -191,8 +88,8 @@ def fit_into(
     else:
         deadline = time.time() + kept.budget_s
         print(
-            f"time budget {cfg.train.time_budget}: the plan made at {_clock(kept.started)} (budget.json), kept; "
-            f"this run's budget ends about {_clock(deadline)}"
+            f"time budget {cfg.train.time_budget}: the plan made at {clock(kept.started)} (budget.json), kept; "
+            f"this run's budget ends about {clock(deadline)}"
         )
     print("\n".join(kept.said), flush=True)
     pace = Pace(kept, deadline, fits(folds, fold_ids, full_fit=False), cfg.model)
@@ -247,7 +144,7 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
         _plan_line(cfg, choice, len(fold_ids), (sum(planned.values()), one_more), started, (floor, ceiling)),
     ]
     if left_over:
-        said.append(_later_run(choice, left_over, resumed=choice.head_start and choice.head_start.fold))
+        said.append(later_run(choice, left_over, resumed=choice.head_start and choice.head_start.fold))
     return Plan(key, budget_s, started, choice, planned, list(speeds.values()), said)
 
 
@@ -278,13 +175,13 @@ def choose(
             fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, model) <= room]
             if not fitting:
                 said.append(
-                    f"  even this takes {_duration(at_floor)} at the floor of {floor} epochs, more than the "
-                    f"{_duration(max(left, 0))} left: it runs over the budget"
+                    f"  even this takes {duration(at_floor)} at the floor of {floor} epochs, more than the "
+                    f"{duration(max(left, 0))} left: it runs over the budget"
                 )
             return Schedule(option.side, max(fitting, default=floor), option.folds, option.full_fit), said
         arranged = Schedule(option.side, floor, option.folds, option.full_fit).describe(len(fold_ids))
         said.append(
-            f"  {arranged} (the floor) take {_duration(at_floor)}, more than the {_duration(max(left, 0))} "
+            f"  {arranged} (the floor) take {duration(at_floor)}, more than the {duration(max(left, 0))} "
             f"left: trading for {options[n + 1].trade}"
         )
     raise AssertionError("unreachable: the last arrangement is always taken")
@@ -315,16 +212,6 @@ def fill(fold_ids) -> float:
     return 1.0 if len(fold_ids) > 1 else FILL
 
 
-def longest_head_start(
-    fit: Fit, epochs: int, speed: Speed, model: C.Model, room: float
-) -> tuple[HeadStart, float] | None:
-    """The most epochs of the fold `fit`, fewer than the schedule's `epochs`, that fit in `room`
-    seconds, and their seconds; None when not one does."""
-    fitting = [(e, fit_seconds(speed, fit, e, model)) for e in range(1, epochs)]
-    fitting = [(e, seconds) for e, seconds in fitting if seconds <= room]
-    return (HeadStart(fit.fold, fitting[-1][0]), fitting[-1][1]) if fitting else None
-
-
 def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
     """The fits a schedule trains, with their rows: a fold trains on the rows it does not
     validate on (scraped extras too); the full fit on every row."""
@@ -333,19 +220,6 @@ def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
         valid = len(validation_rows(folds, k))
         made.append(Fit(int(k), len(folds) - valid, valid))
     return made + ([Fit(None, len(folds), 0)] if full_fit else [])
-
-
-def fit_seconds(speed: Speed, fit: Fit, epochs: int, model: C.Model) -> float:
-    frozen = frozen_epochs(model, epochs)
-    training = fit.train_rows * (frozen * speed.frozen_s + (epochs - frozen) * speed.unfrozen_s)
-    return speed.start_s + training + epochs * (fit.valid_rows * speed.valid_s + speed.epoch_s)
-
-
-def frozen_epochs(model: C.Model, epochs: int) -> int:
-    """The epochs that train with the fine-tune's stages frozen."""
-    if not (model.freeze_depth or model.freeze_blocks):
-        return 0
-    return epochs if model.unfreeze_epoch is None else min(epochs, model.unfreeze_epoch - 1)
 
 
 def estimate(speeds: dict[int, Speed], side: int) -> Speed:
@@ -381,37 +255,12 @@ def _plan_line(
         why += f"; {ceiling} is the most it plans"
     elif share < AIM:  # epochs and folds are whole: the next step up can be a large one
         past = f"past {fill(schedule.folds):.0%} of the time left"
-        why += f"; {schedule.epochs + 1} would take {_duration(one_more)}, {past}"
+        why += f"; {schedule.epochs + 1} would take {duration(one_more)}, {past}"
     return (
         f"plan: {schedule.describe(all_folds, cfg.model.unfreeze_epoch)} ({why}; floor {floor}): "
-        f"{_duration(seconds)} of training after {_duration(probe)} of timing, "
-        f"ending about {_clock(time.time() + seconds)}, {share:.0%} of the budget"
+        f"{duration(seconds)} of training after {duration(probe)} of timing, "
+        f"ending about {clock(time.time() + seconds)}, {share:.0%} of the budget"
     )
-
-
-def _later_run(schedule: Schedule, left: list[int], resumed: int | None, full_fit: bool = False) -> str:
-    """How to train the folds `left`, and the full fit with `full_fit`, for later: the same
-    schedule without the budget; `resumed`: the fold given a head start, if one is."""
-    same = f"train.time_budget=null train.epochs={schedule.epochs} model.image_size={schedule.side}"
-    named = [f"fold {left[0]}" if len(left) == 1 else f"folds {', '.join(map(str, left))}"] if left else []
-    named += [_fit_named("full")] if full_fit else []
-    resuming = "" if resumed is None else f" and resumes fold {resumed}"
-    return (
-        f"  {' and '.join(named)} {'is' if len(left) + full_fit == 1 else 'are'} left for a later run on the same "
-        f'schedule, which keeps the folds trained now{resuming}: make train ARGS="{same}"'
-    )
-
-
-def _fit_named(name: str) -> str:
-    return "the full fit" if name == "full" else name
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if abs(seconds) < 90 else f"{seconds / 60:.1f} min"
-
-
-def _clock(timestamp: float) -> str:
-    return time.strftime("%H:%M", time.localtime(timestamp))
 
 
 # --- the probe ----------------------------------------------------------------------------------
@@ -506,76 +355,3 @@ def _time_checkpoint(parts, state: engine.Step, paths: Paths) -> float:
 
 
 # --- the pace -----------------------------------------------------------------------------------
-
-
-class Pace:
-    """The fits' times against the plan's, said after each; before each fold, whether it still
-    fits; at the end, the head start the time left allows."""
-
-    def __init__(self, kept: Plan, deadline: float, fold_fits: list[Fit], model: C.Model):
-        """`fold_fits`: every fold the config asks for, in order, trained now or left for later."""
-        self.plan, self.deadline, self.model = kept, deadline, model
-        self.fold_fits = {f.fold: f for f in fold_fits}
-        self.measured = self.expected = 0.0
-        planned_head_start = kept.schedule.head_start and f"fold {kept.schedule.head_start.fold}"
-        self.left = {name: s for name, s in kept.planned.items() if name != planned_head_start}
-
-    @property
-    def ratio(self) -> float:
-        """The fits' times this run over their plan's: above 1, late."""
-        return self.measured / self.expected if self.expected else 1.0
-
-    def starts(self, fit: str, trained: list[int]) -> bool:
-        """Whether `fit` ("fold <k>" or "full"), about to start afresh, and after a fold the full
-        fit, still end inside the budget at this pace. When not, a fold and the folds after it are
-        left for a later run (the CV is stated on the folds trained); the full fit, when it is the
-        one, too (the fold models are submitted)."""
-        ending = [fit] + (["full"] if fit != "full" and "full" in self.left else [])
-        end = time.time() + self.ratio * sum(self.left.get(name, 0.0) for name in ending)
-        if end <= self.deadline or not self.expected:
-            return True
-        folds_left = [k for k in self.fold_fits if k not in trained]
-        for name in [fit, *(f"fold {k}" for k in folds_left)]:
-            self.left.pop(name, None)
-        if fit == "full":
-            outcome = "no full fit: the fold models are submitted"
-        else:
-            outcome = f"the CV is stated on {len(trained)} of {len(self.fold_fits)} folds"
-        print(
-            f"budget: at this pace {' and '.join(map(_fit_named, ending))} would end about {_clock(end)}, past the "
-            f"budget's {_clock(self.deadline)}: {outcome}\n"
-            + _later_run(self.plan.schedule, folds_left, resumed=None, full_fit=fit == "full"),
-            flush=True,
-        )
-        return False
-
-    def head_start(self, trained: list[int]) -> HeadStart | None:
-        """The first epochs of the first fold left for later that fit in what is left of the budget
-        at this pace; None when every fold is trained, or not one epoch fits."""
-        left = [k for k in self.fold_fits if k not in trained]
-        if not left:
-            return None
-        schedule, room = self.plan.schedule, FILL * (self.deadline - time.time())
-        speed = next(s for s in self.plan.speeds if s.side == schedule.side)
-        fit = self.fold_fits[left[0]]
-        found = longest_head_start(fit, schedule.epochs, speed, self.model, room / self.ratio)
-        if found is None:
-            print(f"budget: no head start on fold {left[0]}: {_duration(max(room, 0))} left, too little for an epoch")
-            return None
-        self.left[fit.name] = found[1]
-        return found[0]
-
-    def done(self, name: str, seconds: float | None) -> None:
-        """`seconds`: the fit's time in this run; None when it was finished before or resumed."""
-        planned = self.left.pop(name, None)
-        if planned is None or seconds is None:
-            return
-        self.measured, self.expected = self.measured + seconds, self.expected + planned
-        end = time.time() + self.ratio * sum(self.left.values())
-        late = end - self.deadline
-        verdict = f"{_duration(abs(late))} {'past' if late > 0 else 'inside'} its budget"
-        print(
-            f"budget: {name} took {_duration(seconds)}, planned {_duration(planned)} ({seconds / planned - 1:+.0%}); "
-            f"at this pace the plan ends about {_clock(end)}, {verdict} (the schedule stays: folds must compare)",
-            flush=True,
-        )

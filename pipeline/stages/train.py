@@ -47,6 +47,7 @@ from pipeline.learn import budget, distributed, inference, plan, validation
 from pipeline.learn.distributed import worker_env
 from pipeline.learn.fit import check, fit
 from pipeline.learn.fit_setup import Setup
+from pipeline.learn.pace import Pace
 from pipeline.learn.validation import read_folds, target_columns, validation_plan, validation_rows
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, FitResult, Scores
@@ -186,7 +187,7 @@ def drop_other_full_model(out: FitFiles, fingerprint: str) -> None:
         print(f"full fit: {out.model} was not trained with this config, removed: the fold models are submitted")
 
 
-def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int], budget.Pace | None]:
+def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int], Pace | None]:
     """What training the folds needs, defaults decided, tuned settings merged and the time
     budget planned: (setup, folds, fingerprint, fold ids, the budget's pace keeper)."""
     setup, folds = plan.prepare(cfg, paths)
@@ -196,7 +197,7 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
 
 
 def train_head_start(
-    setup: Setup, folds: pd.DataFrame, pace: budget.Pace, paths: Paths, fingerprint: str, trained: list[int]
+    setup: Setup, folds: pd.DataFrame, pace: Pace, paths: Paths, fingerprint: str, trained: list[int]
 ) -> None:
     """The first epochs of the next fold the budget left, in the time left, kept to resume."""
     head_start = pace.head_start(trained)
@@ -208,14 +209,14 @@ def train_head_start(
     print(f"fold {k}: {head_start.epochs} of {setup.cfg.train.epochs} epochs, {out.checkpoint} for a later run")
 
 
-def budget_allows(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str, trained: list[int]) -> bool:
+def budget_allows(pace: Pace | None, name: str, out: FitFiles, fingerprint: str, trained: list[int]) -> bool:
     """Whether the fit `name` runs: always without a budget, or when it is finished or begun; else
     when the budget's pace says it still ends in time."""
     return pace is None or not fresh(out, fingerprint) or pace.starts(name, trained)
 
 
 @contextlib.contextmanager
-def timed(pace: budget.Pace | None, name: str, out: FitFiles, fingerprint: str) -> Iterator[None]:
+def timed(pace: Pace | None, name: str, out: FitFiles, fingerprint: str) -> Iterator[None]:
     """The fit's wall clock, told to the budget's pace keeper when the fit starts afresh here."""
     afresh, started = fresh(out, fingerprint), time.monotonic()
     yield
