@@ -4,6 +4,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import config as C
@@ -11,7 +12,7 @@ from pipeline.data import inputs
 from pipeline.errors import PipelineError, interrupt_held
 from pipeline.files import write_if_changed, write_text
 from pipeline.paths import Paths
-from pipeline.stage_table import STAGES
+from pipeline.stage_table import INIT_ENTRY, STAGES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,13 +43,12 @@ INIT_HELP = "python -m pipeline init DIR [key=value ...]: survey a competition f
 
 
 def init(args: argparse.Namespace) -> None:
-    from pipeline.data import survey
-
     folders = [item for item in args.overrides if "=" not in item]
     if len(folders) != 1:
         raise PipelineError(f"init takes one competition folder, got {folders or 'none'}")
     given = dict(C.parse_override(item) for item in args.overrides if "=" in item)
-    survey.run(Path(folders[0]), Path(args.output) if args.output else None, args.name, given=given)
+    write_config = entry_point(INIT_ENTRY)
+    write_config(Path(folders[0]), Path(args.output) if args.output else None, args.name, given=given)
 
 
 def worker_count(text: str) -> int:
@@ -59,11 +59,16 @@ def worker_count(text: str) -> int:
 
 def run_stage(name: str, cfg: C.Config, **options) -> None:
     stage = STAGES[name]
-    module, function = stage.entry.split(":")
     given = {key: value for key, value in options.items() if key in stage.options}
+    entry_point(stage.entry)(cfg, **given)
+
+
+def entry_point(entry: str) -> Callable:
+    """A stage's "module:function", imported: the CLI reaches every stage by name, so that no
+    module below it imports one."""
+    module, function = entry.split(":")
     with interrupt_held():  # torch and friends load here, for seconds: Ctrl-C may come then
-        entry = getattr(importlib.import_module(module), function)
-    entry(cfg, **given)
+        return getattr(importlib.import_module(module), function)
 
 
 def makevars(cfg: C.Config, output: str) -> None:

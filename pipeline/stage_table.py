@@ -107,6 +107,9 @@ STAGES = {
 }
 
 
+INIT_ENTRY = "pipeline.stages.init:run"  # `python -m pipeline init DIR`: no config yet, so not a Make stage
+
+
 def sections(stage: str) -> tuple[str, ...]:
     """The config sections whose change re-runs `stage`."""
     return STAGES[stage].sections

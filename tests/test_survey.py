@@ -11,8 +11,9 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline import config as C
-from pipeline.data import sources, survey
+from pipeline.data import layout_detection, sources, survey
 from pipeline.errors import PipelineError
+from pipeline.stages import init
 
 EXPECTED = {
     "pixel_columns_dir": ("pixel_columns", "classification", ["label"], 30),
@@ -27,7 +28,7 @@ EXPECTED = {
 def test_every_layout_gets_a_config_that_reads_it(fixture, request, tmp_path, capsys):
     folder = request.getfixturevalue(fixture)
     output = tmp_path / "configs" / "x.yaml"
-    survey.run(folder, output)
+    init.run(folder, output)
     cfg = C.load(output)
     layout, task, targets, rows = EXPECTED[fixture]
     assert (cfg.data.layout, cfg.competition.task) == (layout, task)
@@ -138,16 +139,16 @@ def test_an_image_that_does_not_decode_is_named(image_csv_dir):
 def test_a_folder_name_cannot_write_config_keys(class_folders_dir, tmp_path, train_name):
     (class_folders_dir / "train").rename(class_folders_dir / train_name)
     output = tmp_path / "configs" / "x.yaml"
-    survey.run(class_folders_dir, output)
+    init.run(class_folders_dir, output)
     cfg = C.load(output)
     assert cfg.data.train_dir == train_name and cfg.scrape.allow_private_addresses is False
     assert len(sources.read(cfg).train.table) == 10  # the config still reads the competition
 
 
 def test_a_config_that_does_not_read_back_as_decided_is_refused_and_not_written(tmp_path):
-    decided = survey.Survey("x", [survey.Decision("data.layout", "image_csv", "why")], [])
+    decided = survey.Survey("x", [layout_detection.Decision("data.layout", "image_csv", "why")], [])
     with pytest.raises(PipelineError, match=r"^init: a file or folder name under .* does not survive YAML"):
-        survey.parsed_back(decided, "data: {layout: class_folders}\n", tmp_path)
+        init.parsed_back(decided, "data: {layout: class_folders}\n", tmp_path)
 
 
 def test_init_takes_keys_and_names_the_key_for_a_csv_beside_its_version_two(image_csv_dir, tmp_path, capsys):
@@ -166,14 +167,14 @@ def test_init_takes_keys_and_names_the_key_for_a_csv_beside_its_version_two(imag
 
 def test_without_test_csv_the_sample_names_the_test_images(image_csv_dir, tmp_path):
     (image_csv_dir / "test.csv").unlink()
-    cfg = C.load(survey.run(image_csv_dir, tmp_path / "a.yaml"))
+    cfg = C.load(init.run(image_csv_dir, tmp_path / "a.yaml"))
     assert cfg.data.test_csv is None and list(sources.read(cfg).test.table["id"]) == ["t1", "t2"]
 
 
 def test_a_pixel_string_folder_without_lookup_table(pixel_string_dir, tmp_path):
     (pixel_string_dir / "IdLookupTable.csv").unlink()
     (pixel_string_dir / "SampleSubmission.csv").unlink()
-    cfg = C.load(survey.run(pixel_string_dir, tmp_path / "b.yaml"))
+    cfg = C.load(init.run(pixel_string_dir, tmp_path / "b.yaml"))
     assert cfg.data.lookup_table is None and len(sources.read(cfg).test.table) == 4
 
 
@@ -184,5 +185,5 @@ def test_class_folders_sharing_file_names_name_their_images_by_class(tmp_path, r
         for i in range(3):
             write_image(tmp_path / "train" / label / f"{i}.png", rng)
     write_image(tmp_path / "test" / "x.png", rng)
-    data = sources.read(C.load(survey.run(tmp_path, tmp_path / "c.yaml")))
+    data = sources.read(C.load(init.run(tmp_path, tmp_path / "c.yaml")))
     assert list(data.train.table["id"]) == ["cat/0", "cat/1", "cat/2", "dog/0", "dog/1", "dog/2"]
