@@ -18,6 +18,7 @@ albumentations (the blend); each executor imports its library in the call that u
 batched ops use only the methods of the tensors they are given.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -47,6 +48,12 @@ class Key:
         checks = [Field(**limits, description=self.doc)] + ([AfterValidator(_odd_kernel)] if self.odd else [])
         return Annotated[(int if self.integer else float, *checks)]
 
+    def param(self) -> dict | None:
+        """The tune space's `Param` fields for this key: its choices, or its range with its switch."""
+        if self.choices:
+            return {"type": "categorical", "choices": list(self.choices)}
+        return self.search and {"type": "float", "low": self.search[0], "high": self.search[1], "optional": True}
+
 
 def _odd_kernel(size: int) -> int:
     if size and (size < 3 or size % 2 == 0):
@@ -69,12 +76,12 @@ class Setting:
 
 @dataclass(frozen=True)
 class Context:
-    """What a per-image executor needs beyond its setting: the image's channels, the model's
-    input side, and where each keypoint goes under a horizontal flip (None: no keypoints)."""
+    """What a per-image executor needs beyond its setting: the image's channels, the model's input
+    side, and its own flip at a probability where a flip renames the points it mirrors (else None)."""
 
     channels: int
     size: int
-    swap: np.ndarray | None = None
+    hflip: Callable[[float], Any] | None = None
 
 
 class Op:
@@ -129,13 +136,11 @@ class HorizontalFlip(Op):
         return Setting(aug.hflip)
 
     def per_image(self, setting: Setting, context: Context) -> Any:
+        if context.hflip is not None:
+            return context.hflip(setting.p)
         import albumentations as A
 
-        from pipeline.augment.flips import FlipWithPairs
-
-        if context.swap is None:
-            return A.HorizontalFlip(p=setting.p)
-        return FlipWithPairs(context.swap, p=setting.p)
+        return A.HorizontalFlip(p=setting.p)
 
     def draw(self, setting: Setting, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {"flipped": _applied(setting.p, n, rng)}
@@ -379,19 +384,9 @@ def enabled(aug: Any) -> list[Op]:
 
 
 def search_space(channels: int, *, crops: bool) -> dict[str, dict]:
-    """The tune space's augmentation keys, as `Param` fields: each strength with its switch
-    (`crops`: with the ops that may cut the targets out of the image)."""
-    space = {}
-    for op in OPS:
-        if (op.crops and not crops) or (op.needs_colour and channels != 3):
-            continue
-        for k in op.keys:
-            if k.choices:
-                space[f"aug.{k.name}"] = {"type": "categorical", "choices": list(k.choices)}
-            elif k.search:
-                low, high = k.search
-                space[f"aug.{k.name}"] = {"type": "float", "low": low, "high": high, "optional": True}
-    return space
+    """The tune space's `aug.*` keys as `Param` fields (`crops`: with the ops that may cut the targets out)."""
+    searched = [op for op in OPS if (crops or not op.crops) and (channels == 3 or not op.needs_colour)]
+    return {f"aug.{k.name}": k.param() for op in searched for k in op.keys if k.param()}
 
 
 def not_batched(aug: Any) -> list[str]:

@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 def augmentations(aug: Aug, channels: int, size: int, swap: np.ndarray | None = None) -> list[A.BasicTransform]:
     """The enabled ops' albumentations transforms, in the order they apply. `swap`: where each
     keypoint goes under a horizontal flip (None: no keypoints)."""
-    context = aug_ops.Context(channels, size, swap)
+    context = aug_ops.Context(channels, size, None if swap is None else lambda p: FlipWithPairs(swap, p=p))
     ops = aug_ops.enabled(aug)
     for op in ops:
         if op.needs_colour and channels != 3:
@@ -46,3 +46,14 @@ def normalisation(pretrained_cfg: dict, channels: int) -> tuple[tuple[float, ...
     if channels == 1:
         return (float(np.mean(mean)),), (float(np.mean(std)),)
     return mean, std
+
+
+class FlipWithPairs(A.HorizontalFlip):
+    """A horizontal flip that also swaps left/right keypoints (left_eye_center <-> right_eye_center)."""
+
+    def __init__(self, swap: np.ndarray, p: float = 0.5):
+        super().__init__(p=p)
+        self.swap = np.asarray(swap)
+
+    def apply_to_keypoints(self, keypoints: np.ndarray, **params) -> np.ndarray:
+        return super().apply_to_keypoints(keypoints, **params)[self.swap]
