@@ -89,16 +89,16 @@ STAGES = {
     "score": Stage(
         "score a submission (default: the newest) against the competition's solution file",
         ("competition",),
-        "pipeline.kaggle.submission:score",
+        "pipeline.stages.score:score",
         options=("file",),
     ),
     "submissions": Stage(
-        "print submissions/ledger.csv, best CV first", ("competition",), "pipeline.kaggle.submission:show"
+        "print submissions/ledger.csv, best CV first", ("competition",), "pipeline.stages.submissions:show"
     ),
     "submit": Stage(
         "upload a submission (default: the newest) with the Kaggle CLI",
         ("competition",),
-        "pipeline.kaggle.submission:submit",
+        "pipeline.stages.submit:submit",
         options=("file",),
     ),
     "report": Stage(

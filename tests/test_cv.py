@@ -11,12 +11,11 @@ import pytest
 from conftest import KEYPOINTS, run, tiny
 
 from pipeline.errors import PipelineError
-from pipeline.kaggle import submission
 from pipeline.learn import selection
 from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import Paths
 from pipeline.records import CV, Scores
-from pipeline.stages import predict
+from pipeline.stages import predict, score, submissions
 
 
 def digits(digits_dir, **train_keys):
@@ -125,9 +124,9 @@ def test_the_ledger_states_the_cv_of_the_models_in_the_file(digits_dir, tmp_path
     assert ledger["cv_score"].tolist() == pytest.approx([cv.last.oof, cv.last.oof])
     assert ledger["cv_std"].tolist() == pytest.approx([cv.last.std, cv.last.std])
     assert "the full fit's recipe" in ledger["cv_method"][0] and "TTA scale:1" in ledger["cv_method"][1]
-    submission.score(cfg)
+    score.score(cfg)
     capsys.readouterr()
-    submission.show(cfg)
+    submissions.show(cfg)
     header = capsys.readouterr().out.splitlines()[0].split()
     assert header[4:10] == ["cv_score", "cv_std", "local_score", "local_gap", "public_score", "public_gap"]
 

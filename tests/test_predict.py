@@ -16,7 +16,7 @@ from pipeline.config import Train
 from pipeline.errors import PipelineError
 from pipeline.learn import inference
 from pipeline.learn.device import Device
-from pipeline.stages import predict
+from pipeline.stages import predict, score, submit
 from pipeline.tasks.keypoints import Keypoints
 
 
@@ -77,10 +77,9 @@ def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, m
     runs = tmp_path / "runs/tiny/tiny"
     averaged = sum(w * np.load(runs / fit / "test_shift0.05.npz")["raw"][:, :-2] for fit, w in weights.items())
     np.testing.assert_array_equal(written["Label"].to_numpy(), averaged.argmax(axis=1))
-    from pipeline.kaggle import submission
 
     truth = pd.read_csv(digits_dir / "solution.csv")["Label"].to_numpy()
-    assert submission.score(cfg) == pytest.approx((written["Label"].to_numpy() == truth).mean())
+    assert score.score(cfg) == pytest.approx((written["Label"].to_numpy() == truth).mean())
 
 
 def test_keypoint_submission_is_clipped_to_the_image(faces_dir, tmp_path, monkeypatch):
@@ -177,14 +176,13 @@ def two_digit_competition(folder, **predict):
 def test_submit_checks_the_file_as_predict_would_before_the_upload(
     fake_kaggle, tmp_path, monkeypatch, content, refused
 ):
-    from pipeline.kaggle import submission
 
     monkeypatch.chdir(tmp_path)
     cfg = two_digit_competition(tmp_path)
     bad = tmp_path / "mine.csv"
     bad.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(PipelineError, match=re.escape(refused)):
-        submission.submit(cfg, str(bad))
+        submit.submit(cfg, str(bad))
     assert not fake_kaggle.exists()  # no upload: no daily submission burnt
 
 
@@ -200,7 +198,7 @@ def test_submit_refuses_a_file_changed_since_predict_wrote_it(fake_kaggle, tmp_p
     path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), stated)
     path.write_text("ImageId,Label\n1,1\n2,1\n")
     with pytest.raises(PipelineError, match="was changed after `make predict` wrote it"):
-        submission.submit(cfg, f"./{path}")
+        submit.submit(cfg, f"./{path}")
     assert not fake_kaggle.exists()
 
 
@@ -222,7 +220,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
         StatedCV("accuracy", 0.99, 0.002, "OOF of the folds' last epochs, the full fit's recipe", "full", "tiny"),
     )
     monkeypatch.setenv("FAKE_KAGGLE_FILE", path.name)
-    submission.submit(cfg)
+    submit.submit(cfg)
     calls = [json.loads(line) for line in fake_kaggle.read_text().splitlines()]
     assert calls[0] == [
         "competitions",
@@ -240,7 +238,7 @@ def test_submit_calls_the_cli_and_stores_the_public_score(fake_kaggle, tmp_path,
     for variable, secret in (("KAGGLE_KEY", "s3cr3tk3y"), ("KAGGLE_API_TOKEN", "KGAT_0123456789abcdef")):
         monkeypatch.setenv(variable, secret)
         with pytest.raises(PipelineError) as failure:
-            submission.submit(cfg)
+            submit.submit(cfg)
         out = capsys.readouterr()
         for text in (str(failure.value), out.out, out.err):
             assert secret not in text

@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 from pipeline.kaggle import submission
 from pipeline.paths import Paths
 from pipeline.records import StatedCV
+from pipeline.stages import score, submissions
 from pipeline.tasks.classification import Classification
 from pipeline.tasks.keypoints import Keypoints
 
@@ -149,14 +150,14 @@ def test_scoring_a_deleted_submission_names_it(in_tmp):
     path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), CV)
     path.unlink()
     with pytest.raises(PipelineError, match=f"the newest submission in submissions/ledger.csv, {path}, no longer"):
-        submission.score(cfg)
+        score.score(cfg)
 
 
 def test_ledger_gets_one_row_per_submission(in_tmp, capsys):
     pd.DataFrame({"ImageId": [1, 2], "Label": 0}).to_csv(in_tmp / "sample_submission.csv", index=False)
     cfg = digits_cfg(in_tmp, tta=["hflip"])
     files = []
-    for score in (0.9, 0.95):
+    for stated in (0.9, 0.95):
         files.append(
             submission.write(
                 cfg,
@@ -164,14 +165,14 @@ def test_ledger_gets_one_row_per_submission(in_tmp, capsys):
                 pd.DataFrame({"id": [1, 2]}),
                 np.eye(2),
                 Classification([0, 1]),
-                dataclasses.replace(CV, score=score),
+                dataclasses.replace(CV, score=stated),
             )
         )
     ledger = pd.read_csv("submissions/ledger.csv")
     assert ledger["file"].tolist() == [str(f) for f in files]
     assert ledger["tta"].tolist() == ["hflip", "hflip"] and ledger["cv_score"].tolist() == [0.9, 0.95]
     assert ledger["sha256"].str.len().eq(64).all() and ledger["config_hash"].notna().all()
-    submission.show(cfg)
+    submissions.show(cfg)
     table = capsys.readouterr().out.splitlines()
     assert "0.95" in table[1] and "0.9" in table[2]  # best CV first
 
@@ -182,7 +183,7 @@ def test_score_against_the_solution(in_tmp):
     cfg = make_config({"layout": "pixel_columns", "dir": str(in_tmp), "solution": "solution.csv"})
     always_zero = np.array([[1.0, 0.0], [1.0, 0.0]])
     path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [2, 1]}), always_zero, Classification([0, 1]), CV)
-    assert submission.score(cfg) == 0.5  # right for id 2, wrong for id 1
+    assert score.score(cfg) == 0.5  # right for id 2, wrong for id 1
     ledger = pd.read_csv("submissions/ledger.csv").set_index("file")
     assert ledger.loc[str(path), "local_score"] == 0.5
 
@@ -194,7 +195,7 @@ def test_score_finds_the_ledger_row_whichever_path_names_the_file(in_tmp):
     path = submission.write(cfg, Paths.of(cfg), pd.DataFrame({"id": [1, 2]}), np.eye(2), Classification([0, 1]), CV)
     for named, expected in ((f"./{path}", 0.0), (str(in_tmp / path), 0.0)):
         submission.update_ledger(str(path), local_score=None)
-        assert submission.score(cfg, named) == expected
+        assert score.score(cfg, named) == expected
         assert pd.read_csv("submissions/ledger.csv")["local_score"].tolist() == [expected]
 
 
@@ -207,7 +208,7 @@ def test_a_keypoint_file_outside_the_ledger_is_scored_by_its_tasks_metric(tmp_pa
         task="keypoints",
     )
     answers.assign(**dict.fromkeys(KEYPOINTS, 13.0)).to_csv(tmp_path / "mine.csv", index=False)
-    assert submission.score(cfg, str(tmp_path / "mine.csv")) == pytest.approx(3.0)  # rmse, not accuracy
+    assert score.score(cfg, str(tmp_path / "mine.csv")) == pytest.approx(3.0)  # rmse, not accuracy
 
 
 @pytest.mark.parametrize("content", [b"", b"ImageId,Label\n1,1\n2,0\n".decode().encode("utf-16"), b'1,"2\n'])
@@ -216,7 +217,7 @@ def test_scoring_a_file_that_is_not_a_csv_table_is_one_line(in_tmp, content):
     cfg = make_config({"layout": "pixel_columns", "dir": str(in_tmp), "solution": "solution.csv"})
     (in_tmp / "mine.csv").write_bytes(content)
     with pytest.raises(PipelineError, match=r"mine\.csv cannot be read as CSV: [^\n]+$"):
-        submission.score(cfg, "mine.csv")
+        score.score(cfg, "mine.csv")
 
 
 def test_a_ledger_with_conflict_markers_is_refused_naming_the_line(in_tmp):
@@ -226,4 +227,4 @@ def test_a_ledger_with_conflict_markers_is_refused_naming_the_line(in_tmp):
     header, row = Path("submissions/ledger.csv").read_text().splitlines()
     Path("submissions/ledger.csv").write_text(f"{header}\n<<<<<<< HEAD\n{row}\n=======\n>>>>>>> other\n")
     with pytest.raises(PipelineError, match=r"ledger.csv line 2 is not a submission's row \(it starts '<<<<<<< HEAD'"):
-        submission.show(cfg)
+        submissions.show(cfg)

@@ -17,7 +17,6 @@ from pipeline.config import Config
 from pipeline.data import sources
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_csv
-from pipeline.kaggle import kaggle_cli
 from pipeline.paths import SUBMISSIONS, Paths
 from pipeline.records import StatedCV
 from pipeline.tables import read_csv
@@ -264,64 +263,3 @@ def newest(cfg: Config, file: str | None) -> str:
     if not Path(path).exists():
         raise PipelineError(f"the newest submission in {where}, {path}, no longer exists: name one with FILE=...")
     return path
-
-
-# --- stages: score, submissions, submit --------------------------------------------------------
-
-
-def score(cfg: Config, file: str | None = None) -> float:
-    """The competition metric of a submission against the solution file, stored in the ledger."""
-    if cfg.data.solution is None:
-        raise PipelineError("data.solution is not set: this competition has no local answers to score against")
-    path = newest(cfg, file)
-    solution = read_csv(Path(cfg.data.dir) / cfg.data.solution)
-    submitted = validate(read_csv(Path(path)), solution)
-    row = ledger_row_of(path)
-    metric = row["cv_metric"] if row is not None else tasks.metric_of(cfg)
-    value = tasks.get(cfg.competition.task).score_file(metric, submitted, solution)
-    update_ledger(path, local_score=value)
-    print(f"{path}: {metric} {value:.5f} on the held-out answers in {cfg.data.solution}")
-    return value
-
-
-def _higher_is_better(metric: str) -> bool | None:
-    try:
-        return tasks.higher_is_better(metric)
-    except PipelineError:  # a ledger row from an older version, or hand-made
-        return None
-
-
-def show(cfg: Config) -> None:
-    """The ledger as a table, best CV first: the CV each file states beside its local and public
-    scores, and the gap between them (score - CV)."""
-    ledger = read_ledger()
-    if ledger.empty:
-        print(f"{SUBMISSIONS.ledger} is empty: run `make predict`")
-        return
-    higher = ledger["cv_metric"].map(_higher_is_better).fillna(True)
-    cv = pd.to_numeric(ledger["cv_score"], errors="coerce")
-    for column in ("local", "public"):
-        ledger[f"{column}_gap"] = pd.to_numeric(ledger[f"{column}_score"], errors="coerce") - cv
-    ledger = ledger.assign(_key=np.where(higher, -cv, cv)).sort_values("_key")
-    columns = ["file", "models", "tta", "cv_metric", "cv_score", "cv_std", "local_score", "local_gap"]
-    columns += ["public_score", "public_gap", "config_hash"]
-    print(ledger[columns].to_string(index=False, na_rep="", float_format=lambda v: f"{v:.5f}"))
-
-
-def submit(cfg: Config, file: str | None = None) -> None:
-    if not cfg.competition.kaggle:
-        raise PipelineError("competition.kaggle is not set: no Kaggle competition to submit to")
-    path = newest(cfg, file)
-    checked_file(cfg, path)
-    row = ledger_row_of(path)
-    if row is not None and isinstance(row["sha256"], str) and row["sha256"] != sha256_file(Path(path)):
-        raise PipelineError(f"{path} was changed after `make predict` wrote it: its ledger row's CV is not its")
-    message = (
-        f"CV {row['cv_metric']} {row['cv_score']:.5f} config {row['config_hash']}" if row is not None else "pipeline"
-    )
-    kaggle_cli.submit(cfg.competition.kaggle, Path(path), message)
-    print(f"submitted {path} to {cfg.competition.kaggle}: {message}")
-    if cfg.predict.submit_wait:
-        public = kaggle_cli.public_score(cfg.competition.kaggle, Path(path).name, cfg.predict.submit_wait)
-        update_ledger(path, public_score=public)
-        print(f"public score {public}")
