@@ -14,6 +14,7 @@ import time
 import torch
 from _stages import machine
 
+from pipeline.augment import tta
 from pipeline.config import Model, Train
 from pipeline.learn import inference, models
 from pipeline.learn.device import Device
@@ -30,7 +31,7 @@ def bare_loop(model: torch.nn.Module, batches: list) -> float:
 
 def pipeline_loop(model: torch.nn.Module, batches: list, device: Device) -> float:
     start = time.perf_counter()
-    inference.predict_images(model, Classification(list(range(10))), batches, device, inference.views([]))
+    inference.predict_images(model, Classification(list(range(10))), batches, device, tta.views([]))
     return sum(len(b[0]) for b in batches) / (time.perf_counter() - start)
 
 

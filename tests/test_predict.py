@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import KEYPOINTS, run, tiny
 
+from pipeline.augment import tta
 from pipeline.cli import main
 from pipeline.config import Train
 from pipeline.errors import PipelineError
@@ -43,18 +44,18 @@ def test_keypoint_tta_maps_points_back_exactly():
     batches = [(images, torch.zeros(3), torch.full((3, 2), 16.0))]
     task, device = Keypoints(KEYPOINTS), Device.choose(Train(device="cpu"))
     assert task.flip_swap.tolist() == [1, 0]
-    plain, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views([]))
-    for tta in (["hflip"], ["vflip"], ["shift:0.0625"], ["hflip", "vflip", "shift:0.0625"]):
-        with_tta, _ = inference.predict_images(BrightestPoints(), task, batches, device, inference.views(tta))
-        np.testing.assert_allclose(with_tta, plain, atol=1e-5, err_msg=str(tta))
+    plain, _ = inference.predict_images(BrightestPoints(), task, batches, device, tta.views([]))
+    for named in (["hflip"], ["vflip"], ["shift:0.0625"], ["hflip", "vflip", "shift:0.0625"]):
+        with_tta, _ = inference.predict_images(BrightestPoints(), task, batches, device, tta.views(named))
+        np.testing.assert_allclose(with_tta, plain, atol=1e-5, err_msg=str(named))
 
 
 def test_views_are_exact_inverses_of_their_maps():
     points = torch.tensor([[[0.25, -0.5], [-0.75, 0.125]]])
-    for view in inference.views(["hflip", "vflip", "shift:0.1", "scale:1.25"]):
+    for view in tta.views(["hflip", "vflip", "shift:0.1", "scale:1.25"]):
         inverse = torch.linalg.inv(torch.cat([view.theta, torch.tensor([[0.0, 0, 1]])]))[:2]
-        moved = inference.View(inverse).to_image(points)
-        torch.testing.assert_close(inference.View(view.theta).to_image(moved), points)
+        moved = tta.View(inverse).to_image(points)
+        torch.testing.assert_close(tta.View(view.theta).to_image(moved), points)
 
 
 def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, monkeypatch, capsys):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import albumentations as A
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.augment import aug_ops
+from pipeline.augment.tta import warp
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
 from pipeline.learn import distributed
@@ -96,8 +96,7 @@ class BatchAugment:
         Values stay 0-255 until normalised; every op after the first copy works in place."""
         x = images.float()
         if self.warps:
-            grid = F.affine_grid(draws.theta, list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            x = warp(x, draws.theta)
         for op, params in zip(self.ops, draws.ops, strict=True):
             if not op.geometric:
                 x = op.apply(x, params)

@@ -1,23 +1,18 @@
-"""The trained models on images: test-time augmentation, the test set's predictions kept
-beside each model, and a fold's out-of-fold predictions with the same views.
-
-A TTA view is an affine map in the [-1, 1] coordinates of `grid_sample(align_corners=False)`,
-which are the keypoint coordinates the network predicts: a point p predicted in a view lies
-at theta @ [p, 1] in the image, exactly. Each task maps its predictions back (Task.view_back).
-"""
+"""The trained models on images: predictions averaged over the test-time views (augment.tta), the
+test set's predictions kept beside each model, and a fold's out-of-fold predictions with the
+same views."""
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline import tasks
 from pipeline.augment import transforms
+from pipeline.augment.tta import View, apply_view, views
 from pipeline.config import Config, Model
 from pipeline.data import sources
 from pipeline.errors import PipelineError
@@ -29,48 +24,6 @@ from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.learn.validation import validation_rows
 from pipeline.paths import FitFiles, Paths
 from pipeline.tasks.base import Task
-
-
-@dataclass(frozen=True)
-class View:
-    theta: torch.Tensor  # (2, 3): output coordinates -> input coordinates
-    hflip: bool = False  # a horizontal flip: left/right points swap names
-
-    @property
-    def is_identity(self) -> bool:
-        return torch.equal(self.theta, torch.eye(2, 3))
-
-    def to_image(self, points: torch.Tensor) -> torch.Tensor:
-        """(B, K, 2) points predicted in the view -> the same places in the image."""
-        return points @ self.theta[:, :2].T.to(points) + self.theta[:, 2].to(points)
-
-
-def views(tta: list[str]) -> list[View]:
-    """The plain view, then each named one; shift:f gives four views moved by f of the side."""
-    out = [View(torch.eye(2, 3))]
-    for spec in tta:
-        name, _, value = spec.partition(":")
-        if name == "hflip":
-            out.append(View(torch.tensor([[-1.0, 0, 0], [0, 1, 0]]), hflip=True))
-        elif name == "vflip":
-            out.append(View(torch.tensor([[1.0, 0, 0], [0, -1, 0]])))
-        elif name == "shift":
-            step = 2 * float(value)  # a fraction of the side is twice that in [-1, 1] units
-            out += [
-                View(torch.tensor([[1.0, 0, dx], [0, 1, dy]]))
-                for dx, dy in ((step, 0), (-step, 0), (0, step), (0, -step))
-            ]
-        elif name == "scale":
-            out.append(View(torch.tensor([[1 / float(value), 0, 0], [0, 1 / float(value), 0]])))
-    return out
-
-
-def apply_view(view: View, images: torch.Tensor) -> torch.Tensor:
-    if view.is_identity:
-        return images
-    theta = view.theta.to(images.device, images.dtype).expand(len(images), 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @torch.no_grad()

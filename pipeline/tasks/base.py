@@ -256,7 +256,7 @@ class Task:
         return targets
 
     def view_back(self, view: Any, outputs: Any) -> Any:
-        """Activated outputs of a TTA view -> those of the image itself (inference.View)."""
+        """Activated outputs of a TTA view -> those of the image itself (augment.tta.View)."""
         return outputs
 
     # --- the submission and the report ------------------------------------------------------
