@@ -8,11 +8,11 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import tasks
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_text
 
 KEPT_EPOCHS = ("best", "last")
-COUNTING_METRICS = ("accuracy", "macro_f1")  # one validation row moves them by at least 1/rows
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class CV:
     def noise(self) -> float:
         """How far apart two estimates may be and still agree: the folds' spread, and at least one
         validation row's worth for a counting metric."""
-        resolution = 1.0 / min(self.fold_sizes) if self.metric in COUNTING_METRICS else 0.0
+        resolution = 1.0 / min(self.fold_sizes) if tasks.counts_rows(self.metric) else 0.0
         return max(self.best.std, self.last.std, resolution)
 
     def gain(self, better: float, worse: float) -> float:

@@ -21,8 +21,6 @@ import pandas as pd
 
 from pipeline.tasks.base import Task
 
-MEASURES_AVERAGING = ("rmse",)
-
 
 def spread(predictions: list[np.ndarray], weights: list[float]) -> float:
     """sum_i w_i (f_i - b)^2 averaged over rows and outputs; each member's predictions (N, D)."""

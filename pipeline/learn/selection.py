@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline import tasks
 from pipeline.config import Config, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.learn import ensemble, plan
@@ -80,7 +81,7 @@ def option(
             }[models],
         )
     members, score = _members(cfg, paths, cv, models, estimate), estimate.oof
-    if cv.metric in ensemble.MEASURES_AVERAGING and len(members) > 1:
+    if tasks.measures_averaging(cv.metric) and len(members) > 1:
         weights = [m.weight for m in members]
         members_spread = ensemble.spread([test.in_units(m.fit) for m in members], weights)
         score = ensemble.blend_rmse([m.score for m in members], weights, members_spread)
@@ -186,7 +187,7 @@ def blend_estimate(blend: Blend, paths: Paths, fold_ids: list[int], test: Predic
     fold blends (fold k's models weighted as their experiments are), the averaging over folds
     that an OOF row, predicted by one fold's models, cannot show: as a single experiment's."""
     how = f"nested CV of blend {blend.name} ({blend.method}, {blend.models} models; in-sample {blend.in_sample:.5f})"
-    if blend.metric not in ensemble.MEASURES_AVERAGING or blend.models != "folds":
+    if not tasks.measures_averaging(blend.metric) or blend.models != "folds":
         return blend.nested.oof, how
     fold_blends = [
         test.blend([(paths.of_experiment(n).fold(k), w) for n, w in blend.weights.items()]) for k in fold_ids

@@ -22,8 +22,6 @@ from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, trained_state
 from pipeline.tasks.base import Task
 
-SMOOTH = ("log_loss", "rmse")  # metrics the optimiser minimises directly
-
 
 def run(cfg: C.Config) -> None:
     """`make blend`: fit, score by nested CV, save, and print the members beside the blend."""
@@ -122,7 +120,7 @@ def _method(cfg: C.Config, task: Task) -> str:
         )
     if cfg.blend.method != "auto":
         return cfg.blend.method
-    return "optimise" if task.metric in SMOOTH else "hill_climb"
+    return "optimise" if task.metric in task.SMOOTH_METRICS else "hill_climb"
 
 
 def describe(blend: Blend, rows: int) -> list[str]:

@@ -49,6 +49,17 @@ def higher_is_better(metric: str) -> bool:
     raise PipelineError(f"{metric!r} is not a metric of any task")
 
 
+def measures_averaging(metric: str) -> bool:
+    """Whether an ensemble's score follows from its members' scores and spread (a root mean
+    squared error of any task), where an OOF score cannot show the averaging gain."""
+    return any(metric in task.SQUARED_ERROR_METRICS for task in every())
+
+
+def counts_rows(metric: str) -> bool:
+    """Whether `metric` counts rows, so that one validation row moves it by at least 1/rows."""
+    return any(metric in task.COUNTING_METRICS for task in every())
+
+
 def metric_of(cfg) -> str:
     """The competition metric a config's experiments are scored by."""
     return get(cfg.competition.task).metric_of(cfg.train.metric)

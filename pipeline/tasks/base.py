@@ -28,6 +28,12 @@ Proposal = tuple[str, object, str]  # a default: (dotted key, value, why)
 class Task:
     name: ClassVar[str]
     METRICS: ClassVar[dict[str, bool]]  # metric -> whether higher is better; the first is the default
+    # metrics a blend's weights minimise directly (Task.smooth_loss); the others are hill-climbed
+    SMOOTH_METRICS: ClassVar[frozenset[str]] = frozenset()
+    # root mean squared errors: an ensemble's gain over its members is exact (learn.ensemble)
+    SQUARED_ERROR_METRICS: ClassVar[frozenset[str]] = frozenset()
+    # metrics that count rows: one validation row moves them by at least 1/rows
+    COUNTING_METRICS: ClassVar[frozenset[str]] = frozenset()
     LOSSES: ClassVar[tuple[str, ...]]  # train.loss values; the first is the default
     FORMATS: ClassVar[tuple[str, ...]] = ("values",)  # predict.format values
     fold_kind: ClassVar[str] = "kfold"  # what folds.kind=auto means
@@ -207,12 +213,6 @@ class Task:
         present = ~np.isnan(truth)
         residual = np.where(present, blended - np.nan_to_num(truth), 0.0)
         return 2.0 * (stack * residual).sum(axis=(1, 2)) / max(int(present.sum()), 1)
-
-    @property
-    def squared_error(self) -> bool:
-        """Whether the metric is a root mean squared error, whose ensemble gain is exact
-        (ensemble.blend_rmse)."""
-        return self.metric == "rmse"
 
     def ranks_blend(self) -> bool:
         """Whether blend.space=ranks keeps this task's metric."""

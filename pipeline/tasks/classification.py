@@ -18,6 +18,8 @@ from pipeline.tasks.base import Proposal, Section, Task
 class Classification(Task):
     name = "classification"
     METRICS: ClassVar[dict[str, bool]] = {"accuracy": True, "log_loss": False, "macro_f1": True}
+    SMOOTH_METRICS = frozenset({"log_loss"})
+    COUNTING_METRICS = frozenset({"accuracy", "macro_f1"})
     LOSSES = ("cross_entropy",)
     FORMATS = ("label", "probabilities")
     fold_kind = "stratified"

@@ -29,6 +29,7 @@ AUG_PRESET = {"rotate": 10.0, "shift": 0.05, "scale": 0.1, "brightness": 0.2, "c
 class Keypoints(Task):
     name = "keypoints"
     METRICS: ClassVar[dict[str, bool]] = {"rmse": False}
+    SMOOTH_METRICS = SQUARED_ERROR_METRICS = frozenset({"rmse"})
     LOSSES = ("l1", "mse", "smooth_l1")
     FORMATS = ("keypoints_wide", "keypoints_long")
     fold_kind = "stratified_binned"
