@@ -190,7 +190,7 @@ def test_the_private_optuna_names_we_use_still_exist():
     trial = study.ask()
     missing = [n for n in ("get_heartbeat_thread",) if not hasattr(_heartbeat, n)]
     missing += [n for n, owner in (("_trial_id", trial), ("_storage", study)) if not hasattr(owner, n)]
-    assert not missing, f"optuna {optuna.__version__} no longer has {missing}: see pipeline/study/optuna_private.py"
+    assert not missing, f"optuna {optuna.__version__} no longer has {missing}: see pipeline/study.py"
     with studies.heartbeat(study, trial):  # an in-memory storage has no heartbeat: a no-op
         pass
 
