@@ -26,8 +26,8 @@ from _peers import Peer, inside
 from _stages import ROOT, machine, stage
 
 from pipeline import config as C
+from pipeline import tasks
 from pipeline.data import sources
-from pipeline.records import COUNTING_METRICS
 
 TINY = ["folds.n_splits=2", "train.epochs=1"]
 MODELS = ("full", "folds", "auto")
@@ -66,7 +66,7 @@ def run_competition(name: str, tiny: bool) -> list[str]:
 
 def submission_row(name: str, asked: str, ledger: pd.Series, n_test: int) -> str:
     cv, std, held_out = float(ledger["cv_score"]), float(ledger["cv_std"]), float(ledger["local_score"])
-    floor = 1 / n_test if ledger["cv_metric"] in COUNTING_METRICS else 0.0
+    floor = 1 / n_test if tasks.counts_rows(ledger["cv_metric"]) else 0.0
     tolerance = max(2 * std, floor)
     within = "yes" if abs(held_out - cv) <= tolerance else "**no**"
     models = ledger["models"] if asked != "auto" else f"auto: {ledger['models']}"
