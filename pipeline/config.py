@@ -126,8 +126,7 @@ class Config(Section):
             if op.crops and not task.crops:
                 names = " and ".join(f"aug.{k.name}" for k in op.keys)
                 raise ValueError(f"{names} may cut the targets out of the image, which {task.name} cannot have")
-        if self.folds.kind == "auto":
-            self.folds.kind = task.fold_kind
+        self.folds.kind = task.fold_kind_of(self.folds.kind)
         if self.train.experiment is None:
             self.train.experiment = self.competition.name
         for key in self.train.pinned:
@@ -257,16 +256,16 @@ def _set_dotted(raw: dict, key: str, value, where: str) -> None:
 
 def _describe(error: dict) -> str:
     key, owner = _resolve(error["loc"])
-    kind, ctx = error["type"], error.get("ctx", {})
-    if kind == "extra_forbidden":
+    error_type, ctx = error["type"], error.get("ctx", {})
+    if error_type == "extra_forbidden":
         parent, _, _ = key.rpartition(".")
         where = f"under '{parent}'" if parent else "at the top level"
         return f"unknown key '{key}'; allowed {where}: {', '.join(owner.model_fields) if owner else 'none'}"
-    if kind == "missing":
+    if error_type == "missing":
         return f"key '{key}' is required"
-    if kind == "union_tag_invalid":
+    if error_type == "union_tag_invalid":
         return f"key '{key}.layout' = {ctx['tag']!r} is not a known layout; expected one of {ctx['expected_tags']}"
-    if kind == "union_tag_not_found":
+    if error_type == "union_tag_not_found":
         return f"key '{key}.layout' is required; it names the competition's file layout"
     message = error["msg"].removeprefix("Value error, ")
     if isinstance(ctx.get("error"), KeyValueError):

@@ -96,11 +96,11 @@ def _write_gallery(
         files = _class_files(pixels, gallery[labels[gallery] == digit], test[labels[test] == digit], rng)
         links = []
         for position in rng.permutation(len(files)):
-            kind, ext, data, source = files[position]
+            planted, ext, data, source = files[position]
             name = f"{rng.bytes(6).hex()}{ext}"
             (site / "static" / name).write_bytes(data)
-            truth.append((f"static/{name}", digit, kind, source))
-            style = position % 5 if kind == "clean" else position % 4
+            truth.append((f"static/{name}", digit, planted, source))
+            style = position % 5 if planted == "clean" else position % 4
             if style == 4:  # srcset with a 2x version: a near-duplicate the scraper must drop
                 big = f"{name.removesuffix(ext)}@2x{ext}"
                 (site / "static" / big).write_bytes(_png(np.kron(_digit(pixels[source]), np.ones((2, 2), np.uint8))))

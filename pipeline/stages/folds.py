@@ -40,34 +40,53 @@ def assign_folds(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: st
 def strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> pd.Series:
     """What each fold must get its share of: the task's strata (the class), or the bin of
     stratified_binned."""
-    if cfg.kind == "stratified_binned":
+    if cfg.kind in BINNED:
         return _bins(table, targets, cfg)
     found = tasks.get(task).strata(table, targets)
     return pd.Series("all", index=table.index) if found is None else found
 
 
 def _splitter(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str):
-    n, seed = cfg.n_splits, cfg.seed
-    index = np.zeros(len(table))
-    if cfg.kind == "kfold":
-        return KFold(n, shuffle=True, random_state=seed).split(index)
-    if cfg.kind == "multilabel":
-        labels = _multilabel_matrix(table, targets)
-        return MultilabelStratifiedKFold(n_splits=n, shuffle=True, random_state=seed).split(index, labels)
-    by_task = tasks.get(task).strata(table, targets)
-    if cfg.kind == "group":
-        groups = _groups(table, cfg)
-        if by_task is not None:
-            return StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(index, by_task, groups)
-        return GroupKFold(n, shuffle=True, random_state=seed).split(index, groups=groups)
-    if cfg.kind == "stratified" and by_task is None:
+    cfg = cfg.model_copy(update={"kind": tasks.get(task).fold_kind_of(cfg.kind)})
+    return SPLITS[cfg.kind](table, targets, cfg, task, np.zeros(len(table)))
+
+
+def _kfold(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
+    return KFold(cfg.n_splits, shuffle=True, random_state=cfg.seed).split(index)
+
+
+def _multilabel(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
+    labels = _multilabel_matrix(table, targets)
+    return MultilabelStratifiedKFold(n_splits=cfg.n_splits, shuffle=True, random_state=cfg.seed).split(index, labels)
+
+
+def _group(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
+    groups, by_task = _groups(table, cfg), tasks.get(task).strata(table, targets)
+    if by_task is not None:
+        return StratifiedGroupKFold(cfg.n_splits, shuffle=True, random_state=cfg.seed).split(index, by_task, groups)
+    return GroupKFold(cfg.n_splits, shuffle=True, random_state=cfg.seed).split(index, groups=groups)
+
+
+def _stratified(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
+    if cfg.kind not in BINNED and tasks.get(task).strata(table, targets) is None:
         raise PipelineError(
             f"folds.kind=stratified needs strata the task defines, and {task} has none; "
             "use stratified_binned, or multilabel for several label columns"
         )
     with warnings.catch_warnings():  # small classes are reported by the stage, in its own words
         warnings.simplefilter("ignore", UserWarning)
-        return list(StratifiedKFold(n, shuffle=True, random_state=seed).split(index, strata(table, targets, cfg, task)))
+        splitter = StratifiedKFold(cfg.n_splits, shuffle=True, random_state=cfg.seed)
+        return list(splitter.split(index, strata(table, targets, cfg, task)))
+
+
+BINNED = ("stratified_binned",)  # stratified on bins of the targets rather than the task's strata
+SPLITS = {
+    "kfold": _kfold,
+    "multilabel": _multilabel,
+    "group": _group,
+    "stratified": _stratified,
+    "stratified_binned": _stratified,
+}
 
 
 def small_strata(labels: pd.Series, n_splits: int) -> pd.Series:

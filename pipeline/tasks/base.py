@@ -88,6 +88,11 @@ class Task:
         return next(iter(cls.METRICS)) if chosen == "auto" else chosen
 
     @classmethod
+    def fold_kind_of(cls, chosen: str) -> str:
+        """The split for folds.kind=`chosen` ("auto": the task's)."""
+        return cls.fold_kind if chosen == "auto" else chosen
+
+    @classmethod
     def loss_of(cls, chosen: str) -> str:
         return cls.LOSSES[0] if chosen == "auto" else chosen
 
