@@ -33,7 +33,8 @@ help:
 	@echo "  train     train per fold (OOF, CV score), then on all data (GPUS=0,1,... several GPUs)"
 	@echo "  lr-find   fastai's learning-rate finder on fold 0 (plot + suggestion)"
 	@echo "  experiments  the competition's experiments (EXP=name trains one), best CV first"
-	@echo "  blend     weights for experiments (BLEND=\"a b c\", default all) on their OOF, scored by nested CV"
+	@echo "  blend     weights for experiments (BLEND=\"a b c\", default all) on their OOF, scored by nested CV;"
+	@echo "            METHOD=stack: trees on their OOF and the tabular columns (data.feature_columns)"
 	@echo "  predict   write submissions/<name>/<stamp>_<models>_<cv>.csv (+ a ledger row); BLEND=<blend> a blend"
 	@echo "  package   code competitions: the models predict would submit as a Kaggle dataset + offline notebook"
 	@echo "  rehearse  run the packaged notebook here, offline, in a Kaggle-like tree; compare with predict, project its time"
@@ -107,11 +108,14 @@ lr-find: $(FOLDS_CSV)
 	$(call PIPELINE,lr-find)
 
 # BLEND="a b c" blends those experiments (default: every finished one); `make predict BLEND=<blend>`
-# submits a blend instead of this experiment.
+# submits a blend instead of this experiment. METHOD=stack fits trees on their OOF predictions and
+# data.feature_columns instead of weights (blend.method).
 BLEND ?=
+METHOD ?=
 comma := ,
 blend: $(FOLDS_CSV)
-	$(call PIPELINE,blend) $(if $(BLEND),'blend.experiments=[$(subst $() ,$(comma),$(strip $(BLEND)))]')
+	$(call PIPELINE,blend) $(if $(BLEND),'blend.experiments=[$(subst $() ,$(comma),$(strip $(BLEND)))]') \
+		$(if $(METHOD),blend.method=$(METHOD))
 
 # Each run writes a new, time-stamped submission: predict is not a file target.
 predict: $(if $(BLEND),$(FOLDS_CSV),$(CV_JSON))

@@ -4,6 +4,7 @@
 import contextlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def init(name: str, scratch: Path) -> tuple[Path, str]:
+    """`python -m pipeline init data/<name>` in `scratch`: the config it wrote, and what it
+    found (its first line without the prefix)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "init", f"data/{name}"], cwd=scratch, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip())
+    found = re.sub(r"^init: data/\S+: ", "", done.stdout.splitlines()[0])
+    return scratch / "configs" / f"{name}.yaml", found
 
 
 def machine() -> str:

@@ -16,14 +16,12 @@ and test images: an RBF SVC on the pixels, or the training rows' mean shape for 
 """
 
 import argparse
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import _competitions
+import _stages
 import pandas as pd
 from _peers import Peer, inside
 from _stages import machine, stage
@@ -38,13 +36,7 @@ SMALL = {"tiny": {"n_train": 60, "n_test": 20}, "photos": {"train_per_class": 6,
 def init(name: str, scratch: Path, tiny: bool) -> tuple[Path, str]:
     """The config `make init` writes for the built competition, and what it printed."""
     _competitions.BUILDERS[name](scratch / "data" / name, **(SMALL.get(name, {}) if tiny else {}))
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "init", f"data/{name}"], cwd=scratch, capture_output=True, text=True
-    )
-    if done.returncode:
-        raise RuntimeError(done.stderr.strip())
-    found = re.sub(r"^init: data/\S+: ", "", done.stdout.splitlines()[0])
-    return scratch / "configs" / f"{name}.yaml", found
+    return _stages.init(name, scratch)
 
 
 def first_run(config: Path, preset: str, scratch: Path, tiny: bool) -> tuple[float, float]:

@@ -75,6 +75,8 @@ class ImageCsv(FileLayout):
     sample_submission: str | None = "sample_submission.csv"
     id_column: str = "id"
     label_columns: list[str] = ["label"]
+    # tabular columns of both CSVs beside the images (age, site, camera): `make blend METHOD=stack` reads them
+    feature_columns: list[str] = []
     train_dir: str = "train"
     test_dir: str = "test"
     image_ext: str | None = None  # None: found among `extensions`
@@ -116,7 +118,9 @@ class Folds(Section):
     kind: Literal["auto", "stratified", "group", "stratified_binned", "multilabel", "kfold"] = "auto"
     seed: int = 42
     group_column: str | None = None  # for kind=group
-    stratify_on: str = "missing_pattern"  # stratified_binned: missing_pattern, target_mean or a column
+    # stratified_binned: missing_pattern, target_mean or a column; auto: the task's
+    # (keypoints: missing_pattern, regression: target_mean)
+    stratify_on: str = "auto"
     n_bins: Annotated[int, Field(ge=2)] = 5
 
 

@@ -41,6 +41,7 @@ class Model(Section):
     drop_path_rate: Probability = 0.0
     zero_init_last: bool = True  # zero gamma of the last BN in residual blocks, where timm supports it
     head_activation: Literal["none", "tanh"] = "none"  # keypoints: tanh keeps outputs in [-1, 1]
+    clip_to_targets: bool = False  # regression: predictions clipped to the range each fit trained on
 
 
 class Train(Section):
@@ -71,8 +72,12 @@ class Train(Section):
     ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     accumulate: PositiveInt = 1
     clip_grad: PositiveFloat | None = None
-    loss: str = "auto"  # the task's: cross_entropy; l1, mse, smooth_l1 (keypoints)
-    metric: str = "auto"  # the task's: accuracy, log_loss, macro_f1; rmse (keypoints)
+    # the task's first: cross_entropy (classification); bce, asymmetric (multilabel); mse, l1,
+    # smooth_l1 (regression); l1, mse, smooth_l1 (keypoints)
+    loss: str = "auto"
+    # the task's first: accuracy, log_loss, macro_f1 (classification); f1_samples, f2_samples,
+    # f1_micro, f1_macro, roc_auc, map (multilabel); rmse, mae, r2 (regression); rmse (keypoints)
+    metric: str = "auto"
     device: str = "auto"  # auto: cuda when available
     amp: Annotated[Literal["auto", "bf16", "fp16", "off"], OnOff] = "auto"  # auto: on cuda, bf16 if supported
     channels_last: bool = True  # on cuda
@@ -157,7 +162,9 @@ class Predict(Section):
     # scale:<factor>, within TTA_RANGES
     tta: list[str] = []
     batch_size: PositiveInt | None = None  # None: twice train.batch_size
-    format: str = "auto"  # the task's: label, probabilities; keypoints_wide, keypoints_long
+    # the task's, from the sample submission: label, probabilities (classification); tags,
+    # probabilities, binary (multilabel); values (regression); keypoints_wide, keypoints_long
+    format: str = "auto"
     submit_wait: NonNegative = 0.0  # seconds `make submit` waits for the public score
     blend: BlendName | None = None  # submit runs/<name>/blends/<blend>.yaml instead of this experiment
 
@@ -186,8 +193,10 @@ class Blend(Section):
 
     experiments: list[ExperimentName] = []  # empty: every experiment that finished training
     name: BlendName | None = None  # default "blend", or the members joined by "+"
-    # auto: hill_climb for accuracy and macro_f1, optimise for log_loss and rmse
-    method: Literal["auto", "hill_climb", "optimise"] = "auto"
+    # auto: optimise (the smooth loss) for log_loss, rmse and the multilabel F scores (their
+    # thresholds refitted on the blend), hill_climb for the others
+    # stack: gradient-boosted trees on the members' predictions plus data.feature_columns
+    method: Literal["auto", "hill_climb", "optimise", "stack"] = "auto"
     models: Literal["folds", "full"] = "folds"  # each member's models: its fold ensemble or its full fit
     space: Literal["probabilities", "ranks"] = "probabilities"  # classification: blend ranks per class
     rounds: PositiveInt = 50  # hill_climb's additions

@@ -78,6 +78,11 @@ class DatasetFiles:
     def wheels(self) -> Path:
         return self.root / "wheels"
 
+    @property
+    def second_level(self) -> Path:
+        """A stacked blend's trees (learn.stacking.Stacker)."""
+        return self.root / "second_level.pkl"
+
     def model(self, experiment: str, fit: FitFiles) -> FitFiles:
         """A submitted model's copy: models/<experiment>/<fold or full>/model.pt."""
         return FitFiles(self.root / "models" / experiment / fit.root.name)
@@ -266,6 +271,10 @@ class Paths:
     def blend(self, name: str) -> Path:
         """A blend's members, weights and scores."""
         return self.blends_dir / f"{name}.yaml"
+
+    def blend_model(self, name: str) -> Path:
+        """A stacked blend's second level (learn.stacking.Stacker)."""
+        return self.blends_dir / f"{name}.stack.pkl"
 
     @property
     def package(self) -> PackageFiles:

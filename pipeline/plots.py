@@ -170,3 +170,21 @@ def img(name: str, alt: str) -> str:
 
 def table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.5f}", border=0, classes="numbers")
+
+
+def plot_predicted_vs_true(truth: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> Figure:
+    """Per target (the first 4): predicted against true, the diagonal drawn, and the residuals
+    against the prediction."""
+    shown = list(names)[:4]
+    figure = Figure(figsize=(8, 3.6 * len(shown)))
+    for row, axes in enumerate(np.atleast_2d(figure.subplots(len(shown), 2))):
+        present = ~np.isnan(truth[:, row])
+        true, guess = truth[present, row], predicted[present, row]
+        low, high = float(min(true.min(), guess.min())), float(max(true.max(), guess.max()))
+        axes[0].scatter(true, guess, s=6, alpha=0.5)
+        axes[0].plot([low, high], [low, high], color="gray", linewidth=1)
+        axes[0].set(xlabel=f"true {shown[row]}", ylabel="predicted", title=f"{shown[row]} (out of fold)")
+        axes[1].scatter(guess, guess - true, s=6, alpha=0.5)
+        axes[1].axhline(0.0, color="gray", linewidth=1)
+        axes[1].set(xlabel="predicted", ylabel="predicted - true", title="residuals")
+    return figure

@@ -3,7 +3,7 @@ summary (cv.json), a submission's stated CV and a blend. Each reads and writes i
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -49,19 +49,22 @@ class FitResult:
 @dataclass(frozen=True)
 class Scores:
     """One epoch choice (best or last) over the folds: each fold's score, their mean and spread,
-    and the score of all out-of-fold predictions pooled."""
+    and the score of all out-of-fold predictions pooled; with the decision rule (Task.decision)
+    fitted on all those rows, which the scores never saw: each fold is scored under the rule
+    fitted on the other folds."""
 
     folds: list[float]
     mean: float
     std: float
     oof: float
+    decision: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, folds: list[float], oof: float) -> "Scores":
+    def of(cls, folds: list[float], oof: float, decision: dict | None = None) -> "Scores":
         folds = [float(s) for s in folds]
         mean = math.fsum(folds) / len(folds)
         std = math.sqrt(math.fsum((s - mean) ** 2 for s in folds) / len(folds))
-        return cls(folds, mean, std, float(oof))
+        return cls(folds, mean, std, float(oof), decision or {})
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,11 @@ class CV:
             f"(out-of-fold {last.oof:.5f}); {best.mean:.5f} ± {best.std:.5f} at the best epochs {self.best_epochs} "
             f"of {self.epochs} (out-of-fold {best.oof:.5f}); the fold models keep the {self.kept} epoch"
         ]
+        if self.fold_models.decision:
+            lines.append(
+                f"decision fitted on every out-of-fold row: {self.fold_models.decision['summary']}; the CV is "
+                "nested: each fold is scored under the decision fitted on the other folds"
+            )
         if self.unstable:
             lines.append(
                 f"warning: the best epochs beat the last by {self.gain(best.mean, last.mean):.5f}, more than the "
@@ -186,8 +194,12 @@ class Blend:
     member_scores: dict[str, float]  # experiment -> its OOF score
     nested: Scores
     in_sample: float
+    features: list[str] = field(default_factory=list)  # method stack: the tabular columns beside the members
+    second_level: str = ""  # method stack: the sha256 of its trees' file (Paths.blend_model)
 
     def describe_members(self) -> str:
+        if self.method == "stack":
+            return f"stack({' + '.join([*self.weights, *self.features])})"
         return " + ".join(f"{name} {weight:.3f}" for name, weight in self.weights.items())
 
     def save(self, path: Path) -> None:
@@ -212,6 +224,9 @@ class Bundle:
     parts: list[dict]  # {"weight": w, "space": s, "models": [{"folder": "models/<exp>/fold0", "weight": w}]}
     stated: StatedCV
     labels: list[str]  # the classes, or the keypoint columns, in the models' output order
+    decision: dict = field(default_factory=dict)  # Task.decision, fitted out of fold
+    second_level: str | None = None  # a stacked blend's trees, relative to the dataset
+    features: list[str] = field(default_factory=list)  # the tabular columns they read
 
     def save(self, path: Path) -> None:
         write_text(path, yaml.safe_dump(asdict(self), sort_keys=False))
@@ -222,6 +237,7 @@ class Bundle:
             raise PipelineError(f"{path} does not exist: the dataset was not made by `make package`")
         raw = yaml.safe_load(Path(path).read_text())
         try:
-            return cls(raw["parts"], StatedCV(**raw["stated"]), raw["labels"])
+            stated = StatedCV(**raw["stated"])
+            return cls(raw["parts"], stated, raw["labels"], raw["decision"], raw["second_level"], raw["features"])
         except (KeyError, TypeError):
             raise PipelineError(f"{path} was written by another version: run `make package` again") from None

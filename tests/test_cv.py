@@ -82,7 +82,7 @@ def test_a_schedule_that_ends_past_its_best_is_named():
 
 
 def option(models: str, score: float) -> selection.Choice:
-    return selection.Choice(models, [], score, 0.0, "")
+    return selection.Choice(models, [], score, 0.0, "", {})
 
 
 def test_auto_takes_the_full_model_only_when_its_recipe_is_within_noise():

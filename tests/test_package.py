@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run, tiny
@@ -128,3 +129,27 @@ def test_a_machine_without_user_namespaces_is_one_line_before_anything_runs(tmp_
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(PipelineError, match="`unshare -rn`, which is not on PATH"):
         rehearse.check_network_cut()
+
+
+def test_a_stacked_multilabel_blend_packs_its_trees_and_thresholds_and_predicts_offline_as_make_predict(
+    tmp_path, monkeypatch
+):
+    from test_multilabel import tags_competition
+
+    from pipeline import cli
+
+    tags_competition(tmp_path / "data/planet", np.random.default_rng(0), train=40, test=8)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["init", "data/planet", "-o", "planet.yaml"]) == 0
+    settings = ["folds.n_splits=2", "model.name=test_resnet", "model.image_size=32", "model.pretrained=none"]
+    settings += ["train.epochs=1", "train.batch_size=8", "train.workers=0", "train.full_fit=false"]
+    settings += ["package.owner=someone", "blend.method=stack", "blend.name=stack", "predict.blend=stack"]
+    for stage in ("data", "folds", "train", "blend", "package", "predict"):
+        assert cli.main([stage, "-c", "planet.yaml", *settings]) == 0
+    dataset = Path("package/planet/dataset")
+    bundle = Bundle.load(dataset / "bundle.yaml")
+    assert bundle.second_level == "second_level.pkl" and bundle.features == ["site"]
+    assert len(bundle.decision["thresholds"]) == 3
+    submitted = pd.read_csv(next(Path("submissions/planet").glob("*.csv")), keep_default_na=False)
+    out = offline.submit(dataset, tmp_path / "data/planet", tmp_path / "working" / "submission.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out, keep_default_na=False), submitted)

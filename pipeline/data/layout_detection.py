@@ -116,7 +116,7 @@ def pixel_string(folder: Folder) -> list[Decision] | None:
     with_strings = {n: f for n, f in folder.tables.items() if _pixel_string_column(f)}
     if len(with_strings) != 2:
         return None
-    train = next((n for n, f in with_strings.items() if claimed(list(f.columns))[0]), None)
+    train = next((n for n, f in with_strings.items() if claimed(f, list(f.columns))[0]), None)
     if train is None:
         return None
     test = next(n for n in with_strings if n != train)
@@ -211,12 +211,13 @@ def _folder_of(folder: Folder, names: pd.Series) -> Path | None:
     return next((d for d in folder.subfolders() if _resolves(folder, d, names)), None)
 
 
-def claimed(columns: list) -> tuple[list[str], str]:
-    """The columns the first task to claim any takes as its targets (keypoints: x/y columns), and why."""
+def claimed(table: pd.DataFrame, columns: list) -> tuple[list[str], str]:
+    """The columns the first task to claim any takes as its targets (keypoints: x/y columns by
+    their names; multi-label: 0/1 columns), and why."""
     for task in tasks.every():
-        found = task.claim_columns([str(c) for c in columns])
+        found = task.claim_columns(table, [str(c) for c in columns])
         if found:
-            return found, f"{task.name} columns, by their names"
+            return found, f"{len(found)} {task.name} columns"
     return [], ""
 
 
@@ -227,17 +228,21 @@ def _test_folder(folder: Folder, exclude: Path) -> str | None:
 
 def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: Path) -> list[Decision]:
     frame = folder.tables[train]
-    others = [(n, f) for n, f in folder.tables.items() if n != train and id_column in f.columns]
+    others = [
+        (n, f)
+        for n, f in folder.tables.items()
+        if n != train and id_column in f.columns and not _answers(folder, f, frame)
+    ]
     others.sort(key=lambda item: (not item[0].startswith("test"), len(item[1].columns)))  # test*.csv: ids only
     test = others[0][0] if others else None
     test_ids = folder.tables[test][id_column] if test else folder.csvs.get(folder.sample_submission, frame).iloc[:, 0]
     test_dir = _folder_of(folder, test_ids.astype(str)) if test or folder.sample_submission else None
     shared = set(folder.tables[test].columns) if test else set()
     targets = [c for c in frame.columns if c != id_column and c not in shared]
-    coordinates, why = claimed(targets)
-    labels = (
-        folder.given.get("data.label_columns") or coordinates or [folder.pick(targets, "data.label_columns", train)]
-    )
+    taken, why = claimed(frame, targets)
+    labels = folder.given.get("data.label_columns") or taken or [folder.pick(targets, "data.label_columns", train)]
+    features = [c for c in frame.columns if c in shared and c != id_column and _feature(frame[c])]
+    found = [Decision("data.feature_columns", features, f"in both {train} and {test}: tabular columns")]
     return [
         Decision("data.layout", "image_csv", f"{train}'s {id_column!r} column names the images in {image_dir.name}/"),
         Decision("data.train_csv", train, "the CSV with the targets"),
@@ -246,7 +251,21 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
         Decision("data.label_columns", labels, why or "the one target column"),
         Decision("data.train_dir", image_dir.name, "the training images"),
         Decision("data.test_dir", test_dir.name if test_dir else "test", "the images the test ids name"),
+        *(found if features else []),
     ]
+
+
+def _answers(folder: Folder, table: pd.DataFrame, train: pd.DataFrame) -> bool:
+    """Whether a table holds answers rather than the test rows' columns: shaped as the sample
+    submission (a solution file), or holding every column of the training table."""
+    sample = folder.csvs.get(folder.sample_submission)
+    shaped_as_sample = sample is not None and list(table.columns) == list(sample.columns)
+    return shaped_as_sample or set(train.columns) <= set(table.columns)
+
+
+def _feature(values: pd.Series) -> bool:
+    """A tabular column rather than an identifier: numbers, or text that repeats."""
+    return pd.api.types.is_numeric_dtype(values) or values.nunique() < len(values)
 
 
 LAYOUTS: dict[str, Callable[[Folder], list[Decision] | None]] = {

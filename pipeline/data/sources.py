@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class CompetitionData:
     train: Split
     test: Split
     targets: list[str]  # the target columns of the train table, as its task reads them
+    features: list[str] = field(default_factory=list)  # tabular columns of both tables (data.feature_columns)
 
 
 def read(cfg: C.Config) -> CompetitionData:
@@ -353,12 +354,15 @@ def read_image_csv(layout: C.ImageCsv, task: str) -> CompetitionData:
         test = read_csv(test_path, dtype=str).iloc[:, :1].set_axis([layout.id_column], axis=1)
     else:
         raise PipelineError("data.test_csv and data.sample_submission are both unset: no way to list the test images")
+    for table, path in ((train, train_path), (test, test_path)):
+        require_columns(table, layout.feature_columns, path)
     train = _image_csv_table(train, train_path, layout, layout.train_dir)
     test = _image_csv_table(test, test_path, layout, layout.test_dir)
     check_against_sample(test["id"], layout)
     return CompetitionData(
         *(_file_split(t, t.pop("_path").tolist(), layout, str(p)) for t, p in ((train, train_path), (test, test_path))),
         targets=list(layout.label_columns),
+        features=list(layout.feature_columns),
     )
 
 

@@ -49,12 +49,13 @@ class Survey:
         return raw
 
 
-def task_of(layout: list[Decision]) -> Decision:
+def task_of(layout: list[Decision], folder: Folder) -> Decision:
     """The first task, in the registry's order, that takes the competition for its own."""
     values = {d.key: d.value for d in layout}
     labels = values.get("data.label_columns", [])
+    table = folder.tables.get(values.get("data.train_csv"))
     for task in tasks.every():
-        why = task.detect(values["data.layout"], labels)
+        why = task.detect(values["data.layout"], labels, table)
         if why is not None:
             return Decision("competition.task", task.name, why)
     raise PipelineError(f"init: no task takes label columns {labels}; set competition.task=<task>")
@@ -137,7 +138,7 @@ def survey(root: Path, name: str | None = None, given: dict[str, object] | None 
     folder = Folder.read(root, given)
     name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-.") or "competition"
     layout = detect_layout(folder)
-    task = task_of(overlay(layout, given))
+    task = task_of(overlay(layout, given), folder)
     decisions = [
         Decision("competition.name", name, "the folder's name"),
         task,

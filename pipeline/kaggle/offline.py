@@ -12,7 +12,7 @@ from pipeline import config as C
 from pipeline.files import write_csv
 from pipeline.kaggle import submission
 from pipeline.learn.inference import PredictionsOnTest
-from pipeline.learn.selection import Part, combine
+from pipeline.learn.selection import Part, Plan, combine
 from pipeline.paths import DatasetFiles, FitFiles, Paths
 from pipeline.records import Bundle
 
@@ -28,7 +28,9 @@ def submit(dataset: Path, competition: Path, out: Path) -> Path:
         Part(p["weight"], p["space"], [(FitFiles(dataset / m["folder"]), m["weight"]) for m in p["models"]])
         for p in bundle.parts
     ]
-    frame = submission.validated(cfg, test.table, combine(test, parts), test.task)
+    second_level = dataset / bundle.second_level if bundle.second_level else None
+    plan = Plan(cfg, parts, bundle.stated, bundle.decision, second_level, tuple(bundle.features))
+    frame = submission.validated(cfg, test.table, *combine(test, plan))
     write_csv(out, frame)
     stated = bundle.stated
     print(f"{out}: {len(frame)} rows, {stated.models} models; stated CV {stated.metric} {stated.score:.5f}")

@@ -62,6 +62,10 @@ class Target:
         """The metric of blended predictions (N, D)."""
         return self.task.score(blended, self.truth)
 
+    def fitted(self, blended: np.ndarray) -> Task:
+        """The task with its decision rule fitted on blended predictions of these rows."""
+        return self.task.fit_decision(blended, self.truth)
+
     def loss(self, blended: np.ndarray) -> float:
         """The task's smooth loss, which the optimiser minimises."""
         return self.task.smooth_loss(blended, self.truth)
@@ -143,13 +147,16 @@ def fit_weights(method: str, stack: np.ndarray, target: Target, *, rounds: int =
 def nested_scores(
     method: str, stack: np.ndarray, target: Target, fold_of_row: np.ndarray, *, rounds: int = 50
 ) -> tuple[list[float], float]:
-    """Each fold's score under weights fitted on the other folds' rows, and the score of those
-    held-out blends pooled: the blend's CV, never scored on the rows that chose its weights."""
+    """Each fold's score under weights, and a decision rule, fitted on the other folds' rows, and
+    the score of those held-out blends pooled: the blend's CV, never scored on the rows that
+    chose its weights or its thresholds."""
     pooled = np.empty(stack.shape[1:])
     per_fold = []
     for fold in np.unique(fold_of_row):
         held_out = fold_of_row == fold
-        weights = fit_weights(method, stack[:, ~held_out], target.rows(~held_out), rounds=rounds)
-        pooled[held_out] = blend(stack[:, held_out], weights)
+        fitting = target.rows(~held_out)
+        weights = fit_weights(method, stack[:, ~held_out], fitting, rounds=rounds)
+        decided = fitting.fitted(blend(stack[:, ~held_out], weights))
+        pooled[held_out] = decided.decide(blend(stack[:, held_out], weights))
         per_fold.append(target.rows(held_out).score(pooled[held_out]))
     return per_fold, target.score(pooled)

@@ -1,6 +1,7 @@
 """fit(): train one model for some epochs on some rows, validating on others, with a checkpoint
 after every epoch so that a killed run continues where it stopped."""
 
+import dataclasses
 import functools
 import math
 import shutil
@@ -191,6 +192,7 @@ def fit(
 
     Every epoch is validated and scored; the weights saved for prediction are those of the
     epoch train.checkpoint names: the last (the recipe the full fit repeats) or the best."""
+    setup = dataclasses.replace(setup, task=setup.task.fitted_to(setup.targets[train_rows]))
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
     device, model, frozen, trained = parts.device, parts.model, parts.frozen, parts.trained

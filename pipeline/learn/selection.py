@@ -4,6 +4,7 @@ CVs) and the CV that describes exactly those models; or, with predict.blend, a b
 stage writes what this plans; the package stage bundles the same models, so the two agree."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,13 @@ import pandas as pd
 from pipeline import tasks
 from pipeline.config import Config, with_overrides
 from pipeline.errors import PipelineError
-from pipeline.learn import ensemble, plan
+from pipeline.files import sha256_file
+from pipeline.learn import ensemble, plan, stacking
 from pipeline.learn.inference import PredictionsOnTest, oof_frames
 from pipeline.learn.validation import read_folds, target_columns, validation_plan
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, StatedCV, trained_state
+from pipeline.tasks.base import Task
 
 # --- which models, and the CV that describes them ----------------------------------------------
 
@@ -36,6 +39,7 @@ class Choice:
     score: float
     std: float  # the folds' spread
     method: str  # how the estimate was made
+    decision: dict  # Task.decision fitted on the OOF predictions the estimate scores
 
 
 def choose(cfg: Config, paths: Paths, cv: CV, test: PredictionsOnTest) -> Choice:
@@ -85,8 +89,10 @@ def option(
         weights = [m.weight for m in members]
         members_spread = ensemble.spread([test.in_units(m.fit) for m in members], weights)
         score = ensemble.blend_rmse([m.score for m in members], weights, members_spread)
-        method += f"; less the members' spread on the test images ({members_spread:.5f} squared px): the blend's RMSE"
-    return Choice(models, members, score, estimate.std, method)
+        method += (
+            f"; less the members' spread on the test images ({members_spread:.5f}, in squared units): the blend's RMSE"
+        )
+    return Choice(models, members, score, estimate.std, method, estimate.decision)
 
 
 def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str]:
@@ -97,8 +103,7 @@ def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str
     setup, folds = plan.prepare(cfg, paths)
     targets = target_columns(folds)
     frames = oof_frames(cfg, paths, cv.fold_ids, cv.kept, setup, folds)
-    per_fold = [setup.task.oof_score(frame, targets) for frame in frames]
-    return Scores.of(per_fold, setup.task.oof_score(pd.concat(frames), targets)), f", TTA {' '.join(cfg.predict.tta)}"
+    return Scores.of(*setup.task.oof_scores(pd.concat(frames), targets)), f", TTA {' '.join(cfg.predict.tta)}"
 
 
 def _members(cfg: Config, paths: Paths, cv: CV, models: str, estimate: Scores) -> list[Member]:
@@ -134,11 +139,21 @@ class Plan:
     cfg: Config  # predict.tta as the models predict with
     parts: list[Part]
     stated: StatedCV
+    decision: dict  # Task.decision, fitted on the out-of-fold predictions of what the parts hold
+    second_level: Path | None = None  # a stacked blend's trees, which combine the parts instead of weights
+    features: tuple[str, ...] = ()  # the tabular columns the trees read beside the parts
 
 
-def combine(test: PredictionsOnTest, parts: list[Part]) -> np.ndarray:
-    """The submission's predictions in the competition's units."""
-    return sum(part.weight * ensemble.in_space(part.space, test.blend(part.models)) for part in parts)
+def combine(test: PredictionsOnTest, plan: Plan) -> tuple[np.ndarray, Task]:
+    """The submission's predictions in the competition's units, and the task that writes them
+    (under the decision fitted out of fold)."""
+    each = [ensemble.in_space(part.space, test.blend(part.models)) for part in plan.parts]
+    if plan.second_level is None:
+        predictions = sum(part.weight * predicted for part, predicted in zip(plan.parts, each, strict=True))
+    else:
+        features = test.table[list(plan.features)]
+        predictions = stacking.Stacker.load(plan.second_level).predict(np.stack(each), features)
+    return predictions, test.task.with_decision(plan.decision)
 
 
 def plan_submission(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
@@ -155,7 +170,7 @@ def _models_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
         print(f"{member.fit.model} in the submission, weight {member.weight:.3f}")
     stated = StatedCV(cv.metric, choice.score, choice.std, choice.method, choice.models, cfg.train.experiment)
     models = [(m.fit, m.weight) for m in choice.members]
-    return Plan(cfg, [Part(1.0, "probabilities", models)], stated), test
+    return Plan(cfg, [Part(1.0, "probabilities", models)], stated, choice.decision), test
 
 
 def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
@@ -179,7 +194,17 @@ def _blend_plan(cfg: Config, paths: Paths) -> tuple[Plan, PredictionsOnTest]:
     test = PredictionsOnTest(cfg, paths)
     score, method = blend_estimate(blend, paths, next(iter(members.values())).fold_ids, test)
     stated = StatedCV(blend.metric, score, blend.nested.std, method, f"blend-{blend.name}", blend.describe_members())
-    return Plan(cfg, parts, stated), test
+    return Plan(cfg, parts, stated, blend.nested.decision, *_second_level(blend, paths)), test
+
+
+def _second_level(blend: Blend, paths: Paths) -> tuple[Path | None, tuple[str, ...]]:
+    """A stacked blend's trees and the columns they read, checked to be the ones `make blend` fitted."""
+    if blend.method != "stack":
+        return None, ()
+    saved = paths.blend_model(blend.name)
+    if not saved.exists() or sha256_file(saved) != blend.second_level:
+        raise PipelineError(f"{saved} is not the second level blend {blend.name} fitted: run `make blend` again")
+    return saved, tuple(blend.features)
 
 
 def blend_estimate(blend: Blend, paths: Paths, fold_ids: list[int], test: PredictionsOnTest) -> tuple[float, str]:
@@ -187,7 +212,7 @@ def blend_estimate(blend: Blend, paths: Paths, fold_ids: list[int], test: Predic
     fold blends (fold k's models weighted as their experiments are), the averaging over folds
     that an OOF row, predicted by one fold's models, cannot show: as a single experiment's."""
     how = f"nested CV of blend {blend.name} ({blend.method}, {blend.models} models; in-sample {blend.in_sample:.5f})"
-    if not tasks.measures_averaging(blend.metric) or blend.models != "folds":
+    if not tasks.measures_averaging(blend.metric) or blend.models != "folds" or blend.method == "stack":
         return blend.nested.oof, how
     fold_blends = [
         test.blend([(paths.of_experiment(n).fold(k), w) for n, w in blend.weights.items()]) for k in fold_ids
@@ -195,4 +220,7 @@ def blend_estimate(blend: Blend, paths: Paths, fold_ids: list[int], test: Predic
     equal = [1.0 / len(fold_ids)] * len(fold_ids)
     spread = ensemble.spread(fold_blends, equal)
     score = ensemble.blend_rmse([blend.nested.oof] * len(fold_ids), equal, spread)
-    return score, f"{how}; less its fold blends' spread on the test images ({spread:.5f} squared px): the blend's RMSE"
+    return (
+        score,
+        f"{how}; less its fold blends' spread on the test images ({spread:.5f}, in squared units): the blend's RMSE",
+    )

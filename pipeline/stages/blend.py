@@ -9,6 +9,9 @@ every OOF row; the score it states is the nested CV: per fold, weights fitted on
 folds' rows, scored on that fold's.
 """
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -16,7 +19,8 @@ from pipeline import config as C
 from pipeline import tasks
 from pipeline.data import sources
 from pipeline.errors import PipelineError
-from pipeline.learn import ensemble
+from pipeline.files import sha256_file
+from pipeline.learn import ensemble, stacking
 from pipeline.learn.validation import read_folds, target_columns, validation_plan, validation_rows
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, trained_state
@@ -27,30 +31,85 @@ def run(cfg: C.Config) -> None:
     """`make blend`: fit, score by nested CV, save, and print the members beside the blend."""
     paths = Paths.of(cfg)
     names = cfg.blend.experiments or paths.experiments()
-    if len(names) < 2:
-        raise PipelineError(f"a blend needs two or more finished experiments; {paths.runs} has {names or 'none'}")
-    folds = read_folds(paths.folds_csv)
+    fewest = 1 if cfg.blend.method == "stack" else 2  # one experiment stacks with the tabular columns
+    if len(names) < fewest:
+        raise PipelineError(
+            f"blend.method={cfg.blend.method} needs {fewest} or more finished experiments; "
+            f"{paths.runs} has {names or 'none'}"
+        )
+    folds, data = read_folds(paths.folds_csv), sources.read(cfg)
     members = {name: member_cv(paths, name, validation_plan(folds)) for name in names}
-    stack, target, fold_of_row = out_of_fold(cfg, paths, members, folds)
+    stack, target, rows = out_of_fold(cfg, paths, data, members, folds)
     method = _method(cfg, target.task)
-    weights = ensemble.fit_weights(method, stack, target, rounds=cfg.blend.rounds)
-    per_fold, pooled = ensemble.nested_scores(method, stack, target, fold_of_row, rounds=cfg.blend.rounds)
+    name = cfg.blend.name or ("blend" if not cfg.blend.experiments else "+".join(names))
+    fold_of_row = rows["fold"].to_numpy()
+    if method == "stack":
+        features = data.train.table.set_index("id").loc[rows["id"], data.features]
+        fitted = _stacked(stack, target, fold_of_row, features, paths.blend_model(name))
+    else:
+        fitted = _weighted(method, stack, target, fold_of_row, cfg.blend.rounds)
     blend = Blend(
-        name=cfg.blend.name or ("blend" if not cfg.blend.experiments else "+".join(names)),
+        name=name,
         metric=target.metric,
         method=method,
         models=cfg.blend.models,
         space=cfg.blend.space,
         tta=list(cfg.predict.tta),
         validation_plan=validation_plan(folds),
-        weights={name: float(w) for name, w in zip(names, weights, strict=True)},
+        weights={name: float(w) for name, w in zip(names, fitted.weights, strict=True)},
         trained={name: trained_state(paths.of_experiment(name).cv_json) for name in names},
-        member_scores={name: target.score(s) for name, s in zip(names, stack, strict=True)},
-        nested=Scores.of(per_fold, pooled),
-        in_sample=target.score(ensemble.blend(stack, weights)),
+        member_scores={
+            name: target.task.held_out_scores(s, target.truth, fold_of_row)[1]
+            for name, s in zip(names, stack, strict=True)
+        },
+        nested=Scores.of(fitted.per_fold, fitted.pooled, fitted.decision),
+        in_sample=fitted.in_sample,
+        features=list(data.features) if method == "stack" else [],
+        second_level=sha256_file(paths.blend_model(name)) if method == "stack" else "",
     )
     blend.save(paths.blend(blend.name))
     print("\n".join(describe(blend, len(fold_of_row))) + f"\n-> {paths.blend(blend.name)}")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A blend's members' shares, its nested CV, its decision and its in-sample score."""
+
+    weights: np.ndarray
+    per_fold: list[float]
+    pooled: float
+    decision: dict
+    in_sample: float
+
+
+def _weighted(method: str, stack: np.ndarray, target: ensemble.Target, fold_of_row: np.ndarray, rounds: int) -> Fitted:
+    weights = ensemble.fit_weights(method, stack, target, rounds=rounds)
+    per_fold, pooled = ensemble.nested_scores(method, stack, target, fold_of_row, rounds=rounds)
+    blended = ensemble.blend(stack, weights)
+    decided = target.fitted(blended)
+    return Fitted(weights, per_fold, pooled, decided.decision(), target.score(decided.decide(blended)))
+
+
+def _stacked(
+    stack: np.ndarray, target: ensemble.Target, fold_of_row: np.ndarray, features: pd.DataFrame, saved: Path
+) -> Fitted:
+    """Trees on the members' predictions and the tabular columns (learn.stacking), saved to
+    `saved`; the decision fitted on their held-out predictions, as an experiment's on its OOF."""
+    task, truth = target.task, target.truth
+    held_out = stacking.nested_predictions(task, stack, features, truth, fold_of_row)
+    per_fold, pooled = task.held_out_scores(held_out, truth, fold_of_row)
+    stacker = stacking.Stacker.fit(task, stack, features, truth)
+    stacker.save(saved)
+    in_sample = stacker.predict(stack, features)
+    decided = task.fit_decision(in_sample, truth)
+    weights = np.full(len(stack), 1.0 / len(stack))
+    return Fitted(
+        weights,
+        per_fold,
+        pooled,
+        task.fit_decision(held_out, truth).decision(),
+        target.score(decided.decide(in_sample)),
+    )
 
 
 def member_cv(paths: Paths, name: str, plan_now: str) -> CV:
@@ -64,10 +123,11 @@ def member_cv(paths: Paths, name: str, plan_now: str) -> CV:
     return cv
 
 
-def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], folds: pd.DataFrame):
-    """(stack (members, rows, outputs) in the competition's units, the target, each row's fold),
-    rows in the same order for every member: every fold's validation rows in turn."""
-    data = sources.read(cfg)
+def out_of_fold(
+    cfg: C.Config, paths: Paths, data: sources.CompetitionData, members: dict[str, CV], folds: pd.DataFrame
+):
+    """(stack (members, rows, outputs) in the competition's units, the target, each row's id and
+    fold), rows in the same order for every member: every fold's validation rows in turn."""
     task, read = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets), _oof_reader(cfg, paths)
     fold_ids = sorted(int(f) for f in folds["fold"].unique() if f >= 0)
     stacked, frame = [], None
@@ -81,7 +141,7 @@ def out_of_fold(cfg: C.Config, paths: Paths, members: dict[str, CV], folds: pd.D
         frame = pd.concat(frames, ignore_index=True)
         stacked.append(ensemble.in_space(cfg.blend.space, frame[task.prediction_columns()].to_numpy(np.float64)))
     truth = task.truth(frame, target_columns(folds))
-    return np.stack(stacked), ensemble.Target(task, truth), frame["fold"].to_numpy()
+    return np.stack(stacked), ensemble.Target(task, truth), frame[["id", "fold"]]
 
 
 def _oof_reader(cfg: C.Config, paths: Paths):
@@ -118,6 +178,10 @@ def _method(cfg: C.Config, task: Task) -> str:
         raise PipelineError(
             f"blend.space=ranks is for metrics of ranks; {task.name} scored by {task.metric} needs its predictions"
         )
+    if cfg.blend.method == "stack" and cfg.blend.space == "ranks":
+        raise PipelineError(
+            "blend.method=stack reads the members' predictions as they are; use blend.space=probabilities"
+        )
     if cfg.blend.method != "auto":
         return cfg.blend.method
     return "optimise" if task.metric in task.SMOOTH_METRICS else "hill_climb"
@@ -126,14 +190,23 @@ def _method(cfg: C.Config, task: Task) -> str:
 def describe(blend: Blend, rows: int) -> list[str]:
     higher = tasks.higher_is_better(blend.metric)
     best = (max if higher else min)(blend.member_scores, key=blend.member_scores.get)
-    lines = [f"blend {blend.name}: {blend.method} weights on {rows} out-of-fold rows, {blend.metric}"]
-    scores = blend.member_scores
-    lines += [f"  {name:<24} OOF {scores[name]:.5f}  weight {weight:.3f}" for name, weight in blend.weights.items()]
-    nested = blend.nested
+    scores, nested, stacked = blend.member_scores, blend.nested, blend.method == "stack"
+    if stacked:
+        columns = f" and the columns {', '.join(blend.features)}" if blend.features else ""
+        lines = [
+            f"blend {blend.name}: trees on the members' predictions{columns}, {rows} out-of-fold rows, {blend.metric}"
+        ]
+        lines += [f"  {name:<24} OOF {scores[name]:.5f}" for name in blend.weights]
+    else:
+        lines = [f"blend {blend.name}: {blend.method} weights on {rows} out-of-fold rows, {blend.metric}"]
+        lines += [f"  {name:<24} OOF {scores[name]:.5f}  weight {weight:.3f}" for name, weight in blend.weights.items()]
+    fitted = "trees" if stacked else "weights"
     lines.append(
-        f"nested CV {nested.oof:.5f} (per fold {nested.mean:.5f} ± {nested.std:.5f}): weights fitted on the other "
+        f"nested CV {nested.oof:.5f} (per fold {nested.mean:.5f} ± {nested.std:.5f}): {fitted} fitted on the other "
         f"folds, scored on the held-out one; in-sample {blend.in_sample:.5f} (scored on the rows that chose them)"
     )
+    if nested.decision:
+        lines.append(f"decision fitted on every out-of-fold row of the blend: {nested.decision['summary']}")
     gain = nested.oof - blend.member_scores[best]
     if (gain if higher else -gain) <= 0:
         lines.append(f"note: the blend does not beat its best member, {best} ({blend.member_scores[best]:.5f})")

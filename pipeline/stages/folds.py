@@ -37,13 +37,16 @@ def assign_folds(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: st
     return folds
 
 
-def strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> pd.Series:
-    """What each fold must get its share of: the task's strata (the class), or the bin of
-    stratified_binned."""
-    if cfg.kind in BINNED:
-        return _bins(table, targets, cfg)
-    found = tasks.get(task).strata(table, targets)
-    return pd.Series("all", index=table.index) if found is None else found
+def strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> pd.Series | pd.DataFrame:
+    """What each fold must get its share of: the task's strata (the class), the bin of
+    stratified_binned, or each label's positive rows (a 0/1 column each) for a multilabel split."""
+    found, kind = tasks.get(task), tasks.get(task).fold_kind_of(cfg.kind)
+    if kind in BINNED:
+        return _bins(table, targets, cfg, found.stratify_on if cfg.stratify_on == "auto" else cfg.stratify_on)
+    if kind in LABEL_MATRIX:
+        return pd.DataFrame(found.label_matrix(table, targets), columns=found.labels_of(table, targets))
+    classes = found.strata(table, targets)
+    return pd.Series("all", index=table.index) if classes is None else classes
 
 
 def _splitter(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str):
@@ -56,7 +59,7 @@ def _kfold(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
 
 
 def _multilabel(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
-    labels = _multilabel_matrix(table, targets)
+    labels = tasks.get(task).label_matrix(table, targets)
     return MultilabelStratifiedKFold(n_splits=cfg.n_splits, shuffle=True, random_state=cfg.seed).split(index, labels)
 
 
@@ -80,6 +83,7 @@ def _stratified(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
 
 
 BINNED = ("stratified_binned",)  # stratified on bins of the targets rather than the task's strata
+LABEL_MATRIX = ("multilabel",)  # stratified on every label at once
 SPLITS = {
     "kfold": _kfold,
     "multilabel": _multilabel,
@@ -87,12 +91,6 @@ SPLITS = {
     "stratified": _stratified,
     "stratified_binned": _stratified,
 }
-
-
-def small_strata(labels: pd.Series, n_splits: int) -> pd.Series:
-    """Strata with fewer rows than folds: some folds cannot validate them."""
-    counts = labels.value_counts()
-    return counts[counts < n_splits]
 
 
 def _groups(table: pd.DataFrame, cfg: C.Folds) -> pd.Series:
@@ -116,23 +114,15 @@ def _groups(table: pd.DataFrame, cfg: C.Folds) -> pd.Series:
     return groups.astype(str)
 
 
-def _multilabel_matrix(table: pd.DataFrame, targets: list[str]) -> np.ndarray:
-    values = table[targets].apply(pd.to_numeric, errors="coerce")
-    if not values.isin([0, 1]).all().all():
-        column = next(c for c in targets if not values[c].isin([0, 1]).all())
-        raise PipelineError(f"folds.kind=multilabel needs 0/1 label columns; column {column!r} holds other values")
-    return values.to_numpy()
-
-
-def _bins(table: pd.DataFrame, targets: list[str], cfg: C.Folds) -> pd.Series:
+def _bins(table: pd.DataFrame, targets: list[str], cfg: C.Folds, stratify_on: str) -> pd.Series:
     """Keypoints: the pattern of labelled points (so every fold gets its share of partly labelled
     rows), or quantile bins of the targets' mean or of one column. Strata smaller than n_splits
     merge into one, which StratifiedKFold can then still spread."""
-    if cfg.stratify_on == "missing_pattern":
+    if stratify_on == "missing_pattern":
         present = table[targets].notna().to_numpy()
         codes = pd.Series(["".join("1" if p else "0" for p in row) for row in present], index=table.index)
     else:
-        column = cfg.stratify_on
+        column = stratify_on
         if column != "target_mean" and column not in table.columns:
             raise PipelineError(
                 f"folds.stratify_on={column!r} is neither missing_pattern, target_mean nor a column of the train table"
@@ -166,10 +156,14 @@ def fold_table(table: pd.DataFrame, targets: list[str], folds: np.ndarray, extra
     return out
 
 
-def counts_table(folds: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
-    """Rows per fold and stratum (class or bin), with a total column."""
-    counts = pd.crosstab(folds["fold"], labels.rename("class"))
-    counts["total"] = counts.sum(axis=1)
+def counts_table(folds: pd.DataFrame, labels: pd.Series | pd.DataFrame) -> pd.DataFrame:
+    """Rows per fold and stratum (class or bin), or per fold and label (its positive rows: what a
+    multilabel split shares out), with a total column of rows."""
+    if isinstance(labels, pd.DataFrame):
+        counts = labels.groupby(folds["fold"].to_numpy()).sum().astype(int).rename_axis("fold")
+    else:
+        counts = pd.crosstab(folds["fold"], labels.rename("class"))
+    counts["total"] = folds["fold"].value_counts().sort_index()
     return counts
 
 
@@ -229,7 +223,8 @@ def _print_summary(folds: pd.DataFrame, labels: pd.Series, cfg: C.Folds) -> None
                 }
             ).to_string()
         )
-    for stratum, count in small_strata(labels, cfg.n_splits).items():
+    rare = counts.drop(columns="total").sum() if isinstance(labels, pd.DataFrame) else labels.value_counts()
+    for stratum, count in rare[rare < cfg.n_splits].items():
         print(
             f"warning: {stratum!r} has {count} rows, fewer than folds.n_splits={cfg.n_splits}; "
             "some folds cannot validate it"

@@ -30,7 +30,7 @@ from pipeline.records import Bundle
 def run(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
     plan, test = selection.plan_submission(cfg, paths)
-    expected = submission.validated(plan.cfg, test.table, selection.combine(test, plan.parts), test.task)
+    expected = submission.validated(plan.cfg, test.table, *selection.combine(test, plan))
     final = paths.package
     tmp = temporary_dir(final.root)
     try:
@@ -51,7 +51,11 @@ def run(cfg: C.Config) -> None:
 
 def fill(files: PackageFiles, cfg: C.Config, plan: selection.Plan, labels: list[str]) -> tuple[Bundle, list[str]]:
     """The dataset and the kernel folders; the bundle and the wheels' file names."""
-    bundle = Bundle(copy_models(plan.parts, files.dataset), plan.stated, labels)
+    parts, second_level = copy_models(plan.parts, files.dataset), None
+    if plan.second_level is not None:
+        second_level = files.dataset.second_level.relative_to(files.dataset.root).as_posix()
+        shutil.copyfile(plan.second_level, files.dataset.second_level)
+    bundle = Bundle(parts, plan.stated, labels, plan.decision, second_level, list(plan.features))
     bundle.save(files.dataset.bundle)
     write_text(files.dataset.config, plan.cfg.to_yaml())
     wheels = build_wheels(cfg.package.wheels, files.dataset.wheels)

@@ -12,7 +12,8 @@ from pipeline.paths import Paths
 def run(cfg: Config) -> None:
     paths = Paths.of(cfg)
     plan, test = plan_submission(cfg, paths)
-    path = submission.write(plan.cfg, paths, test.table, combine(test, plan.parts), test.task, plan.stated)
+    predictions, task = combine(test, plan)
+    path = submission.write(plan.cfg, paths, test.table, predictions, task, plan.stated)
     stated, direction = plan.stated, "higher" if tasks.higher_is_better(plan.stated.metric) else "lower"
     print(
         f"submission {path}: {stated.models} models ({stated.experiment}), CV {stated.metric} {stated.score:.5f} "

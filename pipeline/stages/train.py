@@ -338,8 +338,7 @@ def summarize(
     def scores(epoch: str) -> Scores:
         raw = [np.load(paths.fold(k).valid_predictions(epoch)) for k in fold_ids]
         oof = pd.concat([task.oof_frame(folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
-        per_fold = [r.best_score if epoch == "best" else r.last_score for r in results]
-        return Scores.of(per_fold, task.oof_score(oof, targets))
+        return Scores.of(*task.oof_scores(oof, targets))
 
     return CV(
         metric=task.metric,

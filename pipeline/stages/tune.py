@@ -62,7 +62,6 @@ def default_space(cfg: C.Config, n_stages: int) -> dict[str, C.Param]:
     space = {
         "train.lr": P(type="float", low=cfg.train.lr / 10, high=cfg.train.lr * 10, log=True),
         "train.weight_decay": P(type="float", low=1e-5, high=0.1, log=True),
-        "train.label_smoothing": P(type="float", low=0.0, high=0.2),
     }
     if cfg.model.pretrained != "none":
         space["model.freeze_depth"] = P(type="int", low=0, high=n_stages)

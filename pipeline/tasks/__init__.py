@@ -12,6 +12,8 @@ from pipeline.errors import PipelineError
 # in the order `make init` asks them whether a competition is theirs: the most specific first
 BUILT_IN = {
     "keypoints": "pipeline.tasks.keypoints",
+    "multilabel": "pipeline.tasks.multilabel",
+    "regression": "pipeline.tasks.regression",
     "classification": "pipeline.tasks.classification",
 }
 _registered: dict[str, type] = {}

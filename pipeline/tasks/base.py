@@ -37,6 +37,9 @@ class Task:
     LOSSES: ClassVar[tuple[str, ...]]  # train.loss values; the first is the default
     FORMATS: ClassVar[tuple[str, ...]] = ("values",)  # predict.format values
     fold_kind: ClassVar[str] = "kfold"  # what folds.kind=auto means
+    # what a stacked blend's trees predict (learn.stacking): "class", "labels" or "values"
+    stack_target: ClassVar[str] = "values"
+    stratify_on: ClassVar[str] = "target_mean"  # what folds.stratify_on=auto means
     takes_extra_images: ClassVar[bool] = False  # scraped images, labelled by their source's name
     mixes: ClassVar[bool] = False  # mixup and cutmix apply (and are searched)
     crops: ClassVar[bool] = True  # augmentations that may cut the targets out of the image apply
@@ -55,14 +58,15 @@ class Task:
                 raise ValueError(f"{key}={value!r} is not for {cls.name}; use auto or one of {', '.join(allowed)}")
 
     @classmethod
-    def claim_columns(cls, columns: list[str]) -> list[str]:
-        """Of a training table's columns, those `make init` takes as this task's targets by their
-        names; none here."""
+    def claim_columns(cls, table: pd.DataFrame, columns: list[str]) -> list[str]:
+        """Of a training table's candidate target `columns`, those `make init` takes as this task's
+        targets by their names or values; none here."""
         return []
 
     @classmethod
-    def detect(cls, layout: str, label_columns: list[str]) -> str | None:
-        """Why a competition of this `data.layout` and these label columns is this task, or None."""
+    def detect(cls, layout: str, label_columns: list[str], table: pd.DataFrame | None) -> str | None:
+        """Why a competition of this `data.layout` and these label columns of the training
+        `table` (None: the layout has no table) is this task, or None."""
         return None
 
     @classmethod
@@ -81,6 +85,15 @@ class Task:
     def strata(cls, table: pd.DataFrame, targets: list[str]) -> pd.Series | None:
         """What folds.kind=stratified gives each fold its share of; None: this task has none."""
         return None
+
+    @classmethod
+    def label_matrix(cls, table: pd.DataFrame, targets: list[str]) -> np.ndarray:
+        """(N, labels) 0/1: what folds.kind=multilabel stratifies; here the targets, each a 0/1 column."""
+        values = table[targets].apply(pd.to_numeric, errors="coerce")
+        if not values.isin([0, 1]).all().all():
+            column = next(c for c in targets if not values[c].isin([0, 1]).all())
+            raise PipelineError(f"folds.kind=multilabel needs 0/1 label columns; column {column!r} holds other values")
+        return values.to_numpy()
 
     @classmethod
     def metric_of(cls, chosen: str) -> str:
@@ -195,9 +208,27 @@ class Task:
         frame = folds.iloc[rows].reset_index(drop=True)
         return pd.concat([frame, pd.DataFrame(predictions, columns=self.prediction_columns())], axis=1)
 
-    def oof_score(self, frame: pd.DataFrame, targets: list[str]) -> float:
-        """The competition metric of an out-of-fold table (targets and prediction columns)."""
-        return self.score(frame[self.prediction_columns()].to_numpy(np.float64), self.truth(frame, targets))
+    def oof_scores(self, frame: pd.DataFrame, targets: list[str]) -> tuple[list[float], float, dict]:
+        """The competition metric of an out-of-fold table (its fold, targets and prediction
+        columns): each fold's and that of all rows (held_out_scores), and the decision fitted on
+        all rows, which a submission of these models uses."""
+        predictions, truth = frame[self.prediction_columns()].to_numpy(np.float64), self.truth(frame, targets)
+        per_fold, pooled = self.held_out_scores(predictions, truth, frame["fold"].to_numpy())
+        return per_fold, pooled, self.fit_decision(predictions, truth).decision()
+
+    def held_out_scores(
+        self, predictions: np.ndarray, truth: np.ndarray, fold_of_row: np.ndarray
+    ) -> tuple[list[float], float]:
+        """Each fold's score, and that of every row, with each fold's predictions decided by the
+        decision fitted on the other folds' rows (fit_decision): a CV that never scores a
+        threshold on the rows that chose it."""
+        decided, per_fold = np.empty_like(predictions), []
+        for fold in np.unique(fold_of_row):
+            held_out = fold_of_row == fold
+            fitted = self.fit_decision(predictions[~held_out], truth[~held_out])
+            decided[held_out] = fitted.decide(predictions[held_out])
+            per_fold.append(self.score(decided[held_out], truth[held_out]))
+        return per_fold, self.score(decided, truth)
 
     # what blends combine: predictions in the competition's units against the truth in them
 
@@ -226,6 +257,31 @@ class Task:
     def finish_blend(self, blended: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """A blend of predictions in the competition's units, made valid again."""
         return blended
+
+    # what is fitted beside the network: on a fit's training targets, on out-of-fold predictions
+
+    def fitted_to(self, targets: np.ndarray) -> "Task":
+        """The task as one fit's model uses it, given that fit's encoded training targets (a
+        regression's scale); here the task itself."""
+        return self
+
+    def fit_decision(self, predictions: np.ndarray, truth: np.ndarray) -> "Task":
+        """The task with its decision rule (a multi-label's thresholds) fitted to the metric on
+        predictions in the competition's units; here none."""
+        return self
+
+    def decide(self, predictions: np.ndarray) -> np.ndarray:
+        """Predictions in the competition's units -> what the metric and a submission of decisions
+        read: `score` of decided predictions is that of the decision (idempotent)."""
+        return predictions
+
+    def decision(self) -> dict:
+        """The fitted decision rule as JSON, with a one-line "summary" (with_decision reads it
+        back); none here."""
+        return {}
+
+    def with_decision(self, decision: dict) -> "Task":
+        return self
 
     # --- the head ---------------------------------------------------------------------------
 
@@ -282,3 +338,14 @@ class Task:
 
     def report_sections(self, oof: pd.DataFrame, out: Any, image_of: Callable, size_of: Callable) -> list[Section]:
         return []
+
+
+def masked_loss(name: str, predicted: Any, target: Any) -> Any:
+    """The mean `name` loss (l1, mse, smooth_l1) over the labelled cells of `target` only: a
+    missing cell (NaN) adds nothing, not even a NaN gradient."""
+    import torch.nn.functional as F
+
+    losses = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
+    present = ~target.isnan()
+    per_cell = losses[name](predicted, target.nan_to_num(), reduction="none")
+    return (per_cell * present).sum() / present.sum().clamp(min=1)

@@ -23,6 +23,7 @@ class Classification(Task):
     LOSSES = ("cross_entropy",)
     FORMATS = ("label", "probabilities")
     fold_kind = "stratified"
+    stack_target = "class"
     takes_extra_images = True
     mixes = True
 
@@ -34,7 +35,7 @@ class Classification(Task):
     # --- what needs no labels --------------------------------------------------------------
 
     @classmethod
-    def detect(cls, layout: str, label_columns: list[str]) -> str | None:
+    def detect(cls, layout: str, label_columns: list[str], table: pd.DataFrame | None) -> str | None:
         return "one label per image" if len(label_columns) <= 1 else None
 
     @classmethod
@@ -71,7 +72,10 @@ class Classification(Task):
 
     @classmethod
     def search_space(cls, cfg: Any) -> dict[str, dict]:
-        return {"train.mixup_alpha": {"type": "float", "low": 0.1, "high": 0.4, "optional": True}}
+        return {
+            "train.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+            "train.mixup_alpha": {"type": "float", "low": 0.1, "high": 0.4, "optional": True},
+        }
 
     @classmethod
     def label_extra(cls, extra: pd.DataFrame, table: pd.DataFrame, targets: list[str], source: str) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from pipeline import plots
 from pipeline.errors import PipelineError
 from pipeline.tables import read_csv
 from pipeline.tasks import register
-from pipeline.tasks.base import Section, Task
+from pipeline.tasks.base import Section, Task, masked_loss
 
 COORDINATE = re.compile(r"_[xy]$", re.IGNORECASE)
 AUG_PRESET = {"rotate": 10.0, "shift": 0.05, "scale": 0.1, "brightness": 0.2, "contrast": 0.2, "p": 0.8}
@@ -33,6 +33,7 @@ class Keypoints(Task):
     LOSSES = ("l1", "mse", "smooth_l1")
     FORMATS = ("keypoints_wide", "keypoints_long")
     fold_kind = "stratified_binned"
+    stratify_on = "missing_pattern"
     crops = False  # a crop would cut points out of the picture
 
     def __init__(
@@ -54,14 +55,14 @@ class Keypoints(Task):
     # --- what needs no labels --------------------------------------------------------------
 
     @classmethod
-    def claim_columns(cls, columns: list[str]) -> list[str]:
+    def claim_columns(cls, table: pd.DataFrame, columns: list[str]) -> list[str]:
         return [c for c in columns if COORDINATE.search(c)]
 
     @classmethod
-    def detect(cls, layout: str, label_columns: list[str]) -> str | None:
+    def detect(cls, layout: str, label_columns: list[str], table: pd.DataFrame | None) -> str | None:
         if layout == "pixel_string":
             return "x/y coordinate columns in the training CSV"
-        if len(label_columns) > 1 or (label_columns and COORDINATE.search(label_columns[0])):
+        if label_columns and all(COORDINATE.search(c) for c in label_columns):
             return f"{len(label_columns) // 2} points as x/y columns"
         return None
 
@@ -147,13 +148,8 @@ class Keypoints(Task):
         return outputs.tanh() if self.tanh else outputs
 
     def loss(self, outputs: Any, target: Any) -> Any:
-        """Mean over labelled coordinates only: missing points add nothing, not even NaN gradients."""
-        import torch.nn.functional as F
-
-        losses = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
-        present = ~target.isnan()
-        per_coordinate = losses[self.loss_name](self.activate(outputs), target.nan_to_num(), reduction="none")
-        return (per_coordinate * present).sum() / present.sum().clamp(min=1)
+        """Mean over labelled coordinates only."""
+        return masked_loss(self.loss_name, self.activate(outputs), target)
 
     # --- augmentation and TTA ---------------------------------------------------------------
 
