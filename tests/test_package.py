@@ -131,6 +131,7 @@ def test_a_machine_without_user_namespaces_is_one_line_before_anything_runs(tmp_
         rehearse.check_network_cut()
 
 
+@pytest.mark.slow  # a second wheel build
 def test_a_stacked_multilabel_blend_packs_its_trees_and_thresholds_and_predicts_offline_as_make_predict(
     tmp_path, monkeypatch
 ):

@@ -34,6 +34,12 @@ def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
     return model, frozen
 
 
+def for_rows(setup: Setup, train_rows: np.ndarray) -> Setup:
+    """The setup with its task fitted to these training rows' targets (a regression's scale):
+    what one fit trains, validates and saves with."""
+    return dataclasses.replace(setup, task=setup.task.fitted_to(setup.targets[train_rows]))
+
+
 def check(setup: Setup) -> torch.nn.Module:
     """Build once what every fit builds from the config (the model with its weights and frozen
     stages, the augmentations, the device and whether it can augment), so that a config mistake
@@ -192,7 +198,7 @@ def fit(
 
     Every epoch is validated and scored; the weights saved for prediction are those of the
     epoch train.checkpoint names: the last (the recipe the full fit repeats) or the best."""
-    setup = dataclasses.replace(setup, task=setup.task.fitted_to(setup.targets[train_rows]))
+    setup = for_rows(setup, train_rows)
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
     device, model, frozen, trained = parts.device, parts.model, parts.frozen, parts.trained

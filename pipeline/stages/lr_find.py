@@ -13,7 +13,7 @@ from pipeline import config as C
 from pipeline.files import atomic_path, write_csv
 from pipeline.learn import engine, plan
 from pipeline.learn.device import Device
-from pipeline.learn.fit import assemble
+from pipeline.learn.fit import assemble, for_rows
 from pipeline.learn.fit_setup import Setup
 from pipeline.paths import Paths
 
@@ -77,6 +77,7 @@ def run(cfg: C.Config) -> None:
 
 
 def sweep_setup(setup: Setup, train_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    setup = for_rows(setup, train_rows)
     parts = assemble(setup, train_rows, None)
     loader = parts.train_batches(setup.cfg.train.seed)
     return sweep(parts.model, loader, setup.task, parts.optimizer, parts.device)

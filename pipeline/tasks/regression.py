@@ -117,9 +117,6 @@ class Regression(Task):
         mean, std = self._standard(outputs)
         return masked_loss(self.loss_name, outputs.float(), (target - mean) / std)
 
-    def eval_loss(self, outputs: Any, target: Any) -> Any:
-        return self.loss(outputs, target)
-
     def activate(self, outputs: Any) -> Any:
         """(B, targets) standard scores -> the targets' units, clipped to the fit's range if asked."""
         mean, std = self._standard(outputs.float())
