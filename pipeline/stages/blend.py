@@ -1,12 +1,13 @@
 """The blend stage: weights for several experiments, found on their out-of-fold predictions,
-scored by nested CV. The blended submission is predict.py's (`make predict BLEND=<blend>`).
+or trees on those and the tabular columns (METHOD=stack, learn.stacking), scored by nested CV.
+The blended submission is predict.py's (`make predict BLEND=<blend>`).
 
-    make blend [BLEND="a b c"]    -> runs/<name>/blends/<blend>.yaml
+    make blend [BLEND="a b c"] [METHOD=stack]   -> runs/<name>/blends/<blend>.yaml (+ <blend>.stack.pkl)
 
 Every member validated on the same folds (validation.validation_plan), so each OOF row is predicted
-by every member from a model that never saw it. The weights the submission uses are fitted on
-every OOF row; the score it states is the nested CV: per fold, weights fitted on the other
-folds' rows, scored on that fold's.
+by every member from a model that never saw it. The weights (or trees) the submission uses are
+fitted on every OOF row; the score it states is the nested CV: per fold, weights (or trees) and
+the task's decision fitted on the other folds' rows, scored on that fold's.
 """
 
 from dataclasses import dataclass
