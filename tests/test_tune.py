@@ -204,7 +204,8 @@ def count_finished(cfg) -> tuple[int, list[int]]:
 @pytest.mark.slow
 def test_two_workers_on_the_journal_finish_exactly_n(digits_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = tune_config(digits_dir, n_trials=5)
+    # trials of a few seconds: one-second trials could all finish before the second worker has started
+    cfg = tune_config(digits_dir, n_trials=5, epochs=4)
     folds.run(cfg)
     tune.run(cfg, workers=2)
     total, finished = count_finished(cfg)
