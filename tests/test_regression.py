@@ -146,3 +146,27 @@ def test_a_stack_of_two_experiments_and_the_columns_is_submitted(tmp_path, monke
     Path("runs/paw/blends/stack.stack.pkl").write_bytes(b"other trees")
     assert cli.main(["predict", "-c", "paw.yaml", "predict.blend=stack"]) == 2
     assert "is not the second level blend stack fitted" in capsys.readouterr().err
+
+
+def test_a_stack_takes_the_folds_its_member_trained_and_a_blend_the_same_folds_in_every_member(
+    tmp_path, monkeypatch, capsys
+):
+    """A time budget may leave a fold out: the blend runs on the folds the members share."""
+    pawpularity_competition(tmp_path / "data/paw", np.random.default_rng(1), train=48, test=8)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["init", "data/paw", "-o", "paw.yaml"]) == 0
+    settings = ["folds.n_splits=3", "model.name=test_resnet", "model.image_size=32", "model.pretrained=none"]
+    settings += ["train.epochs=1", "train.batch_size=8", "train.workers=0", "train.full_fit=false"]
+    for args in (
+        ["data"],
+        ["folds"],
+        ["train", "train.experiment=a", "train.folds=[0,1]"],
+        ["train", "train.experiment=b"],
+    ):
+        assert cli.main([args[0], "-c", "paw.yaml", *settings, *args[1:]]) == 0
+    assert cli.main(["blend", "-c", "paw.yaml", *settings]) == 2
+    assert "experiment b trained folds [0, 1, 2] and a folds [0, 1]" in capsys.readouterr().err
+    stack = ["blend.method=stack", "blend.experiments=[a]", "blend.name=s"]
+    assert cli.main(["blend", "-c", "paw.yaml", *settings, *stack]) == 0
+    assert "32 out-of-fold rows" in capsys.readouterr().out
+    assert cli.main(["predict", "-c", "paw.yaml", *settings, "predict.blend=s"]) == 0

@@ -128,13 +128,20 @@ def out_of_fold(
     cfg: C.Config, paths: Paths, data: sources.CompetitionData, members: dict[str, CV], folds: pd.DataFrame
 ):
     """(stack (members, rows, outputs) in the competition's units, the target, each row's id and
-    fold), rows in the same order for every member: every fold's validation rows in turn."""
+    fold), rows in the same order for every member: every fold's validation rows in turn. The
+    folds are those the members trained, the same in each (a time budget may have left one out)."""
     task, read = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets), _oof_reader(cfg, paths)
-    fold_ids = sorted(int(f) for f in folds["fold"].unique() if f >= 0)
+    first = next(iter(members))
+    fold_ids = sorted(members[first].fold_ids)
+    if len(fold_ids) < 2:
+        raise PipelineError(f"experiment {first} trained fold {fold_ids}: a blend's nested CV needs two or more folds")
     stacked, frame = [], None
     for name, cv in members.items():
         if sorted(cv.fold_ids) != fold_ids:
-            raise PipelineError(f"experiment {name} trained folds {cv.fold_ids} of {fold_ids}: a blend needs them all")
+            raise PipelineError(
+                f"experiment {name} trained folds {sorted(cv.fold_ids)} and {first} folds {fold_ids}: a blend needs "
+                "the same folds in every member (`make train EXP=<name> ARGS=train.folds=...`)"
+            )
         epoch, fits, frames = _epoch(cfg, name, cv), paths.of_experiment(name), []
         for k in fold_ids:
             rows = validation_rows(folds, k)
