@@ -117,6 +117,7 @@ def test_the_stack_reads_the_tabular_columns_beside_the_members():
     assert np.isfinite(stacking.Stacker.fit(task, members, features, truth).predict(members, unseen)).all()
 
 
+@pytest.mark.slow  # the stack's path to a submission is also the next test's, with one experiment
 def test_a_stack_of_two_experiments_and_the_columns_is_submitted(tmp_path, monkeypatch, capsys):
     pawpularity_competition(tmp_path / "data/paw", np.random.default_rng(0), train=80)
     monkeypatch.chdir(tmp_path)
