@@ -27,11 +27,10 @@ from pipeline.files import filled_into
 N_TRAIN, N_TEST = 1000, 300
 SIDE = 64
 SUPERSAMPLE = 4  # drawn at 4x and shrunk: smooth edges
-POINTS = [f"{kind}_{k}" for kind in ("tip", "base", "palm") for k in range(1, 5)]
+ROWS = ("tip", "base", "palm")  # a row of four points, index finger to little finger
+POINTS = [f"{row}_{k}" for row in ROWS for k in range(1, 5)]
 COLUMNS = [f"{p}_{axis}" for p in POINTS for axis in ("x", "y")]
-FLIP_PAIRS = [[f"{kind}_1", f"{kind}_4"] for kind in ("tip", "base", "palm")] + [
-    [f"{kind}_2", f"{kind}_3"] for kind in ("tip", "base", "palm")
-]
+FLIP_PAIRS = [[f"{row}_1", f"{row}_4"] for row in ROWS] + [[f"{row}_2", f"{row}_3"] for row in ROWS]
 # finger lengths, index to little, in palm widths; a right hand shows them right to left
 FINGER_LENGTHS = np.array([0.78, 0.88, 0.82, 0.62])
 SLOTS_X = np.array([-0.36, -0.12, 0.12, 0.36])  # the finger bases across the top of the palm
