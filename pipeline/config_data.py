@@ -77,6 +77,11 @@ class ImageCsv(FileLayout):
     label_columns: list[str] = ["label"]
     # tabular columns of both CSVs beside the images (age, site, camera): `make blend METHOD=stack` reads them
     feature_columns: list[str] = []
+    # masks (segmentation): run-length codes in label_columns, one column per class, or one row per
+    # image and class named by class_column (Severstal), or one mask image per id in mask_dir
+    class_column: str | None = None
+    mask_dir: str | None = None  # e.g. train/masks: <id>.png, nonzero pixels in the mask
+    rle_order: Literal["column", "row"] = "column"  # Kaggle's: pixels numbered top to bottom, then left to right
     train_dir: str = "train"
     test_dir: str = "test"
     image_ext: str | None = None  # None: found among `extensions`

@@ -344,7 +344,7 @@ def read_filename_regex(layout: C.FilenameRegex, task: str) -> CompetitionData:
 def read_image_csv(layout: C.ImageCsv, task: str) -> CompetitionData:
     train_path = layout.dir / layout.train_csv
     train = read_csv(train_path, dtype={layout.id_column: str})
-    require_columns(train, [layout.id_column, *layout.label_columns], train_path)
+    train, targets = tasks.get(task).training_table(train, layout, train_path)
     if layout.test_csv is not None:
         test_path = layout.dir / layout.test_csv
         test = read_csv(test_path, dtype={layout.id_column: str})
@@ -361,7 +361,7 @@ def read_image_csv(layout: C.ImageCsv, task: str) -> CompetitionData:
     check_against_sample(test["id"], layout)
     return CompetitionData(
         *(_file_split(t, t.pop("_path").tolist(), layout, str(p)) for t, p in ((train, train_path), (test, test_path))),
-        targets=list(layout.label_columns),
+        targets=targets,
         features=list(layout.feature_columns),
     )
 

@@ -13,13 +13,14 @@ start without it; the methods that take tensors use the tensors' own methods.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.tables import line, show
+from pipeline.tables import line, require_columns, show
 
 Section = tuple[str, str]  # a report section: (title, HTML)
 Proposal = tuple[str, object, str]  # a default: (dotted key, value, why)
@@ -43,6 +44,7 @@ class Task:
     takes_extra_images: ClassVar[bool] = False  # scraped images, labelled by their source's name
     mixes: ClassVar[bool] = False  # mixup and cutmix apply (and are searched)
     crops: ClassVar[bool] = True  # augmentations that may cut the targets out of the image apply
+    reads_masks: ClassVar[bool] = False  # data.class_column and data.mask_dir apply
 
     # --- what needs no labels --------------------------------------------------------------
 
@@ -56,6 +58,9 @@ class Task:
         ):
             if value != "auto" and value not in allowed:
                 raise ValueError(f"{key}={value!r} is not for {cls.name}; use auto or one of {', '.join(allowed)}")
+        for key in ("class_column", "mask_dir"):
+            if getattr(cfg.data, key, None) is not None and not cls.reads_masks:
+                raise ValueError(f"data.{key} says where masks are; a {cls.name} competition has none (unset it)")
 
     @classmethod
     def claim_columns(cls, table: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -68,6 +73,13 @@ class Task:
         """Why a competition of this `data.layout` and these label columns of the training
         `table` (None: the layout has no table) is this task, or None."""
         return None
+
+    @classmethod
+    def training_table(cls, frame: pd.DataFrame, layout: Any, source: Path) -> tuple[pd.DataFrame, list[str]]:
+        """An image_csv layout's train CSV as one row per image with its target columns, and
+        those columns; here as it is, the targets data.label_columns."""
+        require_columns(frame, [layout.id_column, *layout.label_columns], source)
+        return frame, list(layout.label_columns)
 
     @classmethod
     def check_targets(cls, table: pd.DataFrame, targets: list[str], source: str) -> None:

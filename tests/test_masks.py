@@ -1,0 +1,128 @@
+"""The three shapes Kaggle ships masks in, read into one canonical table of run-length codes."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_image
+from PIL import Image
+
+from pipeline import config as C
+from pipeline.data import masks, rle
+from pipeline.errors import PipelineError
+
+SHAPE = (12, 10)
+
+
+def layout(folder: Path, **keys) -> C.ImageCsv:
+    return C.ImageCsv(layout="image_csv", dir=folder, **keys)
+
+
+def decoded(code: str) -> np.ndarray:
+    return rle.decode(code, SHAPE, "column", "test")
+
+
+def table_of(frame: pd.DataFrame, folder: Path, **keys) -> tuple[pd.DataFrame, list[str]]:
+    return masks.training_table(frame, layout(folder, **keys), folder / "train.csv")
+
+
+def test_a_code_column_beside_the_id_is_read_as_it_is_with_empty_cells_empty(tmp_path):
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "rle_mask": ["1 5", np.nan, " -1 "], "depth": [1, 2, 3]})
+    table, targets = table_of(frame, tmp_path, label_columns=["rle_mask"])
+    assert targets == ["rle_mask"]
+    assert table["rle_mask"].tolist() == ["1 5", "", ""]
+    assert table["depth"].tolist() == [1, 2, 3]
+
+
+def test_a_row_per_image_and_class_gives_a_column_per_class_and_empty_masks_to_images_without_rows(tmp_path, rng):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_image(tmp_path / "train" / name, rng, SHAPE)
+    frame = pd.DataFrame(
+        {"ImageId": ["a.jpg", "a.jpg", "c.jpg"], "ClassId": [3, 1, 3], "EncodedPixels": ["1 4", "9 2", "5 5"]}
+    )
+    table, targets = table_of(
+        frame, tmp_path, id_column="ImageId", label_columns=["EncodedPixels"], class_column="ClassId"
+    )
+    assert targets == ["1", "3"]
+    assert table.to_dict("list") == {
+        "ImageId": ["a.jpg", "b.jpg", "c.jpg"],
+        "1": ["9 2", "", ""],
+        "3": ["1 4", "", "5 5"],
+    }
+
+
+def test_a_row_per_object_adds_to_its_images_mask(tmp_path, rng):
+    objects = ["1 3 20 5", "3 4 40 2", "25 10", "-1"]
+    frame = pd.DataFrame({"ImageId": ["a", "a", "a", "b"], "EncodedPixels": objects})
+    table, targets = table_of(frame, tmp_path, id_column="ImageId", label_columns=["EncodedPixels"])
+    assert targets == ["EncodedPixels"] and table["ImageId"].tolist() == ["a", "b"]
+    expected = decoded(objects[0]) | decoded(objects[1]) | decoded(objects[2])
+    assert np.array_equal(decoded(table["EncodedPixels"][0]), expected)
+    assert table["EncodedPixels"][0] == rle.encode(expected, "column")  # touching runs merge into one
+    assert table["EncodedPixels"][1] == ""
+
+
+def test_the_union_of_random_codes_is_the_union_of_their_masks(rng):
+    shape = (9, 11)
+    drawn = rng.random((5, *shape)) < 0.3
+    codes = [rle.encode(mask, "column") for mask in drawn]
+    code = masks.union(codes, ["test"] * len(codes))
+    assert np.array_equal(rle.decode(code, shape, "column", "test"), drawn.any(axis=0))
+
+
+def test_a_mask_folder_is_read_as_codes_in_the_configured_order(tmp_path, rng):
+    drawn = rng.random((2, *SHAPE)) < 0.5
+    for name, mask in zip(("a", "b"), drawn, strict=True):
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "masks" / f"{name}.png")
+    frame = pd.DataFrame({"id": ["a", "b"]})
+    table, targets = table_of(frame, tmp_path, mask_dir="masks", rle_order="row")
+    assert targets == ["mask"]
+    for code, mask in zip(table["mask"], drawn, strict=True):
+        assert np.array_equal(rle.decode(code, SHAPE, "row", "test"), mask)
+
+
+@pytest.mark.parametrize(
+    ("frame", "keys", "says"),
+    [
+        (
+            pd.DataFrame({"ImageId": ["a", "a"], "EncodedPixels": ["1 3", "5 x"]}),
+            {},
+            "train.csv line 3, column 'EncodedPixels': the run-length code does not parse: 'x'",
+        ),
+        (
+            pd.DataFrame({"ImageId": ["a", "b"], "EncodedPixels": ["1 3", "5 2 4 1"]}),
+            {},
+            "train.csv line 3, column 'EncodedPixels': the run-length code overlaps itself",
+        ),
+        (
+            pd.DataFrame({"ImageId": ["a.jpg", "z.jpg"], "ClassId": [1, 2], "EncodedPixels": ["1 3", "5 2"]}),
+            {"class_column": "ClassId"},
+            "train.csv line 3: id 'z.jpg' has no training image",
+        ),
+        (
+            pd.DataFrame({"ImageId": ["a", "a"], "ClassId": [1, 1]}),
+            {"class_column": "ClassId"},
+            "missing column(s) 'EncodedPixels'",
+        ),
+    ],
+)
+def test_a_bad_mask_table_is_one_line_naming_the_row(tmp_path, rng, frame, keys, says):
+    write_image(tmp_path / "train" / "a.jpg", rng, SHAPE)
+    with pytest.raises(PipelineError) as caught:
+        table_of(frame, tmp_path, id_column="ImageId", label_columns=["EncodedPixels"], **keys)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_missing_mask_image_names_the_id(tmp_path):
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(PipelineError, match="masks: no mask image for training id 'a'"):
+        table_of(pd.DataFrame({"id": ["a"]}), tmp_path, mask_dir="masks")
+
+
+def test_mask_keys_are_refused_for_a_task_without_masks():
+    from conftest import make_config
+
+    with pytest.raises(PipelineError, match="data.mask_dir says where masks are; a classification competition"):
+        make_config({"layout": "image_csv", "mask_dir": "masks"}, "classification")
