@@ -42,6 +42,7 @@ class Model(Section):
     zero_init_last: bool = True  # zero gamma of the last BN in residual blocks, where timm supports it
     head_activation: Literal["none", "tanh"] = "none"  # keypoints: tanh keeps outputs in [-1, 1]
     clip_to_targets: bool = False  # regression: predictions clipped to the range each fit trained on
+    decoder: Literal["unet", "fpn"] = "unet"  # segmentation: the decoder over the timm encoder model.name
 
 
 class Train(Section):

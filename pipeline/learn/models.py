@@ -15,9 +15,13 @@ from pipeline.config import Model
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.learn.backbones import LITE0_MODELS, blocks, stages, timm_model
+from pipeline.learn.segmenter import Segmenter
 
 
-def create_model(cfg: Model, num_outputs: int, in_chans: int) -> nn.Module:
+def create_model(cfg: Model, num_outputs: int, in_chans: int, *, dense: bool = False) -> nn.Module:
+    """A classifier with `num_outputs`, or (`dense`) a segmenter with an output map each."""
+    if dense:
+        return create_segmenter(cfg, num_outputs, in_chans)
     kwargs = {"num_classes": num_outputs, "in_chans": in_chans, "drop_rate": cfg.drop_rate}
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
@@ -27,12 +31,25 @@ def create_model(cfg: Model, num_outputs: int, in_chans: int) -> nn.Module:
     if cfg.pretrained.startswith("file:"):
         load_weights(model, read_checkpoint(Path(cfg.pretrained.removeprefix("file:"))), cfg.pretrained)
     elif cfg.pretrained == "efficientnet_lite0":
-        if cfg.name not in LITE0_MODELS:
-            raise PipelineError(
-                f"model.pretrained=efficientnet_lite0 needs model.name in {LITE0_MODELS}, got {cfg.name!r}"
-            )
-        load_weights(model, read_checkpoint(lite0_weights(cfg.name)), cfg.pretrained)
+        load_weights(model, read_checkpoint(lite0_weights(check_lite0(cfg.name))), cfg.pretrained)
     return model
+
+
+def create_segmenter(cfg: Model, classes: int, in_chans: int) -> Segmenter:
+    model = Segmenter(cfg.decoder, cfg.name, in_chans, classes)
+    if cfg.pretrained == "hub":
+        model.load_encoder(timm_model(cfg.name, True, {}, False).state_dict(), cfg.pretrained)
+    elif cfg.pretrained.startswith("file:"):
+        model.load_encoder(read_checkpoint(Path(cfg.pretrained.removeprefix("file:"))), cfg.pretrained)
+    elif cfg.pretrained == "efficientnet_lite0":
+        model.load_encoder(read_checkpoint(lite0_weights(check_lite0(cfg.name))), cfg.pretrained)
+    return model
+
+
+def check_lite0(name: str) -> str:
+    if name not in LITE0_MODELS:
+        raise PipelineError(f"model.pretrained=efficientnet_lite0 needs model.name in {LITE0_MODELS}, got {name!r}")
+    return name
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
