@@ -10,7 +10,7 @@ from conftest import make_config
 from pipeline import config as C
 from pipeline.augment import aug_ops, transforms
 from pipeline.augment.aug_ops import Context, Setting
-from pipeline.augment.batch_aug import BatchAugment
+from pipeline.augment.batch_aug import BatchAugment, Warp
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
 from pipeline.learn.device import Normalise
@@ -166,3 +166,42 @@ def test_what_the_batched_path_cannot_do_is_every_op_without_a_batched_executor(
     )
     cannot = {entry.split("=")[0] for entry in aug_ops.not_batched(everything)}
     assert cannot == {f"aug.{k.name}" for op in aug_ops.OPS if not op.batched for k in op.keys}
+
+
+def shape_and_mask(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(SIDE, SIDE, 1) uint8: a drawn ellipse and a square apart, white on black; and its 0/1 mask."""
+    rng = np.random.default_rng(seed)
+    grid_y, grid_x = np.mgrid[:SIDE, :SIDE]
+    cy, cx, ry, rx = rng.uniform(12, 20), rng.uniform(12, 20), rng.uniform(5, 9), rng.uniform(4, 8)
+    mask = ((grid_y - cy) / ry) ** 2 + ((grid_x - cx) / rx) ** 2 <= 1
+    mask[30:40, 28:36] = True
+    return (mask * 255).astype(np.uint8)[..., None], mask.astype(np.uint8)
+
+
+def agreement(image: np.ndarray, mask: np.ndarray) -> float:
+    """Intersection over union of the moved shape (the image over half grey) and its moved mask."""
+    shape, mask = np.asarray(image).reshape(SIDE, SIDE) > 127, np.asarray(mask).reshape(SIDE, SIDE) > 0
+    return (shape & mask).sum() / (shape | mask).sum()
+
+
+@pytest.mark.parametrize("op", GEOMETRIC, ids=lambda op: type(op).__name__)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_image_a_mask_moves_as_its_drawn_shape(op, seed):
+    image, mask = shape_and_mask(seed)
+    moved = A.Compose([op.per_image(forced(op), Context(1, SIDE))], seed=seed)(image=image, mask=mask)
+    assert set(np.unique(moved["mask"])) <= {0, 1}  # nearest neighbour: still a mask
+    assert agreement(moved["image"], moved["mask"]) > 0.9
+
+
+@pytest.mark.parametrize("op", [op for op in GEOMETRIC if op.batched], ids=lambda op: type(op).__name__)
+def test_batched_a_mask_moves_as_its_drawn_shape(op):
+    pairs = [shape_and_mask(seed) for seed in range(4)]
+    augment = batched(op, forced(op))
+    draws = augment.draw(len(pairs), np.random.default_rng(0))
+    images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2)
+    masks = torch.from_numpy(np.stack([mask for _, mask in pairs]))[:, None]
+    moved_images = augment.apply(images, draws)
+    moved_masks = Warp(augment.ops, draws, None).masks(masks)
+    assert moved_masks.dtype == torch.uint8 and set(moved_masks.unique().tolist()) <= {0, 1}
+    for image, mask in zip(moved_images, moved_masks, strict=True):
+        assert agreement(image.numpy(), mask.numpy()) > 0.9

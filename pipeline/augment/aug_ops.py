@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import AfterValidator, Field
 
 Ranges = dict[str, tuple[float, float]]
+NEAREST = 6  # cv2.INTER_NEAREST_EXACT for masks: cv2's INTER_NEAREST shifts an upscaled one by up to a pixel
 
 
 @dataclass(frozen=True)
@@ -356,22 +357,13 @@ class RandomResizedCrop(Op):
     def per_image(self, setting: Setting, context: Context) -> Any:
         import albumentations as A
 
-        return A.RandomResizedCrop(size=(context.size, context.size), scale=setting.ranges["area"], p=setting.p)
+        size, area = (context.size, context.size), setting.ranges["area"]
+        return A.RandomResizedCrop(size=size, scale=area, p=setting.p, mask_interpolation=NEAREST)
 
 
 # in the order they apply: the crop first, then the geometric ops, then the photometric ones
-OPS: tuple[Op, ...] = (
-    RandomResizedCrop(),
-    HorizontalFlip(),
-    VerticalFlip(),
-    Affine(),
-    Perspective(),
-    BrightnessContrast(),
-    HueSaturation(),
-    Blur(),
-    Noise(),
-    Cutout(),
-)
+OPS: tuple[Op, ...] = (RandomResizedCrop(), HorizontalFlip(), VerticalFlip(), Affine(), Perspective())
+OPS += (BrightnessContrast(), HueSaturation(), Blur(), Noise(), Cutout())
 
 
 def config_fields() -> dict[str, tuple[Any, float]]:

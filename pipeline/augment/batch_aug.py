@@ -65,6 +65,10 @@ class Warp:
                 moved = op.relabel(moved, params, self.swap)
         return moved
 
+    def masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """(N, C, S, S) masks -> where the warp takes them, nearest-neighbour: a mask stays 0/1."""
+        return warp(masks.float(), self.draws.theta, mode="nearest").to(masks.dtype)
+
 
 class BatchAugment:
     """`aug.*` as batched tensor ops on (N, C, S, S) uint8 images, ending normalised float; the

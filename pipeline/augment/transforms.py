@@ -36,8 +36,8 @@ def compose(steps: list[A.BasicTransform], params: dict, seed: int) -> A.Compose
 
 
 def finish(size: int) -> A.Compose:
-    """uint8 (H, W, C) -> uint8 (size, size, C)."""
-    return A.Compose([A.Resize(size, size)])
+    """uint8 (H, W, C) -> uint8 (size, size, C); a mask with it, nearest neighbour."""
+    return A.Compose([A.Resize(size, size, mask_interpolation=aug_ops.NEAREST)])
 
 
 def normalisation(pretrained_cfg: dict, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -50,8 +50,8 @@ def apply_view(view: View, images: torch.Tensor) -> torch.Tensor:
     return warp(images, view.theta.to(images.device, images.dtype).expand(len(images), 2, 3))
 
 
-def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def warp(images: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """float (N, C, H, W) images resampled through (N, 2, 3) maps from output to input
-    coordinates, bilinear, zeros outside."""
+    coordinates, zeros outside; `mode` nearest for masks, whose values are classes."""
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
