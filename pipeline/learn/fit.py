@@ -27,7 +27,7 @@ from pipeline.records import FitResult
 
 
 def build_model(setup: Setup) -> tuple[torch.nn.Module, models.Frozen]:
-    model = models.create_model(setup.cfg.model, setup.task.n_outputs, setup.channels)
+    model = models.create_model(setup.cfg.model, setup.task.n_outputs, setup.channels, dense=setup.task.dense)
     if setup.cfg.train.sync_bn and distributed.world_size() > 1:  # before freeze() keeps its norms
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     frozen = models.freeze(model, setup.cfg.model.freeze_depth, setup.cfg.model.freeze_blocks)
@@ -162,7 +162,7 @@ def _resident_batches(
 
 
 def _resident_targets(setup: Setup, dataset: ImageDataset, resident: batch_aug.Resident) -> np.ndarray:
-    return setup.task.device_targets(dataset.targets, resident.sizes[dataset.rows])
+    return setup.task.device_targets(dataset.targets, resident.sizes[dataset.rows], setup.image_size)
 
 
 def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
@@ -282,6 +282,8 @@ def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
         "num_outputs": task.n_outputs,
         "in_chans": setup.channels,
         "image_size": setup.image_size,
+        "dense": task.dense,
+        "decoder": setup.cfg.model.decoder,
         **task.meta(),
     }
     _torch_save({"state_dict": model.state_dict(), "meta": meta}, path)

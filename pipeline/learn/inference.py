@@ -82,7 +82,8 @@ def weights_time(fit: FitFiles) -> float:
 def load_model(path: Path, device: Device) -> tuple[torch.nn.Module, dict]:
     checkpoint = _checkpoint(path)
     meta = checkpoint["meta"]
-    model = models.create_model(Model(name=meta["name"]), meta["num_outputs"], meta["in_chans"])
+    architecture = Model(name=meta["name"], decoder=meta.get("decoder", "unet"))
+    model = models.create_model(architecture, meta["num_outputs"], meta["in_chans"], dense=meta.get("dense", False))
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device.device, memory_format=device.memory_format), meta
 

@@ -56,9 +56,10 @@ class ImageDataset(Dataset):
         target = self.targets[i] if self.targets is not None else np.float32(np.nan)
         if self.task is not None and self.targets is not None:
             image, target = self.task.augment_item(self.augment, image, target, original)
-        elif self.augment is not None:
-            image = self.augment(image=image)["image"]
-        image = self.finish(image=image)["image"]  # may be the store's read-only array: torch.tensor copies
+            image, target = self.task.finish_item(self.finish, image, target)
+        else:
+            image = image if self.augment is None else self.augment(image=image)["image"]
+            image = self.finish(image=image)["image"]  # may be the store's read-only array: torch.tensor copies
         size = torch.tensor(original, dtype=torch.float32)
         return torch.tensor(image.transpose(2, 0, 1)), torch.as_tensor(target), size
 

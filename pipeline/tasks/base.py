@@ -45,6 +45,7 @@ class Task:
     mixes: ClassVar[bool] = False  # mixup and cutmix apply (and are searched)
     crops: ClassVar[bool] = True  # augmentations that may cut the targets out of the image apply
     reads_masks: ClassVar[bool] = False  # data.class_column and data.mask_dir apply
+    dense: ClassVar[bool] = False  # the model predicts a map per output (learn.segmenter), not a vector
 
     # --- what needs no labels --------------------------------------------------------------
 
@@ -320,8 +321,12 @@ class Task:
         the image's (height, width) in its file. Here the target stays as it is."""
         return (image if augment is None else augment(image=image)["image"]), target
 
-    def device_targets(self, targets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        """Targets of images held on the device at the model's side (sizes: in their files)."""
+    def finish_item(self, finish: Callable, image: np.ndarray, target: Any):
+        """An augmented image resized to the model's side by `finish`, and its target (here as it is)."""
+        return finish(image=image)["image"], target
+
+    def device_targets(self, targets: np.ndarray, sizes: np.ndarray, side: int) -> np.ndarray:
+        """Targets of images held on the device at the model's `side` (sizes: in their files)."""
         return targets
 
     def warp_targets(self, targets: Any, warp: Any) -> Any:

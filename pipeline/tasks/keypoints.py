@@ -168,7 +168,7 @@ class Keypoints(Task):
         scaled[~present] = np.nan
         return image, scaled.reshape(-1).astype(np.float32)
 
-    def device_targets(self, targets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    def device_targets(self, targets: np.ndarray, sizes: np.ndarray, side: int) -> np.ndarray:
         """Pixels of each image file -> [-1, 1], which a resize to the resident side leaves in place."""
         points = targets.reshape(len(targets), -1, 2)
         return unit_points(points, sizes).reshape(len(points), -1)

@@ -1,0 +1,109 @@
+"""The segmentation task: its targets, strata, items, loss, metrics and post-processing."""
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.augment import transforms
+from pipeline.data import rle
+from pipeline.learn.loader import ImageDataset
+from pipeline.tasks.segmentation import Segmentation
+
+SHAPE = (20, 30)  # an image file's (height, width)
+
+
+class Store(list):
+    """Images as an image store serves them, with their files' sizes."""
+
+    def __init__(self, images: list[np.ndarray], originals: list[tuple[int, int]]):
+        super().__init__(images)
+        self.original_sizes = np.array(originals)
+
+
+def square(top: int, left: int, side: int, shape=SHAPE) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[top : top + side, left : left + side] = 1
+    return mask
+
+
+def test_codes_columns_are_claimed_and_detected_and_labels_are_not():
+    table = pd.DataFrame({"id": ["a", "b", "c"], "rle": ["1 3 10 2", "", "5 1"], "kind": ["x", "y", "x"]})
+    assert Segmentation.claim_columns(table, ["rle", "kind"]) == ["rle"]
+    assert "run-length codes" in Segmentation.detect("image_csv", ["rle"], table)
+    assert Segmentation.detect("image_csv", ["kind"], table) is None
+    numbers = pd.DataFrame({"v": ["3 1", "2 1"]})  # decreasing starts within a cell would not be a code
+    assert Segmentation.claim_columns(numbers, ["v"]) == ["v"]
+
+
+def test_strata_share_out_empty_images_and_small_and_large_masks():
+    codes = ["", "1 2", "1 20", "", "1 200", "1 3", "1 25", "1 300", ""]
+    strata = Segmentation.strata(pd.DataFrame({"m": codes}), ["m"])
+    assert strata.tolist() == ["0", "1-0", "1-1", "0", "1-2", "1-0", "1-1", "1-2", "0"]
+    two = Segmentation.strata(pd.DataFrame({"a": ["", "1 2"], "b": ["4 4", ""]}), ["a", "b"])
+    assert two.tolist() == ["01", "10"]
+
+
+def dataset(task: Segmentation, augment, side: int = 40) -> ImageDataset:
+    """One image whose pixels are its mask drawn white, cached at twice its file's size."""
+    mask = square(4, 6, 8)
+    cached = np.repeat(np.repeat(mask * 255, 2, axis=0), 2, axis=1)[..., None].astype(np.uint8)
+    codes = np.array([[rle.encode(mask, "column")]], dtype=object)
+    store = Store([cached], [SHAPE])
+    return ImageDataset(store, np.array([0]), codes, augment, transforms.finish(side), task)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_an_item_is_the_image_and_its_mask_at_the_model_side_moved_together(flip):
+    augment = A.Compose([A.HorizontalFlip(p=1.0)], seed=0) if flip else None
+    image, mask, size = dataset(Segmentation(["m"]), augment)[0]
+    assert image.shape == (1, 40, 40) and mask.shape == (1, 40, 40) and mask.dtype == torch.uint8
+    assert torch.equal(image[0] > 127, mask[0] > 0) and 0 < mask.sum() < 40 * 40 / 4
+    columns = torch.nonzero(mask[0])[:, 1].float().mean()  # the square lies in the file's left third
+    assert (columns > 20) if flip else (columns < 20)
+    assert size.tolist() == list(SHAPE)
+
+
+def test_resident_masks_are_resized_as_the_resident_images():
+    task = Segmentation(["a", "b"])
+    codes = np.array([[rle.encode(square(0, 0, 10), "column"), ""]], dtype=object)
+    masks = task.device_targets(codes, np.array([SHAPE]), 10)
+    assert masks.shape == (1, 2, 10, 10)
+    assert masks[0, 0, :5, :3].all() and masks[0, 0].sum() == 5 * 3  # 10 of 20 rows, 10 of 30 columns
+    assert not masks[0, 1].any()
+
+
+@pytest.mark.parametrize("loss", Segmentation.LOSSES)
+def test_every_loss_is_lower_for_the_right_logits(loss):
+    task = Segmentation(["m"], loss=loss)
+    target = torch.from_numpy(square(2, 2, 6, (12, 12)))[None, None]
+    right, wrong = (target.float() * 2 - 1) * 4, (1 - target.float() * 2) * 4
+    assert task.loss(right, target) < task.loss(wrong, target)
+
+
+def test_metrics_count_empty_against_empty_as_right():
+    task = Segmentation(["a", "b"])
+    truth = np.zeros((2, 2, 8, 8), np.uint8)
+    truth[0, 0, :4, :4] = 1
+    metrics = task.metrics(truth.astype(np.float32), truth, np.full((2, 2), 8))
+    assert metrics == {"dice": 1.0, "iou": 1.0, "empty_accuracy": 1.0}
+    missed = task.metrics(np.zeros_like(truth, np.float32), truth, np.full((2, 2), 8))
+    assert missed["dice"] == 0.75 and missed["empty_accuracy"] == 0.75
+
+
+def test_the_fitted_post_processing_is_idempotent_and_scored_nested(rng):
+    from test_mask_rules import blobs
+
+    probability, truth = blobs(rng, 24)
+    predictions, truth = probability[:, None], truth[:, None].astype(np.uint8)
+    task = Segmentation(["m"])
+    fitted = task.fit_decision(predictions, truth)
+    assert fitted.rules[0] != task.rules[0]
+    decided = fitted.decide(predictions)
+    assert np.array_equal(fitted.decide(decided), decided)
+    assert fitted.score(decided, truth) == fitted.score(predictions, truth) > task.score(predictions, truth)
+    again = task.with_decision(fitted.decision())
+    assert again.rules == fitted.rules and "post-processing m: threshold" in fitted.decision()["summary"]
+    per_fold, pooled = task.held_out_scores(predictions, truth, np.arange(24) % 3)
+    assert len(per_fold) == 3 and pooled <= fitted.score(predictions, truth)
