@@ -126,3 +126,77 @@ def test_mask_keys_are_refused_for_a_task_without_masks():
 
     with pytest.raises(PipelineError, match="data.mask_dir says where masks are; a classification competition"):
         make_config({"layout": "image_csv", "mask_dir": "masks"}, "classification")
+
+
+# --- make init finds each shape --------------------------------------------------------------
+
+
+@pytest.fixture
+def segmentation_registered(monkeypatch):
+    from pipeline import tasks
+    from pipeline.tasks.segmentation import Segmentation
+
+    monkeypatch.setitem(tasks._registered, "segmentation", Segmentation)
+
+
+def images(folder: Path, names: list[str], rng) -> None:
+    for name in names:
+        write_image(folder / name, rng, SHAPE)
+
+
+def test_init_finds_a_code_column_beside_images_in_a_nested_folder(tmp_path, rng, segmentation_registered):
+    from pipeline.data import sources, survey
+
+    images(tmp_path / "train" / "images", [f"t{i}.png" for i in range(6)], rng)
+    images(tmp_path / "test" / "images", ["u0.png", "u1.png"], rng)
+    codes = ["1 5", "", "3 4 20 2", "", "7 7", ""]
+    pd.DataFrame({"id": [f"t{i}" for i in range(6)], "rle_mask": codes}).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"id": ["u0", "u1"], "rle_mask": ""}).to_csv(tmp_path / "sample_submission.csv", index=False)
+    found = survey.survey(tmp_path)
+    raw = found.raw()
+    assert raw["competition"]["task"] == "segmentation"
+    assert (raw["data"]["label_columns"], raw["data"]["train_dir"]) == (["rle_mask"], "train/images")
+    assert raw["data"]["test_dir"] == "test/images"
+    assert "1 mask class(es), run-length codes; of 6 images rle_mask: 3 empty" in found.found
+    data = sources.read(C.validate(raw))
+    assert data.targets == ["rle_mask"] and data.train.table["rle_mask"].tolist() == codes
+
+
+def test_init_finds_a_row_per_image_and_class(tmp_path, rng, segmentation_registered):
+    from pipeline.data import sources, survey
+
+    images(tmp_path / "train_images", ["a.jpg", "b.jpg", "c.jpg"], rng)
+    images(tmp_path / "test_images", ["d.jpg"], rng)
+    table = {"ImageId": ["a.jpg", "a.jpg", "c.jpg"], "ClassId": [1, 3, 3], "EncodedPixels": ["1 4", "9 2", "5 5"]}
+    pd.DataFrame(table).to_csv(tmp_path / "train.csv", index=False)
+    sample = {"ImageId": ["d.jpg"], "EncodedPixels": ["1 1"], "ClassId": [1]}
+    pd.DataFrame(sample).to_csv(tmp_path / "sample_submission.csv", index=False)
+    raw = survey.survey(tmp_path).raw()
+    assert raw["competition"]["task"] == "segmentation"
+    assert (raw["data"]["label_columns"], raw["data"]["class_column"]) == (["EncodedPixels"], "ClassId")
+    data = sources.read(C.validate(raw))
+    assert data.targets == ["1", "3"] and len(data.train.table) == 3
+
+
+def test_init_finds_a_folder_of_mask_images(tmp_path, rng, segmentation_registered):
+    from pipeline.data import sources, survey
+
+    ids = [f"car{i}" for i in range(4)]
+    images(tmp_path / "train", [f"{i}.jpg" for i in ids], rng)
+    images(tmp_path / "test", ["car9.jpg"], rng)
+    (tmp_path / "train_masks").mkdir()
+    for name in ids:
+        Image.fromarray(square_mask()).save(tmp_path / "train_masks" / f"{name}_mask.gif")
+    pd.DataFrame({"img": ids}).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"img": ["car9"]}).to_csv(tmp_path / "test.csv", index=False)
+    raw = survey.survey(tmp_path).raw()
+    assert raw["competition"]["task"] == "segmentation"
+    assert (raw["data"]["mask_dir"], raw["data"]["label_columns"]) == ("train_masks", [])
+    data = sources.read(C.validate(raw))
+    assert data.targets == ["mask"] and (data.train.table["mask"] == rle.encode(square_mask(), "column")).all()
+
+
+def square_mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[2:6, 3:8] = 255
+    return mask

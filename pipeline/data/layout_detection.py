@@ -138,7 +138,10 @@ def image_csv(folder: Folder) -> list[Decision] | None:
     called train*.csv. Two such CSVs (train.csv beside train_v2.csv) are refused."""
     fits = {}
     for name, frame in folder.tables.items():
-        if folder.given.get("data.train_csv", name) != name or len(frame.columns) < 2:
+        # a train CSV of ids alone may have its targets in a folder of masks
+        if folder.given.get("data.train_csv", name) != name or (
+            len(frame.columns) < 2 and not name.startswith("train")
+        ):
             continue
         columns = [str(c) for c in frame.columns if folder.given.get("data.id_column", c) == c]
         naming = ((c, _folder_of(folder, frame[c].astype(str))) for c in columns)
@@ -208,17 +211,36 @@ def _resolves(folder: Folder, image_dir: Path, names: pd.Series) -> bool:
 
 
 def _folder_of(folder: Folder, names: pd.Series) -> Path | None:
-    return next((d for d in folder.subfolders() if _resolves(folder, d, names)), None)
+    """The folder, or a folder inside one (TGS: train/images), whose images the names name."""
+    nested = [inner for d in folder.subfolders() for inner in [d, *folder.subfolders(d)]]
+    return next((d for d in nested if _resolves(folder, d, names)), None)
 
 
-def claimed(table: pd.DataFrame, columns: list) -> tuple[list[str], str]:
+def _mask_folder(folder: Folder, ids: pd.Series, image_dir: Path) -> str | None:
+    """Another folder of images named by the training ids (or <id>_mask, as Carvana's): masks."""
+    nested = [inner for d in folder.subfolders() for inner in [d, *folder.subfolders(d)]]
+    for candidate in nested:
+        stems = {p.stem.removesuffix("_mask") for p in folder.images_in(candidate)}
+        if candidate != image_dir and len(ids) and ids.isin(stems).mean() >= 0.9:
+            return _relative(folder, candidate)
+    return None
+
+
+def _relative(folder: Folder, path: Path) -> str:
+    return path.relative_to(folder.root).as_posix()
+
+
+def claimed(table: pd.DataFrame, columns: list) -> tuple[list[str], str, list[Decision]]:
     """The columns the first task to claim any takes as its targets (keypoints: x/y columns by
-    their names; multi-label: 0/1 columns), and why."""
+    their names; multi-label: 0/1 columns; segmentation: run-length codes), why, and the keys
+    that task finds beside them (segmentation: the column naming the class of a row)."""
     for task in tasks.every():
         found = task.claim_columns(table, [str(c) for c in columns])
         if found:
-            return found, f"{len(found)} {task.name} columns"
-    return [], ""
+            others = [str(c) for c in columns if str(c) not in found]
+            keys = [Decision(*proposal) for proposal in task.keys_beside(table, found, others)]
+            return found, f"{len(found)} {task.name} columns", keys
+    return [], "", []
 
 
 def _test_folder(folder: Folder, exclude: Path) -> str | None:
@@ -239,8 +261,12 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
     test_dir = _folder_of(folder, test_ids.astype(str)) if test or folder.sample_submission else None
     shared = set(folder.tables[test].columns) if test else set()
     targets = [c for c in frame.columns if c != id_column and c not in shared]
-    taken, why = claimed(frame, targets)
-    labels = folder.given.get("data.label_columns") or taken or [folder.pick(targets, "data.label_columns", train)]
+    taken, why, beside = claimed(frame, targets)
+    masks = _mask_folder(folder, frame[id_column].astype(str), image_dir) if not taken else None
+    if masks is not None:
+        taken, why, beside = [], "", [Decision("data.mask_dir", masks, "a mask image per training id")]
+    labels = folder.given.get("data.label_columns") or taken
+    labels = labels or ([] if masks else [folder.pick(targets, "data.label_columns", train)])
     features = [c for c in frame.columns if c in shared and c != id_column and _feature(frame[c])]
     found = [Decision("data.feature_columns", features, f"in both {train} and {test}: tabular columns")]
     return [
@@ -248,9 +274,10 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
         Decision("data.train_csv", train, "the CSV with the targets"),
         Decision("data.test_csv", test, "the test ids" if test else "none: the test ids are the sample's first column"),
         Decision("data.id_column", id_column, "its values are image file names"),
-        Decision("data.label_columns", labels, why or "the one target column"),
-        Decision("data.train_dir", image_dir.name, "the training images"),
-        Decision("data.test_dir", test_dir.name if test_dir else "test", "the images the test ids name"),
+        Decision("data.label_columns", labels, why or ("masks, not columns" if masks else "the one target column")),
+        *beside,
+        Decision("data.train_dir", _relative(folder, image_dir), "the training images"),
+        Decision("data.test_dir", _relative(folder, test_dir) if test_dir else "test", "the images the test ids name"),
         *(found if features else []),
     ]
 
@@ -260,7 +287,8 @@ def _answers(folder: Folder, table: pd.DataFrame, train: pd.DataFrame) -> bool:
     submission (a solution file), or holding every column of the training table."""
     sample = folder.csvs.get(folder.sample_submission)
     shaped_as_sample = sample is not None and list(table.columns) == list(sample.columns)
-    return shaped_as_sample or set(train.columns) <= set(table.columns)
+    holds_targets = len(train.columns) > 1 and set(train.columns) <= set(table.columns)  # not ids alone
+    return shaped_as_sample or holds_targets
 
 
 def _feature(values: pd.Series) -> bool:

@@ -106,10 +106,14 @@ def from_rows(
 
 
 def from_folder(folder: Path, ids: list[str], extensions: list[str], order: str) -> pd.Series:
-    """Each id's mask image in `folder` as a code (nonzero pixels in the mask)."""
+    """Each id's mask image in `folder` (<id>.<ext> or <id>_mask.<ext>) as a code (nonzero
+    pixels in the mask)."""
     if not folder.is_dir():
         raise PipelineError(f"mask folder {folder} (data.mask_dir) does not exist")
-    by_stem = {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions}
+    # Carvana names a mask <id>_mask.gif
+    by_stem = {
+        p.stem.removesuffix("_mask"): p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions
+    }
     codes = []
     for image_id in ids:
         path = by_stem.get(image_id)

@@ -54,6 +54,9 @@ def task_of(layout: list[Decision], folder: Folder) -> Decision:
     values = {d.key: d.value for d in layout}
     labels = values.get("data.label_columns", [])
     table = folder.tables.get(values.get("data.train_csv"))
+    if values.get("data.mask_dir"):
+        task = next(t for t in tasks.every() if t.reads_masks)
+        return Decision("competition.task", task.name, f"mask images in {values['data.mask_dir']}/")
     for task in tasks.every():
         why = task.detect(values["data.layout"], labels, table)
         if why is not None:

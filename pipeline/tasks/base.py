@@ -70,6 +70,12 @@ class Task:
         return []
 
     @classmethod
+    def keys_beside(cls, table: pd.DataFrame, targets: list[str], others: list[str]) -> list[Proposal]:
+        """The data keys `make init` sets for the target columns it claimed (claim_columns),
+        from the table's `others`; none here."""
+        return []
+
+    @classmethod
     def detect(cls, layout: str, label_columns: list[str], table: pd.DataFrame | None) -> str | None:
         """Why a competition of this `data.layout` and these label columns of the training
         `table` (None: the layout has no table) is this task, or None."""

@@ -25,6 +25,7 @@ from pipeline.tasks.base import Task
 from pipeline.tasks.mask_rules import Rule
 
 CODE_NAMES = ("encodedpixels", "rle_mask", "rle", "mask", "masks", "annotation")
+MAX_CLASSES = 20  # a column with more distinct values than this does not name a mask's class
 AREA_BINS = 3  # of a class's nonempty masks, by their area: what stratified folds share out
 
 
@@ -52,6 +53,15 @@ class Segmentation(Task):
     def claim_columns(cls, table: pd.DataFrame, columns: list[str]) -> list[str]:
         """Columns of run-length codes: named as Kaggle names them, or every cell a valid code."""
         return [c for c in columns if c.lower() in CODE_NAMES or _codes(table[c])]
+
+    @classmethod
+    def keys_beside(cls, table: pd.DataFrame, targets: list[str], others: list[str]) -> list[tuple]:
+        """One code column beside a column of a few values (Severstal's ClassId): a row per image
+        and class."""
+        few = [c for c in others if table[c].notna().all() and table[c].nunique() <= MAX_CLASSES]
+        if len(targets) == 1 and len(few) == 1:
+            return [("data.class_column", few[0], "a few values beside the codes: the class of each row's mask")]
+        return []
 
     @classmethod
     def detect(cls, layout: str, label_columns: list[str], table: pd.DataFrame | None) -> str | None:
