@@ -27,6 +27,7 @@ from _stages import machine, stage
 from pipeline import config as C
 from pipeline.learn.validation import validation_plan
 from pipeline.paths import Paths
+from pipeline.predictions import Raw
 from pipeline.records import CV, Blend, Scores
 
 CLASSES = 10
@@ -57,9 +58,8 @@ def experiment(paths: Paths, folds: pd.DataFrame, noise: float, rng: np.random.G
         truth = folds.loc[folds["fold"] == k, "label"].to_numpy()
         logits = 3.0 * np.eye(CLASSES)[truth] + rng.normal(scale=noise, size=(len(truth), CLASSES))
         probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        raw = np.column_stack([probabilities, np.full((len(truth), 2), 8.0)])
         paths.fold(k).root.mkdir(parents=True)
-        np.save(paths.fold(k).valid_predictions("last"), raw)
+        Raw(probabilities, np.full((len(truth), 2), 8.0)).save(paths.fold(k).valid_predictions("last"))
     scores = Scores.of([0.0] * len(fold_ids), 0.0)  # the blend scores the members itself
     CV(
         metric="accuracy",

@@ -20,8 +20,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 class LayoutBase(Section):
     dir: Path | None = None  # default data/<competition.name>
-    # `make data` builds a demo competition here: MNIST digits (pixel_columns) or hands (image_csv)
-    demo: Literal["none", "digits", "hands"] = "none"
+    # `make data` builds a demo competition here: MNIST digits (pixel_columns), hands or cells (image_csv)
+    demo: Literal["none", "digits", "hands", "cells"] = "none"
     use_extra: bool = True  # scraped images join training with fold -1
     cache: Literal["auto", "always", "never"] = "auto"
     cache_limit_gb: PositiveFloat = 4.0  # "auto" caches decoded images up to this size

@@ -44,9 +44,9 @@ class FitFiles:
         return self.root / "oof.csv"
 
     def valid_predictions(self, epoch: str) -> Path:
-        """Raw predictions on the validation rows, with sizes: at the "best" or the "last" epoch,
-        or the kept epoch's through TTA views (inference.views_key)."""
-        return self.root / f"valid_{epoch}.npy"
+        """Raw predictions on the validation rows, with sizes (predictions.Raw): at the "best" or
+        the "last" epoch, or the kept epoch's through TTA views (inference.views_key)."""
+        return self.root / f"valid_{epoch}.npz"
 
     def test_predictions(self, views: str) -> Path:
         """Raw predictions on the test images through TTA views (inference.views_key), with sizes

@@ -188,3 +188,20 @@ def plot_predicted_vs_true(truth: np.ndarray, predicted: np.ndarray, names: Sequ
         axes[1].axhline(0.0, color="gray", linewidth=1)
         axes[1].set(xlabel="predicted", ylabel="predicted - true", title="residuals")
     return figure
+
+
+def overlay_masks(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 image with (H, W) 0/1 masks tinted on it: true green, predicted red,
+    both yellow."""
+    grey = np.asarray(image, dtype=np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2) * 0.6
+    tint = np.stack([predicted, truth, np.zeros_like(truth)], axis=2).astype(np.float32) * 100
+    return np.clip(grey + tint, 0, 255).astype(np.uint8)
+
+
+def plot_dice_by_area(area: np.ndarray, dice: np.ndarray, name: str) -> Figure:
+    """Each image's Dice against its true mask's share of the image (0: no mask)."""
+    figure = Figure(figsize=(5, 3.6))
+    axes = figure.subplots()
+    axes.scatter(area, dice, s=6, alpha=0.5)
+    axes.set(xlabel=f"true {name} area (share of the image)", ylabel="Dice at 0.5", title="Dice by mask area (OOF)")
+    return figure

@@ -13,6 +13,7 @@ from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.learn import experiments
 from pipeline.paths import Paths
+from pipeline.predictions import Raw
 from pipeline.records import Blend
 from pipeline.stages import blend, folds, predict, train
 
@@ -48,8 +49,8 @@ def test_a_blended_submission_is_the_weighted_mean_of_its_members_kept_test_pred
 
 def member_mean(experiment) -> np.ndarray:
     """The mean of the fold models' kept test predictions, in pixels of each image."""
-    raws = [np.load(experiment / f"fold{k}/test_plain.npz")["raw"] for k in (0, 1)]
-    points, sizes = np.mean([r[:, :-2] for r in raws], axis=0), raws[0][:, -2:]
+    raws = [Raw.load(experiment / f"fold{k}/test_plain.npz") for k in (0, 1)]
+    points, sizes = np.mean([r.predictions for r in raws], axis=0), raws[0].sizes
     half_side = np.where(np.arange(points.shape[1]) % 2 == 0, sizes[:, 1:2], sizes[:, 0:1]) / 2.0
     return np.clip((points + 1.0) * half_side - 0.5, 0, None)
 

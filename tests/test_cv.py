@@ -14,6 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.learn import selection
 from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import Paths
+from pipeline.predictions import Raw
 from pipeline.records import CV, Scores
 from pipeline.stages import predict, score, submissions
 
@@ -60,9 +61,9 @@ def test_keypoint_oof_score_is_rmse_in_pixels_over_the_labelled_points(faces_dir
 def test_checkpoint_best_keeps_the_best_epoch_for_the_folds(digits_dir, tmp_path, monkeypatch):
     cv = run(digits(digits_dir, checkpoint="best"), tmp_path, monkeypatch)
     assert cv["kept"] == "best" and cv["score"] == cv["best"]["mean"] and cv["oof_score"] == cv["best"]["oof"]
-    raw = np.load(tmp_path / "runs/tiny/tiny/fold0/valid_best.npy")
+    raw = Raw.load(tmp_path / "runs/tiny/tiny/fold0/valid_best.npz")
     oof = pd.read_csv(tmp_path / "runs/tiny/tiny/fold0/oof.csv")
-    np.testing.assert_allclose(oof[["prob_0", "prob_1", "prob_2"]].to_numpy(), raw[:, :3], atol=1e-6)
+    np.testing.assert_allclose(oof[["prob_0", "prob_1", "prob_2"]].to_numpy(), raw.predictions, atol=1e-6)
 
 
 def record(best: list[float], last: list[float], kept: str = "last", metric: str = "accuracy") -> CV:

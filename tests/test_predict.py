@@ -17,6 +17,7 @@ from pipeline.config import Train
 from pipeline.errors import PipelineError
 from pipeline.learn import inference
 from pipeline.learn.device import Device
+from pipeline.predictions import Raw
 from pipeline.stages import predict, score, submit
 from pipeline.tasks.keypoints import Keypoints
 
@@ -76,7 +77,7 @@ def test_predict_stage_with_fold_and_full_models_and_tta(digits_dir, tmp_path, m
     }
     assert sorted(weights) == ["fold0", "fold1", "full"] and sum(weights.values()) == pytest.approx(1.0, abs=2e-3)
     runs = tmp_path / "runs/tiny/tiny"
-    averaged = sum(w * np.load(runs / fit / "test_shift0.05.npz")["raw"][:, :-2] for fit, w in weights.items())
+    averaged = sum(w * Raw.load(runs / fit / "test_shift0.05.npz").predictions for fit, w in weights.items())
     np.testing.assert_array_equal(written["Label"].to_numpy(), averaged.argmax(axis=1))
 
     truth = pd.read_csv(digits_dir / "solution.csv")["Label"].to_numpy()

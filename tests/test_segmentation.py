@@ -1,14 +1,19 @@
 """The segmentation task: its targets, strata, items, loss, metrics and post-processing."""
 
+from pathlib import Path
+
 import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from pipeline.augment import transforms
-from pipeline.data import rle
+from pipeline.cli import main
+from pipeline.data import cells, rle
 from pipeline.learn.loader import ImageDataset
+from pipeline.records import CV
 from pipeline.tasks.segmentation import Segmentation
 
 SHAPE = (20, 30)  # an image file's (height, width)
@@ -107,3 +112,37 @@ def test_the_fitted_post_processing_is_idempotent_and_scored_nested(rng):
     assert again.rules == fitted.rules and "post-processing m: threshold" in fitted.decision()["summary"]
     per_fold, pooled = task.held_out_scores(predictions, truth, np.arange(24) % 3)
     assert len(per_fold) == 3 and pooled <= fitted.score(predictions, truth)
+
+
+# --- the chain on the cells demo ----------------------------------------------------------------
+
+
+@pytest.fixture
+def cells_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(cells, "N_TRAIN", 24)
+    monkeypatch.setattr(cells, "N_TEST", 6)
+    raw = yaml.safe_load(Path("configs/cells.yaml").read_text())
+    raw["folds"]["n_splits"] = 2
+    raw["model"] = {"name": "test_resnet", "pretrained": "none", "image_size": 32}
+    raw["train"] = {"epochs": 2, "batch_size": 8, "workers": 0, "lr": 0.01, "device": "cpu"}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cells.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "cells.yaml"
+
+
+def test_the_cells_demo_trains_predicts_and_scores_its_run_length_codes(cells_config, capsys):
+    for stage in ("data", "folds", "train", "predict", "score"):
+        assert main([stage, "-c", str(cells_config)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "post-processing rle_mask: threshold" in out and "the CV is nested" in out
+    cv = CV.load(Path("runs/cells/cells/cv.json"))
+    assert cv.metric == "dice" and "rules" in cv.last.decision
+    oof = pd.read_csv(Path("runs/cells/cells/fold0/oof.csv"), keep_default_na=False)
+    assert {"dice_rle_mask", "area_rle_mask", "predicted_area_rle_mask"} <= set(oof.columns)
+    submitted = pd.read_csv(next(Path("submissions/cells").glob("*.csv")), keep_default_na=False)
+    solution = pd.read_csv("data/cells/solution.csv", keep_default_na=False)
+    assert list(submitted.columns) == ["id", "rle_mask"] and sorted(submitted["id"]) == sorted(solution["id"])
+    for code in submitted["rle_mask"]:
+        rle.decode(code, (64, 64), "column", "submission")  # every code fits its 64x64 image
+    ledger = pd.read_csv("submissions/ledger.csv")
+    assert ledger["cv_metric"].iloc[-1] == "dice" and 0 <= ledger["local_score"].iloc[-1] <= 1

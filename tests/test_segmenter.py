@@ -16,6 +16,7 @@ def test_a_segmenter_maps_each_pixel_to_a_logit_per_class(decoder):
     torch.manual_seed(0)
     model = segmenter(name="test_resnet", decoder=decoder)
     assert model(torch.randn(2, 1, 32, 64)).shape == (2, 2, 32, 64)
+    assert model(torch.randn(2, 1, 40, 50)).shape == (2, 2, 40, 50)  # padded to multiples of 32, cropped back
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_convnext", "test_efficientnet"])

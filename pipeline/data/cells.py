@@ -10,7 +10,7 @@ threshold (Otsu's) cannot tell them apart; the rim and the texture can.
 train/<id>.png, test/<id>.png  64x64 RGB
 train.csv                      id, rle_mask (empty: no cell)
 test.csv                       id
-sample_submission.csv          id, rle_mask (empty)
+sample_submission.csv          id, rle_mask ("1 1", as TGS's)
 solution.csv                   the test rows' masks, read only by local scoring
 """
 
@@ -37,7 +37,7 @@ def build_cells(folder: Path, seed: int = 0) -> None:
         train = _draw_split(tmp / "train", N_TRAIN, rng, "tr")
         test = _draw_split(tmp / "test", N_TEST, rng, "te")
         test[["id"]].to_csv(tmp / "test.csv", index=False)
-        test.assign(rle_mask="").to_csv(tmp / "sample_submission.csv", index=False)
+        test.assign(rle_mask="1 1").to_csv(tmp / "sample_submission.csv", index=False)
         test.to_csv(tmp / "solution.csv", index=False)
         train.to_csv(tmp / "train.csv", index=False)
 

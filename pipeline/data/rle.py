@@ -53,6 +53,25 @@ def runs(code: object, where: str) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
+def area(code: object, where: str) -> int:
+    """Pixels in a code's mask: the sum of its lengths."""
+    return int(runs(code, where)[1].sum())
+
+
+def overlap(first: object, second: object, where: str) -> int:
+    """Pixels in both codes' masks, from their runs alone (no image size needed)."""
+    (a, a_length), (b, b_length) = runs(first, where), runs(second, where)
+    a_end, b_end = a + a_length, b + b_length  # one past each run
+    i = j = shared = 0
+    while i < len(a) and j < len(b):
+        shared += max(0, min(a_end[i], b_end[j]) - max(a[i], b[j]))
+        if a_end[i] < b_end[j]:
+            i += 1
+        else:
+            j += 1
+    return int(shared)
+
+
 def encode(mask: np.ndarray, order: str) -> str:
     """The run-length code of a (height, width) mask (nonzero: in it); "" for an empty mask."""
     flat = np.asarray(mask).astype(bool).ravel(order=ORDERS[order])

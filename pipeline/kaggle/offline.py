@@ -30,7 +30,7 @@ def submit(dataset: Path, competition: Path, out: Path) -> Path:
     ]
     second_level = dataset / bundle.second_level if bundle.second_level else None
     plan = Plan(cfg, parts, bundle.stated, bundle.decision, second_level, tuple(bundle.features))
-    frame = submission.validated(cfg, test.table, *combine(test, plan))
+    frame = submission.validated(cfg, test.table, *combine(test, plan), sizes=test.sizes)
     write_csv(out, frame)
     stated = bundle.stated
     print(f"{out}: {len(frame)} rows, {stated.models} models; stated CV {stated.metric} {stated.score:.5f}")

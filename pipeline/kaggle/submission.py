@@ -54,14 +54,22 @@ def submission_format(cfg: Config, task: Task, sample: pd.DataFrame | None) -> s
 def read_sample(cfg: Config) -> pd.DataFrame | None:
     if cfg.data.sample_submission is None:
         return None
-    return read_csv(Path(cfg.data.dir) / cfg.data.sample_submission)
+    return read_submission(Path(cfg.data.dir) / cfg.data.sample_submission)
+
+
+def read_submission(path: Path, **kwargs) -> pd.DataFrame:
+    """A file shaped as a submission (a sample, a submission, a solution) as Kaggle reads it: an
+    empty cell is empty text (a run-length code of no mask), not a missing number."""
+    return read_csv(path, keep_default_na=False, **kwargs)
 
 
 def build(
-    cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task: Task, sample: pd.DataFrame | None
+    cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task: Task, sample: pd.DataFrame | None, sizes
 ) -> pd.DataFrame:
-    """The submission in the competition's format, columns named as the sample names them."""
-    return task.submission(submission_format(cfg, task, sample), table["id"].to_numpy(), predictions, sample)
+    """The submission in the competition's format, columns named as the sample names them;
+    `sizes` the test images' (height, width) in their files."""
+    fmt, ids = submission_format(cfg, task, sample), table["id"].to_numpy()
+    return task.submission(fmt, ids, predictions, sample, sizes=sizes)
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -111,10 +119,13 @@ def _in_sample_order(frame: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
 # --- writing and the ledger --------------------------------------------------------------------
 
 
-def validated(cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task) -> pd.DataFrame:
-    """The submission's rows in the competition's format, checked against its sample."""
+def validated(
+    cfg: Config, table: pd.DataFrame, predictions: np.ndarray, task, *, sizes: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The submission's rows in the competition's format, checked against its sample; `sizes`
+    the test images' (height, width) in their files."""
     sample = read_sample(cfg)
-    return validate(build(cfg, table, predictions, task, sample), sample, known_labels(cfg, task, sample))
+    return validate(build(cfg, table, predictions, task, sample, sizes), sample, known_labels(cfg, task, sample))
 
 
 def known_labels(cfg: Config, task: Task, sample: pd.DataFrame | None) -> list | None:
@@ -127,13 +138,22 @@ def checked_file(cfg: Config, path: str) -> pd.DataFrame:
     data = sources.read(cfg)
     task = tasks.get(cfg.competition.task).of_data(cfg, data.train.table, data.targets)
     sample = read_sample(cfg)
-    return validate(read_csv(Path(path)), sample, known_labels(cfg, task, sample))
+    return validate(read_submission(Path(path)), sample, known_labels(cfg, task, sample))
 
 
-def write(cfg: Config, paths: Paths, table: pd.DataFrame, predictions: np.ndarray, task, stated: StatedCV) -> Path:
+def write(
+    cfg: Config,
+    paths: Paths,
+    table: pd.DataFrame,
+    predictions: np.ndarray,
+    task,
+    stated: StatedCV,
+    *,
+    sizes: np.ndarray | None = None,
+) -> Path:
     """The validated submission file and its ledger row with the CV of the models in it: both or
     neither."""
-    frame = validated(cfg, table, predictions, task)
+    frame = validated(cfg, table, predictions, task, sizes=sizes)
     stamp = dt.datetime.now(dt.UTC)
     with locked_ledger():
         path = _new_file(cfg.competition.name, f"{stamp:%Y%m%dT%H%M%SZ}_{stated.models}", f"_{stated.score:.5f}.csv")

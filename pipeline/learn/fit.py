@@ -23,6 +23,7 @@ from pipeline.learn.device import Device, Normalise
 from pipeline.learn.fit_setup import Setup
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.paths import FitFiles
+from pipeline.predictions import Raw
 from pipeline.records import FitResult
 
 
@@ -260,18 +261,15 @@ def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict | None, o
     row = {**row, "valid_loss": result["loss"], **metrics}
     score = metrics[task.metric]
     sign = 1 if task.higher_is_better else -1
-    predictions = np.column_stack([result["predictions"], result["sizes"]])
-    _save_array(out.valid_predictions("last"), predictions)
+    raw = Raw(task.compact(result["predictions"]), result["sizes"])
     improved = best is None or sign * score > sign * best["score"]
     if improved:
         best = {"epoch": row["epoch"], "score": score}
-        _save_array(out.valid_predictions("best"), predictions)
+    if distributed.is_main():  # every rank holds every row: one writes them
+        raw.save(out.valid_predictions("last"))
+        if improved:
+            raw.save(out.valid_predictions("best"))
     return row, best, improved
-
-
-def _save_array(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
 
 
 def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:

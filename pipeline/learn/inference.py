@@ -16,13 +16,13 @@ from pipeline.augment.tta import View, apply_view, views
 from pipeline.config import Config, Model
 from pipeline.data import sources
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
 from pipeline.learn import models
 from pipeline.learn.defaults import working_side
 from pipeline.learn.device import Device, Normalise
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
 from pipeline.learn.validation import validation_rows
 from pipeline.paths import FitFiles, Paths
+from pipeline.predictions import OutOfFold, Raw
 from pipeline.tasks.base import Task
 
 
@@ -88,9 +88,9 @@ def load_model(path: Path, device: Device) -> tuple[torch.nn.Module, dict]:
     return model.to(device.device, memory_format=device.memory_format), meta
 
 
-def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: Device) -> tuple[np.ndarray, Task]:
-    """The model at `path` on `rows` of `images`, with predict.tta: (N, outputs + 2) raw
-    predictions (probabilities, or keypoints in [-1, 1]) then each image's (height, width)."""
+def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: Device) -> tuple[Raw, Task]:
+    """The model at `path` on `rows` of `images`, with predict.tta: its raw predictions
+    (probabilities, or keypoints in [-1, 1]) and each image's (height, width)."""
     model, meta = load_model(path, device)
     task = task_from_meta(meta, cfg)
     dataset = ImageDataset(images, rows, None, None, transforms.finish(meta["image_size"]))
@@ -99,7 +99,7 @@ def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: Devi
     workers = default_workers() if cfg.train.workers is None else cfg.train.workers
     loader = create_loader(dataset, batch_size, False, workers, 0, device, normalise)
     predictions, sizes = predict_images(model, task, loader, device, views(cfg.predict.tta))
-    return np.column_stack([predictions, sizes]), task
+    return Raw(task.compact(predictions), sizes), task
 
 
 def task_from_meta(meta: dict, cfg: Config) -> Task:
@@ -131,32 +131,28 @@ class PredictionsOnTest:
         self.task, self.sizes = None, None
 
     def of(self, fit: FitFiles) -> np.ndarray:
-        """(N, outputs): probabilities, or keypoints in [-1, 1]."""
+        """The raw predictions: probabilities, or keypoints in [-1, 1]."""
         if fit.model not in self.made:
             raw = self._kept(fit)
             if raw is None:
                 every = np.arange(len(self.images))
                 raw, self.task = predict_rows(self.cfg, fit.model, self.images, every, self.device)
-                self._keep(fit, raw)
+                if self.keep:
+                    raw.save(fit.test_predictions(views_key(self.cfg.predict.tta)), ids=self.ids)
                 print(f"predicted {len(self.images)} test images with {fit.model}")
-            self.made[fit.model], self.sizes = raw[:, :-2], raw[:, -2:]
+            self.made[fit.model], self.sizes = raw.predictions, raw.sizes
         return self.made[fit.model]
 
-    def _keep(self, fit: FitFiles, raw: np.ndarray) -> None:
-        if self.keep:
-            with atomic_path(fit.test_predictions(views_key(self.cfg.predict.tta))) as tmp, open(tmp, "wb") as f:
-                np.savez(f, raw=raw, ids=self.ids)
-
-    def _kept(self, fit: FitFiles) -> np.ndarray | None:
+    def _kept(self, fit: FitFiles) -> Raw | None:
         """The predictions kept beside the model for these test ids and views, if any."""
         path = fit.test_predictions(views_key(self.cfg.predict.tta))
         if not (self.keep and path.exists() and path.stat().st_mtime >= weights_time(fit)):
             return None
         with np.load(path) as kept:
-            if not np.array_equal(kept["ids"], self.ids):
-                return None
-            self.task = self.task or task_from_meta(load_meta(fit.model), self.cfg)
-            return kept["raw"]
+            if "predictions" not in kept or not np.array_equal(kept["ids"], self.ids):
+                return None  # other images, or kept before predictions and sizes were apart
+        self.task = self.task or task_from_meta(load_meta(fit.model), self.cfg)
+        return Raw.load(path)
 
     def in_units(self, fit: FitFiles) -> np.ndarray:
         """The competition's units: keypoints in pixels of each image."""
@@ -170,26 +166,25 @@ class PredictionsOnTest:
         return self.task.finish_blend(total, self.sizes)
 
 
-def oof_frames(cfg: Config, paths: Paths, fold_ids: list[int], epoch: str, setup, folds: pd.DataFrame) -> list:
-    """Per fold, its validation rows of folds.csv with the predictions at `epoch` beside them,
-    in the competition's units; with predict.tta, those of the kept epoch through its views."""
-    frames = []
+def out_of_fold(cfg: Config, paths: Paths, fold_ids: list[int], epoch: str, setup, folds: pd.DataFrame) -> OutOfFold:
+    """Every fold's validation rows of folds.csv with their predictions at `epoch`, in the
+    competition's units; with predict.tta, those of the kept epoch through its views."""
+    parts = []
     for k in fold_ids:
         rows = validation_rows(folds, k)
-        frames.append(setup.task.oof_frame(folds, rows, fold_oof(cfg, paths.fold(k), setup, rows, epoch)))
-    return frames
+        parts.append(setup.task.out_of_fold(folds, rows, fold_oof(cfg, paths.fold(k), setup, rows, epoch)))
+    return OutOfFold.concat(parts)
 
 
-def fold_oof(cfg: Config, fit: FitFiles, setup, rows: np.ndarray, epoch: str) -> np.ndarray:
-    """A fold's raw predictions on its validation rows (positions in folds.csv) at `epoch`, with
-    each image's (height, width): without TTA as training saved them; with predict.tta, its
-    model (the kept epoch) through the same views as the test images, made once and kept."""
+def fold_oof(cfg: Config, fit: FitFiles, setup, rows: np.ndarray, epoch: str) -> Raw:
+    """A fold's raw predictions on its validation rows (positions in folds.csv) at `epoch`:
+    without TTA as training saved them; with predict.tta, its model (the kept epoch) through
+    the same views as the test images, made once and kept."""
     if not cfg.predict.tta:
-        return np.load(fit.valid_predictions(epoch))
+        return Raw.load(fit.valid_predictions(epoch))
     path = fit.valid_predictions(views_key(cfg.predict.tta))
     if path.exists() and path.stat().st_mtime >= weights_time(fit):
-        return np.load(path)
+        return Raw.load(path)
     raw, _ = predict_rows(cfg, fit.model, setup.images, setup.rows[rows], Device.choose(cfg.train))
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, raw)
+    raw.save(path)
     return raw

@@ -14,16 +14,18 @@ import re
 import torch
 from timm.models import adapt_input_conv, group_parameters
 from torch import nn
+from torch.nn import functional as F
 
 from pipeline.errors import PipelineError
 from pipeline.learn.backbones import timm_model
 
 DECODERS = ("unet", "fpn")
+STRIDE = 32  # the encoder's five halvings: smp needs sides it divides
 FLATTENED = re.compile(r"^([A-Za-z]\w*?)_(\d+)(\.|$)")  # stages_0.blocks -> stages.0.blocks
 
 
 class Segmenter(nn.Module):
-    """(B, channels, H, W) -> (B, classes, H, W) logits; H and W multiples of 32."""
+    """(B, channels, H, W) -> (B, classes, H, W) logits."""
 
     def __init__(self, decoder: str, encoder: str, in_chans: int, classes: int):
         super().__init__()
@@ -47,7 +49,10 @@ class Segmenter(nn.Module):
         return self.net.encoder.model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        """Any side: padded to the decoder's multiple of STRIDE, the output cropped back."""
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (0, -width % STRIDE, 0, -height % STRIDE))
+        return self.net(padded)[..., :height, :width]
 
     def group_matcher(self, coarse: bool = False):
         """Each parameter's group (timm's group_parameters reads it): the timm backbone's group

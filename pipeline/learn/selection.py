@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline import tasks
 from pipeline.config import Config, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.learn import ensemble, plan, stacking
-from pipeline.learn.inference import PredictionsOnTest, oof_frames
+from pipeline.learn.inference import PredictionsOnTest, out_of_fold
 from pipeline.learn.validation import read_folds, target_columns, validation_plan
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, Scores, StatedCV, trained_state
@@ -102,8 +101,8 @@ def fold_models_estimate(cfg: Config, paths: Paths, cv: CV) -> tuple[Scores, str
         return cv.fold_models, ""
     setup, folds = plan.prepare(cfg, paths)
     targets = target_columns(folds)
-    frames = oof_frames(cfg, paths, cv.fold_ids, cv.kept, setup, folds)
-    return Scores.of(*setup.task.oof_scores(pd.concat(frames), targets)), f", TTA {' '.join(cfg.predict.tta)}"
+    oof = out_of_fold(cfg, paths, cv.fold_ids, cv.kept, setup, folds)
+    return Scores.of(*setup.task.oof_scores(oof, targets)), f", TTA {' '.join(cfg.predict.tta)}"
 
 
 def _members(cfg: Config, paths: Paths, cv: CV, models: str, estimate: Scores) -> list[Member]:

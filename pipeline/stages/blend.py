@@ -24,6 +24,7 @@ from pipeline.files import sha256_file
 from pipeline.learn import ensemble, stacking
 from pipeline.learn.validation import read_folds, target_columns, validation_plan, validation_rows
 from pipeline.paths import FitFiles, Paths
+from pipeline.predictions import OutOfFold, Raw
 from pipeline.records import CV, Blend, Scores, trained_state
 from pipeline.tasks.base import Task
 
@@ -135,34 +136,34 @@ def out_of_fold(
     fold_ids = sorted(members[first].fold_ids)
     if len(fold_ids) < 2:
         raise PipelineError(f"experiment {first} trained fold {fold_ids}: a blend's nested CV needs two or more folds")
-    stacked, frame = [], None
+    stacked, oof = [], None
     for name, cv in members.items():
         if sorted(cv.fold_ids) != fold_ids:
             raise PipelineError(
                 f"experiment {name} trained folds {sorted(cv.fold_ids)} and {first} folds {fold_ids}: a blend needs "
                 "the same folds in every member (`make train EXP=<name> ARGS=train.folds=...`)"
             )
-        epoch, fits, frames = _epoch(cfg, name, cv), paths.of_experiment(name), []
+        epoch, fits, parts = _epoch(cfg, name, cv), paths.of_experiment(name), []
         for k in fold_ids:
             rows = validation_rows(folds, k)
-            frames.append(task.oof_frame(folds, rows, read(fits.fold(k), rows, epoch)))
-        frame = pd.concat(frames, ignore_index=True)
-        stacked.append(ensemble.in_space(cfg.blend.space, frame[task.prediction_columns()].to_numpy(np.float64)))
-    truth = task.truth(frame, target_columns(folds))
-    return np.stack(stacked), ensemble.Target(task, truth), frame[["id", "fold"]]
+            parts.append(task.out_of_fold(folds, rows, read(fits.fold(k), rows, epoch)))
+        oof = OutOfFold.concat(parts)
+        stacked.append(ensemble.in_space(cfg.blend.space, oof.predictions.astype(np.float64)))
+    truth = task.truth(oof, target_columns(folds))
+    return np.stack(stacked), ensemble.Target(task, truth), oof.table[["id", "fold"]]
 
 
 def _oof_reader(cfg: C.Config, paths: Paths):
     """read(fit, rows, epoch): a member fold's raw predictions on its validation rows, as
     training saved them; with predict.tta, through its model (made once and kept)."""
     if not cfg.predict.tta:
-        return lambda fit, rows, epoch: np.load(fit.valid_predictions(epoch))
+        return lambda fit, rows, epoch: Raw.load(fit.valid_predictions(epoch))
     # torch and timm take seconds to import: only TTA, which runs the models, needs them
     from pipeline.learn import inference, plan
 
     setup, _ = plan.prepare(cfg, paths)
 
-    def read(fit: FitFiles, rows: np.ndarray, epoch: str) -> np.ndarray:
+    def read(fit: FitFiles, rows: np.ndarray, epoch: str) -> Raw:
         return inference.fold_oof(cfg, fit, setup, rows, epoch)
 
     return read

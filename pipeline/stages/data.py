@@ -7,6 +7,7 @@ import numpy as np
 from pipeline import tasks
 from pipeline.config import Config, save_resolved
 from pipeline.data import inputs, sources
+from pipeline.data.cells import build_cells
 from pipeline.data.digits import build_digits
 from pipeline.data.hands import build_hands
 from pipeline.data.images import CachedImages
@@ -15,7 +16,7 @@ from pipeline.kaggle import kaggle_cli
 from pipeline.learn.defaults import working_side
 from pipeline.paths import Paths
 
-DEMOS = {"digits": build_digits, "hands": build_hands}
+DEMOS = {"digits": build_digits, "hands": build_hands, "cells": build_cells}
 
 
 def run(cfg: Config) -> None:

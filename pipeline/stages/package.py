@@ -30,7 +30,7 @@ from pipeline.records import Bundle
 def run(cfg: C.Config) -> None:
     paths = Paths.of(cfg)
     plan, test = selection.plan_submission(cfg, paths)
-    expected = submission.validated(plan.cfg, test.table, *selection.combine(test, plan))
+    expected = submission.validated(plan.cfg, test.table, *selection.combine(test, plan), sizes=test.sizes)
     final = paths.package
     tmp = temporary_dir(final.root)
     try:

@@ -13,7 +13,7 @@ def run(cfg: Config) -> None:
     paths = Paths.of(cfg)
     plan, test = plan_submission(cfg, paths)
     predictions, task = combine(test, plan)
-    path = submission.write(plan.cfg, paths, test.table, predictions, task, plan.stated)
+    path = submission.write(plan.cfg, paths, test.table, predictions, task, plan.stated, sizes=test.sizes)
     stated, direction = plan.stated, "higher" if tasks.higher_is_better(plan.stated.metric) else "lower"
     print(
         f"submission {path}: {stated.models} models ({stated.experiment}), CV {stated.metric} {stated.score:.5f} "

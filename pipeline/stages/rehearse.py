@@ -40,6 +40,7 @@ from pipeline.data import sources
 from pipeline.errors import PipelineError
 from pipeline.files import tree_sha256, write_text
 from pipeline.kaggle.bundle import competition_slug, dataset_slug, kernel_slug
+from pipeline.kaggle.submission import read_submission
 from pipeline.paths import PackageFiles, Paths
 
 
@@ -216,7 +217,7 @@ def compare(written: Path, expected: Path) -> int:
     numbers within float32 noise; its row count."""
     if not written.exists():
         raise PipelineError(f"the notebook wrote no {written.name}")
-    got, want = pd.read_csv(written), pd.read_csv(expected)
+    got, want = read_submission(written), read_submission(expected)
     if list(got.columns) != list(want.columns) or len(got) != len(want):
         raise PipelineError(
             f"the notebook's {written.name} has columns {list(got.columns)} and {len(got)} rows; make predict's "

@@ -6,8 +6,7 @@ from pathlib import Path
 from pipeline import tasks
 from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.kaggle.submission import ledger_row_of, newest, update_ledger, validate
-from pipeline.tables import read_csv
+from pipeline.kaggle.submission import ledger_row_of, newest, read_submission, update_ledger, validate
 
 
 def score(cfg: Config, file: str | None = None) -> float:
@@ -15,8 +14,8 @@ def score(cfg: Config, file: str | None = None) -> float:
     if cfg.data.solution is None:
         raise PipelineError("data.solution is not set: this competition has no local answers to score against")
     path = newest(cfg, file)
-    solution = read_csv(Path(cfg.data.dir) / cfg.data.solution)
-    submitted = validate(read_csv(Path(path)), solution)
+    solution = read_submission(Path(cfg.data.dir) / cfg.data.solution)
+    submitted = validate(read_submission(Path(path)), solution)
     row = ledger_row_of(path)
     metric = row["cv_metric"] if row is not None else tasks.metric_of(cfg)
     value = tasks.get(cfg.competition.task).score_file(metric, submitted, solution)

@@ -3,7 +3,7 @@ schedule (train.epochs), so the folds measure the recipe the full fit repeats. A
 (train.experiment) trains into its own folder, runs/<name>/<experiment>/:
 
     fold<k>/  model.pt (the epoch train.checkpoint keeps), last.pt (resume), metrics.csv,
-              oof.csv, valid_best.npy, valid_last.npy, result.json
+              oof.csv, valid_best.npz, valid_last.npz, result.json
     cv.json   every fold's score at its best epoch and at its last, their means and spreads,
               the pooled out-of-fold scores (records.CV)
     full/     model.pt (its last epoch), metrics.csv, result.json
@@ -50,6 +50,7 @@ from pipeline.learn.fit_setup import Setup
 from pipeline.learn.pace import Pace
 from pipeline.learn.validation import read_folds, target_columns, validation_plan, validation_rows
 from pipeline.paths import FitFiles, Paths
+from pipeline.predictions import OutOfFold, Raw
 from pipeline.records import CV, FitResult, Scores
 
 DDP_MIN_ROWS = 20_000
@@ -324,7 +325,8 @@ def restore_unreplaced(out: FitFiles, previous: FitFiles) -> None:
 def write_oof(setup: Setup, folds: pd.DataFrame, valid: np.ndarray, out: FitFiles) -> None:
     """The kept epoch's out-of-fold predictions, in the competition's units."""
     kept = "best" if setup.cfg.train.checkpoint == "best" else "last"
-    write_csv(out.oof, setup.task.oof_frame(folds, valid, np.load(out.valid_predictions(kept))))
+    oof = setup.task.out_of_fold(folds, valid, Raw.load(out.valid_predictions(kept)))
+    write_csv(out.oof, setup.task.oof_table(oof))
 
 
 def summarize(
@@ -336,8 +338,8 @@ def summarize(
     valid = [validation_rows(folds, k) for k in fold_ids]
 
     def scores(epoch: str) -> Scores:
-        raw = [np.load(paths.fold(k).valid_predictions(epoch)) for k in fold_ids]
-        oof = pd.concat([task.oof_frame(folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
+        raw = [Raw.load(paths.fold(k).valid_predictions(epoch)) for k in fold_ids]
+        oof = OutOfFold.concat([task.out_of_fold(folds, rows, r) for rows, r in zip(valid, raw, strict=True)])
         return Scores.of(*task.oof_scores(oof, targets))
 
     return CV(

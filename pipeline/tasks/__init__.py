@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 # in the order `make init` asks them whether a competition is theirs: the most specific first
 BUILT_IN = {
     "keypoints": "pipeline.tasks.keypoints",
+    "segmentation": "pipeline.tasks.segmentation",
     "multilabel": "pipeline.tasks.multilabel",
     "regression": "pipeline.tasks.regression",
     "classification": "pipeline.tasks.classification",

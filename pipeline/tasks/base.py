@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.predictions import OutOfFold, Raw
 from pipeline.tables import line, require_columns, show
 
 Section = tuple[str, str]  # a report section: (title, HTML)
@@ -220,19 +221,26 @@ class Task:
         """Activated outputs (N, outputs) -> the competition's units."""
         return predictions
 
-    def oof_frame(self, folds: pd.DataFrame, rows: np.ndarray, raw: np.ndarray) -> pd.DataFrame:
-        """folds.csv's `rows` (id, targets, fold) with the predictions in the competition's units
-        beside them. `raw`: (N, outputs + 2), the activated outputs then each image's (height, width)."""
-        predictions = self.to_units(raw[:, :-2], raw[:, -2:])
-        frame = folds.iloc[rows].reset_index(drop=True)
-        return pd.concat([frame, pd.DataFrame(predictions, columns=self.prediction_columns())], axis=1)
+    def compact(self, predictions: np.ndarray) -> np.ndarray:
+        """Activated outputs as they are kept on disk (a dense task's as uint8); here as they are."""
+        return predictions
 
-    def oof_scores(self, frame: pd.DataFrame, targets: list[str]) -> tuple[list[float], float, dict]:
-        """The competition metric of an out-of-fold table (its fold, targets and prediction
-        columns): each fold's and that of all rows (held_out_scores), and the decision fitted on
-        all rows, which a submission of these models uses."""
-        predictions, truth = frame[self.prediction_columns()].to_numpy(np.float64), self.truth(frame, targets)
-        per_fold, pooled = self.held_out_scores(predictions, truth, frame["fold"].to_numpy())
+    def out_of_fold(self, folds: pd.DataFrame, rows: np.ndarray, raw: Raw) -> OutOfFold:
+        """folds.csv's `rows` (id, targets, fold) and a model's raw predictions on them, in the
+        competition's units."""
+        table = folds.iloc[rows].reset_index(drop=True)
+        return OutOfFold(table, self.to_units(raw.predictions, raw.sizes), raw.sizes)
+
+    def oof_table(self, oof: OutOfFold) -> pd.DataFrame:
+        """What oof.csv holds and the report reads: the rows with the predictions beside them."""
+        return pd.concat([oof.table, pd.DataFrame(oof.predictions, columns=self.prediction_columns())], axis=1)
+
+    def oof_scores(self, oof: OutOfFold, targets: list[str]) -> tuple[list[float], float, dict]:
+        """The competition metric of out-of-fold predictions: each fold's and that of all rows
+        (held_out_scores), and the decision fitted on all rows, which a submission of these
+        models uses."""
+        predictions, truth = oof.predictions, self.truth(oof, targets)
+        per_fold, pooled = self.held_out_scores(predictions, truth, oof.folds)
         return per_fold, pooled, self.fit_decision(predictions, truth).decision()
 
     def held_out_scores(
@@ -251,9 +259,10 @@ class Task:
 
     # what blends combine: predictions in the competition's units against the truth in them
 
-    def truth(self, table: pd.DataFrame, targets: list[str]) -> np.ndarray:
-        """The targets in the competition's units, as `score` compares predictions to them."""
-        return table[targets].to_numpy(np.float64)
+    def truth(self, oof: OutOfFold, targets: list[str]) -> np.ndarray:
+        """The targets of out-of-fold rows in the competition's units, as `score` compares
+        predictions to them."""
+        return oof.table[targets].to_numpy(np.float64)
 
     def score(self, predictions: np.ndarray, truth: np.ndarray) -> float:
         """The competition metric of predictions in the competition's units."""
@@ -349,9 +358,15 @@ class Task:
         return "values"
 
     def submission(
-        self, fmt: str, ids: np.ndarray, predictions: np.ndarray, sample: pd.DataFrame | None
+        self,
+        fmt: str,
+        ids: np.ndarray,
+        predictions: np.ndarray,
+        sample: pd.DataFrame | None,
+        sizes: np.ndarray | None = None,
     ) -> pd.DataFrame:
-        """One row per image: the id, then a column per target, named as the sample names them."""
+        """One row per image: the id, then a column per target, named as the sample names them.
+        `sizes`: the images' (height, width) in their files, where a dense task writes its masks."""
         columns = list(sample.columns) if sample is not None else ["id", *map(str, self.labels)]
         return pd.DataFrame({columns[0]: ids, **dict(zip(columns[1:], predictions.T, strict=True))})
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from pipeline import plots
 from pipeline.errors import PipelineError
+from pipeline.predictions import OutOfFold
 from pipeline.tables import line
 from pipeline.tasks import register
 from pipeline.tasks.base import Proposal, Section, Task
@@ -117,7 +118,8 @@ class Classification(Task):
         index = {str(c): i for i, c in enumerate(self.classes)}
         return table[targets[0]].astype(str).map(index).to_numpy(np.int64)
 
-    truth = encode
+    def truth(self, oof: OutOfFold, targets: list[str]) -> np.ndarray:
+        return self.encode(oof.table, targets)
 
     def metrics(self, predictions: np.ndarray, target: np.ndarray, sizes: np.ndarray | None = None) -> dict:
         return {metric: self._scored(metric, predictions, target) for metric in self.METRICS}
@@ -172,7 +174,12 @@ class Classification(Task):
         return "probabilities" if sample is not None and sample.shape[1] > 2 else "label"
 
     def submission(
-        self, fmt: str, ids: np.ndarray, predictions: np.ndarray, sample: pd.DataFrame | None
+        self,
+        fmt: str,
+        ids: np.ndarray,
+        predictions: np.ndarray,
+        sample: pd.DataFrame | None,
+        sizes: np.ndarray | None = None,
     ) -> pd.DataFrame:
         if fmt == "label":
             columns = list(sample.columns) if sample is not None else ["id", "label"]

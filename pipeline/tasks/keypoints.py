@@ -188,7 +188,12 @@ class Keypoints(Task):
         return "keypoints_long" if self.lookup_table else "keypoints_wide"
 
     def submission(
-        self, fmt: str, ids: np.ndarray, predictions: np.ndarray, sample: pd.DataFrame | None
+        self,
+        fmt: str,
+        ids: np.ndarray,
+        predictions: np.ndarray,
+        sample: pd.DataFrame | None,
+        sizes: np.ndarray | None = None,
     ) -> pd.DataFrame:
         if fmt == "keypoints_long":
             return self._long(ids, predictions)

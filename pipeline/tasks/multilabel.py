@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipeline import plots
 from pipeline.errors import PipelineError
+from pipeline.predictions import OutOfFold
 from pipeline.tables import line, show
 from pipeline.tasks import register
 from pipeline.tasks.base import Section, Task
@@ -133,7 +134,8 @@ class Multilabel(Task):
             matrix[row, [index[t] for t in tags if t in index]] = 1.0
         return matrix
 
-    truth = encode
+    def truth(self, oof: OutOfFold, targets: list[str]) -> np.ndarray:
+        return self.encode(oof.table, targets)
 
     def prediction_columns(self) -> list[str]:
         return [f"prob_{label}" for label in self.labels]
@@ -227,7 +229,12 @@ class Multilabel(Task):
         return "probabilities" if sample is not None and sample.shape[1] > 2 else "tags"
 
     def submission(
-        self, fmt: str, ids: np.ndarray, predictions: np.ndarray, sample: pd.DataFrame | None
+        self,
+        fmt: str,
+        ids: np.ndarray,
+        predictions: np.ndarray,
+        sample: pd.DataFrame | None,
+        sizes: np.ndarray | None = None,
     ) -> pd.DataFrame:
         """Space-separated tags over the thresholds, or a probability (or 0/1) column per label."""
         chosen = predictions >= self.thresholds

@@ -16,12 +16,14 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from pipeline import plots
 from pipeline.data import masks as mask_tables
 from pipeline.data import rle
 from pipeline.errors import PipelineError
+from pipeline.predictions import OutOfFold
 from pipeline.tables import line
-from pipeline.tasks import mask_rules
-from pipeline.tasks.base import Task
+from pipeline.tasks import mask_rules, register
+from pipeline.tasks.base import Section, Task
 from pipeline.tasks.mask_rules import Rule
 
 CODE_NAMES = ("encodedpixels", "rle_mask", "rle", "mask", "masks", "annotation")
@@ -29,6 +31,7 @@ MAX_CLASSES = 20  # a column with more distinct values than this does not name a
 AREA_BINS = 3  # of a class's nonempty masks, by their area: what stratified folds share out
 
 
+@register
 class Segmentation(Task):
     name = "segmentation"
     METRICS: ClassVar[dict[str, bool]] = {"dice": True, "iou": True}
@@ -79,7 +82,7 @@ class Segmentation(Task):
     def strata(cls, table: pd.DataFrame, targets: list[str]) -> pd.Series:
         """Which classes each image has, and for one class the tercile of its area: folds get
         their share of empty images and of small and large masks."""
-        areas = table[targets].apply(lambda codes: codes.map(area_of))
+        areas = table[targets].apply(lambda codes: codes.map(lambda code: rle.area(code, "a training mask")))
         pattern = (areas > 0).astype(int).astype(str).agg("".join, axis=1)
         if len(targets) > 1:
             return pattern
@@ -100,6 +103,20 @@ class Segmentation(Task):
         return "rle", "run-length codes"
 
     @classmethod
+    def score_file(cls, metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
+        """Mean Dice (or IoU) over every image and class of two tables of codes, from the runs."""
+        if metric not in cls.METRICS:
+            return super().score_file(metric, submitted, solution)
+        scores = [
+            code_score(metric, guess, truth, f"submission line {line(i)}, column {column!r}")
+            for column in solution.columns[1:]
+            for i, (guess, truth) in enumerate(
+                zip(mask_tables.blank_empty(submitted[column]), mask_tables.blank_empty(solution[column]), strict=True)
+            )
+        ]
+        return float(np.mean(scores))
+
+    @classmethod
     def of_labels(cls, cfg: Any, labels: list) -> "Segmentation":
         order = getattr(cfg.data, "rle_order", "column")
         return cls(labels, cls.metric_of(cfg.train.metric), cls.loss_of(cfg.train.loss), order)
@@ -117,18 +134,8 @@ class Segmentation(Task):
     def masks_of(self, codes: np.ndarray, original: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """One row's codes -> (height, width, classes) uint8 0/1 at `shape`, resized from the
         image's `original` (height, width), nearest neighbour."""
-        import cv2
-
-        height, width = (int(v) for v in original)
-        planes = [
-            rle.decode(code, (height, width), self.order, f"mask of class {c!r}")
-            for c, code in zip(self.labels, codes, strict=True)
-        ]
-        stacked = np.stack(planes, axis=2)
-        if (height, width) == tuple(shape):
-            return stacked
-        resized = cv2.resize(stacked, tuple(shape)[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
-        return resized.reshape(*shape, len(planes))
+        named = zip(self.labels, codes, strict=True)
+        return np.stack([mask_at(code, original, shape, self.order, f"mask of class {c!r}") for c, code in named], 2)
 
     def augment_item(self, augment: Any, image: np.ndarray, target: np.ndarray, original: np.ndarray):
         mask = self.masks_of(target, original, image.shape[:2])
@@ -182,6 +189,52 @@ class Segmentation(Task):
             "empty_accuracy": float(empty_right.mean()),
         }
 
+    # --- out of fold: uint8 probability masks at the model's side -----------------------------
+
+    def compact(self, predictions: np.ndarray) -> np.ndarray:
+        return np.round(np.asarray(predictions, dtype=np.float32) * 255).astype(np.uint8)
+
+    def truth(self, oof: OutOfFold, targets: list[str]) -> np.ndarray:
+        """(N, classes, S, S) uint8 0/1 masks at the predictions' side."""
+        side = oof.predictions.shape[-2:]
+        codes = oof.table[targets].fillna("").to_numpy(dtype=object)
+        return np.stack([self.masks_of(c, s, side).transpose(2, 0, 1) for c, s in zip(codes, oof.sizes, strict=True)])
+
+    def oof_table(self, oof: OutOfFold) -> pd.DataFrame:
+        """The rows with each class's mask at a threshold of 0.5 as a code at the image's size
+        (pred_<class>), and its Dice and true and predicted share of the image at the model's."""
+        truth, predicted = self.truth(oof, self.labels) > 0, oof.predictions >= 128
+        plain = self.with_decision({"rules": [Rule().as_dict()] * len(self.labels)})
+        codes = np.array([plain._image_codes(p, size) for p, size in zip(oof.predictions, oof.sizes, strict=True)])
+        columns = {}
+        for j, name in enumerate(self.labels):
+            columns[f"pred_{name}"] = codes[:, j] if len(codes) else []
+            columns[f"dice_{name}"] = mask_rules.dice(predicted[:, j], truth[:, j])
+            columns[f"area_{name}"] = truth[:, j].mean(axis=(1, 2))
+            columns[f"predicted_area_{name}"] = predicted[:, j].mean(axis=(1, 2))
+        return pd.concat([oof.table, pd.DataFrame(columns)], axis=1)
+
+    def smooth_loss(self, predictions: np.ndarray, truth: np.ndarray) -> float:
+        """The binary cross entropy of probabilities (0-255) against 0/1 masks, over every pixel."""
+        p = np.clip(predictions / 255.0, 1e-7, 1 - 1e-7)
+        return float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean())
+
+    def smooth_loss_gradient(self, stack: np.ndarray, blended: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        p = np.clip(blended / 255.0, 1e-7, 1 - 1e-7)
+        per_pixel = -(truth / p - (1 - truth) / (1 - p)) / 255.0
+        return (stack * per_pixel).reshape(len(stack), -1).mean(axis=1)
+
+    def view_back(self, view: Any, outputs: Any) -> Any:
+        """(B, classes, S, S) probabilities in a TTA view -> in the image: the view's warp undone."""
+        if view.is_identity:
+            return outputs
+        import torch
+
+        from pipeline.augment.tta import warp
+
+        square = torch.cat([view.theta, torch.tensor([[0.0, 0.0, 1.0]])]).inverse()[:2]
+        return warp(outputs, square.to(outputs).expand(len(outputs), 2, 3))
+
     # --- the decision: the post-processing ---------------------------------------------------
 
     def score(self, predictions: np.ndarray, truth: np.ndarray) -> float:
@@ -212,10 +265,78 @@ class Segmentation(Task):
         rules = decision.get("rules") or [r.as_dict() for r in self.rules]
         return Segmentation(self.labels, self.metric, self.loss_name, self.order, rules)
 
+    # --- the submission ------------------------------------------------------------------------
 
-def area_of(code: str) -> int:
-    """Pixels in a checked code's mask: the sum of its lengths."""
-    return int(sum(int(n) for n in code.split()[1::2])) if code else 0
+    def submission_format(self, cfg: Any, sample: pd.DataFrame | None) -> str:
+        return "rle"
+
+    def submission(
+        self, fmt: str, ids: np.ndarray, predictions: np.ndarray, sample: pd.DataFrame | None, sizes=None
+    ) -> pd.DataFrame:
+        """Each image's masks at its own size, the rules applied, as run-length codes: the id,
+        then a column per class, named as the sample names them."""
+        codes = [self._image_codes(p, size) for p, size in zip(predictions, sizes, strict=True)]
+        columns = list(sample.columns) if sample is not None else ["id", *self.labels]
+        if len(columns) - 1 != len(self.labels):
+            raise PipelineError(
+                f"the sample submission has {len(columns) - 1} column(s) beside the id, {columns[1:]}; a code column "
+                f"per mask class needs {len(self.labels)}: {self.labels}"
+            )
+        return pd.DataFrame({columns[0]: ids, **{name: [c[j] for c in codes] for j, name in enumerate(columns[1:])}})
+
+    def _image_codes(self, probabilities: np.ndarray, size: np.ndarray) -> list[str]:
+        """(classes, S, S) probabilities (0-255) -> each class's code at the image's (height, width)."""
+        import cv2
+
+        height, width = (int(v) for v in size)
+        resized = cv2.resize(np.ascontiguousarray(probabilities.transpose(1, 2, 0), dtype=np.float32), (width, height))
+        resized = resized.reshape(height, width, -1)
+        return [rle.encode(rule.apply(resized[..., j]), self.order) for j, rule in enumerate(self.rules)]
+
+    def report_sections(self, oof: pd.DataFrame, out: Any, image_of: Any, size_of: Any) -> list[Section]:
+        """True and predicted masks on samples and on the worst images by Dice, and Dice by area."""
+        first = self.labels[0]
+        dice = oof[[f"dice_{c}" for c in self.labels]].to_numpy(float).mean(axis=1)
+        plots.save(plots.plot_dice_by_area(oof[f"area_{first}"], oof[f"dice_{first}"], first), out / "dice_by_area.png")
+        rng = np.random.default_rng(0)
+        for name, rows in (
+            ("samples", rng.choice(len(oof), min(12, len(oof)), replace=False)),
+            ("worst", np.argsort(dice)[:12]),
+        ):
+            pictures = [self._overlaid(oof.iloc[i], image_of, size_of) for i in rows]
+            captions = [f"id {oof['id'].iloc[i]}: Dice {dice[i]:.3f}" for i in rows]
+            plots.save(plots.plot_grid(pictures, captions), out / f"masks_{name}.png")
+        shown = "<p>green: true, red: predicted at 0.5, yellow: both; the first class</p>"
+        return [
+            ("Masks", shown + plots.img("masks_samples.png", "masks on samples")),
+            ("Worst images", shown + plots.img("masks_worst.png", "masks on the worst images")),
+            ("Dice by mask area", plots.img("dice_by_area.png", "Dice by mask area")),
+        ]
+
+    def _overlaid(self, row: pd.Series, image_of: Any, size_of: Any) -> np.ndarray:
+        image, first = image_of(row["id"]), self.labels[0]
+        size, shape = size_of(row["id"]), image.shape[:2]
+        truth, predicted = (mask_at(row[c], size, shape, self.order, f"oof.csv {c}") for c in (first, f"pred_{first}"))
+        return plots.overlay_masks(image, truth, predicted)
+
+
+def mask_at(code: str, original: np.ndarray, shape: tuple[int, int], order: str, where: str) -> np.ndarray:
+    """A code of an image of `original` (height, width) -> its uint8 0/1 mask resized to `shape`,
+    nearest neighbour."""
+    import cv2
+
+    mask = rle.decode(code, tuple(int(v) for v in original), order, where)
+    if mask.shape == tuple(shape):
+        return mask
+    return cv2.resize(mask, tuple(shape)[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def code_score(metric: str, guess: str, truth: str, where: str) -> float:
+    """Dice or IoU of two codes' masks, 1 where both are empty."""
+    shared, total = rle.overlap(guess, truth, where), rle.area(guess, where) + rle.area(truth, where)
+    if total == 0:
+        return 1.0
+    return 2 * shared / total if metric == "dice" else shared / (total - shared)
 
 
 def _codes(values: pd.Series) -> bool:
