@@ -146,3 +146,30 @@ def test_the_cells_demo_trains_predicts_and_scores_its_run_length_codes(cells_co
         rle.decode(code, (64, 64), "column", "submission")  # every code fits its 64x64 image
     ledger = pd.read_csv("submissions/ledger.csv")
     assert ledger["cv_metric"].iloc[-1] == "dice" and 0 <= ledger["local_score"].iloc[-1] <= 1
+
+
+def test_a_tta_view_of_a_mask_maps_back_onto_the_mask():
+    from pipeline.augment.tta import apply_view, views
+
+    mask = torch.from_numpy(square(10, 6, 12, (32, 32))).float()[None, None]
+    for view in views(["hflip", "vflip", "shift:0.0625"]):
+        back = Segmentation(["m"]).view_back(view, apply_view(view, mask))
+        inside = (slice(None), slice(None), slice(4, -4), slice(4, -4))  # a shift leaves the border empty
+        assert torch.allclose(back[inside], mask[inside], atol=1e-5), view
+
+
+def test_two_experiments_blend_and_submit_with_tta(cells_config, capsys):
+    for stage, extra in (
+        ("data", []),
+        ("folds", []),
+        ("train", []),
+        ("train", ["train.experiment=other", "train.lr=0.02"]),
+    ):
+        assert main([stage, "-c", str(cells_config), *extra]) == 0, capsys.readouterr().err
+    assert main(["blend", "-c", str(cells_config)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "nested CV" in out and "post-processing rle_mask" in out
+    args = ["predict", "-c", str(cells_config), "predict.blend=blend", "predict.tta=[hflip]"]
+    assert main(args) == 0, capsys.readouterr().err
+    submitted = pd.read_csv(next(Path("submissions/cells").glob("*.csv")), keep_default_na=False)
+    assert len(submitted) == 6 and list(submitted.columns) == ["id", "rle_mask"]

@@ -23,7 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.predictions import OutOfFold
 from pipeline.tables import line
 from pipeline.tasks import mask_rules, register
-from pipeline.tasks.base import Section, Task
+from pipeline.tasks.base import Proposal, Section, Task
 from pipeline.tasks.mask_rules import Rule
 
 CODE_NAMES = ("encodedpixels", "rle_mask", "rle", "mask", "masks", "annotation")
@@ -58,7 +58,7 @@ class Segmentation(Task):
         return [c for c in columns if c.lower() in CODE_NAMES or _codes(table[c])]
 
     @classmethod
-    def keys_beside(cls, table: pd.DataFrame, targets: list[str], others: list[str]) -> list[tuple]:
+    def keys_beside(cls, table: pd.DataFrame, targets: list[str], others: list[str]) -> list[Proposal]:
         """One code column beside a column of a few values (Severstal's ClassId): a row per image
         and class."""
         few = [c for c in others if table[c].notna().all() and table[c].nunique() <= MAX_CLASSES]
@@ -101,6 +101,13 @@ class Segmentation(Task):
     @classmethod
     def sample_format(cls, columns: list[str], table: pd.DataFrame, targets: list[str]) -> tuple[str, str]:
         return "rle", "run-length codes"
+
+    @classmethod
+    def proposals(cls, cfg: Any, facts: Any) -> list[Proposal]:
+        from importlib.metadata import version
+
+        wheel = f"segmentation-models-pytorch=={version('segmentation-models-pytorch')}"
+        return [("package.wheels", [wheel], "the decoders' library, which the Kaggle image may lack: bundled")]
 
     @classmethod
     def score_file(cls, metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
