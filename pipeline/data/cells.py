@@ -17,11 +17,10 @@ solution.csv                   the test rows' masks, read only by local scoring
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from pipeline.data import rle
-from pipeline.files import filled_into
+from pipeline.data.drawn import build_drawn
 
 N_TRAIN, N_TEST = 800, 200
 SIDE = 64
@@ -30,26 +29,11 @@ EMPTY_SHARE = 0.25
 
 
 def build_cells(folder: Path, seed: int = 0) -> None:
-    """Draw the competition into a temporary sibling folder, then move it into `folder`;
-    train.csv moves last: its presence means the build finished."""
-    rng = np.random.default_rng(seed)
-    with filled_into(folder, last="train.csv") as tmp:
-        train = _draw_split(tmp / "train", N_TRAIN, rng, "tr")
-        test = _draw_split(tmp / "test", N_TEST, rng, "te")
-        test[["id"]].to_csv(tmp / "test.csv", index=False)
-        test.assign(rle_mask="1 1").to_csv(tmp / "sample_submission.csv", index=False)
-        test.to_csv(tmp / "solution.csv", index=False)
-        train.to_csv(tmp / "train.csv", index=False)
-
-
-def _draw_split(folder: Path, n: int, rng: np.random.Generator, prefix: str) -> pd.DataFrame:
-    folder.mkdir(parents=True)
-    rows = []
-    for i in range(n):
+    def draw(rng: np.random.Generator) -> tuple[Image.Image, list]:
         image, mask = draw_cells(rng)
-        Image.fromarray(image).save(folder / f"{prefix}{i:04d}.png")
-        rows.append((f"{prefix}{i:04d}", rle.encode(mask, "column")))
-    return pd.DataFrame(rows, columns=["id", "rle_mask"])
+        return Image.fromarray(image), [rle.encode(mask, "column")]
+
+    build_drawn(folder, draw, ["rle_mask"], {"rle_mask": "1 1"}, (N_TRAIN, N_TEST), seed)
 
 
 def draw_cells(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipeline.files import filled_into
+from pipeline.data.drawn import build_drawn
 
 N_TRAIN, N_TEST = 1000, 300
 SIDE = 64
@@ -37,27 +37,12 @@ SLOTS_X = np.array([-0.36, -0.12, 0.12, 0.36])  # the finger bases across the to
 
 
 def build_hands(folder: Path, seed: int = 0) -> None:
-    """Draw the competition into a temporary sibling folder, then move it into `folder`;
-    train.csv moves last: its presence means the build finished."""
-    rng = np.random.default_rng(seed)
-    with filled_into(folder, last="train.csv") as tmp:
-        train = _draw_split(tmp / "train", N_TRAIN, rng, "tr")
-        test = _draw_split(tmp / "test", N_TEST, rng, "te")
-        train = _drop_some_points(train, rng)
-        test[["id"]].to_csv(tmp / "test.csv", index=False)
-        test.assign(**{c: 0.0 for c in COLUMNS}).to_csv(tmp / "sample_submission.csv", index=False)
-        test.to_csv(tmp / "solution.csv", index=False)
-        train.to_csv(tmp / "train.csv", index=False)
-
-
-def _draw_split(folder: Path, n: int, rng: np.random.Generator, prefix: str) -> pd.DataFrame:
-    folder.mkdir(parents=True)
-    rows = []
-    for i in range(n):
+    def draw(rng: np.random.Generator) -> tuple[Image.Image, list]:
         image, points = draw_hand(rng)
-        image.save(folder / f"{prefix}{i:04d}.png")
-        rows.append([f"{prefix}{i:04d}", *points.ravel()])
-    return pd.DataFrame(rows, columns=["id", *COLUMNS])
+        return image, list(points.ravel())
+
+    blank = {c: 0.0 for c in COLUMNS}
+    build_drawn(folder, draw, COLUMNS, blank, (N_TRAIN, N_TEST), seed, adjust=_drop_some_points)
 
 
 def hand_points(rng: np.random.Generator) -> tuple[dict, np.ndarray]:
