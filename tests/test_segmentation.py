@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_report import nonblank_png, referenced_images
 
 from pipeline.augment import transforms
 from pipeline.cli import main
@@ -146,6 +147,11 @@ def test_the_cells_demo_trains_predicts_and_scores_its_run_length_codes(cells_co
         rle.decode(code, (64, 64), "column", "submission")  # every code fits its 64x64 image
     ledger = pd.read_csv("submissions/ledger.csv")
     assert ledger["cv_metric"].iloc[-1] == "dice" and 0 <= ledger["local_score"].iloc[-1] <= 1
+    assert main(["report", "-c", str(cells_config)]) == 0, capsys.readouterr().err
+    index = Path("runs/cells/report/index.html")
+    images = referenced_images(index)
+    assert {"masks_samples.png", "masks_worst.png", "dice_by_area.png"} <= set(images)
+    assert all(nonblank_png(index.parent / name) for name in images)
 
 
 def test_a_tta_view_of_a_mask_maps_back_onto_the_mask():
