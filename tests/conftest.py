@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline import config as C
+from pipeline.data import cells
 from pipeline.paths import Paths
 from pipeline.stages import folds, train
 
@@ -191,3 +193,17 @@ def run(cfg, cwd, monkeypatch):
     folds.run(cfg)
     train.run(cfg)
     return json.loads((cwd / Paths.of(cfg).cv_json).read_text())
+
+
+@pytest.fixture
+def cells_config(tmp_path, monkeypatch):
+    """The cells demo, 24 training and 6 test images, and its config made tiny, in tmp_path."""
+    monkeypatch.setattr(cells, "N_TRAIN", 24)
+    monkeypatch.setattr(cells, "N_TEST", 6)
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "cells.yaml").read_text())
+    raw["folds"]["n_splits"] = 2
+    raw["model"] = {"name": "test_resnet", "pretrained": "none", "image_size": 32}
+    raw["train"] = {"epochs": 2, "batch_size": 8, "workers": 0, "lr": 0.01, "device": "cpu"}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cells.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "cells.yaml"

@@ -154,3 +154,18 @@ def test_a_stacked_multilabel_blend_packs_its_trees_and_thresholds_and_predicts_
     submitted = pd.read_csv(next(Path("submissions/planet").glob("*.csv")), keep_default_na=False)
     out = offline.submit(dataset, tmp_path / "data/planet", tmp_path / "working" / "submission.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out, keep_default_na=False), submitted)
+
+
+@pytest.mark.slow  # a wheel build, a download of the decoders' wheel and an offline notebook run
+def test_a_segmentation_package_bundles_its_decoders_and_rehearses_offline(cells_config, capsys):
+    from pipeline import cli
+
+    settings = ["train.full_fit=false", "predict.models=folds", "package.owner=someone"]
+    for stage in ("data", "folds", "train", "package", "rehearse"):
+        assert cli.main([stage, "-c", str(cells_config), *settings]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    wheels = sorted(w.name.split("-")[0] for w in Path("package/cells/dataset/wheels").glob("*.whl"))
+    assert wheels == ["pipeline", "segmentation_models_pytorch"]
+    assert "submission.csv equals make predict's (6 rows)" in out
+    bundle = Bundle.load(Path("package/cells/dataset/bundle.yaml"))
+    assert [rule["threshold"] for rule in bundle.decision["rules"]] and bundle.labels == ["rle_mask"]

@@ -7,12 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from test_report import nonblank_png, referenced_images
 
 from pipeline.augment import transforms
 from pipeline.cli import main
-from pipeline.data import cells, rle
+from pipeline.data import rle
 from pipeline.learn.loader import ImageDataset
 from pipeline.records import CV
 from pipeline.tasks.segmentation import Segmentation
@@ -116,19 +115,6 @@ def test_the_fitted_post_processing_is_idempotent_and_scored_nested(rng):
 
 
 # --- the chain on the cells demo ----------------------------------------------------------------
-
-
-@pytest.fixture
-def cells_config(tmp_path, monkeypatch):
-    monkeypatch.setattr(cells, "N_TRAIN", 24)
-    monkeypatch.setattr(cells, "N_TEST", 6)
-    raw = yaml.safe_load(Path("configs/cells.yaml").read_text())
-    raw["folds"]["n_splits"] = 2
-    raw["model"] = {"name": "test_resnet", "pretrained": "none", "image_size": 32}
-    raw["train"] = {"epochs": 2, "batch_size": 8, "workers": 0, "lr": 0.01, "device": "cpu"}
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "cells.yaml").write_text(yaml.safe_dump(raw))
-    return tmp_path / "cells.yaml"
 
 
 def test_the_cells_demo_trains_predicts_and_scores_its_run_length_codes(cells_config, capsys):

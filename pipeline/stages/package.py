@@ -14,11 +14,13 @@ combines the models exactly as the predict stage does (learn.selection).
 
 import json
 import os
+import re
 import shutil
 
 import nbformat
 
 from pipeline import config as C
+from pipeline import tasks
 from pipeline.files import temporary_dir, write_csv, write_text
 from pipeline.kaggle import submission
 from pipeline.kaggle.bundle import build_wheels, dataset_metadata, dataset_slug, kernel_metadata, kernel_slug, notebook
@@ -58,11 +60,18 @@ def fill(files: PackageFiles, cfg: C.Config, plan: selection.Plan, labels: list[
     bundle = Bundle(parts, plan.stated, labels, plan.decision, second_level, list(plan.features))
     bundle.save(files.dataset.bundle)
     write_text(files.dataset.config, plan.cfg.to_yaml())
-    wheels = build_wheels(cfg.package.wheels, files.dataset.wheels)
+    wheels = build_wheels(requirements(cfg), files.dataset.wheels)
     write_text(files.dataset.metadata, json.dumps(dataset_metadata(cfg), indent=2))
     write_text(files.kernel_metadata, json.dumps(kernel_metadata(cfg), indent=2))
     nbformat.write(notebook(cfg, wheels, bundle), files.notebook(kernel_slug(cfg)))
     return bundle, wheels
+
+
+def requirements(cfg: C.Config) -> list[str]:
+    """package.wheels, and what the task's models need that it does not name."""
+    named = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in cfg.package.wheels}
+    needed = tasks.get(cfg.competition.task).inference_wheels()
+    return [*cfg.package.wheels, *(r for r in needed if r.split("==")[0] not in named)]
 
 
 def copy_models(parts: list[selection.Part], dataset: DatasetFiles) -> list[dict]:

@@ -146,6 +146,12 @@ class Task:
         return []
 
     @classmethod
+    def inference_wheels(cls) -> list[str]:
+        """Requirements a model of this task needs to predict beyond the project's own (which
+        `make package` bundles beside package.wheels); none here."""
+        return []
+
+    @classmethod
     def aug_preset(cls, cfg: Any, facts: Any) -> tuple[dict, str] | None:
         """The `aug` values for an unset aug section, and why; None: the image kind decides."""
         return None

@@ -103,11 +103,11 @@ class Segmentation(Task):
         return "rle", "run-length codes"
 
     @classmethod
-    def proposals(cls, cfg: Any, facts: Any) -> list[Proposal]:
+    def inference_wheels(cls) -> list[str]:
+        """The decoders' library, at the version that trained: the Kaggle image may lack it."""
         from importlib.metadata import version
 
-        wheel = f"segmentation-models-pytorch=={version('segmentation-models-pytorch')}"
-        return [("package.wheels", [wheel], "the decoders' library, which the Kaggle image may lack: bundled")]
+        return [f"segmentation-models-pytorch=={version('segmentation-models-pytorch')}"]
 
     @classmethod
     def score_file(cls, metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
