@@ -1,5 +1,6 @@
 """The three shapes Kaggle ships masks in, read into one canonical table of run-length codes."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,12 @@ from pipeline.data import masks, rle
 from pipeline.errors import PipelineError
 
 SHAPE = (12, 10)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Mask folders' codes kept under tmp_path, not in the home folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def layout(folder: Path, **keys) -> C.ImageCsv:
@@ -200,3 +207,23 @@ def square_mask() -> np.ndarray:
     mask = np.zeros(SHAPE, np.uint8)
     mask[2:6, 3:8] = 255
     return mask
+
+
+def test_a_mask_folder_is_decoded_once_and_again_only_where_a_file_changed(tmp_path, rng, monkeypatch):
+    (tmp_path / "masks").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(square_mask()).save(tmp_path / "masks" / f"{name}.png")
+    decoded = []
+    monkeypatch.setattr(
+        masks, "read_mask", lambda path: decoded.append(path.name) or (np.asarray(Image.open(path)) > 0)
+    )
+    frame = pd.DataFrame({"id": ["a", "b"]})
+    first, _ = table_of(frame, tmp_path, mask_dir="masks")
+    again, _ = table_of(frame, tmp_path, mask_dir="masks")
+    assert decoded == ["a.png", "b.png"] and again["mask"].tolist() == first["mask"].tolist()
+    changed = np.zeros(SHAPE, np.uint8)
+    changed[0, 0] = 255
+    Image.fromarray(changed).save(tmp_path / "masks" / "b.png")
+    os.utime(tmp_path / "masks" / "b.png", ns=(1, 1))  # a new time, whatever the clock's resolution
+    third, _ = table_of(frame, tmp_path, mask_dir="masks")
+    assert decoded == ["a.png", "b.png", "b.png"] and third["mask"].tolist() == [first["mask"][0], "1 1"]

@@ -8,6 +8,10 @@ row has no mask, and a row per object (SIIM) adds to its image's mask; or a fold
 images named by the id (`data.mask_dir`, nonzero pixels in the mask).
 """
 
+import contextlib
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from PIL import Image
 
 from pipeline.data import rle
 from pipeline.errors import PipelineError
+from pipeline.files import write_text
 from pipeline.tables import line, require_columns
 
 EMPTY_CODES = ("", "-1")  # SIIM writes -1 for an image with no mask
@@ -107,20 +112,41 @@ def from_rows(
 
 def from_folder(folder: Path, ids: list[str], extensions: list[str], order: str) -> pd.Series:
     """Each id's mask image in `folder` (<id>.<ext> or <id>_mask.<ext>) as a code (nonzero
-    pixels in the mask)."""
+    pixels in the mask). Every stage reads the table, so the codes are kept (CODES_CACHE) and a
+    mask is decoded again only when its file's size or time changed."""
     if not folder.is_dir():
         raise PipelineError(f"mask folder {folder} (data.mask_dir) does not exist")
     # Carvana names a mask <id>_mask.gif
     by_stem = {
         p.stem.removesuffix("_mask"): p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions
     }
-    codes = []
+    cache = codes_cache(folder, order)
+    known, codes = _read_json(cache), {}
     for image_id in ids:
         path = by_stem.get(image_id)
         if path is None:
             raise PipelineError(f"{folder}: no mask image for training id {image_id!r}")
-        codes.append(rle.encode(read_mask(path), order))
-    return pd.Series(codes, name="mask")
+        stat = path.stat()
+        key = [stat.st_size, stat.st_mtime_ns]
+        kept = known.get(path.name)
+        codes[path.name] = kept if kept and kept[:2] == key else [*key, rle.encode(read_mask(path), order)]
+    if codes != known:
+        with contextlib.suppress(OSError):  # a read-only home decodes every time
+            write_text(cache, json.dumps(codes))
+    return pd.Series([codes[by_stem[i].name][2] for i in ids], name="mask")
+
+
+def codes_cache(folder: Path, order: str) -> Path:
+    """Where a mask folder's codes are kept: ~/.cache/pipeline/mask_codes/, by folder and order."""
+    key = hashlib.sha256(f"{folder.resolve()}:{order}".encode()).hexdigest()[:20]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pipeline" / "mask_codes" / f"{key}.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_mask(path: Path) -> np.ndarray:
