@@ -156,15 +156,17 @@ def test_init_finds_a_code_column_beside_images_in_a_nested_folder(tmp_path, rng
 
     images(tmp_path / "train" / "images", [f"t{i}.png" for i in range(6)], rng)
     images(tmp_path / "test" / "images", ["u0.png", "u1.png"], rng)
-    codes = ["1 5", "", "3 4 20 2", "", "7 7", ""]
+    long = " ".join(f"{start} 2" for start in range(1, 64, 4))  # 32 numbers: as long as a pixel string
+    codes = [long, "", "3 4 20 2", "", "7 7", "1 5"]  # the first cell decides what a column looks like
     pd.DataFrame({"id": [f"t{i}" for i in range(6)], "rle_mask": codes}).to_csv(tmp_path / "train.csv", index=False)
     pd.DataFrame({"id": ["u0", "u1"], "rle_mask": ""}).to_csv(tmp_path / "sample_submission.csv", index=False)
+    pd.DataFrame({"id": ["u0", "u1"], "rle_mask": [long, ""]}).to_csv(tmp_path / "solution.csv", index=False)
     found = survey.survey(tmp_path)
     raw = found.raw()
     assert raw["competition"]["task"] == "segmentation"
     assert (raw["data"]["label_columns"], raw["data"]["train_dir"]) == (["rle_mask"], "train/images")
     assert raw["data"]["test_dir"] == "test/images"
-    assert "1 mask class(es), run-length codes; of 6 images rle_mask: 3 empty" in found.found
+    assert "1 mask class(es), run-length codes; of 6 images rle_mask: 2 empty" in found.found
     data = sources.read(C.validate(raw))
     assert data.targets == ["rle_mask"] and data.train.table["rle_mask"].tolist() == codes
 

@@ -112,6 +112,8 @@ def test_the_fitted_post_processing_is_idempotent_and_scored_nested(rng):
     assert again.rules == fitted.rules and "post-processing m: threshold" in fitted.decision()["summary"]
     per_fold, pooled = task.held_out_scores(predictions, truth, np.arange(24) % 3)
     assert len(per_fold) == 3 and pooled <= fitted.score(predictions, truth)
+    alone, _ = task.held_out_scores(predictions, truth, np.zeros(24))  # train.folds=[0]: no other rows
+    assert alone == [task.score(predictions, truth)]
 
 
 # --- the chain on the cells demo ----------------------------------------------------------------

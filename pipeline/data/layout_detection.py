@@ -114,6 +114,8 @@ def pixel_columns(folder: Folder) -> list[Decision] | None:
 
 def pixel_string(folder: Folder) -> list[Decision] | None:
     with_strings = {n: f for n, f in folder.tables.items() if _pixel_string_column(f)}
+    # a column of long run-length codes is numbers too: a task that claims it makes it targets
+    with_strings = {n: f for n, f in with_strings.items() if not claimed(f, [_pixel_string_column(f)])[0]}
     if len(with_strings) != 2:
         return None
     train = next((n for n, f in with_strings.items() if claimed(f, list(f.columns))[0]), None)

@@ -258,7 +258,8 @@ class Task:
         decided, per_fold = np.empty_like(predictions), []
         for fold in np.unique(fold_of_row):
             held_out = fold_of_row == fold
-            fitted = self.fit_decision(predictions[~held_out], truth[~held_out])
+            # one fold alone (train.folds=[0]) has no other rows to fit on: it keeps the task's own
+            fitted = self.fit_decision(predictions[~held_out], truth[~held_out]) if (~held_out).any() else self
             decided[held_out] = fitted.decide(predictions[held_out])
             per_fold.append(self.score(decided[held_out], truth[held_out]))
         return per_fold, self.score(decided, truth)
