@@ -71,7 +71,8 @@ class Segmentation(Task):
         if table is None or not label_columns or any(c not in table.columns for c in label_columns):
             return None
         if all(_codes(table[c]) for c in label_columns):
-            return f"{', '.join(map(repr, label_columns))} hold run-length codes of masks"
+            verb = "holds" if len(label_columns) == 1 else "hold"
+            return f"{', '.join(map(repr, label_columns))} {verb} run-length codes of masks"
         return None
 
     @classmethod
