@@ -11,9 +11,11 @@ predict and score. Rows, each a held-out mean Dice over the test images:
   the pipeline             its submission: the post-processing fitted out of fold
   the same, at 0.5         the same models' test probabilities, thresholded at 0.5 and nothing else
 
-Then the executors on masks: `make train` of one fold for two epochs at the same settings with
-train.device_aug=on (batched, the masks warped with the images on the device) and =off
-(albumentations per image in a DataLoader), the training images per second of the second epoch.
+Then the executors on masks, train.device_aug=on (batched: images and masks resident, warped
+together) against =off (albumentations per image in a DataLoader, the masks decoded from their
+codes per item), at the settings the run chose: the training images per second of the second
+epoch of `make train` on one fold, and the data path alone (an epoch of augmented batches with
+their masks, no model), which is what a GPU's model would wait on.
 
     python benchmarks/segmentation.py [--tiny]
 """
@@ -111,6 +113,30 @@ def executor_rows(config: Path, scratch: Path, overrides: list[str]) -> list[tup
     return rows
 
 
+def data_path_rows(config: Path, scratch: Path, overrides: list[str]) -> list[tuple[str, float]]:
+    """Augmented training batches with their masks per second, fold 0's rows, no model."""
+    import os
+
+    from pipeline import config as C
+    from pipeline.learn import fit, plan
+    from pipeline.paths import Paths
+
+    here, rows = Path.cwd(), []
+    os.chdir(scratch)
+    try:
+        for setting, name in (("on", "batched (device_aug=on)"), ("off", "per image (device_aug=off)")):
+            cfg = C.load(config, [*overrides, f"train.device_aug={setting}"])
+            setup, folds = plan.prepare(cfg, Paths.of(cfg))
+            parts = fit.assemble(setup, np.flatnonzero(folds["fold"].to_numpy() != 0), None)
+            started, seen = time.perf_counter(), 0
+            for images, _masks, _sizes in parts.train_batches(0):
+                seen += len(images)
+            rows.append((name, seen / (time.perf_counter() - started)))
+    finally:
+        os.chdir(here)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny data, 2 folds, 1 epoch: for the test suite")
@@ -128,6 +154,8 @@ def main() -> None:
             print(f"| {machine()} | | {row} | {score:.4f} | | {minutes} |", flush=True)
         for name, speed in executor_rows(config, scratch, overrides):
             print(f"| {machine()} | | executor on masks: {name}, one fold, epoch 2 | | {speed:.0f} | |", flush=True)
+        for name, speed in data_path_rows(config, scratch, overrides):
+            print(f"| {machine()} | | data path alone: {name}, batches with masks | | {speed:.0f} | |", flush=True)
 
 
 if __name__ == "__main__":
