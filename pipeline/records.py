@@ -125,10 +125,12 @@ class CV:
             f"of {self.epochs} (out-of-fold {best.oof:.5f}); the fold models keep the {self.kept} epoch"
         ]
         if self.fold_models.decision:
-            lines.append(
-                f"decision fitted on every out-of-fold row: {self.fold_models.decision['summary']}; the CV is "
-                "nested: each fold is scored under the decision fitted on the other folds"
+            how = (
+                "the CV is nested: each fold is scored under the decision fitted on the other folds"
+                if len(self.fold_ids) > 1
+                else "one fold alone: its CV is scored under the task's own decision, none fitted on its rows"
             )
+            lines.append(f"decision fitted on every out-of-fold row: {self.fold_models.decision['summary']}; {how}")
         if self.unstable:
             lines.append(
                 f"warning: the best epochs beat the last by {self.gain(best.mean, last.mean):.5f}, more than the "
