@@ -14,6 +14,7 @@ from pipeline.cli import main
 from pipeline.data import rle
 from pipeline.learn.loader import ImageDataset
 from pipeline.records import CV
+from pipeline.tasks import mask_rules
 from pipeline.tasks.segmentation import Segmentation
 
 SHAPE = (20, 30)  # an image file's (height, width)
@@ -103,6 +104,9 @@ def test_the_fitted_post_processing_is_idempotent_and_scored_nested(rng):
     probability, truth = blobs(rng, 24)
     predictions, truth = probability[:, None], truth[:, None].astype(np.uint8)
     task = Segmentation(["m"])
+    assert task.score(truth * 255, truth) == 1.0  # decided masks are 0/255: scored as masks, not as counts
+    expected = np.mean(mask_rules.dice(probability >= 128, truth[:, 0] > 0))
+    assert task.score(predictions, truth) == pytest.approx(expected)
     fitted = task.fit_decision(predictions, truth)
     assert fitted.rules[0] != task.rules[0]
     decided = fitted.decide(predictions)

@@ -249,7 +249,7 @@ class Segmentation(Task):
         """The metric of (N, classes, S, S) uint8 probabilities decided by the rules, against 0/1 truth."""
         scored = mask_rules.dice if self.metric == "dice" else mask_rules.iou
         decided = self.decide(predictions)
-        return float(np.mean([scored(decided[:, j], truth[:, j] > 0) for j in range(len(self.labels))]))
+        return float(np.mean([scored(decided[:, j] > 0, truth[:, j] > 0) for j in range(len(self.labels))]))
 
     def decide(self, predictions: np.ndarray) -> np.ndarray:
         """(N, classes, S, S) uint8 probabilities -> the masks the rules keep, as 0/255, which
