@@ -29,11 +29,23 @@ TREES = {"max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samp
 TREES |= {"l2_regularization": 1.0, "early_stopping": False, "random_state": 0}
 
 
+@dataclass(frozen=True)
+class Trees:
+    """How a task's outputs are the trees' targets."""
+
+    together: bool  # one classifier over all the outputs (the classes), else a model per output
+    classify: bool  # classifiers (probabilities), else regressors (values)
+
+
+TREES_OF = {"class": Trees(together=True, classify=True), "labels": Trees(together=False, classify=True)}
+TREES_OF |= {"values": Trees(together=False, classify=False)}  # by Task.stack_target
+
+
 @dataclass
 class Stacker:
     """Trees fitted on (members' predictions, tabular columns) -> the task's outputs."""
 
-    kind: str  # Task.stack_target: "class", "labels" or "values"
+    trees: Trees
     outputs: int
     categories: dict[str, list]  # a text column -> the categories of the training rows
     models: list  # one per output; a constant (float or probability row) where one value was seen
@@ -43,14 +55,13 @@ class Stacker:
         """`stack` (members, N, outputs) in the competition's units, `features` N rows, `truth` as
         Task.truth gives it."""
         categories = {c: sorted(features[c].dropna().astype(str).unique()) for c in _text_columns(features)}
-        stacker = cls(task.stack_target, stack.shape[2], categories, [])
+        trees = TREES_OF[task.stack_target]
+        stacker = cls(trees, stack.shape[2], categories, [])
         inputs = stacker.inputs(stack, features)
-        if stacker.kind == "class":
+        if trees.together:
             stacker.models = [_fitted(inputs, truth, classify=True)]
         else:
-            stacker.models = [
-                _fitted(inputs, truth[:, j], classify=stacker.kind == "labels") for j in range(stacker.outputs)
-            ]
+            stacker.models = [_fitted(inputs, truth[:, j], classify=trees.classify) for j in range(stacker.outputs)]
         return stacker
 
     def inputs(self, stack: np.ndarray, features: pd.DataFrame) -> pd.DataFrame:
@@ -80,10 +91,10 @@ class Stacker:
     def predict(self, stack: np.ndarray, features: pd.DataFrame) -> np.ndarray:
         """(N, outputs) in the competition's units: probabilities per class or label, or values."""
         inputs = self.inputs(stack, features)
-        if self.kind == "class":
+        if self.trees.together:
             return _probabilities(self.models[0], inputs, self.outputs)
         columns = [
-            _probabilities(m, inputs, 2)[:, 1] if self.kind == "labels" else _values(m, inputs) for m in self.models
+            _probabilities(m, inputs, 2)[:, 1] if self.trees.classify else _values(m, inputs) for m in self.models
         ]
         return np.column_stack(columns)
 
