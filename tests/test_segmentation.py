@@ -171,3 +171,15 @@ def test_two_experiments_blend_and_submit_with_tta(cells_config, capsys):
     assert main(args) == 0, capsys.readouterr().err
     submitted = pd.read_csv(next(Path("submissions/cells").glob("*.csv")), keep_default_na=False)
     assert len(submitted) == 6 and list(submitted.columns) == ["id", "rle_mask"]
+
+
+def test_a_code_past_its_image_is_one_line_from_make_data_naming_the_image(cells_config, capsys):
+    assert main(["data", "-c", str(cells_config)]) == 0
+    table = pd.read_csv("data/cells/train.csv", keep_default_na=False)
+    table.loc[3, "rle_mask"] = "4090 10"  # a 64x64 image has 4096 pixels
+    table.to_csv("data/cells/train.csv", index=False)
+    capsys.readouterr()
+    assert main(["data", "-c", str(cells_config)]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "id 'tr0003', class 'rle_mask': the run-length code runs past the image" in error
+    assert len(error.splitlines()) == 1

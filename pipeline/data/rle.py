@@ -14,6 +14,16 @@ ORDERS = {"column": "F", "row": "C"}  # data.rle_order -> numpy's flattening ord
 def decode(code: object, shape: tuple[int, int], order: str, where: str) -> np.ndarray:
     """The (height, width) uint8 0/1 mask of `code` (a string, or a missing cell: empty).
     `where` names the row in an error: "train.csv line 7, column 'rle_mask'"."""
+    starts, lengths = fitted_runs(code, shape, where)
+    pixels = shape[0] * shape[1]
+    edges = np.zeros(pixels + 1, np.int32)  # +1 where a run starts, -1 just past where it ends
+    np.add.at(edges, starts - 1, 1)
+    np.add.at(edges, starts - 1 + lengths, -1)
+    return np.cumsum(edges[:-1]).astype(np.uint8).reshape(shape, order=ORDERS[order])
+
+
+def fitted_runs(code: object, shape: tuple[int, int], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The code's runs, checked to end inside a (height, width) image."""
     starts, lengths = runs(code, where)
     pixels = shape[0] * shape[1]
     if len(starts) and starts[-1] + lengths[-1] - 1 > pixels:
@@ -21,10 +31,7 @@ def decode(code: object, shape: tuple[int, int], order: str, where: str) -> np.n
             f"{where}: the run-length code runs past the image: its last run ends at pixel "
             f"{starts[-1] + lengths[-1] - 1}, and a {shape[0]}x{shape[1]} image has {pixels}"
         )
-    edges = np.zeros(pixels + 1, np.int32)  # +1 where a run starts, -1 just past where it ends
-    np.add.at(edges, starts - 1, 1)
-    np.add.at(edges, starts - 1 + lengths, -1)
-    return np.cumsum(edges[:-1]).astype(np.uint8).reshape(shape, order=ORDERS[order])
+    return starts, lengths
 
 
 def runs(code: object, where: str) -> tuple[np.ndarray, np.ndarray]:

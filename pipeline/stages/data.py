@@ -33,13 +33,15 @@ def run(cfg: Config) -> None:
             "(or set competition.kaggle to download them, or data.dir)"
         )
     data = sources.read(cfg)
-    shapes = {}
+    shapes, opened, task = {}, {}, tasks.get(cfg.competition.task)
     for name, split in (("train", data.train), ("test", data.test)):
-        images = sources.open_split(cfg, split.images, paths.cache(name), working_side(cfg))
-        shapes[name] = describe_shapes(images)
+        opened[name] = sources.open_split(cfg, split.images, paths.cache(name), working_side(cfg))
+        shapes[name] = describe_shapes(opened[name])
+    source = data.train.table.attrs.get("source", "train table")
+    task.check_sizes(data.train.table, data.targets, opened["train"].original_sizes, source)
     inputs.refresh(paths)  # what was built or downloaded here is what the stage read
     save_resolved(cfg, paths.resolved("data"))
-    targets = tasks.get(cfg.competition.task).describe_targets(data.train.table, data.targets)
+    targets = task.describe_targets(data.train.table, data.targets)
     print(
         f"data {cfg.competition.name}: {len(data.train.table)} train rows ({shapes['train']}), "
         f"{len(data.test.table)} test rows ({shapes['test']}); {targets}"

@@ -102,6 +102,11 @@ class Task:
                 )
 
     @classmethod
+    def check_sizes(cls, table: pd.DataFrame, targets: list[str], sizes: np.ndarray, source: str) -> None:
+        """Targets checked against their images' (height, width) in the files (`make data`);
+        nothing here."""
+
+    @classmethod
     def strata(cls, table: pd.DataFrame, targets: list[str]) -> pd.Series | None:
         """What folds.kind=stratified gives each fold its share of; None: this task has none."""
         return None

@@ -80,6 +80,13 @@ class Segmentation(Task):
         """Checked as they are read (data.masks); whether they fit their images, as they are decoded."""
 
     @classmethod
+    def check_sizes(cls, table: pd.DataFrame, targets: list[str], sizes: np.ndarray, source: str) -> None:
+        """Every code ends inside its image: one past it names the image and the class."""
+        for image_id, size, codes in zip(table["id"], sizes, table[targets].to_numpy(dtype=object), strict=True):
+            for name, code in zip(targets, codes, strict=True):
+                rle.fitted_runs(code, tuple(int(v) for v in size), f"{source}, id {image_id!r}, class {name!r}")
+
+    @classmethod
     def strata(cls, table: pd.DataFrame, targets: list[str]) -> pd.Series:
         """Which classes each image has, and for one class the tercile of its area: folds get
         their share of empty images and of small and large masks."""
