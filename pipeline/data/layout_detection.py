@@ -114,8 +114,6 @@ def pixel_columns(folder: Folder) -> list[Decision] | None:
 
 def pixel_string(folder: Folder) -> list[Decision] | None:
     with_strings = {n: f for n, f in folder.tables.items() if _pixel_string_column(f)}
-    # a column of long run-length codes is numbers too: a task that claims it makes it targets
-    with_strings = {n: f for n, f in with_strings.items() if not claimed(f, [_pixel_string_column(f)])[0]}
     if len(with_strings) != 2:
         return None
     train = next((n for n, f in with_strings.items() if claimed(f, list(f.columns))[0]), None)
@@ -201,7 +199,8 @@ def _pixel_string_column(frame: pd.DataFrame) -> str | None:
     for column in frame.columns:
         first = frame[column].dropna()
         tokens = str(first.iloc[0]).split() if first.dtype == object and len(first) else []
-        if len(tokens) >= 16 and all(map(sources.is_number, tokens)):
+        # long run-length codes are numbers too: a column a task claims as its targets is not pixels
+        if len(tokens) >= 16 and all(map(sources.is_number, tokens)) and not claimed(frame, [column])[0]:
             return str(column)
     return None
 
