@@ -103,8 +103,7 @@ class Task:
 
     @classmethod
     def check_sizes(cls, table: pd.DataFrame, targets: list[str], sizes: np.ndarray, source: str) -> None:
-        """Targets checked against their images' (height, width) in the files (`make data`);
-        nothing here."""
+        """Targets checked against their images' (height, width) in the files; nothing here."""
 
     @classmethod
     def strata(cls, table: pd.DataFrame, targets: list[str]) -> pd.Series | None:
