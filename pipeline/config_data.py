@@ -80,6 +80,8 @@ class ImageCsv(FileLayout):
     # masks (segmentation): run-length codes in label_columns, one column per class, or one row per
     # image and class named by class_column (Severstal), or one mask image per id in mask_dir
     class_column: str | None = None
+    # or the id column holds <image><separator><class> (Severstal 2019's ImageId_ClassId: "_")
+    class_separator: str | None = None
     mask_dir: str | None = None  # e.g. train/masks: <id>.png, nonzero pixels in the mask
     rle_order: Literal["column", "row"] = "column"  # Kaggle's: pixels numbered top to bottom, then left to right
     train_dir: str = "train"

@@ -229,3 +229,36 @@ def test_a_mask_folder_is_decoded_once_and_again_only_where_a_file_changed(tmp_p
     os.utime(tmp_path / "masks" / "b.png", ns=(1, 1))  # a new time, whatever the clock's resolution
     third, _ = table_of(frame, tmp_path, mask_dir="masks")
     assert decoded == ["a.png", "b.png", "b.png"] and third["mask"].tolist() == [first["mask"][0], "1 1"]
+
+
+def test_init_finds_ids_joined_with_their_class(tmp_path, rng, segmentation_registered):
+    from pipeline.data import sources, survey
+
+    images(tmp_path / "train_images", ["a.jpg", "b.jpg"], rng)
+    images(tmp_path / "test_images", ["d.jpg", "e.jpg"], rng)
+    keys = ["a.jpg_1", "a.jpg_2", "b.jpg_1", "b.jpg_2"]
+    pd.DataFrame({"ImageId_ClassId": keys, "EncodedPixels": ["1 4", "", "", "5 5"]}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    sample = {"ImageId_ClassId": ["e.jpg_1", "e.jpg_2", "d.jpg_1", "d.jpg_2"], "EncodedPixels": ""}
+    pd.DataFrame(sample).to_csv(tmp_path / "sample_submission.csv", index=False)
+    raw = survey.survey(tmp_path).raw()
+    assert (raw["competition"]["task"], raw["data"]["class_separator"]) == ("segmentation", "_")
+    data = sources.read(C.validate(raw))
+    assert data.targets == ["1", "2"] and data.train.table[["1", "2"]].to_numpy().tolist() == [["1 4", ""], ["", "5 5"]]
+    assert data.test.table["id"].tolist() == ["e.jpg", "d.jpg"]
+
+
+def test_a_sample_with_a_row_per_image_and_class_lists_each_test_image_once(tmp_path, rng, segmentation_registered):
+    from pipeline.data import sources
+
+    images(tmp_path / "train_images", ["a.jpg"], rng)
+    images(tmp_path / "test_images", ["d.jpg", "e.jpg"], rng)
+    pd.DataFrame({"ImageId": ["a.jpg"], "ClassId": [2], "EncodedPixels": ["1 4"]}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    sample = {"ImageId": ["e.jpg", "e.jpg", "d.jpg", "d.jpg"], "EncodedPixels": "1 1", "ClassId": [1, 2, 1, 2]}
+    pd.DataFrame(sample).to_csv(tmp_path / "sample_submission.csv", index=False)
+    keys = {"train_dir": "train_images", "test_dir": "test_images", "test_csv": None, "class_column": "ClassId"}
+    severstal = layout(tmp_path, id_column="ImageId", label_columns=["EncodedPixels"], **keys)
+    assert sources.read_image_csv(severstal, "segmentation").test.table["id"].tolist() == ["e.jpg", "d.jpg"]

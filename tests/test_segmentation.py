@@ -183,3 +183,45 @@ def test_a_code_past_its_image_is_one_line_from_make_data_naming_the_image(cells
     error = capsys.readouterr().err.strip()
     assert "id 'tr0003', class 'rle_mask': the run-length code runs past the image" in error
     assert len(error.splitlines()) == 1
+
+
+def relaid(table: pd.DataFrame, layout: str) -> pd.DataFrame:
+    """The cells demo's `id,rle_mask` as Severstal lays a row per image and class out: class 1
+    the cells, class 2 never present."""
+    rows = pd.DataFrame(
+        {
+            "ImageId": np.repeat(table["id"].to_numpy(), 2),
+            "EncodedPixels": [c for code in table["rle_mask"] for c in (code, "")],
+            "ClassId": [1, 2] * len(table),
+        }
+    )
+    if layout == "long":
+        return rows
+    return pd.DataFrame(
+        {"ImageId_ClassId": rows["ImageId"] + "_" + rows["ClassId"].astype(str), **rows[["EncodedPixels"]]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("layout", "keys"),
+    [
+        ("long", ["data.id_column=ImageId", "data.class_column=ClassId"]),
+        ("joined", ["data.id_column=ImageId_ClassId", "data.class_separator=_"]),
+    ],
+)
+def test_severstals_layouts_train_and_submit_a_row_per_image_and_class(cells_config, capsys, layout, keys):
+    assert main(["data", "-c", str(cells_config)]) == 0, capsys.readouterr().err
+    for name in ("train.csv", "sample_submission.csv", "solution.csv"):
+        path = Path("data/cells") / name
+        relaid(pd.read_csv(path, keep_default_na=False), layout).to_csv(path, index=False)
+    overrides = [*keys, "data.label_columns=[EncodedPixels]", "data.test_csv=null"]
+    for stage in ("data", "folds", "train", "predict", "score"):
+        assert main([stage, "-c", str(cells_config), *overrides]) == 0, capsys.readouterr().err
+    assert "post-processing 1: threshold" in capsys.readouterr().out
+    submitted = pd.read_csv(next(Path("submissions/cells").glob("*.csv")), keep_default_na=False)
+    sample = pd.read_csv("data/cells/sample_submission.csv", keep_default_na=False)
+    assert (
+        list(submitted.columns) == list(sample.columns) and submitted.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+    )
+    ledger = pd.read_csv("submissions/ledger.csv")
+    assert 0 <= ledger["local_score"].iloc[-1] <= 1

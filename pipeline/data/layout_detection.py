@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline import config as C
 from pipeline import tasks
-from pipeline.data import sources
+from pipeline.data import pixel_values, sources
 from pipeline.errors import PipelineError
 
 PIXEL_COLUMN = re.compile(r"^pixel\d+$")
@@ -144,14 +144,26 @@ def image_csv(folder: Folder) -> list[Decision] | None:
         ):
             continue
         columns = [str(c) for c in frame.columns if folder.given.get("data.id_column", c) == c]
-        naming = ((c, _folder_of(folder, frame[c].astype(str))) for c in columns)
-        if found := next(((c, d) for c, d in naming if d is not None), None):
+        naming = ((c, sep, _folder_of(folder, _images(frame[c], sep))) for sep in (None, "_") for c in columns)
+        if found := next(((c, sep, d) for c, sep, d in naming if d is not None), None):
             fits[name] = found
     if not fits:
         return None
     likely = [n for n in fits if n.startswith("train")] or list(fits)
     train = folder.pick(likely, "data.train_csv", f"{folder.root} (CSVs naming the images, with columns beside)")
-    return _image_csv_decisions(folder, train, *fits[train])
+    id_column, separator, image_dir = fits[train]
+    decisions = _image_csv_decisions(folder, train, id_column, image_dir, separator)
+    joined = Decision("data.class_separator", separator, f"{id_column}'s values are <image>{separator}<class>")
+    return [*decisions, joined] if separator else decisions
+
+
+def _images(values: pd.Series, separator: str | None) -> pd.Series:
+    """A column's values as image names: as they are, or cut at `separator`'s last occurrence
+    (Severstal 2019's `0002cc93b.jpg_1`)."""
+    text = values.astype(str)
+    if separator is None:
+        return text
+    return text.str.rsplit(separator, n=1).str[0] if text.str.contains(separator, regex=False).all() else text[:0]
 
 
 def class_folders(folder: Folder) -> list[Decision] | None:
@@ -200,7 +212,7 @@ def _pixel_string_column(frame: pd.DataFrame) -> str | None:
         first = frame[column].dropna()
         tokens = str(first.iloc[0]).split() if first.dtype == object and len(first) else []
         # long run-length codes are numbers too: a column a task claims as its targets is not pixels
-        if len(tokens) >= 16 and all(map(sources.is_number, tokens)) and not claimed(frame, [column])[0]:
+        if len(tokens) >= 16 and all(map(pixel_values.is_number, tokens)) and not claimed(frame, [column])[0]:
             return str(column)
     return None
 
@@ -249,7 +261,9 @@ def _test_folder(folder: Folder, exclude: Path) -> str | None:
     return "test" if "test" in with_images else (with_images[0] if len(with_images) == 1 else None)
 
 
-def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: Path) -> list[Decision]:
+def _image_csv_decisions(
+    folder: Folder, train: str, id_column: str, image_dir: Path, separator: str | None
+) -> list[Decision]:
     frame = folder.tables[train]
     others = [
         (n, f)
@@ -259,11 +273,11 @@ def _image_csv_decisions(folder: Folder, train: str, id_column: str, image_dir: 
     others.sort(key=lambda item: (not item[0].startswith("test"), len(item[1].columns)))  # test*.csv: ids only
     test = others[0][0] if others else None
     test_ids = folder.tables[test][id_column] if test else folder.csvs.get(folder.sample_submission, frame).iloc[:, 0]
-    test_dir = _folder_of(folder, test_ids.astype(str)) if test or folder.sample_submission else None
+    test_dir = _folder_of(folder, _images(test_ids, separator)) if test or folder.sample_submission else None
     shared = set(folder.tables[test].columns) if test else set()
     targets = [c for c in frame.columns if c != id_column and c not in shared]
     taken, why, beside = claimed(frame, targets)
-    masks = _mask_folder(folder, frame[id_column].astype(str), image_dir) if not taken else None
+    masks = _mask_folder(folder, _images(frame[id_column], separator), image_dir) if not taken else None
     if masks is not None:
         taken, why, beside = [], "", [Decision("data.mask_dir", masks, "a mask image per training id")]
     labels = folder.given.get("data.label_columns") or taken

@@ -3,9 +3,10 @@ canonical table: a row per training image and a column per class, each cell that
 run-length code (data.rle_order) in the image's own pixels, "" for an empty mask.
 
 The shapes: a code column per class beside the id (TGS's `id,rle_mask`); one row per image and
-class (Severstal's `ImageId,ClassId,EncodedPixels`, `data.class_column`), where an image with no
-row has no mask, and a row per object (SIIM) adds to its image's mask; or a folder of mask
-images named by the id (`data.mask_dir`, nonzero pixels in the mask).
+class (Severstal's `ImageId,ClassId,EncodedPixels`, `data.class_column`, or its 2019
+`ImageId_ClassId,EncodedPixels`, `data.class_separator`), where an image with no row has no
+mask, and a row per object (SIIM) adds to its image's mask; or a folder of mask images named by
+the id (`data.mask_dir`, nonzero pixels in the mask).
 """
 
 import contextlib
@@ -19,10 +20,12 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.data import rle
+from pipeline.data.mask_sheets import Sheet
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
 from pipeline.tables import line, require_columns
 
+JOINED_CLASS = "_class"  # where a joined key's class goes
 EMPTY_CODES = ("", "-1")  # SIIM writes -1 for an image with no mask
 
 
@@ -35,7 +38,8 @@ def training_table(frame: pd.DataFrame, layout, source: Path) -> tuple[pd.DataFr
         return frame.assign(mask=from_folder(folder, frame[layout.id_column], layout.extensions, layout.rle_order)), [
             "mask"
         ]
-    long = layout.class_column is not None or frame[layout.id_column].duplicated().any()
+    frame, class_column = _split_joined(frame, layout, source)
+    long = class_column is not None or frame[layout.id_column].duplicated().any()
     if not long:
         require_columns(frame, [layout.id_column, *layout.label_columns], source)
         codes = {c: blank_empty(frame[c]) for c in layout.label_columns}
@@ -48,12 +52,21 @@ def training_table(frame: pd.DataFrame, layout, source: Path) -> tuple[pd.DataFr
             f"{source}: a table of one row per image and class (or object) has one column of run-length codes;"
             f" data.label_columns names {len(layout.label_columns)}: {layout.label_columns}"
         )
-    extra = [layout.class_column] if layout.class_column else []
-    require_columns(frame, [layout.id_column, *layout.label_columns, *extra], source)
+    require_columns(frame, [layout.id_column, *layout.label_columns, *([class_column] if class_column else [])], source)
     ids = list(frame[layout.id_column].drop_duplicates())
-    if layout.class_column is not None:
+    if class_column is not None:
         ids = image_ids(layout.dir / layout.train_dir, layout.extensions, frame[layout.id_column])
-    return from_rows(frame, layout.id_column, ids, layout.label_columns[0], layout.class_column, source)
+    return from_rows(frame, layout.id_column, ids, layout.label_columns[0], class_column, source)
+
+
+def _split_joined(frame: pd.DataFrame, layout, source: Path) -> tuple[pd.DataFrame, str | None]:
+    """A table keyed <image><separator><class> (data.class_separator) as one with the image in
+    the id column and the class in a column of its own, and that column's name."""
+    if layout.class_separator is None:
+        return frame, layout.class_column
+    require_columns(frame, [layout.id_column], source)
+    images, classes = Sheet.of(layout).split(frame[layout.id_column], str(source))
+    return frame.assign(**{layout.id_column: images, JOINED_CLASS: classes}), JOINED_CLASS
 
 
 def image_ids(folder: Path, extensions: list[str], named: pd.Series) -> list[str]:

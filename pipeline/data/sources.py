@@ -9,7 +9,6 @@ Line numbers in errors are the CSV's own (the header is line 1).
 """
 
 import hashlib
-import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +20,9 @@ import pandas as pd
 
 from pipeline import config as C
 from pipeline import tasks
+from pipeline.data import pixel_values
 from pipeline.data.images import ArraySource, FileSource, open_images
+from pipeline.data.mask_sheets import Sheet
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.tables import line, read_csv, require_columns, show
@@ -66,7 +67,7 @@ def check_against_sample(ids: pd.Series, layout: C.LayoutBase) -> pd.Series:
     if layout.sample_submission is None:
         return ids
     path = layout.dir / layout.sample_submission
-    sample_ids = read_csv(path, dtype=str).iloc[:, 0]
+    sample_ids = sample_images(path, layout)
     wanted, have = set(sample_ids), set(ids.astype(str))
     if wanted == have:
         return ids
@@ -84,6 +85,13 @@ def check_against_sample(ids: pd.Series, layout: C.LayoutBase) -> pd.Series:
     )
 
 
+def sample_images(path: Path, layout: C.LayoutBase) -> pd.Series:
+    """The images a sample submission lists, each once (a segmentation sample may list an image
+    on a row per class), named by its first column."""
+    sample = read_csv(path, dtype=str)
+    return Sheet.of(layout).image_ids(sample, str(path)).rename(sample.columns[0])
+
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
 
@@ -91,87 +99,8 @@ def _fingerprint(*parts) -> str:
 # --- pixels in CSVs ----------------------------------------------------------------------------
 
 
-def infer_pixel_max(values: np.ndarray, setting: str | float, path: Path) -> float:
-    if setting != "auto":
-        return float(setting)
-    low, high = float(np.nanmin(values)), float(np.nanmax(values))
-    if low < 0:
-        raise PipelineError(f"{path}: pixel values go down to {low}; expected 0 or more (set data.pixel_max)")
-    integral = bool(np.all(np.mod(values, 1) == 0))
-    for candidate in (1.0, 16.0, 255.0):
-        if high <= candidate and (integral or candidate == 1.0):
-            return candidate
-    raise PipelineError(f"{path}: pixel values go up to {high}; expected at most 255 (set data.pixel_max)")
-
-
-def image_shape(n_pixels: int, setting: tuple[int, int] | None, path: Path) -> tuple[int, int]:
-    if setting is not None:
-        if setting[0] * setting[1] != n_pixels:
-            raise PipelineError(
-                f"{path}: data.image_shape {tuple(setting)} holds {setting[0] * setting[1]} pixels, "
-                f"rows have {n_pixels}"
-            )
-        return tuple(setting)
-    side = math.isqrt(n_pixels)
-    if side * side != n_pixels:
-        raise PipelineError(f"{path}: {n_pixels} pixels per row is not a square image; set data.image_shape")
-    return side, side
-
-
-def to_uint8(values: np.ndarray, pixel_max: float, shape: tuple[int, int], path: Path) -> np.ndarray:
-    """(N, H*W) numbers in 0..pixel_max -> (N, H, W, 1) uint8."""
-    if float(np.nanmax(values, initial=0)) > pixel_max:
-        raise PipelineError(f"{path}: pixel values go up to {np.nanmax(values)}, above data.pixel_max={pixel_max}")
-    scaled = np.rint(values * (255.0 / pixel_max)).clip(0, 255).astype(np.uint8)
-    return scaled.reshape(len(values), *shape, 1)
-
-
-def _pixel_columns_matrix(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
-    block = frame[columns]
-    for column in columns:
-        if not pd.api.types.is_numeric_dtype(block[column]):
-            numeric = pd.to_numeric(block[column], errors="coerce")
-            i = int(np.flatnonzero(numeric.isna() & block[column].notna())[0])
-            raise PipelineError(
-                f"{path} line {line(i)}, column {column!r}: pixel {show(block[column].iloc[i])} is not a number"
-            )
-    values = block.to_numpy(dtype=np.float32)
-    short = np.isnan(values).any(axis=1)
-    if short.any():
-        i = int(np.flatnonzero(short)[0])
-        count = int((~np.isnan(values[i])).sum())
-        raise PipelineError(
-            f"{path} line {line(i)}: {count} pixels, expected {len(columns)} (column "
-            f"{columns[int(np.flatnonzero(np.isnan(values[i]))[0])]!r} is empty)"
-        )
-    return values
-
-
-def _pixel_strings_matrix(strings: pd.Series, path: Path, column: str) -> np.ndarray:
-    rows, expected = [], None
-    for i, text in enumerate(strings):
-        try:
-            row = np.array(str(text).split(), dtype=np.float32)
-        except ValueError:
-            bad = next(tok for tok in str(text).split() if not is_number(tok))
-            raise PipelineError(f"{path} line {line(i)}, column {column!r}: pixel {bad!r} is not a number") from None
-        expected = len(row) if expected is None else expected
-        if len(row) != expected:
-            raise PipelineError(f"{path} line {line(i)}, column {column!r}: {len(row)} pixels, expected {expected}")
-        rows.append(row)
-    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
-
-
-def is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
 def _pixel_split(table: pd.DataFrame, values: np.ndarray, path: Path, pixel_max: float, shape: tuple) -> Split:
-    images = to_uint8(values, pixel_max, shape, path)
+    images = pixel_values.to_uint8(values, pixel_max, shape, path)
     table.insert(1, "image", [f"{path.name}:{line(i)}" for i in range(len(table))])
     table.attrs["source"] = str(path)
     fingerprint = _fingerprint(path.name, sha256_file(path), pixel_max, shape)
@@ -189,10 +118,10 @@ def read_pixel_columns(layout: C.PixelColumns, task: str) -> CompetitionData:
         raise PipelineError(f"{train_path}: no pixel columns (names starting with {layout.pixel_prefix!r})")
     require_columns(train, [layout.label_column] + ([layout.id_column] if layout.id_column else []), train_path)
     require_columns(test, pixels + ([layout.id_column] if layout.id_column else []), test_path)
-    train_values = _pixel_columns_matrix(train, pixels, train_path)
-    test_values = _pixel_columns_matrix(test, pixels, test_path)
-    pixel_max = infer_pixel_max(train_values, layout.pixel_max, train_path)
-    shape = image_shape(len(pixels), layout.image_shape, train_path)
+    train_values = pixel_values.pixel_columns_matrix(train, pixels, train_path)
+    test_values = pixel_values.pixel_columns_matrix(test, pixels, test_path)
+    pixel_max = pixel_values.infer_pixel_max(train_values, layout.pixel_max, train_path)
+    shape = pixel_values.image_shape(len(pixels), layout.image_shape, train_path)
 
     def table(frame: pd.DataFrame, path: Path, targets: list[str]) -> pd.DataFrame:
         ids = frame[layout.id_column] if layout.id_column else pd.Series(np.arange(1, len(frame) + 1))
@@ -217,14 +146,14 @@ def read_pixel_string(layout: C.PixelString, task: str) -> CompetitionData:
     keypoints = layout.keypoint_columns or [c for c in train.columns if re.search(r"_[xy]$", str(c))]
     if not keypoints:
         raise PipelineError(f"{train_path}: no keypoint columns (names ending in _x or _y); set data.keypoint_columns")
-    train_values = _pixel_strings_matrix(train[layout.image_column], train_path, layout.image_column)
-    test_values = _pixel_strings_matrix(test[layout.image_column], test_path, layout.image_column)
+    train_values = pixel_values.pixel_strings_matrix(train[layout.image_column], train_path, layout.image_column)
+    test_values = pixel_values.pixel_strings_matrix(test[layout.image_column], test_path, layout.image_column)
     if test_values.shape[1] != train_values.shape[1]:
         raise PipelineError(
             f"{test_path}: {test_values.shape[1]} pixels per image, training has {train_values.shape[1]}"
         )
-    pixel_max = infer_pixel_max(train_values, layout.pixel_max, train_path)
-    shape = image_shape(train_values.shape[1], layout.image_shape, train_path)
+    pixel_max = pixel_values.infer_pixel_max(train_values, layout.pixel_max, train_path)
+    shape = pixel_values.image_shape(train_values.shape[1], layout.image_shape, train_path)
     check_unique(test[layout.id_column], test_path, layout.id_column)
     _check_lookup_table(layout, test[layout.id_column], keypoints)
     train_table = pd.concat([pd.Series(np.arange(1, len(train) + 1), name="id"), train[keypoints]], axis=1)
@@ -351,7 +280,7 @@ def read_image_csv(layout: C.ImageCsv, task: str) -> CompetitionData:
         require_columns(test, [layout.id_column], test_path)
     elif layout.sample_submission is not None:
         test_path = layout.dir / layout.sample_submission
-        test = read_csv(test_path, dtype=str).iloc[:, :1].set_axis([layout.id_column], axis=1)
+        test = sample_images(test_path, layout).to_frame(layout.id_column)
     else:
         raise PipelineError("data.test_csv and data.sample_submission are both unset: no way to list the test images")
     for table, path in ((train, train_path), (test, test_path)):

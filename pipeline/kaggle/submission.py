@@ -104,16 +104,36 @@ def validate(frame: pd.DataFrame, sample: pd.DataFrame | None, known_labels: lis
 
 
 def _in_sample_order(frame: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
-    key = sample.columns[0]
-    ours, theirs = frame[key].astype(str), sample[key].astype(str)
+    key = row_key(sample)
+    ours, theirs = (tuple_keys(f, key) for f in (frame, sample))
+    named = f"{key[0]!r} column" if len(key) == 1 else f"columns ({', '.join(key)})"
     if ours.duplicated().any():
         raise PipelineError(f"submission id {ours[ours.duplicated()].iloc[0]!r} appears twice")
     if set(ours) != set(theirs):
         missing, extra = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
         example = f"{missing[0]!r} is missing" if missing else f"{extra[0]!r} is not in the sample"
-        raise PipelineError(f"submission ids differ from the sample's {key!r} column: {example}")
+        raise PipelineError(f"submission ids differ from the sample's {named}: {example}")
     order = pd.Series(np.arange(len(frame)), index=ours.to_numpy())
     return frame.iloc[order[theirs.to_numpy()].to_numpy()].reset_index(drop=True)
+
+
+def row_key(sample: pd.DataFrame) -> list[str]:
+    """The columns that name a sample's rows: its first, or where an id repeats (a row per image
+    and class, Severstal's), that and the column of fewest values that tells its rows apart, a
+    column of numbers before one of text (the class before a placeholder answer)."""
+    first = sample.columns[0]
+    if not sample[first].duplicated().any():
+        return [first]
+    apart = [c for c in sample.columns[1:] if not sample.duplicated([first, c]).any()]
+    if not apart:
+        raise PipelineError(f"the sample submission's rows repeat: no column beside {first!r} tells them apart")
+    return [first, min(apart, key=lambda c: (sample[c].nunique(), sample[c].dtype == object))]
+
+
+def tuple_keys(frame: pd.DataFrame, key: list[str]) -> pd.Series:
+    """Each row's `key` values as text: one value, or a tuple of them."""
+    text = frame[key].astype(str)
+    return text[key[0]] if len(key) == 1 else pd.Series(list(text.itertuples(index=False, name=None)))
 
 
 # --- writing and the ledger --------------------------------------------------------------------

@@ -45,7 +45,7 @@ class Task:
     takes_extra_images: ClassVar[bool] = False  # scraped images, labelled by their source's name
     mixes: ClassVar[bool] = False  # mixup and cutmix apply (and are searched)
     crops: ClassVar[bool] = True  # augmentations that may cut the targets out of the image apply
-    reads_masks: ClassVar[bool] = False  # data.class_column and data.mask_dir apply
+    reads_masks: ClassVar[bool] = False  # data.class_column, class_separator and mask_dir apply
     dense: ClassVar[bool] = False  # the model predicts a map per output (learn.segmenter), not a vector
 
     # --- what needs no labels --------------------------------------------------------------
@@ -60,7 +60,7 @@ class Task:
         ):
             if value != "auto" and value not in allowed:
                 raise ValueError(f"{key}={value!r} is not for {cls.name}; use auto or one of {', '.join(allowed)}")
-        for key in ("class_column", "mask_dir"):
+        for key in ("class_column", "class_separator", "mask_dir"):
             if getattr(cfg.data, key, None) is not None and not cls.reads_masks:
                 raise ValueError(f"data.{key} says where masks are; a {cls.name} competition has none (unset it)")
 

@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline import plots
 from pipeline.data import masks as mask_tables
 from pipeline.data import rle
+from pipeline.data.mask_sheets import Sheet
 from pipeline.errors import PipelineError
 from pipeline.predictions import OutOfFold
 from pipeline.tables import line
@@ -41,9 +42,11 @@ class Segmentation(Task):
     reads_masks = True
     dense = True  # an output map per class, not a vector
 
-    def __init__(self, classes: list, metric: str = "dice", loss: str = "bce_dice", order: str = "column", rules=None):
+    def __init__(
+        self, classes: list, metric="dice", loss="bce_dice", order="column", rules=None, sheet: Sheet | None = None
+    ):
         self.labels = [str(c) for c in classes]
-        self.metric, self.loss_name, self.order = metric, loss, order
+        self.metric, self.loss_name, self.order, self.sheet = metric, loss, order, sheet or Sheet()
         self.rules = [Rule(**r) for r in rules] if rules else [Rule()] * len(self.labels)
 
     # --- what needs no labels --------------------------------------------------------------
@@ -119,12 +122,14 @@ class Segmentation(Task):
 
     @classmethod
     def score_file(cls, metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
-        """Mean Dice (or IoU) over every image and class of two tables of codes, from the runs."""
+        """Mean Dice (or IoU) over every image and class of two sheets of codes (rows in the same
+        order, any of the three layouts), from the runs."""
         if metric not in cls.METRICS:
             return super().score_file(metric, submitted, solution)
         scores = [
             code_score(metric, guess, truth, f"submission line {line(i)}, column {column!r}")
             for column in solution.columns[1:]
+            if _codes(solution[column], allow_empty=True)
             for i, (guess, truth) in enumerate(
                 zip(mask_tables.blank_empty(submitted[column]), mask_tables.blank_empty(solution[column]), strict=True)
             )
@@ -134,7 +139,8 @@ class Segmentation(Task):
     @classmethod
     def of_labels(cls, cfg: Any, labels: list) -> "Segmentation":
         order = getattr(cfg.data, "rle_order", "column")
-        return cls(labels, cls.metric_of(cfg.train.metric), cls.loss_of(cfg.train.loss), order)
+        metric, loss = cls.metric_of(cfg.train.metric), cls.loss_of(cfg.train.loss)
+        return cls(labels, metric, loss, order, sheet=Sheet.of(cfg.data))
 
     @classmethod
     def from_meta(cls, meta: dict, cfg: Any) -> "Segmentation":
@@ -278,7 +284,7 @@ class Segmentation(Task):
 
     def with_decision(self, decision: dict) -> "Segmentation":
         rules = decision.get("rules") or [r.as_dict() for r in self.rules]
-        return Segmentation(self.labels, self.metric, self.loss_name, self.order, rules)
+        return Segmentation(self.labels, self.metric, self.loss_name, self.order, rules, self.sheet)
 
     # --- the submission ------------------------------------------------------------------------
 
@@ -288,16 +294,11 @@ class Segmentation(Task):
     def submission(
         self, fmt: str, ids: np.ndarray, predictions: np.ndarray, sample: pd.DataFrame | None, sizes=None
     ) -> pd.DataFrame:
-        """Each image's masks at its own size, the rules applied, as run-length codes: the id,
-        then a column per class, named as the sample names them."""
+        """Each image's masks at its own size, the rules applied, as run-length codes laid out as
+        the competition's sheet lays them (data.mask_sheets), named as the sample names them."""
         codes = [self._image_codes(p, size) for p, size in zip(predictions, sizes, strict=True)]
-        columns = list(sample.columns) if sample is not None else ["id", *self.labels]
-        if len(columns) - 1 != len(self.labels):
-            raise PipelineError(
-                f"the sample submission has {len(columns) - 1} column(s) beside the id, {columns[1:]}; a code column "
-                f"per mask class needs {len(self.labels)}: {self.labels}"
-            )
-        return pd.DataFrame({columns[0]: ids, **{name: [c[j] for c in codes] for j, name in enumerate(columns[1:])}})
+        by_class = {name: [c[j] for c in codes] for j, name in enumerate(self.labels)}
+        return self.sheet.written(by_class, list(ids), sample)
 
     def _image_codes(self, probabilities: np.ndarray, size: np.ndarray) -> list[str]:
         """(classes, S, S) probabilities (0-255) -> each class's code at the image's (height, width)."""
@@ -354,14 +355,15 @@ def code_score(metric: str, guess: str, truth: str, where: str) -> float:
     return 2 * shared / total if metric == "dice" else shared / (total - shared)
 
 
-def _codes(values: pd.Series) -> bool:
-    """Whether a column holds run-length codes: text cells, some with a run, each a valid code."""
+def _codes(values: pd.Series, *, allow_empty: bool = False) -> bool:
+    """Whether a column holds run-length codes: text cells, each a valid code, some with a run
+    unless `allow_empty` (a solution may have no mask at all)."""
     cells = mask_tables.blank_empty(values)
-    if values.dtype != object or not (cells != "").any():
+    if values.dtype != object or not (allow_empty or (cells != "").any()):
         return False
     try:
         for i, code in enumerate(cells):
             rle.runs(code, f"line {line(i)}")
     except PipelineError:
         return False
-    return cells.str.split().map(len).max() >= 2
+    return allow_empty or cells.str.split().map(len).max() >= 2
