@@ -15,14 +15,15 @@ gives the same batches on any device.
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import albumentations as A
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.augment import aug_ops
-from pipeline.augment.tta import warp
+from pipeline.augment.tta import sample
 from pipeline.config import Aug
 from pipeline.errors import PipelineError
 from pipeline.learn import distributed
@@ -39,6 +40,14 @@ class Draws:
     theta: torch.Tensor  # (N, 2, 3) affine map from output to input, [-1, 1] coordinates
     forward: torch.Tensor  # (N, 2, 3) the same map from input to output, for keypoints
     ops: tuple[dict[str, torch.Tensor], ...]  # per enabled op, its parameters
+    grids: dict = field(default_factory=dict, compare=False, repr=False)  # (height, width) -> grid
+
+    def grid(self, size: tuple[int, int]) -> torch.Tensor:
+        """(N, H, W, 2) the input point each output pixel reads: made once a batch and shared by
+        its images and their masks (on a CPU, making it costs as much as the sampling)."""
+        if size not in self.grids:
+            self.grids[size] = F.affine_grid(self.theta, [len(self.theta), 1, *size], align_corners=False)
+        return self.grids[size]
 
     def rows(self, index: torch.Tensor, device: torch.device) -> "Draws":
         def take(t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +76,7 @@ class Warp:
 
     def masks(self, masks: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) masks -> where the warp takes them, nearest-neighbour: a mask stays 0/1."""
-        return warp(masks.float(), self.draws.theta, mode="nearest").to(masks.dtype)
+        return sample(masks.float(), self.draws.grid(tuple(masks.shape[-2:])), mode="nearest").to(masks.dtype)
 
 
 class BatchAugment:
@@ -100,7 +109,7 @@ class BatchAugment:
         Values stay 0-255 until normalised; every op after the first copy works in place."""
         x = images.float()
         if self.warps:
-            x = warp(x, draws.theta)
+            x = sample(x, draws.grid(tuple(x.shape[-2:])))
         for op, params in zip(self.ops, draws.ops, strict=True):
             if not op.geometric:
                 x = op.apply(x, params)

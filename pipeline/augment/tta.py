@@ -53,5 +53,9 @@ def apply_view(view: View, images: torch.Tensor) -> torch.Tensor:
 def warp(images: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """float (N, C, H, W) images resampled through (N, 2, 3) maps from output to input
     coordinates, zeros outside; `mode` nearest for masks, whose values are classes."""
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return sample(images, F.affine_grid(theta, list(images.shape), align_corners=False), mode)
+
+
+def sample(images: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """float (N, C, H, W) images read at (N, H, W, 2) grid points in [-1, 1], zeros outside."""
     return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
