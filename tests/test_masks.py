@@ -231,6 +231,17 @@ def test_a_mask_folder_is_decoded_once_and_again_only_where_a_file_changed(tmp_p
     assert decoded == ["a.png", "b.png", "b.png"] and third["mask"].tolist() == [first["mask"][0], "1 1"]
 
 
+def test_a_mask_of_another_size_than_its_image_names_both(tmp_path, rng):
+    images(tmp_path / "train", ["a.png", "b.png"], rng)
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(square_mask()).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(square_mask()[:-1]).save(tmp_path / "masks" / "b.png")  # a row short: no code runs past
+    with pytest.raises(
+        PipelineError, match=r"mask of training id 'b' is 11x10 \(height x width\), its image .*b.png is 12x10"
+    ):
+        table_of(pd.DataFrame({"id": ["a", "b"]}), tmp_path, mask_dir="masks")
+
+
 def test_init_finds_ids_joined_with_their_class(tmp_path, rng, segmentation_registered):
     from pipeline.data import sources, survey
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from test_report import nonblank_png, referenced_images
 
 from pipeline.augment import transforms
@@ -225,3 +226,16 @@ def test_severstals_layouts_train_and_submit_a_row_per_image_and_class(cells_con
     )
     ledger = pd.read_csv("submissions/ledger.csv")
     assert 0 <= ledger["local_score"].iloc[-1] <= 1
+
+
+def test_the_search_over_freeze_depth_and_augmentations_and_the_lr_finder_run_on_masks(cells_config, capsys):
+    space = {
+        "model.freeze_depth": {"type": "int", "low": 0, "high": 2},
+        "aug.rotate": {"type": "float", "low": 2, "high": 15, "optional": True},
+    }
+    tune = [f"tune.space={space}", "tune.n_trials=2", "tune.epochs=1", "tune.pruner=none", "train.full_fit=false"]
+    for stage, extra in (("data", []), ("folds", []), ("tune", tune), ("lr-find", [])):
+        assert main([stage, "-c", str(cells_config), *extra]) == 0, capsys.readouterr().err
+    best = yaml.safe_load(Path("runs/cells/cells/tune/best.yaml").read_text())
+    assert set(best) == {"model.freeze_depth", "aug.rotate"}
+    assert "lr-find: steepest descent at lr" in capsys.readouterr().out

@@ -34,10 +34,10 @@ def training_table(frame: pd.DataFrame, layout, source: Path) -> tuple[pd.DataFr
     and those columns."""
     if layout.mask_dir is not None:
         require_columns(frame, [layout.id_column], source)
-        folder = layout.dir / layout.mask_dir
-        return frame.assign(mask=from_folder(folder, frame[layout.id_column], layout.extensions, layout.rle_order)), [
-            "mask"
-        ]
+        ids = frame[layout.id_column].astype(str).tolist()
+        codes, shapes = from_folder(layout.dir / layout.mask_dir, ids, layout.extensions, layout.rle_order)
+        check_mask_shapes(shapes, ids, layout.dir / layout.train_dir, layout.extensions)
+        return frame.assign(mask=codes), ["mask"]
     frame, class_column = _split_joined(frame, layout, source)
     long = class_column is not None or frame[layout.id_column].duplicated().any()
     if not long:
@@ -123,10 +123,12 @@ def from_rows(
     return pd.DataFrame({id_column: ids, **{name: [cell(image, name) for image in ids] for name in classes}}), classes
 
 
-def from_folder(folder: Path, ids: list[str], extensions: list[str], order: str) -> pd.Series:
+def from_folder(
+    folder: Path, ids: list[str], extensions: list[str], order: str
+) -> tuple[pd.Series, dict[str, tuple[int, int]]]:
     """Each id's mask image in `folder` (<id>.<ext> or <id>_mask.<ext>) as a code (nonzero
-    pixels in the mask). Every stage reads the table, so the codes are kept (CODES_CACHE) and a
-    mask is decoded again only when its file's size or time changed."""
+    pixels in the mask), and each mask's (height, width). Every stage reads the table, so both
+    are kept (CODES_CACHE) and a mask is decoded again only when its file's size or time changed."""
     if not folder.is_dir():
         raise PipelineError(f"mask folder {folder} (data.mask_dir) does not exist")
     # Carvana names a mask <id>_mask.gif
@@ -142,11 +144,41 @@ def from_folder(folder: Path, ids: list[str], extensions: list[str], order: str)
         stat = path.stat()
         key = [stat.st_size, stat.st_mtime_ns]
         kept = known.get(path.name)
-        codes[path.name] = kept if kept and kept[:2] == key else [*key, rle.encode(read_mask(path), order)]
+        codes[path.name] = kept if kept and kept[:2] == key and len(kept) == 5 else [*key, *_encoded(path, order)]
     if codes != known:
         with contextlib.suppress(OSError):  # a read-only home decodes every time
             write_text(cache, json.dumps(codes))
-    return pd.Series([codes[by_stem[i].name][2] for i in ids], name="mask")
+    entries = [codes[by_stem[i].name] for i in ids]
+    return pd.Series([e[2] for e in entries], name="mask"), {i: (e[3], e[4]) for i, e in zip(ids, entries, strict=True)}
+
+
+def _encoded(path: Path, order: str) -> list:
+    mask = read_mask(path)
+    return [rle.encode(mask, order), *mask.shape]
+
+
+def check_mask_shapes(shapes: dict[str, tuple[int, int]], ids: list[str], image_dir: Path, extensions) -> None:
+    """Each mask is its image's size (read from the image file's header): a smaller one would
+    put its pixels in the wrong places without a code ever running past the image."""
+    if not image_dir.is_dir():
+        return  # the image reader names the missing folder
+    files = [p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in extensions]
+    images = {p.stem: p for p in files} | {p.name: p for p in files}
+    for image_id in ids:
+        path = images.get(image_id)
+        if path is None:
+            continue  # missing: the image reader names it
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, SyntaxError, ValueError):
+            continue  # not one PIL reads (DICOM): its reader checks it
+        if shapes[image_id] != (height, width):
+            mask_h, mask_w = shapes[image_id]
+            raise PipelineError(
+                f"mask of training id {image_id!r} is {mask_h}x{mask_w} (height x width), its image {path} is "
+                f"{height}x{width}: a mask is its image's size"
+            )
 
 
 def codes_cache(folder: Path, order: str) -> Path:
