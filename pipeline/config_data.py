@@ -88,6 +88,15 @@ class ImageCsv(FileLayout):
     test_dir: str = "test"
     image_ext: str | None = None  # None: found among `extensions`
 
+    @model_validator(mode="after")
+    def _one_place_for_the_class(self) -> "ImageCsv":
+        if self.class_column is not None and self.class_separator is not None:
+            raise ValueError(
+                f"class_column={self.class_column!r} and class_separator={self.class_separator!r} both say where a"
+                " row's mask class is: set one"
+            )
+        return self
+
 
 class ClassFolders(FileLayout):
     layout: Literal["class_folders"]

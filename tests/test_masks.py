@@ -135,6 +135,13 @@ def test_mask_keys_are_refused_for_a_task_without_masks():
         make_config({"layout": "image_csv", "mask_dir": "masks"}, "classification")
 
 
+def test_a_class_in_its_own_column_and_joined_to_the_id_at_once_is_refused():
+    from conftest import make_config
+
+    with pytest.raises(PipelineError, match="both say where a row's mask class is: set one"):
+        make_config({"layout": "image_csv", "class_column": "ClassId", "class_separator": "_"}, "segmentation")
+
+
 # --- make init finds each shape --------------------------------------------------------------
 
 
