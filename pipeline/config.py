@@ -42,13 +42,14 @@ from pipeline.config_section import (
     Section,
     seconds,
 )
-from pipeline.config_training import Aug, AugSettings, Blend, Model, Package, Param, Predict, Train, Tune
+from pipeline.config_training import Aug, AugSettings, Average, Blend, Model, Package, Param, Predict, Train, Tune
 from pipeline.errors import PipelineError
 
 # the config's API: the sections are defined beside it (config_section, config_data, config_training)
 __all__ = [
     "Aug",
     "AugSettings",
+    "Average",
     "Blend",
     "ClassFolders",
     "Competition",

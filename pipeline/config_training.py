@@ -45,6 +45,14 @@ class Model(Section):
     decoder: Literal["unet", "fpn"] = "unet"  # segmentation: the decoder over the timm encoder model.name
 
 
+class Average(Section):
+    """train.average: the weights kept are the mean of the last k epochs' (learn.averaging)."""
+
+    kind: Literal["last_k", "swa"]  # the schedule as it is, or annealed to lr and held there (SWA)
+    k: Annotated[int, Field(ge=2)] = 3  # epochs averaged: the last k (all of them when fewer)
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # swa: the learning rate held, x train.lr
+
+
 class Train(Section):
     # runs/<competition>/<experiment>/: its folds' and full fit's files; default the config file's stem
     experiment: ExperimentName | None = None
@@ -92,7 +100,17 @@ class Train(Section):
     # the epoch whose weights a fold keeps: last (the full fit's recipe, an unbiased CV) or best
     # (chosen on the fold's own validation rows: its CV is optimistic)
     checkpoint: Literal["last", "best"] = "last"
+    average: Average | None = None  # e.g. {kind: swa, k: 3}: the kept weights averaged over epochs
     folds: FoldIds = None  # train only these folds (tuning uses a subset)
+
+    @model_validator(mode="after")
+    def _one_kept_weights(self) -> "Train":
+        if self.average is not None and self.checkpoint == "best":
+            raise ValueError(
+                f"average={self.average.kind} keeps the last {self.average.k} epochs' weights averaged and "
+                "checkpoint=best one epoch's: set one"
+            )
+        return self
 
 
 class AugSettings(Section):

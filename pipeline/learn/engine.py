@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.config import Train
+from pipeline.learn.averaging import Averager
 from pipeline.learn.device import Device
 
 
@@ -22,9 +23,15 @@ def lr_factor(step: int, total: int, cfg: Train, steps_per_epoch: int) -> float:
 
     onecycle (fastai's fit_one_cycle): cosine from lr/25 up to lr over pct_start, then cosine
     down to lr * final_lr_ratio. cosine: linear warmup over warmup_epochs, then cosine down.
+    train.average=swa: the schedule ends k epochs early at lr * average.lr, held for those.
     """
-    progress = step / max(total, 1)
     low = cfg.final_lr_ratio
+    if cfg.average is not None and cfg.average.kind == "swa":
+        held = min(cfg.average.k * steps_per_epoch, total)
+        if step >= total - held:
+            return cfg.average.lr
+        total, low = total - held, cfg.average.lr
+    progress = step / max(total, 1)
     if cfg.scheduler == "onecycle":
         if progress < cfg.pct_start:
             return _cosine(1 / 25, 1.0, progress / cfg.pct_start)
@@ -67,6 +74,7 @@ class Step:
     step: int = 0  # optimizer steps taken so far
     mixup: Mixup | None = None
     ema: ModelEmaV3 | None = None
+    average: Averager | None = None
 
 
 class BatchCounter:

@@ -18,7 +18,7 @@ from timm.utils import ModelEmaV3
 from pipeline.augment import batch_aug, transforms
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_csv
-from pipeline.learn import distributed, engine, models
+from pipeline.learn import averaging, distributed, engine, models
 from pipeline.learn.device import Device, Normalise
 from pipeline.learn.fit_setup import Setup
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
@@ -177,6 +177,7 @@ def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
         steps_per_epoch * epochs,
         mixup=engine.create_mixup(cfg, task.n_outputs) if task.mixes else None,
         ema=ModelEmaV3(parts.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
+        average=averaging.Averager(cfg.average, epochs) if cfg.average else None,
     )
 
 
@@ -215,6 +216,10 @@ def fit(
         loader = parts.train_batches(cfg.seed * 1_000_003 + epoch)
         row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
         evaluated = state.ema.module if state.ema is not None else model
+        if state.average is not None and state.average.takes(epoch):
+            state.average.add(evaluated)
+            if epoch == epochs:
+                _load_average(evaluated, state.average, parts, frozen, cfg.seed * 1_000_003 + epoch)
         improved = False
         if parts.valid_batches is not None:
             row, best, improved = _validate(evaluated, parts, setup, row, best, out)
@@ -233,6 +238,15 @@ def fit(
     last_score = float(history[-1].get(task.metric, float("nan")))
     kept = "best" if keeps_best else "last"
     return FitResult(best["epoch"], best["score"], epochs, last_score, kept, str(out.model), fingerprint)
+
+
+def _load_average(evaluated: torch.nn.Module, average, parts: Parts, frozen: models.Frozen, seed: int) -> None:
+    """The averaged weights into the model that is validated and saved, its BatchNorm statistics
+    recomputed over an epoch of training batches (frozen norms keep theirs)."""
+    average.load_into(evaluated)
+    keep = {name for name, module in parts.model.named_modules() if any(module is n for n in frozen.norms)}
+    with parts.device.autocast():
+        averaging.recompute_norms(evaluated, parts.train_batches(seed), parts.device.images, keep)
 
 
 def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
@@ -299,6 +313,8 @@ def save_checkpoint(out: FitFiles, model, state: engine.Step, history: list, bes
     }
     if state.ema is not None:
         checkpoint["ema"] = state.ema.state_dict()
+    if state.average is not None:
+        checkpoint["average"] = state.average.state_dict()
     _torch_save(checkpoint, out.checkpoint)
     write_csv(out.metrics, pd.DataFrame(history))
 
@@ -330,6 +346,8 @@ def _resume(out: FitFiles, model, state: engine.Step, fingerprint: str):
     state.step = checkpoint["step"]
     if state.ema is not None:
         state.ema.load_state_dict(checkpoint["ema"])
+    if state.average is not None:
+        state.average.load_state_dict(checkpoint["average"])
     history = checkpoint["history"]
     print(f"{out.root}: resuming after epoch {len(history)}")
     return history, checkpoint["best"]
