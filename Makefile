@@ -45,7 +45,7 @@ help:
 	@echo "  report    plots and the run report"
 	@echo "Other: test (fast suite), test-slow, lint, venv, clean (this experiment's runs/<name>/<experiment>),"
 	@echo "       bench (re-runs benchmarks/ and rewrites BENCHMARKS.md's tables; ONLY=\"script.py ...\")"
-	@echo "       gpu-check (on a CUDA machine: the GPU tests, the demos end to end, device_path.py)"
+	@echo "       gpu-check (on a CUDA machine: the GPU tests, the demos end to end, device_path.py, the executors on masks)"
 
 venv: $(INSTALLED)
 

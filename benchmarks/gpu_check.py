@@ -5,7 +5,10 @@
      on the GPU against the CPU's, and DDP over NCCL when there are two GPUs);
   2. each demo competition end to end (data, scrape, folds, train, predict, score), timed by
      stage, with its CV and held-out score;
-  3. benchmarks/device_path.py with its GPU defaults (resnet18, 20,000 images, batch 256).
+  3. benchmarks/device_path.py with its GPU defaults (resnet18, 20,000 images, batch 256);
+  4. the executors on masks (issue 29's target: the batched one trains at least 2x the images
+     per second of the per-image one): the cells demo's fold 0 for two epochs each way,
+     benchmarks/segmentation.py's executor_rows.
 
 Every check runs even when an earlier one fails. It prints a table to paste into BENCHMARKS.md
 and exits non-zero when any check failed.
@@ -73,9 +76,26 @@ def run_device_path() -> tuple[bool, str, float]:
     return True, "; ".join(f"{h}: {v}" for h, v in list(zip(header, row, strict=True))[1:]), time.perf_counter() - start
 
 
+def run_executors(name: str) -> tuple[bool, str, float]:
+    """Training images/s of the second epoch with train.device_aug on and off, on configs/<name>.yaml."""
+    from segmentation import executor_rows
+
+    start, config = time.perf_counter(), ROOT / "configs" / f"{name}.yaml"
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            for step in ("data", "folds"):
+                stage(step, config, [], Path(scratch))
+            rows = executor_rows(config, Path(scratch), [])
+        except subprocess.CalledProcessError as exc:
+            return False, f"`{exc.cmd[3]}` exited with {exc.returncode}", time.perf_counter() - start
+    (_, batched), (_, per_image) = rows
+    figures = f"batched {batched:.0f} img/s, per image {per_image:.0f} img/s: {batched / per_image:.2f}x"
+    return True, figures, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demos", nargs="*", default=["digits", "hands"], help="configs/<name>.yaml to run")
+    parser.add_argument("--demos", nargs="*", default=["digits", "hands", "cells"], help="configs/<name>.yaml to run")
     parser.add_argument("--skip-tests", action="store_true")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -85,6 +105,7 @@ def main() -> None:
     for name in args.demos:
         checks[f"demo {name}, make scrape train predict score"] = run_demo(name)
     checks["device_path.py (resnet18, 20k 32x32 images, batch 256)"] = run_device_path()
+    checks["executors on masks (cells, fold 0, epoch 2)"] = run_executors("cells")
     if torch.cuda.device_count() < 2:
         checks["DDP over NCCL"] = (True, "skipped: one GPU (test_cuda.py runs it on two or more)", 0.0)
     print("| machine | check | result | wall clock | figures |")

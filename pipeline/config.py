@@ -42,7 +42,19 @@ from pipeline.config_section import (
     Section,
     seconds,
 )
-from pipeline.config_training import Aug, AugSettings, Average, Blend, Model, Package, Param, Predict, Train, Tune
+from pipeline.config_training import (
+    Aug,
+    AugSettings,
+    Average,
+    Blend,
+    FinalSize,
+    Model,
+    Package,
+    Param,
+    Predict,
+    Train,
+    Tune,
+)
 from pipeline.errors import PipelineError
 
 # the config's API: the sections are defined beside it (config_section, config_data, config_training)
@@ -56,6 +68,7 @@ __all__ = [
     "Config",
     "FileLayout",
     "FilenameRegex",
+    "FinalSize",
     "Folds",
     "IDENTITY_KEYS",
     "IMAGE_EXTENSIONS",

@@ -53,6 +53,15 @@ class Average(Section):
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # swa: the learning rate held, x train.lr
 
 
+class FinalSize(Section):
+    """train.final_size: after the main schedule, each fit goes on at a larger side (Contrails'
+    512 -> 768 px); its CV, TTA and predictions are at that side."""
+
+    image_size: Annotated[int, AfterValidator(_image_size)]  # larger than the side the main schedule trains
+    epochs: PositiveInt = 2
+    lr: PositiveFloat = 1e-4  # cosine from it, with no warm-up, everything training
+
+
 class Train(Section):
     # runs/<competition>/<experiment>/: its folds' and full fit's files; default the config file's stem
     experiment: ExperimentName | None = None
@@ -101,6 +110,7 @@ class Train(Section):
     # (chosen on the fold's own validation rows: its CV is optimistic)
     checkpoint: Literal["last", "best"] = "last"
     average: Average | None = None  # e.g. {kind: swa, k: 3}: the kept weights averaged over epochs
+    final_size: FinalSize | None = None  # e.g. {image_size: 384, epochs: 2}: a last stage at a larger side
     folds: FoldIds = None  # train only these folds (tuning uses a subset)
 
     @model_validator(mode="after")

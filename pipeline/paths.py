@@ -34,6 +34,11 @@ class FitFiles:
         return self.root / "metrics.csv"
 
     @property
+    def main_stage(self) -> "FitFiles":
+        """With train.final_size: the main schedule's fit, which the last stage goes on from."""
+        return FitFiles(self.root / "main")
+
+    @property
     def previous(self) -> "FitFiles":
         """Where an earlier fit of another config waits until this one's first checkpoint."""
         return FitFiles(self.root.with_name(self.root.name + ".previous"))

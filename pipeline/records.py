@@ -113,8 +113,9 @@ class CV:
 
     @property
     def unstable(self) -> bool:
-        """The best epochs beat the last by more than the noise: the schedule ends past its best."""
-        return self.gain(self.best.mean, self.last.mean) > self.noise()
+        """The best epochs beat the last by more than the noise: the schedule ends past its best. One
+        fold has no spread to measure the noise by, so it never says so."""
+        return len(self.fold_ids) > 1 and self.gain(self.best.mean, self.last.mean) > self.noise()
 
     def describe(self) -> list[str]:
         """Both CVs, which one the fold models keep, and a warning when the schedule ends past its best."""

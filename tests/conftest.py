@@ -195,6 +195,24 @@ def run(cfg, cwd, monkeypatch):
     return json.loads((cwd / Paths.of(cfg).cv_json).read_text())
 
 
+def run_killed_after(cfg, cwd, monkeypatch, checkpoints: int) -> None:
+    """run(), killed (KeyboardInterrupt) right after fit's `checkpoints`-th checkpoint is written."""
+    from pipeline.learn import fit
+
+    save, written = fit.save_checkpoint, []
+
+    def killed(*args, **kwargs):
+        save(*args, **kwargs)
+        written.append(1)
+        if len(written) == checkpoints:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fit, "save_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, cwd, monkeypatch)
+
+
 @pytest.fixture
 def cells_config(tmp_path, monkeypatch):
     """The cells demo, 24 training and 6 test images, and its config made tiny, in tmp_path."""

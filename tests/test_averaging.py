@@ -4,13 +4,12 @@ statistics recomputed, SWA's schedule, and a fit that keeps, validates and resum
 import pandas as pd
 import pytest
 import torch
-from conftest import run, tiny
+from conftest import run, run_killed_after, tiny
 from torch import nn
 
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.learn import averaging, engine
-from pipeline.learn import fit as fit_module
 
 DIGITS = {"layout": "pixel_columns", "sample_submission": None}
 
@@ -62,9 +61,12 @@ def test_averaging_and_keeping_the_best_epoch_at_once_is_refused():
 def test_the_kept_and_validated_weights_are_the_average_of_the_last_epochs(digits_dir, tmp_path, monkeypatch):
     added = []
     add = averaging.Averager.add
-    monkeypatch.setattr(
-        averaging.Averager, "add", lambda self, model: added.append(model.state_dict()) or add(self, model)
-    )
+
+    def copied(self, model):
+        added.append({name: value.clone() for name, value in model.state_dict().items()})
+        add(self, model)
+
+    monkeypatch.setattr(averaging.Averager, "add", copied)
     cfg = tiny({**DIGITS, "dir": str(digits_dir)}, epochs=3, full_fit=False, average={"kind": "last_k", "k": 2})
     run(cfg, tmp_path, monkeypatch)
     assert len(added) == 4  # the last two epochs of each fold
@@ -78,18 +80,7 @@ def test_a_run_killed_while_it_averages_resumes_to_the_same_cv(digits_dir, tmp_p
     cfg = tiny({**DIGITS, "dir": str(digits_dir)}, epochs=3, full_fit=False, average={"kind": kind, "k": 2})
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     uninterrupted = run(cfg, tmp_path / "a", monkeypatch)
-    save, calls = fit_module.save_checkpoint, []
-
-    def killed_after_second_epoch(*args, **kwargs):
-        save(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(fit_module, "save_checkpoint", killed_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "b", monkeypatch)
-    monkeypatch.setattr(fit_module, "save_checkpoint", save)
+    run_killed_after(cfg, tmp_path / "b", monkeypatch, checkpoints=2)
     assert run(cfg, tmp_path / "b", monkeypatch) == uninterrupted
     losses = [pd.read_csv(tmp_path / f"{r}/runs/tiny/tiny/fold0/metrics.csv")["valid_loss"] for r in "ab"]
     assert losses[0].tolist() == pytest.approx(losses[1].tolist(), rel=1e-6)  # finer than the accuracy

@@ -80,6 +80,8 @@ def test_a_schedule_that_ends_past_its_best_is_named():
     assert unstable.unstable and warning.startswith("warning:")
     assert all(word in warning for word in ("train.lr", "train.ema_decay", "train.epochs"))
     assert record([2.0, 2.1, 2.0], [2.6, 2.7, 2.6], metric="rmse").unstable  # lower is better
+    one_fold = CV("dice", True, "last", 9, [0], [300], [8], Scores.of([0.80455], 0), Scores.of([0.80454], 0))
+    assert not one_fold.unstable  # one fold has no spread: a gain of 0.00001 is not past the noise
 
 
 def option(models: str, score: float) -> selection.Choice:

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import KEYPOINTS, run, tiny
+from conftest import KEYPOINTS, run, run_killed_after, tiny
 
 from pipeline import config as C
 from pipeline.errors import PipelineError
@@ -61,20 +61,8 @@ def test_killed_run_resumes_to_the_same_cv(digits_dir, tmp_path, monkeypatch, de
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     uninterrupted = run(cfg, tmp_path / "a", monkeypatch)
 
-    save = fit_module.save_checkpoint
-    calls = []
-
-    def killed_after_first_epoch(*args, **kwargs):
-        save(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(fit_module, "save_checkpoint", killed_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "b", monkeypatch)
+    run_killed_after(cfg, tmp_path / "b", monkeypatch, checkpoints=1)
     assert (tmp_path / "b/runs/tiny/tiny/fold0/last.pt").exists()
-    monkeypatch.setattr(fit_module, "save_checkpoint", save)
     resumed = run(cfg, tmp_path / "b", monkeypatch)
     assert resumed == uninterrupted
     history = pd.read_csv(tmp_path / "b/runs/tiny/tiny/fold0/metrics.csv")

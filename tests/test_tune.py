@@ -320,7 +320,7 @@ def test_sigterm_fails_the_trials_in_flight_queues_them_again_and_ends_by_sigter
     workers); each trial in flight is failed and its parameters queued for the next run, and
     the stage says `terminated` and ends by SIGTERM (a shell's 143)."""
     monkeypatch.chdir(tmp_path)
-    cfg = tune_config(digits_dir, n_trials=4, epochs=30)
+    cfg = tune_config(digits_dir, n_trials=4, epochs=300)  # long trials: none may end before the signal lands
     folds.run(cfg)
     config = tmp_path / "tune.yaml"
     config.write_text(cfg.to_yaml())

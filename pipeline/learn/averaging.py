@@ -12,7 +12,7 @@ What is averaged is what would be validated: the EMA's weights where train.ema_d
 import torch
 from torch import nn
 
-from pipeline.config import Average
+from pipeline.config_training import Average
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

@@ -131,8 +131,9 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
             break
         speeds[choice.side] = measure(_at_side(setup, choice.side), folds, fold_ids[0], paths)
     speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit)
-    planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model) for f in chosen}
-    one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model) for f in chosen)
+    final = cfg.train.final_size
+    planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model, final) for f in chosen}
+    one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model, final) for f in chosen)
     left_over = [k for k in fold_ids if k not in choice.folds]
     room = FILL * left - sum(planned.values())
     next_fit = fits(folds, left_over[:1], full_fit=False)
@@ -157,8 +158,9 @@ class Arrangement:
     full_fit: bool
     trade: str  # what was traded to come to it; "" for the config's own
 
-    def seconds(self, epochs: int, folds: pd.DataFrame, speed: Speed, model: C.Model) -> float:
-        return sum(fit_seconds(speed, f, epochs, model) for f in fits(folds, self.folds, self.full_fit))
+    def seconds(self, epochs: int, folds: pd.DataFrame, speed: Speed, cfg: C.Config) -> float:
+        model, final = cfg.model, cfg.train.final_size
+        return sum(fit_seconds(speed, f, epochs, model, final) for f in fits(folds, self.folds, self.full_fit))
 
 
 def choose(
@@ -166,13 +168,13 @@ def choose(
 ) -> tuple[Schedule, list[str]]:
     """The first arrangement, in trade order, whose floor of epochs fits in `left` seconds (the
     last one when none does), with the most epochs that fit; and what it traded, said."""
-    (floor, ceiling), model, said = bounds, setup.cfg.model, []
+    (floor, ceiling), cfg, said = bounds, setup.cfg, []
     options = list(arrangements(setup, fold_ids))
     for n, option in enumerate(options):
         speed, room = estimate(speeds, option.side), fill(option.folds) * left
-        at_floor = option.seconds(floor, folds, speed, model)
+        at_floor = option.seconds(floor, folds, speed, cfg)
         if at_floor <= room or n == len(options) - 1:
-            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, model) <= room]
+            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, cfg) <= room]
             if not fitting:
                 said.append(
                     f"  even this takes {duration(at_floor)} at the floor of {floor} epochs, more than the "
@@ -256,8 +258,10 @@ def _plan_line(
     elif share < AIM:  # epochs and folds are whole: the next step up can be a large one
         past = f"past {fill(schedule.folds):.0%} of the time left"
         why += f"; {schedule.epochs + 1} would take {duration(one_more)}, {past}"
+    final = cfg.train.final_size
+    then = "" if final is None else f", then {final.epochs} at {final.image_size} px (train.final_size)"
     return (
-        f"plan: {schedule.describe(all_folds, cfg.model.unfreeze_epoch)} ({why}; floor {floor}): "
+        f"plan: {schedule.describe(all_folds, cfg.model.unfreeze_epoch)}{then} ({why}; floor {floor}): "
         f"{duration(seconds)} of training after {duration(probe)} of timing, "
         f"ending about {clock(time.time() + seconds)}, {share:.0%} of the budget"
     )

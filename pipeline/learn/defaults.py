@@ -52,9 +52,12 @@ PHOTO_AUG = {"hflip": 0.5, "rotate": 10.0, "shift": 0.1, "scale": 0.15, "brightn
 
 def working_side(cfg: C.Config) -> int:
     """The largest model input side the experiment may ask for, which its cached images keep:
-    model.image_size, else the preset's cap (the most a default takes), and the largest
-    model.image_size of the tuning space. TTA views zoom the model's input, not the file."""
+    model.image_size, else the preset's cap (the most a default takes), the largest
+    model.image_size of the tuning space, and train.final_size's. TTA views zoom the model's
+    input, not the file."""
     sides = [cfg.model.image_size or PRESETS[cfg.train.preset].size_cap]
+    if cfg.train.final_size is not None:
+        sides.append(cfg.train.final_size.image_size)
     searched = cfg.tune.space.get("model.image_size")
     if searched is not None:
         sides.append(int(searched.high) if searched.high is not None else max(int(c) for c in searched.choices))

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import Train
+from pipeline.config_training import Train
 from pipeline.learn.averaging import Averager
 from pipeline.learn.device import Device
 

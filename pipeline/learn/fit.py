@@ -192,11 +192,13 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
     stop_after: int | None = None,
+    init_from: Path | None = None,
 ) -> FitResult:
     """Train for `epochs`, resuming from the checkpoint in `out`; `on_epoch` sees each epoch's
     metrics row (tuning reports it to Optuna's pruner, which may stop the fit by raising);
     `on_checkpoint` is called once each epoch's checkpoint is written; `stop_after` stops the
-    schedule after that epoch (a head start: its checkpoint resumes the rest).
+    schedule after that epoch (a head start: its checkpoint resumes the rest); `init_from`: a
+    saved model whose weights a fit without a checkpoint starts from (train.final_size).
 
     Every epoch is validated and scored; the weights saved for prediction are those of the
     epoch train.checkpoint names: the last (the recipe the full fit repeats) or the best."""
@@ -204,6 +206,8 @@ def fit(
     cfg, task = setup.cfg.train, setup.task
     parts = assemble(setup, train_rows, valid_rows)
     device, model, frozen, trained = parts.device, parts.model, parts.frozen, parts.trained
+    if init_from is not None:  # before the EMA copies the model
+        model.load_state_dict(torch.load(init_from, map_location=device.device, weights_only=True)["state_dict"])
     state = optimisation(setup, parts, epochs)
     history, best = _resume(out, model, state, fingerprint)
     keeps_best = cfg.checkpoint == "best" and parts.valid_batches is not None

@@ -136,10 +136,17 @@ def longest_head_start(
     return (HeadStart(fit.fold, fitting[-1][0]), fitting[-1][1]) if fitting else None
 
 
-def fit_seconds(speed: Speed, fit: Fit, epochs: int, model: C.Model) -> float:
+def fit_seconds(speed: Speed, fit: Fit, epochs: int, model: C.Model, final: C.FinalSize | None = None) -> float:
+    """A fit's seconds at `speed`; with train.final_size, its last stage's too, everything
+    training at the larger side (its speed grown with the pixels)."""
     frozen = frozen_epochs(model, epochs)
     training = fit.train_rows * (frozen * speed.frozen_s + (epochs - frozen) * speed.unfrozen_s)
-    return speed.start_s + training + epochs * (fit.valid_rows * speed.valid_s + speed.epoch_s)
+    seconds = speed.start_s + training + epochs * (fit.valid_rows * speed.valid_s + speed.epoch_s)
+    if final is None:
+        return seconds
+    larger = speed.at(final.image_size)
+    per_epoch = fit.train_rows * larger.unfrozen_s + fit.valid_rows * larger.valid_s + larger.epoch_s
+    return seconds + larger.start_s + final.epochs * per_epoch
 
 
 def frozen_epochs(model: C.Model, epochs: int) -> int:

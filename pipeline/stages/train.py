@@ -43,9 +43,9 @@ import torch
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv
-from pipeline.learn import budget, distributed, inference, plan, validation
+from pipeline.learn import budget, distributed, final_stage, inference, plan, validation
 from pipeline.learn.distributed import worker_env
-from pipeline.learn.fit import check, fit
+from pipeline.learn.fit import check
 from pipeline.learn.fit_setup import Setup
 from pipeline.learn.pace import Pace
 from pipeline.learn.validation import read_folds, target_columns, validation_plan, validation_rows
@@ -193,6 +193,7 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     budget planned: (setup, folds, fingerprint, fold ids, the budget's pace keeper)."""
     setup, folds = plan.prepare(cfg, paths)
     check(setup)
+    final_stage.check(setup)
     setup, fold_ids, pace = budget.fit_into(setup, folds, plan.fold_ids_of(setup.cfg, folds), paths)
     return setup, folds, validation.fingerprint(setup.cfg, paths.folds_csv), fold_ids, pace
 
@@ -207,7 +208,7 @@ def train_head_start(
     k, out = head_start.fold, paths.fold(head_start.fold)
     with timed(pace, f"fold {k}", out, fingerprint):
         train_fold(setup, folds, k, out, fingerprint, stop_after=head_start.epochs)
-    print(f"fold {k}: {head_start.epochs} of {setup.cfg.train.epochs} epochs, {out.checkpoint} for a later run")
+    print(f"fold {k}: {head_start.epochs} of {setup.cfg.train.epochs} epochs, kept in {out.root} for a later run")
 
 
 def budget_allows(pace: Pace | None, name: str, out: FitFiles, fingerprint: str, trained: list[int]) -> bool:
@@ -292,7 +293,7 @@ def fit_once(
             shutil.rmtree(previous.root)
 
     try:
-        result = fit(
+        result = final_stage.fit_in_stages(
             setup, train_rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
         )
     except BaseException:
@@ -307,6 +308,7 @@ def fit_once(
     result.save(out.result)  # the fold counts as finished only now
     if distributed.is_main():
         out.checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(out.main_stage.root, ignore_errors=True)  # train.final_size's first stage
     return result
 
 
