@@ -52,6 +52,7 @@ from pipeline.config_training import (
     Package,
     Param,
     Predict,
+    PseudoLabels,
     Train,
     Tune,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "FileLayout",
     "FilenameRegex",
     "FinalSize",
+    "PseudoLabels",
     "Folds",
     "IDENTITY_KEYS",
     "IMAGE_EXTENSIONS",

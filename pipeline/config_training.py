@@ -62,6 +62,18 @@ class FinalSize(Section):
     lr: PositiveFloat = 1e-4  # cosine from it, with no warm-up, everything training
 
 
+class PseudoLabels(Section):
+    """train.pseudo_labels: images without a label join training with a teacher's predictions
+    (learn.pseudo_labels): fold k's from the teacher's fold-k models, the full fit's from its
+    full fits, so no fold learns about its validation rows through them."""
+
+    teacher: ExperimentName  # a trained experiment, or a blend (runs/<name>/blends/<teacher>.yaml)
+    rows: Literal["test", "extra", "both"] = "test"  # extra: the scraped images, relabelled
+    min_confidence: Probability = 0.0  # rows the teacher is less sure of stay out (classification, multilabel)
+    weight: PositiveFloat = 1.0  # how often an epoch sees each pseudo-labelled row (fractions: a seeded share)
+    soft: bool = True  # the teacher's probabilities as targets; false: its decided labels
+
+
 class Train(Section):
     # runs/<competition>/<experiment>/: its folds' and full fit's files; default the config file's stem
     experiment: ExperimentName | None = None
@@ -111,6 +123,7 @@ class Train(Section):
     checkpoint: Literal["last", "best"] = "last"
     average: Average | None = None  # e.g. {kind: swa, k: 3}: the kept weights averaged over epochs
     final_size: FinalSize | None = None  # e.g. {image_size: 384, epochs: 2}: a last stage at a larger side
+    pseudo_labels: PseudoLabels | None = None  # e.g. {teacher: base, rows: test}
     folds: FoldIds = None  # train only these folds (tuning uses a subset)
 
     @model_validator(mode="after")

@@ -177,6 +177,20 @@ def blobs_dir(tmp_path):
     return folder
 
 
+def add_scraped(folder: Path, rng: np.random.Generator, n: int = 4) -> None:
+    """`n` scraped 40x40 colour images of class 1 in folder/extra.csv, and one corrupt file's row."""
+    from PIL import Image
+
+    (folder / "extra" / "1").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        name = f"extra/1/{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / name)
+        rows.append({"url": f"http://x/{i}.png", "label": 1, "status": "kept", "path": name})
+    rows.append({"url": "http://x/bad.png", "label": 1, "status": "corrupt", "path": ""})
+    pd.DataFrame(rows).to_csv(folder / "extra.csv", index=False)
+
+
 def tiny(data: dict, task: str = "classification", epochs: int = 1, **train_keys):
     return make_config(
         data,

@@ -85,7 +85,7 @@ def fills(schedule: Schedule, setup: Setup, left: float) -> float:
     arranged = budget.Arrangement(schedule.side, schedule.folds, schedule.full_fit, "")
 
     def seconds(epochs: int) -> float:
-        return arranged.seconds(epochs, FOLDS, speed().at(schedule.side), setup.cfg)
+        return arranged.seconds(epochs, FOLDS, speed().at(schedule.side), setup)
 
     share = budget.fill(schedule.folds)
     assert seconds(schedule.epochs) <= share * left < seconds(schedule.epochs + 1)  # the most epochs that fit

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import KEYPOINTS, run, run_killed_after, tiny
+from conftest import KEYPOINTS, add_scraped, run, run_killed_after, tiny
 
 from pipeline import config as C
 from pipeline.errors import PipelineError
@@ -200,16 +200,7 @@ def spy_on_the_optimisation(monkeypatch) -> dict:
 
 
 def test_scraped_rows_train_but_never_validate(digits_dir, tmp_path, monkeypatch, rng):
-    from PIL import Image
-
-    (digits_dir / "extra" / "1").mkdir(parents=True)
-    rows = []
-    for i in range(4):
-        name = f"extra/1/{i}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(digits_dir / name)
-        rows.append({"url": f"http://x/{i}.png", "label": 1, "status": "kept", "path": name})
-    rows.append({"url": "http://x/bad.png", "label": 1, "status": "corrupt", "path": ""})
-    pd.DataFrame(rows).to_csv(digits_dir / "extra.csv", index=False)
+    add_scraped(digits_dir, rng)
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir), "sample_submission": None}, full_fit=False)
     run(cfg, tmp_path, monkeypatch)
     fold_table = pd.read_csv(tmp_path / "runs/tiny/folds.csv")

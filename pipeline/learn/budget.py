@@ -92,7 +92,7 @@ def fit_into(
             f"this run's budget ends about {clock(deadline)}"
         )
     print("\n".join(kept.said), flush=True)
-    pace = Pace(kept, deadline, fits(folds, fold_ids, full_fit=False), cfg.model)
+    pace = Pace(kept, deadline, fits(folds, fold_ids, full_fit=False, joined=joined_rows(setup)), cfg.model)
     return apply(setup, kept.schedule, fold_ids), list(kept.schedule.folds), pace
 
 
@@ -130,13 +130,13 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
         if choice.side in speeds:
             break
         speeds[choice.side] = measure(_at_side(setup, choice.side), folds, fold_ids[0], paths)
-    speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit)
+    speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit, joined=joined_rows(setup))
     final = cfg.train.final_size
     planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model, final) for f in chosen}
     one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model, final) for f in chosen)
     left_over = [k for k in fold_ids if k not in choice.folds]
     room = FILL * left - sum(planned.values())
-    next_fit = fits(folds, left_over[:1], full_fit=False)
+    next_fit = fits(folds, left_over[:1], full_fit=False, joined=joined_rows(setup))
     if next_fit and (head := longest_head_start(next_fit[0], choice.epochs, speed, cfg.model, room)) is not None:
         choice, planned[f"fold {head[0].fold}"] = dataclasses.replace(choice, head_start=head[0]), head[1]
     said = [
@@ -158,9 +158,10 @@ class Arrangement:
     full_fit: bool
     trade: str  # what was traded to come to it; "" for the config's own
 
-    def seconds(self, epochs: int, folds: pd.DataFrame, speed: Speed, cfg: C.Config) -> float:
-        model, final = cfg.model, cfg.train.final_size
-        return sum(fit_seconds(speed, f, epochs, model, final) for f in fits(folds, self.folds, self.full_fit))
+    def seconds(self, epochs: int, folds: pd.DataFrame, speed: Speed, setup: Setup) -> float:
+        model, final = setup.cfg.model, setup.cfg.train.final_size
+        made = fits(folds, self.folds, self.full_fit, joined=joined_rows(setup))
+        return sum(fit_seconds(speed, f, epochs, model, final) for f in made)
 
 
 def choose(
@@ -168,13 +169,13 @@ def choose(
 ) -> tuple[Schedule, list[str]]:
     """The first arrangement, in trade order, whose floor of epochs fits in `left` seconds (the
     last one when none does), with the most epochs that fit; and what it traded, said."""
-    (floor, ceiling), cfg, said = bounds, setup.cfg, []
+    (floor, ceiling), said = bounds, []
     options = list(arrangements(setup, fold_ids))
     for n, option in enumerate(options):
         speed, room = estimate(speeds, option.side), fill(option.folds) * left
-        at_floor = option.seconds(floor, folds, speed, cfg)
+        at_floor = option.seconds(floor, folds, speed, setup)
         if at_floor <= room or n == len(options) - 1:
-            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, cfg) <= room]
+            fitting = [e for e in range(floor, ceiling + 1) if option.seconds(e, folds, speed, setup) <= room]
             if not fitting:
                 said.append(
                     f"  even this takes {duration(at_floor)} at the floor of {floor} epochs, more than the "
@@ -214,14 +215,19 @@ def fill(fold_ids) -> float:
     return 1.0 if len(fold_ids) > 1 else FILL
 
 
-def fits(folds: pd.DataFrame, fold_ids, full_fit: bool) -> list[Fit]:
+def fits(folds: pd.DataFrame, fold_ids, full_fit: bool, joined: int = 0) -> list[Fit]:
     """The fits a schedule trains, with their rows: a fold trains on the rows it does not
-    validate on (scraped extras too); the full fit on every row."""
+    validate on (scraped extras too) and the `joined` ones; the full fit on every row."""
     made = []
     for k in fold_ids:
         valid = len(validation_rows(folds, k))
-        made.append(Fit(int(k), len(folds) - valid, valid))
-    return made + ([Fit(None, len(folds), 0)] if full_fit else [])
+        made.append(Fit(int(k), len(folds) - valid + joined, valid))
+    return made + ([Fit(None, len(folds) + joined, 0)] if full_fit else [])
+
+
+def joined_rows(setup: Setup) -> int:
+    """The training rows train.pseudo_labels adds to every fit, at most (learn.pseudo_labels.Pool)."""
+    return 0 if setup.pool is None else setup.pool.added_rows
 
 
 def estimate(speeds: dict[int, Speed], side: int) -> Speed:

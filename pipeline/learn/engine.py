@@ -51,9 +51,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def create_mixup(cfg: Train, n_classes: int) -> Mixup | None:
+def create_mixup(cfg: Train, n_classes: int, *, soft_targets: bool = False):
+    """timm's Mixup, or with `soft_targets` (rows of probabilities) SoftTargetMixup; None when off."""
     if not (cfg.mixup_alpha or cfg.cutmix_alpha):
         return None
+    if soft_targets:
+        return SoftTargetMixup(cfg)
     return Mixup(
         mixup_alpha=cfg.mixup_alpha,
         cutmix_alpha=cfg.cutmix_alpha,
@@ -61,6 +64,26 @@ def create_mixup(cfg: Train, n_classes: int) -> Mixup | None:
         label_smoothing=cfg.label_smoothing,
         num_classes=n_classes,
     )
+
+
+class SoftTargetMixup:
+    """timm's Mixup for targets that are already probabilities (soft pseudo-labels), which its
+    own would one-hot: each image's position in the batch goes through timm's draw as its class,
+    and what comes back, how much of each image a mixed one holds, mixes the targets."""
+
+    def __init__(self, cfg: Train):
+        self.pairing = Mixup(
+            mixup_alpha=cfg.mixup_alpha,
+            cutmix_alpha=cfg.cutmix_alpha,
+            prob=cfg.mixup_prob,
+            num_classes=cfg.batch_size,
+            label_smoothing=0.0,
+        )
+
+    def __call__(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(len(images), device=images.device)
+        images, shares = self.pairing(images, positions)  # (B, batch_size): mixed image i's share of image j
+        return images, shares[:, : len(images)].to(target.dtype) @ target
 
 
 @dataclass
@@ -72,7 +95,7 @@ class Step:
     cfg: Train
     total_steps: int
     step: int = 0  # optimizer steps taken so far
-    mixup: Mixup | None = None
+    mixup: Mixup | SoftTargetMixup | None = None
     ema: ModelEmaV3 | None = None
     average: Averager | None = None
 

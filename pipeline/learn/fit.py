@@ -175,7 +175,7 @@ def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
         parts.device.scaler(),
         cfg,
         steps_per_epoch * epochs,
-        mixup=engine.create_mixup(cfg, task.n_outputs) if task.mixes else None,
+        mixup=engine.create_mixup(cfg, task.n_outputs, soft_targets=setup.targets.ndim == 2) if task.mixes else None,
         ema=ModelEmaV3(parts.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
         average=averaging.Averager(cfg.average, epochs) if cfg.average else None,
     )

@@ -23,5 +23,6 @@ class Setup:
     channels: int
     image_size: int  # side of the square model input
     given: frozenset[str] = frozenset()  # dotted keys the config, its overrides or best.yaml set
+    pool: object | None = None  # train.pseudo_labels' unlabelled images (learn.pseudo_labels.Pool)
     # (device, side) -> every image as uint8 on that device (train.device_aug), made on first use
     resident: dict = field(default_factory=dict, repr=False, compare=False)

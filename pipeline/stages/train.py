@@ -43,7 +43,7 @@ import torch
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv
-from pipeline.learn import budget, distributed, final_stage, inference, plan, validation
+from pipeline.learn import budget, distributed, final_stage, inference, plan, pseudo_labels, validation
 from pipeline.learn.distributed import worker_env
 from pipeline.learn.fit import check
 from pipeline.learn.fit_setup import Setup
@@ -168,7 +168,7 @@ def run_here(cfg: C.Config) -> None:
     if cfg.train.full_fit and budget_allows(pace, "full", paths.full, fingerprint, trained):
         epochs = cfg.train.epochs
         with timed(pace, "full", paths.full, fingerprint):
-            result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full")
+            result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full", fold=None)
         print(f"full fit: {epochs} epochs, the folds' schedule, on {len(folds)} rows -> {result.model_path}")
     else:
         drop_other_full_model(paths.full, fingerprint)
@@ -194,8 +194,10 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     setup, folds = plan.prepare(cfg, paths)
     check(setup)
     final_stage.check(setup)
+    setup = pseudo_labels.prepare(setup, folds, paths)
     setup, fold_ids, pace = budget.fit_into(setup, folds, plan.fold_ids_of(setup.cfg, folds), paths)
-    return setup, folds, validation.fingerprint(setup.cfg, paths.folds_csv), fold_ids, pace
+    fingerprint = pseudo_labels.fingerprint(setup, validation.fingerprint(setup.cfg, paths.folds_csv))
+    return setup, folds, fingerprint, fold_ids, pace
 
 
 def train_head_start(
@@ -250,8 +252,9 @@ def train_fold(
         setup.cfg.train.epochs,
         fingerprint,
         f"fold {fold}",
-        lambda: write_oof(setup, folds, valid, out),
-        stop_after,
+        fold=fold,
+        after=lambda: write_oof(setup, folds, valid, out),
+        stop_after=stop_after,
     )
 
 
@@ -263,11 +266,14 @@ def fit_once(
     epochs: int,
     fingerprint: str,
     name: str,
+    *,
+    fold: int | None,
     after=None,
     stop_after: int | None = None,
 ) -> FitResult | None:
     """fit(), unless `out` already holds a finished fit of this config; None after a head start
-    (`stop_after`), which leaves its checkpoint and writes no result."""
+    (`stop_after`), which leaves its checkpoint and writes no result. `fold`: the fold it is
+    (None: the full fit), whose teacher's models label train.pseudo_labels' images."""
     previous = out.previous
     if distributed.is_main():
         restore_unreplaced(out, previous)
@@ -293,8 +299,9 @@ def fit_once(
             shutil.rmtree(previous.root)
 
     try:
+        joined, rows = pseudo_labels.join(setup, train_rows, fold, name)
         result = final_stage.fit_in_stages(
-            setup, train_rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
+            joined, rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
         )
     except BaseException:
         if distributed.is_main():

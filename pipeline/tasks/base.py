@@ -22,12 +22,13 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.predictions import OutOfFold, Raw
 from pipeline.tables import line, require_columns, show
+from pipeline.tasks.pseudo_targets import PseudoTargets
 
 Section = tuple[str, str]  # a report section: (title, HTML)
 Proposal = tuple[str, object, str]  # a default: (dotted key, value, why)
 
 
-class Task:
+class Task(PseudoTargets):  # what a teacher's predictions become as targets: tasks.pseudo_targets
     name: ClassVar[str]
     METRICS: ClassVar[dict[str, bool]]  # metric -> whether higher is better; the first is the default
     # metrics a blend's weights minimise directly (Task.smooth_loss); the others are hill-climbed
@@ -72,8 +73,7 @@ class Task:
 
     @classmethod
     def keys_beside(cls, table: pd.DataFrame, targets: list[str], others: list[str]) -> list[Proposal]:
-        """The data keys `make init` sets for the target columns it claimed (claim_columns),
-        from the table's `others`; none here."""
+        """The data keys `make init` sets beside the targets it claimed, from `others`; none here."""
         return []
 
     @classmethod

@@ -122,7 +122,9 @@ class Classification(Task):
         return self.encode(oof.table, targets)
 
     def metrics(self, predictions: np.ndarray, target: np.ndarray, sizes: np.ndarray | None = None) -> dict:
-        return {metric: self._scored(metric, predictions, target) for metric in self.METRICS}
+        """`target`: class indices, or rows of probabilities (soft pseudo-labels), scored as their likeliest."""
+        truth = target.argmax(axis=1) if target.ndim == 2 else target
+        return {metric: self._scored(metric, predictions, truth) for metric in self.METRICS}
 
     def score(self, predictions: np.ndarray, truth: np.ndarray) -> float:
         return self._scored(self.metric, predictions, truth)
@@ -150,6 +152,28 @@ class Classification(Task):
     def ranks_blend(self) -> bool:
         return self.metric != "log_loss"
 
+    # --- pseudo-labels ---------------------------------------------------------------------
+
+    def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
+        """Any setting: the largest probability is the confidence."""
+
+    def pseudo_confidence(self, units: np.ndarray) -> np.ndarray:
+        return units.max(axis=1)
+
+    def pseudo_targets(self, units: np.ndarray, *, soft: bool) -> np.ndarray:
+        """(N, classes) the probabilities, or (N,) the likeliest class."""
+        return units.astype(np.float32) if soft else units.argmax(axis=1)
+
+    def joined_targets(self, labelled: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
+        """Soft pseudo-labels make every target a row of probabilities: a label is its one-hot row,
+        smoothed by train.label_smoothing here, since the loss of such rows adds none."""
+        if pseudo.ndim == 1:
+            return np.concatenate([labelled, pseudo])
+        classes = len(self.classes)
+        one_hot = np.eye(classes, dtype=np.float32)[labelled]
+        smoothed = one_hot * (1.0 - self.label_smoothing) + self.label_smoothing / classes
+        return np.concatenate([smoothed, pseudo])
+
     # --- the head ---------------------------------------------------------------------------
 
     def loss(self, outputs: Any, target: Any) -> Any:
@@ -162,7 +186,7 @@ class Classification(Task):
     def eval_loss(self, outputs: Any, target: Any) -> Any:
         import torch.nn.functional as F
 
-        return F.cross_entropy(outputs.float(), target)
+        return F.cross_entropy(outputs.float(), target.argmax(dim=1) if target.ndim == 2 else target)
 
     def activate(self, outputs: Any) -> Any:
         """(B, classes) probabilities."""

@@ -202,6 +202,19 @@ class Multilabel(Task):
     def ranks_blend(self) -> bool:
         return self.metric not in F_METRICS
 
+    # --- pseudo-labels ---------------------------------------------------------------------
+
+    def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
+        """Any setting: the least sure label is the confidence."""
+
+    def pseudo_confidence(self, units: np.ndarray) -> np.ndarray:
+        """A row's least sure label: max(p, 1 - p) at its lowest."""
+        return np.maximum(units, 1.0 - units).min(axis=1)
+
+    def pseudo_targets(self, units: np.ndarray, *, soft: bool) -> np.ndarray:
+        """(N, labels) the probabilities, or 0/1 at 0.5."""
+        return units.astype(np.float32) if soft else (units >= 0.5).astype(np.float32)
+
     # --- the head ---------------------------------------------------------------------------
 
     def loss(self, outputs: Any, target: Any) -> Any:

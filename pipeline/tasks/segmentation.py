@@ -179,6 +179,14 @@ class Segmentation(Task):
     def warp_targets(self, targets: Any, warp: Any) -> Any:
         return warp.masks(targets)
 
+    # --- pseudo-labels ---------------------------------------------------------------------
+
+    def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
+        raise PipelineError(
+            "train.pseudo_labels: a segmentation's targets are run-length codes read per image, and teachers' "
+            "masks do not join them yet; train without train.pseudo_labels"
+        )
+
     # --- the head ---------------------------------------------------------------------------
 
     def activate(self, outputs: Any) -> Any:

@@ -1,0 +1,162 @@
+"""train.pseudo_labels: the test images (or the scraped ones) join each fit's training rows under a
+teacher's labels, fold k's from the teacher's fold-k model, so the CV stays honest."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import add_scraped, pixel_frame, run, tiny
+
+from pipeline import config as C
+from pipeline.errors import PipelineError
+from pipeline.learn import engine, plan, pseudo_labels
+from pipeline.paths import Paths
+from pipeline.stages import train
+
+DIGITS = {"layout": "pixel_columns", "sample_submission": None}
+NO_AUG = {"rotate": 0, "shift": 0, "hflip": 0.0}
+
+
+@pytest.fixture
+def copies_dir(tmp_path):
+    """48 noise images with arbitrary labels, and a test set that is every one of them again: a
+    model learns a row's label only by having seen it, through the test copy or itself."""
+    rng = np.random.default_rng(0)
+    frame = pixel_frame(rng, 48, 1024, 255)
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    frame.to_csv(folder / "test.csv", index=False)
+    frame.insert(0, "label", rng.permutation(np.arange(48) % 3))
+    frame.to_csv(folder / "train.csv", index=False)
+    return folder
+
+
+def config(folder, experiment: str, epochs: int, **train_keys) -> C.Config:
+    cfg = tiny({**DIGITS, "dir": str(folder)}, epochs=epochs, experiment=experiment, **train_keys)
+    return C.with_overrides(cfg, {f"aug.{k}": v for k, v in NO_AUG.items()}, "test")
+
+
+def memorising_teacher(folder, tmp_path, monkeypatch) -> dict:
+    return run(config(folder, "teacher", epochs=12, lr=0.003), tmp_path, monkeypatch)
+
+
+def test_a_memorising_teachers_labels_do_not_raise_the_students_cv(copies_dir, tmp_path, monkeypatch):
+    """The teacher's full fit knows every training label, so its labels on the test copies tell
+    each validation row's answer; its fold-k models know none of fold k's. Routed by fold, the
+    student stays at chance; given the full fit's labels (the leak), it reads its answers."""
+    teacher = memorising_teacher(copies_dir, tmp_path, monkeypatch)
+    assert teacher["score"] < 0.6  # noise: the teacher itself cannot generalise
+    student = config(copies_dir, "student", epochs=12, lr=0.003, pseudo_labels={"teacher": "teacher", "soft": False})
+    honest = run(student, tmp_path, monkeypatch)
+    assert honest["score"] < 0.6
+
+    full_fit_for_every_fold = pseudo_labels.Teacher.fits
+
+    def leaking(self, paths, fold):
+        return full_fit_for_every_fold(self, paths, None)
+
+    monkeypatch.setattr(pseudo_labels.Teacher, "fits", leaking)
+    leaked = run(C.with_overrides(student, {"train.experiment": "leaked"}, "test"), tmp_path, monkeypatch)
+    assert leaked["score"] > 0.9  # the test is able to see a leak
+
+
+def test_each_fold_learns_from_its_own_teacher_fold_and_the_full_fit_from_the_teachers(
+    digits_dir, tmp_path, monkeypatch, capsys
+):
+    run(config(digits_dir, "teacher", epochs=1), tmp_path, monkeypatch)
+    capsys.readouterr()
+    student = config(digits_dir, "student", epochs=1, pseudo_labels={"teacher": "teacher", "weight": 2.0})
+    run(student, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    for fit, teacher in (("fold 0", "teacher/fold0"), ("fold 1", "teacher/fold1"), ("full", "teacher/full")):
+        assert f"{fit}: 5 of 5 unlabelled images join training labelled by {teacher} (soft" in out
+
+
+def test_a_retrained_teacher_retrains_the_student(digits_dir, tmp_path, monkeypatch, capsys):
+    run(config(digits_dir, "teacher", epochs=1), tmp_path, monkeypatch)
+    student = config(digits_dir, "student", epochs=1, pseudo_labels={"teacher": "teacher"})
+    run(student, tmp_path, monkeypatch)
+    capsys.readouterr()
+    run(student, tmp_path, monkeypatch)
+    assert "fold 0: finished before" in capsys.readouterr().out
+    run(config(digits_dir, "teacher", epochs=2), tmp_path, monkeypatch)
+    capsys.readouterr()
+    run(student, tmp_path, monkeypatch)
+    assert "fold 0: the config changed since it was trained" in capsys.readouterr().out
+
+
+def test_scraped_images_are_relabelled_in_place_of_their_scraped_labels(digits_dir, tmp_path, monkeypatch, rng):
+    add_scraped(digits_dir, rng)
+    run(config(digits_dir, "teacher", epochs=1), tmp_path, monkeypatch)
+    student = config(digits_dir, "student", epochs=1, pseudo_labels={"teacher": "teacher", "rows": "both"})
+    setup, folds = plan.prepare(student, Paths.of(student))
+    setup = pseudo_labels.prepare(setup, folds, Paths.of(student))
+    scraped = np.flatnonzero(folds["fold"] == -1)
+    training = np.flatnonzero(folds["fold"] != 0)  # fold 1's rows and the scraped ones
+    joined, rows = pseudo_labels.join(setup, training, 0, "fold 0")
+    assert len(scraped) == 4 and not np.isin(scraped, rows).any()  # their scraped labels no longer train
+    pseudo = rows[rows >= len(folds)]
+    assert len(pseudo) == 5 + 4 and joined.targets.shape == (len(folds) + 9, 3)  # soft: every target a row
+    assert np.array_equal(joined.rows[-4:], setup.rows[scraped])  # the same images, under the teacher's labels
+    assert np.allclose(joined.targets[-9:].sum(axis=1), 1.0)
+    assert joined.targets[np.flatnonzero(folds["fold"] == 1)].max(axis=1).min() == 1.0  # labels: one-hot, unsmoothed
+
+
+def test_min_confidence_keeps_the_rows_the_teacher_is_sure_of(digits_dir, tmp_path, monkeypatch, capsys):
+    run(config(digits_dir, "teacher", epochs=1), tmp_path, monkeypatch)
+    capsys.readouterr()
+    student = config(digits_dir, "student", epochs=1, pseudo_labels={"teacher": "teacher", "min_confidence": 0.99})
+    run(student, tmp_path, monkeypatch)
+    assert "fold 0: 0 of 5 unlabelled images join training" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [
+        ("student", "teacher=student is this experiment"),
+        ("nobody", "experiment nobody has not trained"),
+    ],
+)
+def test_a_teacher_that_cannot_teach_is_refused_before_any_fit(digits_dir, tmp_path, monkeypatch, teacher, message):
+    student = config(digits_dir, "student", epochs=1, pseudo_labels={"teacher": teacher})
+    with pytest.raises(PipelineError, match=message):
+        run(student, tmp_path, monkeypatch)
+    assert not (tmp_path / "runs/tiny/student/fold0").exists()
+
+
+def test_a_teacher_trained_on_other_folds_is_refused(digits_dir, tmp_path, monkeypatch):
+    run(config(digits_dir, "teacher", epochs=1), tmp_path, monkeypatch)
+    folds_csv = tmp_path / Paths.of(config(digits_dir, "teacher", epochs=1)).folds_csv
+    folds = pd.read_csv(folds_csv)
+    folds["fold"] = 1 - folds["fold"]
+    folds.to_csv(folds_csv, index=False)
+    student = config(digits_dir, "student", epochs=1, pseudo_labels={"teacher": "teacher"})
+    with pytest.raises(PipelineError, match="teacher was trained on other folds"):
+        train.run(student)  # `make folds` refuses to remake them under a trained experiment; by hand, train does
+
+
+def test_soft_labels_with_mixup_mix_the_targets_as_the_images():
+    cfg = C.Train(mixup_alpha=1.0, batch_size=4)
+    np.random.seed(0)
+    images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 2, 2).clone()
+    targets = torch.eye(3)[[0, 1, 2, 0]] * 0.8 + 0.2 / 3
+    mixed, mixed_targets = engine.create_mixup(cfg, 3, soft_targets=True)(images.clone(), targets)
+    share = mixed[:, 0, 0, 0] - images.flip(0)[:, 0, 0, 0]  # lam * (x_i - x_flip(i))
+    lam = share[0] / (images[0, 0, 0, 0] - images[3, 0, 0, 0])
+    assert 0 < lam < 1
+    assert torch.allclose(mixed_targets, lam * targets + (1 - lam) * targets.flip(0), atol=1e-6)
+    assert torch.allclose(mixed_targets.sum(dim=1), torch.ones(4))
+
+
+def test_the_joined_rows_are_weighted_by_repeats_and_a_seeded_share():
+    weighted = pseudo_labels._weighted(np.arange(10), 1.5, seed=0)
+    assert len(weighted) == 15 and set(weighted) == set(range(10))
+    assert np.array_equal(weighted, pseudo_labels._weighted(np.arange(10), 1.5, seed=0))
+
+
+def test_regression_refuses_a_confidence_it_does_not_have():
+    from pipeline import tasks
+
+    regression = tasks.get("regression")(["y"])
+    with pytest.raises(PipelineError, match="min_confidence=0.5: a regression model's predictions carry no"):
+        regression.check_pseudo_labels(0.5, soft=True)
