@@ -74,6 +74,15 @@ class PseudoLabels(Section):
     soft: bool = True  # the teacher's probabilities as targets; false: its decided labels
 
 
+class Distill(Section):
+    """train.distill: each fit's training targets blend the labels with a teacher's predictions
+    (learn.distillation): fold k's from the teacher's fold-k models, the full fit's from its full fits."""
+
+    teacher: ExperimentName  # a trained experiment, or a blend (runs/<name>/blends/<teacher>.yaml)
+    alpha: Probability = 0.5  # the teacher's share of each target; the label keeps the rest
+    temperature: PositiveFloat = 2.0  # softens the teacher's probabilities (classification, multilabel)
+
+
 class Train(Section):
     # runs/<competition>/<experiment>/: its folds' and full fit's files; default the config file's stem
     experiment: ExperimentName | None = None
@@ -124,6 +133,7 @@ class Train(Section):
     average: Average | None = None  # e.g. {kind: swa, k: 3}: the kept weights averaged over epochs
     final_size: FinalSize | None = None  # e.g. {image_size: 384, epochs: 2}: a last stage at a larger side
     pseudo_labels: PseudoLabels | None = None  # e.g. {teacher: base, rows: test}
+    distill: Distill | None = None  # e.g. {teacher: big-blend, alpha: 0.5}: a student learns a teacher's outputs
     folds: FoldIds = None  # train only these folds (tuning uses a subset)
 
     @model_validator(mode="after")

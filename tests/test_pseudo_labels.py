@@ -160,3 +160,49 @@ def test_regression_refuses_a_confidence_it_does_not_have():
     regression = tasks.get("regression")(["y"])
     with pytest.raises(PipelineError, match="min_confidence=0.5: a regression model's predictions carry no"):
         regression.check_pseudo_labels(0.5, soft=True)
+
+
+# --- train.distill -------------------------------------------------------------------------------
+
+
+def test_each_fold_distils_from_its_own_teacher_fold(digits_dir, tmp_path, monkeypatch, capsys):
+    run(config(digits_dir, "teacher", epochs=1), tmp_path, monkeypatch)
+    capsys.readouterr()
+    student = config(digits_dir, "student", epochs=1, distill={"teacher": "teacher", "alpha": 0.7})
+    cv = run(student, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    for fit, teacher in (("fold 0", "teacher/fold0"), ("fold 1", "teacher/fold1"), ("full", "teacher/full")):
+        assert f"{fit}: {36 if fit == 'full' else 18} training rows learn from {teacher} (alpha 0.7" in out
+    assert len(cv["folds"]) == 2 and 0.0 <= cv["score"] <= 1.0  # validated on the labels, as any fit
+
+
+def test_a_distilled_target_blends_the_label_with_the_softened_teacher():
+    from pipeline import tasks
+
+    classes = tasks.get("classification")([0, 1, 2])
+    teacher = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    labels = np.array([0, 1])
+    assert np.allclose(classes.distilled_targets(labels, teacher, alpha=0.0, temperature=2.0), np.eye(3)[[0, 1]])
+    assert np.allclose(classes.distilled_targets(labels, teacher, alpha=1.0, temperature=1.0), teacher)
+    hot = classes.distilled_targets(labels, teacher, alpha=1.0, temperature=1e6)
+    assert np.allclose(hot, 1 / 3, atol=1e-4)  # a high temperature says nothing but the classes
+    half = classes.distilled_targets(labels, teacher, alpha=0.5, temperature=1.0)
+    assert np.allclose(half, 0.5 * np.eye(3)[[0, 1]] + 0.5 * teacher) and np.allclose(half.sum(axis=1), 1.0)
+
+
+def test_a_missing_keypoint_takes_the_teachers_point():
+    from pipeline import tasks
+
+    points = tasks.get("keypoints")(["a_x", "a_y"])
+    labels = np.array([[10.0, np.nan]], dtype=np.float32)
+    distilled = points.distilled_targets(labels, np.array([[14.0, 6.0]]), alpha=0.25, temperature=2.0)
+    assert np.allclose(distilled, [[11.0, 6.0]])
+
+
+def test_a_segmentation_student_is_refused_before_any_fit():
+    from pipeline import tasks
+    from pipeline.learn.teacher import Teacher
+
+    masks = tasks.get("segmentation")
+    with pytest.raises(PipelineError, match="train.distill.teacher=big: a segmentation model cannot learn from"):
+        Teacher.of("train.distill.teacher", "big", Paths.of(tiny(DIGITS)), pd.DataFrame(), masks)

@@ -102,6 +102,15 @@ def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: Devi
     return Raw(task.compact(predictions), sizes), task
 
 
+def weighted_units(cfg: Config, weighted: list[tuple[FitFiles, float]], images, rows: np.ndarray) -> np.ndarray:
+    """The weighted models' predictions on `rows` of `images`, in the competition's units."""
+    device, total = Device.choose(cfg.train), 0.0
+    for fit, weight in weighted:
+        raw, task = predict_rows(cfg, fit.model, images, rows, device)
+        total = total + weight * task.to_units(raw.predictions, raw.sizes)
+    return total
+
+
 def task_from_meta(meta: dict, cfg: Config) -> Task:
     """The task a saved model solves, as `cfg` reads its outputs."""
     return tasks.get(meta["task"]).from_meta(meta, cfg)

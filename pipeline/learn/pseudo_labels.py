@@ -1,18 +1,8 @@
 """train.pseudo_labels: images without a label (the test images, the scraped ones relabelled)
 join each fit's training rows with a teacher's predictions as their targets; never its
-validation rows.
+validation rows. Fold k's come from the teacher's fold-k models (learn.teacher), so no fold
+learns its answers through a test image that repeats one of its validation rows."""
 
-Fold k's pseudo-labels come from the teacher's fold-k models alone, which trained on fold k's
-training rows and never saw its validation rows: whatever the teacher memorised, fold k's
-student can learn nothing through them about the rows it is scored on, even where a test image
-repeats one of those rows. The full fit, scored on nothing, learns from the teacher's full fits
-(its fold models averaged, where it has none). So the student's CV stays as honest as the
-teacher's: a teacher trained on other folds is refused.
-
-A teacher is an experiment, or a blend of experiments (weighted as `make blend` weighted them,
-in probabilities; a stacked blend's trees are not a model of fold k, and are refused)."""
-
-import hashlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,76 +10,12 @@ import pandas as pd
 
 from pipeline.config import PseudoLabels
 from pipeline.errors import PipelineError
-from pipeline.learn.device import Device
 from pipeline.learn.fit_setup import Setup
-from pipeline.learn.inference import PredictionsOnTest, predict_rows
+from pipeline.learn.inference import PredictionsOnTest, weighted_units
 from pipeline.learn.loader import ConcatImages
-from pipeline.learn.validation import EXTRA_FOLD, validation_plan
-from pipeline.paths import FitFiles, Paths
-from pipeline.records import CV, Blend, trained_state
-
-
-@dataclass(frozen=True)
-class Teacher:
-    """The experiments whose models label the pool, with their weights (one, at 1.0, unless a blend)."""
-
-    name: str
-    members: dict[str, float]
-    states: dict[str, str]  # experiment -> records.trained_state: a teacher trained again retrains the student
-
-    @classmethod
-    def of(cls, settings: PseudoLabels, paths: Paths, folds: pd.DataFrame) -> "Teacher":
-        name, plan = settings.teacher, validation_plan(folds)
-        if name == paths.experiment_name:
-            raise PipelineError(f"train.pseudo_labels.teacher={name} is this experiment: a teacher is trained before")
-        if paths.blend(name).exists():
-            blend = Blend.load(paths.blend(name))
-            if blend.method == "stack":
-                raise PipelineError(
-                    f"train.pseudo_labels.teacher={name} is a stacked blend: its trees are fitted on every fold's "
-                    "rows, so no part of it is fold k's alone; name a weighted blend or an experiment"
-                )
-            members, plans = blend.weights, {name: blend.validation_plan}
-        else:
-            members, plans = {name: 1.0}, {}
-        for member in members:
-            cv_json = paths.of_experiment(member).cv_json
-            if not cv_json.exists():
-                raise PipelineError(
-                    f"train.pseudo_labels.teacher={name}: experiment {member} has not trained ({cv_json} does not "
-                    "exist); train it first, or name a blend in runs/<name>/blends/"
-                )
-            plans[member] = CV.load(cv_json).validation_plan
-        other = next((m for m, p in plans.items() if p != plan), None)
-        if other is not None:
-            raise PipelineError(
-                f"train.pseudo_labels.teacher={name}: {other} was trained on other folds than {paths.folds_csv}; "
-                "fold k's pseudo-labels must come from models that never saw fold k's validation rows"
-            )
-        states = {m: trained_state(paths.of_experiment(m).cv_json) for m in members}
-        return cls(name, dict(members), states)
-
-    def fits(self, paths: Paths, fold: int | None) -> list[tuple[FitFiles, float]]:
-        """The models that label the pool for fold `fold` (None: the full fit), with weights summing to 1."""
-        chosen = []
-        for member, weight in self.members.items():
-            fits = _member_fits(paths.of_experiment(member), fold)
-            chosen += [(fit, weight / len(fits)) for fit in fits]
-        missing = next((fit for fit, _ in chosen if not fit.model.exists()), None)
-        if missing is not None:
-            raise PipelineError(
-                f"train.pseudo_labels.teacher={self.name}: {missing.model} does not exist; fold k's student learns "
-                "from the teacher's fold-k model: train the teacher's folds (train.folds) first"
-            )
-        return chosen
-
-
-def _member_fits(member: Paths, fold: int | None) -> list[FitFiles]:
-    if fold is not None:
-        return [member.fold(fold)]
-    if member.full.model.exists():
-        return [member.full]
-    return [member.fold(k) for k in CV.load(member.cv_json).fold_ids]
+from pipeline.learn.teacher import Teacher
+from pipeline.learn.validation import EXTRA_FOLD
+from pipeline.paths import Paths
 
 
 @dataclass(frozen=True)
@@ -115,17 +41,8 @@ class Pool:
         parts = [] if self.test is None else [self.test.blend(weighted)]
         extra = self.store_rows[self.n_test :]
         if len(extra):
-            parts.append(_predicted(setup, weighted, extra))
+            parts.append(weighted_units(setup.cfg, weighted, setup.images, extra))
         return np.concatenate(parts)
-
-
-def _predicted(setup: Setup, weighted: list[tuple[FitFiles, float]], rows: np.ndarray) -> np.ndarray:
-    """The weighted models' predictions on `rows` of the setup's images, in the competition's units."""
-    device, total = Device.choose(setup.cfg.train), 0.0
-    for fit, weight in weighted:
-        raw, task = predict_rows(setup.cfg, fit.model, setup.images, rows, device)
-        total = total + weight * task.to_units(raw.predictions, raw.sizes)
-    return total
 
 
 def prepare(setup: Setup, folds: pd.DataFrame, paths: Paths) -> Setup:
@@ -134,7 +51,7 @@ def prepare(setup: Setup, folds: pd.DataFrame, paths: Paths) -> Setup:
     settings = setup.cfg.train.pseudo_labels
     if settings is None:
         return setup
-    teacher = Teacher.of(settings, paths, folds)
+    teacher = Teacher.of("train.pseudo_labels.teacher", settings.teacher, paths, folds, setup.task)
     setup.task.check_pseudo_labels(settings.min_confidence, soft=settings.soft)
     extra = np.flatnonzero(folds["fold"].to_numpy() == EXTRA_FOLD) if settings.rows != "test" else np.array([], int)
     if settings.rows == "extra" and not len(extra):
@@ -151,15 +68,6 @@ def prepare(setup: Setup, folds: pd.DataFrame, paths: Paths) -> Setup:
     return replace(setup, images=images, pool=pool, resident={})
 
 
-def fingerprint(setup: Setup, base: str) -> str:
-    """The fits' fingerprint, tied to the teacher's training as well: a teacher trained again
-    trains the student again."""
-    if setup.pool is None:
-        return base
-    states = ",".join(f"{m}:{s}" for m, s in sorted(setup.pool.teacher.states.items()))
-    return hashlib.sha256(f"{base} {states}".encode()).hexdigest()[:12]
-
-
 def join(setup: Setup, train_rows: np.ndarray, fold: int | None, name: str) -> tuple[Setup, np.ndarray]:
     """This fit's setup and training rows with the pool joined under its teacher's labels for
     `fold` (None: the full fit); the validation rows stay as they are."""
@@ -174,7 +82,7 @@ def join(setup: Setup, train_rows: np.ndarray, fold: int | None, name: str) -> t
     targets = task.joined_targets(setup.targets, task.pseudo_targets(units[kept], soft=settings.soft))
     joined = first + _weighted(np.arange(len(kept)), settings.weight, setup.cfg.train.seed)
     labelled = np.setdiff1d(train_rows, pool.relabelled)
-    models = " + ".join(f"{fit.root.parent.name}/{fit.root.name}" for fit, _ in pool.teacher.fits(pool.paths, fold))
+    models = pool.teacher.describe(pool.paths, fold)
     print(
         f"{name}: {len(kept)} of {len(units)} unlabelled images join training labelled by {models}"
         f" ({'soft' if settings.soft else 'hard'}, min_confidence {settings.min_confidence}, weight {settings.weight})"

@@ -43,7 +43,17 @@ import torch
 from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.files import write_csv
-from pipeline.learn import budget, distributed, final_stage, inference, plan, pseudo_labels, validation
+from pipeline.learn import (
+    budget,
+    distillation,
+    distributed,
+    final_stage,
+    inference,
+    plan,
+    pseudo_labels,
+    teacher,
+    validation,
+)
 from pipeline.learn.distributed import worker_env
 from pipeline.learn.fit import check
 from pipeline.learn.fit_setup import Setup
@@ -178,6 +188,11 @@ def run_here(cfg: C.Config) -> None:
     cv.save(paths.cv_json)  # last: its presence means the stage finished
 
 
+def teachers(setup: Setup) -> list[teacher.Teacher]:
+    """The teachers whose training the fits depend on."""
+    return [part.teacher for part in (setup.pool, setup.distiller) if part is not None]
+
+
 def drop_other_full_model(out: FitFiles, fingerprint: str) -> None:
     """No full fit in this run: a full model left by another config must not reach predict, which
     weighs a full model whenever one exists. Its checkpoint stays: resuming checks its config."""
@@ -194,9 +209,9 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     setup, folds = plan.prepare(cfg, paths)
     check(setup)
     final_stage.check(setup)
-    setup = pseudo_labels.prepare(setup, folds, paths)
+    setup = distillation.prepare(pseudo_labels.prepare(setup, folds, paths), folds, paths)
     setup, fold_ids, pace = budget.fit_into(setup, folds, plan.fold_ids_of(setup.cfg, folds), paths)
-    fingerprint = pseudo_labels.fingerprint(setup, validation.fingerprint(setup.cfg, paths.folds_csv))
+    fingerprint = teacher.fingerprint(validation.fingerprint(setup.cfg, paths.folds_csv), teachers(setup))
     return setup, folds, fingerprint, fold_ids, pace
 
 
@@ -299,7 +314,7 @@ def fit_once(
             shutil.rmtree(previous.root)
 
     try:
-        joined, rows = pseudo_labels.join(setup, train_rows, fold, name)
+        joined, rows = pseudo_labels.join(distillation.join(setup, train_rows, fold, name), train_rows, fold, name)
         result = final_stage.fit_in_stages(
             joined, rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
         )

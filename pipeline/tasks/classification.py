@@ -164,15 +164,27 @@ class Classification(Task):
         """(N, classes) the probabilities, or (N,) the likeliest class."""
         return units.astype(np.float32) if soft else units.argmax(axis=1)
 
-    def joined_targets(self, labelled: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
-        """Soft pseudo-labels make every target a row of probabilities: a label is its one-hot row,
-        smoothed by train.label_smoothing here, since the loss of such rows adds none."""
-        if pseudo.ndim == 1:
-            return np.concatenate([labelled, pseudo])
+    def soft_form(self, targets: np.ndarray) -> np.ndarray:
+        """(N, classes): a class index as its one-hot row, smoothed by train.label_smoothing here,
+        since the loss of such rows adds none."""
+        if targets.ndim == 2:
+            return targets.astype(np.float32)
         classes = len(self.classes)
-        one_hot = np.eye(classes, dtype=np.float32)[labelled]
-        smoothed = one_hot * (1.0 - self.label_smoothing) + self.label_smoothing / classes
-        return np.concatenate([smoothed, pseudo])
+        return (
+            np.eye(classes, dtype=np.float32)[targets] * (1.0 - self.label_smoothing) + self.label_smoothing / classes
+        )
+
+    def joined_targets(self, labelled: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
+        """Class indices, or where either side holds probabilities every target a row of them."""
+        if labelled.ndim == pseudo.ndim == 1:
+            return np.concatenate([labelled, pseudo])
+        return np.concatenate([self.soft_form(labelled), self.soft_form(pseudo)])
+
+    def softened(self, units: np.ndarray, temperature: float) -> np.ndarray:
+        """softmax(log p / T): Hinton's softened teacher, from its probabilities."""
+        logits = np.log(np.clip(units, 1e-12, None)) / temperature
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
     # --- the head ---------------------------------------------------------------------------
 

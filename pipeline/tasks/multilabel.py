@@ -215,6 +215,11 @@ class Multilabel(Task):
         """(N, labels) the probabilities, or 0/1 at 0.5."""
         return units.astype(np.float32) if soft else (units >= 0.5).astype(np.float32)
 
+    def softened(self, units: np.ndarray, temperature: float) -> np.ndarray:
+        """sigmoid(logit p / T) for each label."""
+        p = np.clip(units, 1e-6, 1 - 1e-6)
+        return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))).astype(np.float32)
+
     # --- the head ---------------------------------------------------------------------------
 
     def loss(self, outputs: Any, target: Any) -> Any:

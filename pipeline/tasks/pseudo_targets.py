@@ -1,5 +1,8 @@
-"""What a task's teacher predictions become as training targets (learn.pseudo_labels): the
-defaults every task inherits, for a prediction that is its own target with no confidence."""
+"""What a teacher's predictions become as training targets (learn.pseudo_labels,
+learn.distillation): the defaults every task inherits, for a prediction that is its own target
+(a value, a point) with no confidence and no temperature."""
+
+from typing import ClassVar
 
 import numpy as np
 
@@ -8,6 +11,7 @@ from pipeline.errors import PipelineError
 
 class PseudoTargets:
     name: str
+    teachable: ClassVar[bool] = True  # a teacher's predictions can be this task's targets
 
     def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
         """train.pseudo_labels' settings, refused with the reason where this task cannot learn so.
@@ -27,6 +31,20 @@ class PseudoTargets:
         probabilities; else what it decides)."""
         return units.astype(np.float32)
 
+    def soft_form(self, targets: np.ndarray) -> np.ndarray:
+        """Encoded targets in the form a teacher's soft targets take, to stand beside them."""
+        return targets.astype(np.float32)
+
     def joined_targets(self, labelled: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
         """The encoded targets of the labelled rows, then the pseudo-labelled ones, in one array."""
         return np.concatenate([labelled, pseudo.astype(labelled.dtype)])
+
+    def softened(self, units: np.ndarray, temperature: float) -> np.ndarray:
+        """A teacher's predictions as soft targets at `temperature`; here as they are."""
+        return units.astype(np.float32)
+
+    def distilled_targets(self, labelled: np.ndarray, units: np.ndarray, *, alpha: float, temperature: float):
+        """Training rows' targets as (1 - alpha) of their labels and alpha of the teacher's
+        softened predictions (soft form); a missing label (NaN) takes the teacher's alone."""
+        labels, teacher = self.soft_form(labelled), self.softened(units, temperature)
+        return np.where(np.isnan(labels), teacher, (1.0 - alpha) * labels + alpha * teacher).astype(np.float32)

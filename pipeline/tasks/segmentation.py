@@ -41,6 +41,7 @@ class Segmentation(Task):
     fold_kind = "stratified"
     reads_masks = True
     dense = True  # an output map per class, not a vector
+    teachable = False  # its targets are run-length codes read per image; a teacher's masks do not join them yet
 
     def __init__(
         self, classes: list, metric="dice", loss="bce_dice", order="column", rules=None, sheet: Sheet | None = None
@@ -178,14 +179,6 @@ class Segmentation(Task):
 
     def warp_targets(self, targets: Any, warp: Any) -> Any:
         return warp.masks(targets)
-
-    # --- pseudo-labels ---------------------------------------------------------------------
-
-    def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
-        raise PipelineError(
-            "train.pseudo_labels: a segmentation's targets are run-length codes read per image, and teachers' "
-            "masks do not join them yet; train without train.pseudo_labels"
-        )
 
     # --- the head ---------------------------------------------------------------------------
 
