@@ -1,0 +1,114 @@
+"""The winners' recipe (issue 30), each technique beside the medium first run, on held-out answers.
+
+For a competition (benchmarks/_competitions.py), in a scratch folder: build it, `make init`, then
+with nothing added to the config it wrote but the rows' keys, the time budget and the held-out
+answers' file name, run data, folds, train, predict and score, one experiment per row on the
+same folds:
+
+  medium              train.preset=medium in the budget: the teacher of the rows that need one
+  + average (swa)     train.average={kind: swa, k: 3}
+  + final stage       train.final_size={image_size: 1.5x the side medium chose, epochs: 2}
+  + pseudo-labels     train.pseudo_labels={teacher: medium}: the test images, soft
+  distilled student   train.distill={teacher: medium} at half medium's side (a quarter of its
+                      pixels): the faster single model
+  best                train.preset=best, in the budget and in twice it
+
+Each row: the held-out score of its submission, the whole run's wall clock, and its inference
+time: the submitted models predicting the test images afresh (no kept predictions), read and
+decode excluded. Beside them the peer on the same test images (an SVC on the pixels).
+
+    python benchmarks/winners_recipe.py [--competition photos] [--budget 5m] [--rows ...] [--tiny]
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import _competitions
+import _stages
+import pandas as pd
+from _peers import Peer, inside
+from _stages import machine, stage
+
+from pipeline import config as C
+
+TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
+SMALL = {"photos": {"train_per_class": 6, "test_per_class": 3}, "tiny": {"n_train": 60, "n_test": 20}}
+ROWS = ("medium", "average", "final", "pseudo", "distill", "best", "best2x")
+
+
+def keys(row: str, side: int, budget: str) -> list[str]:
+    """The overrides of a row: its experiment, preset, budget and technique."""
+    twice = f"{2 * int(budget[:-1])}{budget[-1]}"
+    technique = {
+        "medium": [],
+        "average": ["train.average.kind=swa", "train.average.k=3"],
+        "final": [f"train.final_size.image_size={side * 3 // 2}", "train.final_size.epochs=2"],
+        "pseudo": ["train.pseudo_labels.teacher=medium"],
+        "distill": ["train.distill.teacher=medium", f"model.image_size={max(side // 2, 32)}"],
+        "best": ["train.preset=best"],
+        "best2x": ["train.preset=best", f"train.time_budget={twice}"],
+    }[row]
+    return [f"train.experiment={row}", "train.preset=medium", f"train.time_budget={budget}", *technique]
+
+
+def inference_seconds(config: Path, overrides: list[str], scratch: Path) -> float:
+    """The submitted models on the test images, predicted afresh; the images already decoded."""
+    from pipeline.learn.inference import PredictionsOnTest
+    from pipeline.learn.selection import plan_submission
+    from pipeline.paths import Paths
+
+    with inside(scratch):
+        cfg = C.load(config, overrides)
+        plan, _ = plan_submission(cfg, Paths.of(cfg))
+        fresh = PredictionsOnTest(plan.cfg, Paths.of(cfg), keep=False)
+        started = time.perf_counter()
+        for part in plan.parts:
+            for fit, _ in part.models:
+                fresh.of(fit)
+        return time.perf_counter() - started
+
+
+def chosen_side(scratch: Path) -> int:
+    """The side the medium run trained at, as its resolved config says."""
+    resolved = next((scratch / "runs").glob("*/medium/train.config.yaml"))
+    return int(C.load(resolved).model.image_size)
+
+
+def run_row(row: str, config: Path, scratch: Path, budget: str, tiny: bool) -> tuple[float, float, float]:
+    side = chosen_side(scratch) if row != "medium" else 0
+    overrides = [*keys(row, side, budget), "data.solution=solution.csv", *(TINY if tiny else [])]
+    started = time.perf_counter()
+    for step in ("data", "folds", "train", "predict", "score"):
+        stage(step, config, overrides, scratch, show=("train",))
+    minutes = (time.perf_counter() - started) / 60
+    score = float(pd.read_csv(scratch / "submissions" / "ledger.csv")["local_score"].iloc[-1])
+    return score, minutes, inference_seconds(config, overrides, scratch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--competition", default="photos")
+    parser.add_argument("--budget", default="5m")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--tiny", action="store_true", help="tiny data, 2 folds, 1 epoch: for the test suite")
+    args = parser.parse_args()
+    name = "tiny" if args.tiny else args.competition
+    print("| machine | competition | row | held-out score | wall clock | inference on the test images |")
+    print("|---|---|---|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        _competitions.BUILDERS[name](scratch / "data" / name, **(SMALL.get(name, {}) if args.tiny else {}))
+        config, _ = _stages.init(name, scratch)
+        for row in ["medium", *(r for r in args.rows if r != "medium")]:
+            score, minutes, seconds = run_row(row, config, scratch, args.budget, args.tiny)
+            print(f"| {machine()} | {name} | {row} | {score:.4f} | {minutes:.1f} min | {seconds:.2f} s |", flush=True)
+        with inside(scratch):
+            peer = Peer(C.load(config, ["data.solution=solution.csv"]))
+            _, _, held_out = peer.scores()
+        print(f"| {machine()} | {name} | peer: {peer.name} | {held_out:.4f} | | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
