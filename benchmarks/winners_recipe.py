@@ -11,6 +11,7 @@ same folds:
   + pseudo-labels     train.pseudo_labels={teacher: medium}: the test images, soft
   distilled student   train.distill={teacher: medium} at half medium's side (a quarter of its
                       pixels): the faster single model
+  small               the same student without the teacher: what distillation adds
   best                train.preset=best, in the budget and in twice it
 
 Each row: the held-out score of its submission, the whole run's wall clock, and its inference
@@ -35,7 +36,7 @@ from pipeline import config as C
 
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
 SMALL = {"photos": {"train_per_class": 6, "test_per_class": 3}, "tiny": {"n_train": 60, "n_test": 20}}
-ROWS = ("medium", "average", "final", "pseudo", "distill", "best", "best2x")
+ROWS = ("medium", "average", "final", "pseudo", "distill", "small", "best", "best2x")
 
 
 def keys(row: str, side: int, budget: str) -> list[str]:
@@ -47,6 +48,7 @@ def keys(row: str, side: int, budget: str) -> list[str]:
         "final": [f"train.final_size.image_size={side * 3 // 2}", "train.final_size.epochs=2"],
         "pseudo": ["train.pseudo_labels.teacher=medium"],
         "distill": ["train.distill.teacher=medium", f"model.image_size={max(side // 2, 32)}"],
+        "small": [f"model.image_size={max(side // 2, 32)}"],
         "best": ["train.preset=best"],
         "best2x": ["train.preset=best", f"train.time_budget={twice}"],
     }[row]

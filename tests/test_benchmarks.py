@@ -29,6 +29,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         pytest.param("real_size.py", marks=pytest.mark.slow),
         pytest.param("new_tasks.py", marks=pytest.mark.slow),
         pytest.param("segmentation.py", marks=pytest.mark.slow),
+        pytest.param("winners_recipe.py", marks=pytest.mark.slow),
     ],
 )
 def test_benchmark_runs_in_tiny_mode(script):

@@ -101,11 +101,11 @@ def test_a_budget_too_short_for_anything_runs_the_last_trade_at_the_floor_and_sa
 def test_a_plan_under_four_fifths_of_the_budget_says_why():
     cfg, now = setup_of().cfg, time.time()  # a 20 min budget
     short = Schedule(96, 3, (0,), True)
-    line = budget._plan_line(cfg, short, 5, (600.0, 1300.0), now, (3, 5))
+    line = budget._plan_line(cfg, short, 5, (600.0, 1300.0, 600.0), now, (3, 5))
     assert "50% of the budget" in line and "4 would take 21.7 min, past 95% of the time left" in line
-    at_most = budget._plan_line(cfg, Schedule(96, 5, (0,), True), 5, (600.0, 900.0), now, (3, 5))
+    at_most = budget._plan_line(cfg, Schedule(96, 5, (0,), True), 5, (600.0, 900.0, 600.0), now, (3, 5))
     assert "5 is the most it plans" in at_most
-    assert "would take" not in budget._plan_line(cfg, short, 5, (1000.0, 1400.0), now, (3, 5))
+    assert "would take" not in budget._plan_line(cfg, short, 5, (1000.0, 1400.0, 1000.0), now, (3, 5))
 
 
 def test_the_floor_is_past_the_unfreeze_and_half_the_steps_and_the_ceiling_the_preset_s_most():

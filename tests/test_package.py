@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -21,12 +22,15 @@ from pipeline.stages import package, predict, rehearse
 
 
 def test_the_package_holds_the_submitted_models_and_its_offline_prediction_equals_make_predict(
-    digits_dir, tmp_path, monkeypatch
+    digits_dir, tmp_path, monkeypatch, capsys
 ):
     cfg = tiny({"layout": "pixel_columns", "dir": str(digits_dir)}, full_fit=False)
     cfg = C.with_overrides(cfg, {"predict.models": "folds", "package.owner": "someone"}, "test")
     run(cfg, tmp_path, monkeypatch)
     package.run(cfg)
+    said = capsys.readouterr().out  # each candidate's inference time, as predicting the test images took
+    assert re.search(r"  tiny \(CV [0-9.]+\): folds 2 model\(s\) [0-9.]+ s\n", said), said
+    assert re.search(r"  this package: 2 model\(s\) [0-9.]+ s, about \d+ s on 5 hidden test images, of", said)
     files = Paths.of(cfg).package
     dataset = files.dataset
     assert sorted(p.relative_to(dataset.root).as_posix() for p in dataset.root.glob("models/*/*/model.pt")) == [

@@ -134,6 +134,7 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
     final = cfg.train.final_size
     planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model, final) for f in chosen}
     one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model, final) for f in chosen)
+    main_schedule = sum(fit_seconds(speed, f, choice.epochs, cfg.model) for f in chosen)
     left_over = [k for k in fold_ids if k not in choice.folds]
     room = FILL * left - sum(planned.values())
     next_fit = fits(folds, left_over[:1], full_fit=False, joined=joined_rows(setup))
@@ -142,7 +143,9 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
     said = [
         f"time budget {cfg.train.time_budget}: measured " + "; ".join(s.describe() for s in speeds.values()),
         *traded,
-        _plan_line(cfg, choice, len(fold_ids), (sum(planned.values()), one_more), started, (floor, ceiling)),
+        _plan_line(
+            cfg, choice, len(fold_ids), (sum(planned.values()), one_more, main_schedule), started, (floor, ceiling)
+        ),
     ]
     if left_over:
         said.append(later_run(choice, left_over, resumed=choice.head_start and choice.head_start.fold))
@@ -245,12 +248,12 @@ def _plan_line(
     cfg: C.Config,
     schedule: Schedule,
     all_folds: int,
-    seconds: tuple[float, float],
+    seconds: tuple[float, float, float],
     started: float,
     bounds: tuple[int, int],
 ) -> str:
-    """`seconds`: the schedule's, and with one epoch more."""
-    (floor, ceiling), (seconds, one_more), probe = bounds, seconds, time.time() - started
+    """`seconds`: the schedule's, with one epoch more, and its main schedule's alone."""
+    (floor, ceiling), (seconds, one_more, main_schedule), probe = bounds, seconds, time.time() - started
     share = (probe + seconds) / C.seconds(cfg.train.time_budget)
     asked = cfg.train.epochs
     if schedule.epochs < asked:
@@ -264,8 +267,12 @@ def _plan_line(
     elif share < AIM:  # epochs and folds are whole: the next step up can be a large one
         past = f"past {fill(schedule.folds):.0%} of the time left"
         why += f"; {schedule.epochs + 1} would take {duration(one_more)}, {past}"
-    final = cfg.train.final_size
-    then = "" if final is None else f", then {final.epochs} at {final.image_size} px (train.final_size)"
+    final, average, then = cfg.train.final_size, cfg.train.average, ""
+    if average is not None:
+        then += f", the last {average.k} epochs' weights averaged (train.average {average.kind})"
+    if final is not None:
+        last_stage = duration(seconds - main_schedule)
+        then += f", then {final.epochs} at {final.image_size} px (train.final_size, {last_stage} of the training)"
     return (
         f"plan: {schedule.describe(all_folds, cfg.model.unfreeze_epoch)}{then} ({why}; floor {floor}): "
         f"{duration(seconds)} of training after {duration(probe)} of timing, "

@@ -64,6 +64,12 @@ def _join_histories(main: FitFiles, out: FitFiles, sides: dict[str, int], epochs
     write_csv(out.metrics, joined)
 
 
+def total_epochs(cfg: C.Config) -> int:
+    """The epochs a fit trains: the main schedule's, then the last stage's."""
+    final = cfg.train.final_size
+    return cfg.train.epochs + (final.epochs if final is not None else 0)
+
+
 def check(setup: Setup) -> None:
     """The last stage's settings, checked before any fit trains."""
     if setup.cfg.train.final_size is not None:

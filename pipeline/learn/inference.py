@@ -3,6 +3,7 @@ test set's predictions kept beside each model, and a fold's out-of-fold predicti
 same views."""
 
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,11 +145,12 @@ class PredictionsOnTest:
         if fit.model not in self.made:
             raw = self._kept(fit)
             if raw is None:
-                every = np.arange(len(self.images))
+                every, started = np.arange(len(self.images)), time.perf_counter()
                 raw, self.task = predict_rows(self.cfg, fit.model, self.images, every, self.device)
+                seconds = np.float64(time.perf_counter() - started)
                 if self.keep:
-                    raw.save(fit.test_predictions(views_key(self.cfg.predict.tta)), ids=self.ids)
-                print(f"predicted {len(self.images)} test images with {fit.model}")
+                    raw.save(fit.test_predictions(views_key(self.cfg.predict.tta)), ids=self.ids, seconds=seconds)
+                print(f"predicted {len(self.images)} test images with {fit.model} in {seconds:.1f} s")
             self.made[fit.model], self.sizes = raw.predictions, raw.sizes
         return self.made[fit.model]
 
@@ -162,6 +164,16 @@ class PredictionsOnTest:
                 return None  # other images, or kept before predictions and sizes were apart
         self.task = self.task or task_from_meta(load_meta(fit.model), self.cfg)
         return Raw.load(path)
+
+    def seconds(self, fit: FitFiles) -> float | None:
+        """How long the model took to predict the test images (its cached images, the loading of
+        its weights and the TTA views included) when its kept predictions were made; None
+        when they are not kept, or were kept before this was."""
+        path = fit.test_predictions(views_key(self.cfg.predict.tta))
+        if self._kept(fit) is None:
+            return None
+        with np.load(path) as kept:
+            return float(kept["seconds"]) if "seconds" in kept else None
 
     def in_units(self, fit: FitFiles) -> np.ndarray:
         """The competition's units: keypoints in pixels of each image."""

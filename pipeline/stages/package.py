@@ -25,8 +25,9 @@ from pipeline.files import temporary_dir, write_csv, write_text
 from pipeline.kaggle import submission
 from pipeline.kaggle.bundle import build_wheels, dataset_metadata, dataset_slug, kernel_metadata, kernel_slug, notebook
 from pipeline.learn import selection
+from pipeline.learn.inference import PredictionsOnTest
 from pipeline.paths import DatasetFiles, PackageFiles, Paths
-from pipeline.records import Bundle
+from pipeline.records import CV, Bundle
 
 
 def run(cfg: C.Config) -> None:
@@ -42,6 +43,7 @@ def run(cfg: C.Config) -> None:
         os.replace(tmp, final.root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(inference_times(cfg, paths, plan, test)))
     size = sum(f.stat().st_size for f in final.dataset.root.rglob("*") if f.is_file())
     models = sum(len(part["models"]) for part in bundle.parts)
     print(
@@ -49,6 +51,34 @@ def run(cfg: C.Config) -> None:
         f"{size / 2**20:.1f} MiB), kernel {kernel_slug(cfg)}; CV {plan.stated.metric} {plan.stated.score:.5f} "
         f"({plan.stated.models} models)"
     )
+
+
+def inference_times(cfg: C.Config, paths: Paths, plan: selection.Plan, test: PredictionsOnTest) -> list[str]:
+    """Each candidate's time on the test images, as `make predict` timed its models: every
+    experiment's fold models and full fit, and this package's models, scaled to the hidden test."""
+    public = len(test.table)
+    hidden = cfg.package.hidden_test_rows or round(public * cfg.package.hidden_scale)
+    lines = [
+        f"inference on the {public} test images, as `make predict` timed each model (x{hidden / public:.2f} hidden):"
+    ]
+    for name in paths.experiments():
+        member = paths.of_experiment(name)
+        cv = CV.load(member.cv_json)
+        options = {
+            "folds": [member.fold(k) for k in cv.fold_ids],
+            "full": [member.full] if member.full.model.exists() else [],
+        }
+        timed = {label: [test.seconds(fit) for fit in fits] for label, fits in options.items() if fits}
+        said = [f"{label} {len(s)} model(s) {sum(s):.1f} s" for label, s in timed.items() if None not in s]
+        lines.append(f"  {name} (CV {cv.score:.5f}): {'; '.join(said) or 'not predicted: `make predict` times it'}")
+    packaged = [test.seconds(fit) for part in plan.parts for fit, _ in part.models]
+    if None not in packaged:
+        total = sum(packaged)
+        lines.append(
+            f"  this package: {len(packaged)} model(s) {total:.1f} s, about {total * hidden / public:.0f} s on "
+            f"{hidden} hidden test images, of package.time_limit={cfg.package.time_limit}"
+        )
+    return lines
 
 
 def fill(files: PackageFiles, cfg: C.Config, plan: selection.Plan, labels: list[str]) -> tuple[Bundle, list[str]]:

@@ -370,7 +370,7 @@ def summarize(
         metric=task.metric,
         higher_is_better=task.higher_is_better,
         kept=setup.cfg.train.checkpoint,
-        epochs=setup.cfg.train.epochs,
+        epochs=final_stage.total_epochs(setup.cfg),
         fold_ids=[int(k) for k in fold_ids],
         fold_sizes=[len(rows) for rows in valid],
         best_epochs=[r.best_epoch for r in results],
