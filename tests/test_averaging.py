@@ -84,3 +84,9 @@ def test_a_run_killed_while_it_averages_resumes_to_the_same_cv(digits_dir, tmp_p
     assert run(cfg, tmp_path / "b", monkeypatch) == uninterrupted
     losses = [pd.read_csv(tmp_path / f"{r}/runs/tiny/tiny/fold0/metrics.csv")["valid_loss"] for r in "ab"]
     assert losses[0].tolist() == pytest.approx(losses[1].tolist(), rel=1e-6)  # finer than the accuracy
+
+
+def test_the_budgets_plan_names_the_averaging(digits_dir, tmp_path, monkeypatch, capsys):
+    cfg = tiny({**DIGITS, "dir": str(digits_dir)}, average={"kind": "swa", "k": 2}, time_budget="10m")
+    run(cfg, tmp_path, monkeypatch)
+    assert "the last 2 epochs' weights averaged (train.average swa)" in capsys.readouterr().out
