@@ -52,6 +52,11 @@ class Average(Section):
     k: Annotated[int, Field(ge=2)] = 3  # epochs averaged: the last k (all of them when fewer)
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # swa: the learning rate held, x train.lr
 
+    @property
+    def held_lr(self) -> float | None:
+        """The learning rate (x train.lr) its last k epochs hold: swa's; last_k follows the schedule."""
+        return {"swa": self.lr, "last_k": None}[self.kind]
+
 
 class FinalSize(Section):
     """train.final_size: after the main schedule, each fit goes on at a larger side (Contrails'

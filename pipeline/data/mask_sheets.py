@@ -31,13 +31,14 @@ class Sheet:
         """The sheet a data config (or layout) describes."""
         return cls(getattr(data, "class_column", None), getattr(data, "class_separator", None))
 
-    def kind(self, sample: pd.DataFrame | None) -> str:
-        """wide, long or joined: as the data config says, where the sample has the columns for it."""
-        if self.separator is not None and (sample is None or len(sample.columns) == 2):
-            return "joined"
-        if self.class_column is not None and (sample is None or self.class_column in sample.columns):
-            return "long"
-        return "wide"
+    def joined(self, sample: pd.DataFrame | None) -> bool:
+        """Keys `<image><separator><class>`: as the data config says, where the sample has two columns."""
+        return self.separator is not None and (sample is None or len(sample.columns) == 2)
+
+    def long(self, sample: pd.DataFrame | None) -> bool:
+        """The class in its own column: as the data config says, where the sample has that column."""
+        named = self.class_column is not None and (sample is None or self.class_column in sample.columns)
+        return named and not self.joined(sample)
 
     def split(self, keys: pd.Series, where: str) -> tuple[pd.Series, pd.Series]:
         """Joined keys -> (image ids, classes), cut at the separator's last occurrence."""
@@ -55,15 +56,15 @@ class Sheet:
     def image_ids(self, sample: pd.DataFrame, where: str) -> pd.Series:
         """The images a sample lists, each once, in its order."""
         ids = sample.iloc[:, 0].astype(str)
-        if self.kind(sample) == "joined":
+        if self.joined(sample):
             ids = self.split(ids, where)[0]
         return ids.drop_duplicates().reset_index(drop=True)
 
     def written(self, codes: dict[str, list[str]], ids, sample: pd.DataFrame | None) -> pd.DataFrame:
         """`codes` (class -> a code per image of `ids`) as this sheet's rows, named as the sample
         names its columns: a long or joined sheet holds a row per image and class, by image."""
-        kind, classes = self.kind(sample), list(codes)
-        if kind == "wide":
+        classes = list(codes)
+        if not (self.joined(sample) or self.long(sample)):
             columns = list(sample.columns) if sample is not None else ["id", *classes]
             if len(columns) - 1 != len(classes):
                 raise PipelineError(
@@ -74,7 +75,7 @@ class Sheet:
         rows = pd.DataFrame({"image": [i for i in ids for _ in classes], "class": classes * len(ids)}).assign(
             code=[codes[c][i] for i in range(len(ids)) for c in classes]
         )
-        if kind == "joined":
+        if self.joined(sample):
             columns = list(sample.columns) if sample is not None else ["id", CODE_COLUMN]
             return pd.DataFrame({columns[0]: rows["image"] + self.separator + rows["class"], columns[1]: rows["code"]})
         columns = list(sample.columns) if sample is not None else ["id", CODE_COLUMN, self.class_column]

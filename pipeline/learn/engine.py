@@ -26,11 +26,11 @@ def lr_factor(step: int, total: int, cfg: Train, steps_per_epoch: int) -> float:
     train.average=swa: the schedule ends k epochs early at lr * average.lr, held for those.
     """
     low = cfg.final_lr_ratio
-    if cfg.average is not None and cfg.average.kind == "swa":
+    if cfg.average is not None and cfg.average.held_lr is not None:
         held = min(cfg.average.k * steps_per_epoch, total)
         if step >= total - held:
-            return cfg.average.lr
-        total, low = total - held, cfg.average.lr
+            return cfg.average.held_lr
+        total, low = total - held, cfg.average.held_lr
     progress = step / max(total, 1)
     if cfg.scheduler == "onecycle":
         if progress < cfg.pct_start:

@@ -156,21 +156,28 @@ class PredictionsOnTest:
 
     def _kept(self, fit: FitFiles) -> Raw | None:
         """The predictions kept beside the model for these test ids and views, if any."""
+        path = self._kept_path(fit)
+        if path is None:
+            return None
+        self.task = self.task or task_from_meta(load_meta(fit.model), self.cfg)
+        return Raw.load(path)
+
+    def _kept_path(self, fit: FitFiles) -> Path | None:
+        """Where the model's kept predictions for these test ids and views are, if they are."""
         path = fit.test_predictions(views_key(self.cfg.predict.tta))
         if not (self.keep and path.exists() and path.stat().st_mtime >= weights_time(fit)):
             return None
         with np.load(path) as kept:
             if "predictions" not in kept or not np.array_equal(kept["ids"], self.ids):
                 return None  # other images, or kept before predictions and sizes were apart
-        self.task = self.task or task_from_meta(load_meta(fit.model), self.cfg)
-        return Raw.load(path)
+        return path
 
     def seconds(self, fit: FitFiles) -> float | None:
         """How long the model took to predict the test images (its cached images, the loading of
         its weights and the TTA views included) when its kept predictions were made; None
         when they are not kept, or were kept before this was."""
-        path = fit.test_predictions(views_key(self.cfg.predict.tta))
-        if self._kept(fit) is None:
+        path = self._kept_path(fit)
+        if path is None:
             return None
         with np.load(path) as kept:
             return float(kept["seconds"]) if "seconds" in kept else None
