@@ -7,6 +7,7 @@ same folds:
 
   medium              train.preset=medium in the budget: the teacher of the rows that need one
   + average (swa)     train.average={kind: swa, k: 3}
+  + greedy soup       train.average={kind: greedy_soup, k: 3}: each fold's epochs chosen on the others
   + final stage       train.final_size={image_size: 1.5x the side medium chose, epochs: 2}
   + pseudo-labels     train.pseudo_labels={teacher: medium}: the test images, soft
   distilled student   train.distill={teacher: medium} at half medium's side (a quarter of its
@@ -36,7 +37,7 @@ from pipeline import config as C
 
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
 SMALL = {"photos": {"train_per_class": 6, "test_per_class": 3}, "tiny": {"n_train": 60, "n_test": 20}}
-ROWS = ("medium", "average", "final", "pseudo", "distill", "small", "best", "best2x")
+ROWS = ("medium", "average", "soup", "final", "pseudo", "distill", "small", "best", "best2x")
 
 
 def keys(row: str, side: int, budget: str) -> list[str]:
@@ -45,6 +46,7 @@ def keys(row: str, side: int, budget: str) -> list[str]:
     technique = {
         "medium": [],
         "average": ["train.average.kind=swa", "train.average.k=3"],
+        "soup": ["train.average.kind=greedy_soup", "train.average.k=3"],
         "final": [f"train.final_size.image_size={side * 3 // 2}", "train.final_size.epochs=2"],
         "pseudo": ["train.pseudo_labels.teacher=medium"],
         "distill": ["train.distill.teacher=medium", f"model.image_size={max(side // 2, 32)}"],

@@ -46,16 +46,27 @@ class Model(Section):
 
 
 class Average(Section):
-    """train.average: the weights kept are the mean of the last k epochs' (learn.averaging)."""
+    """train.average: the weights kept are the mean of the last k epochs' (learn.averaging), or of
+    those of them a greedy soup picks on the other folds' validation rows (learn.soup)."""
 
-    kind: Literal["last_k", "swa"]  # the schedule as it is, or annealed to lr and held there (SWA)
-    k: Annotated[int, Field(ge=2)] = 3  # epochs averaged: the last k (all of them when fewer)
+    # the schedule as it is, annealed to lr and held there (SWA), or a greedy soup of the last k
+    kind: Literal["last_k", "swa", "greedy_soup"]
+    k: Annotated[int, Field(ge=2)] = 3  # epochs averaged (greedy_soup: offered): the last k (all when fewer)
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05  # swa: the learning rate held, x train.lr
 
     @property
     def held_lr(self) -> float | None:
-        """The learning rate (x train.lr) its last k epochs hold: swa's; last_k follows the schedule."""
-        return {"swa": self.lr, "last_k": None}[self.kind]
+        """The learning rate (x train.lr) its last k epochs hold: swa's; the others follow the schedule."""
+        return {"swa": self.lr, "last_k": None, "greedy_soup": None}[self.kind]
+
+    def describe(self) -> str:
+        use = "offered to a greedy soup the other folds choose" if self.across_folds else "averaged"
+        return f"the last {self.k} epochs' weights {use} (train.average {self.kind})"
+
+    @property
+    def across_folds(self) -> bool:
+        """Whether the epochs averaged are chosen after every fold trained (greedy_soup), not in the fit."""
+        return self.kind == "greedy_soup"
 
 
 class FinalSize(Section):
@@ -147,6 +158,11 @@ class Train(Section):
             raise ValueError(
                 f"average={self.average.kind} keeps the last {self.average.k} epochs' weights averaged and "
                 "checkpoint=best one epoch's: set one"
+            )
+        if self.average is not None and self.average.across_folds and self.final_size is not None:
+            raise ValueError(
+                "average=greedy_soup chooses its epochs once every fold has trained, and final_size trains on "
+                "from each fold's kept weights before the next fold starts: use average=last_k or swa with final_size"
             )
         return self
 

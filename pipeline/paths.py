@@ -43,6 +43,15 @@ class FitFiles:
         """Where an earlier fit of another config waits until this one's first checkpoint."""
         return FitFiles(self.root.with_name(self.root.name + ".previous"))
 
+    def ingredient(self, epoch: int) -> Path:
+        """train.average=greedy_soup: the weights of one of the last epochs, offered to the soup."""
+        return self.root / "ingredients" / f"epoch{epoch}.pt"
+
+    @property
+    def soup(self) -> Path:
+        """train.average=greedy_soup: the epochs averaged into model.pt and the folds that chose them."""
+        return self.root / "soup.json"
+
     @property
     def oof(self) -> Path:
         """id, fold, targets and the kept epoch's predictions, in the competition's units."""

@@ -15,8 +15,24 @@ from pipeline.files import sha256_file, write_text
 KEPT_EPOCHS = ("best", "last")
 
 
+class JsonRecord:
+    """A dataclass record kept as one JSON object."""
+
+    @classmethod
+    def read(cls, path: Path):
+        """The record at `path`; None when there is none, or when an older version wrote it (its
+        fit is then trained again)."""
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (FileNotFoundError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        write_text(path, json.dumps(asdict(self)))
+
+
 @dataclass(frozen=True)
-class FitResult:
+class FitResult(JsonRecord):
     """One fit's scores at its best and its last epoch (NaN without validation rows), and which
     of the two its saved weights are."""
 
@@ -33,17 +49,20 @@ class FitResult:
         """The score of the weights kept in model.pt."""
         return self.best_score if self.kept == "best" else self.last_score
 
-    @classmethod
-    def read(cls, path: Path) -> "FitResult | None":
-        """The record at `path`; None when there is none, or when an older version wrote it (its
-        fit is then trained again)."""
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (FileNotFoundError, TypeError):
-            return None
 
-    def save(self, path: Path) -> None:
-        write_text(path, json.dumps(asdict(self)))
+@dataclass(frozen=True)
+class Soup(JsonRecord):
+    """train.average=greedy_soup: the epochs whose weights a fit's model.pt averages, the folds
+    whose validation rows chose them, and the soup's score on the fit's own (NaN: the full fit)."""
+
+    epochs: list[int]
+    chosen_on: list[int]
+    score: float
+    fingerprint: str
+
+    def serves(self, chosen_on: list[int], fingerprint: str) -> bool:
+        """Whether it is the soup these folds choose for a fit of this config."""
+        return self.fingerprint == fingerprint and self.chosen_on == list(chosen_on)
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,7 @@ class CV:
     last: Scores
     fingerprint: str = ""
     validation_plan: str = ""  # validation.validation_plan: experiments with equal plans blend
+    averaged: str = ""  # what the last epoch's weights are, with train.average (Average.describe)
 
     @property
     def recipe(self) -> Scores:
@@ -120,8 +140,9 @@ class CV:
     def describe(self) -> list[str]:
         """Both CVs, which one the fold models keep, and a warning when the schedule ends past its best."""
         best, last = self.best, self.last
+        averaged = f" ({self.averaged})" if self.averaged else ""
         lines = [
-            f"CV {self.metric} {last.mean:.5f} ± {last.std:.5f} at the last epoch, the full fit's recipe "
+            f"CV {self.metric} {last.mean:.5f} ± {last.std:.5f} at the last epoch{averaged}, the full fit's recipe "
             f"(out-of-fold {last.oof:.5f}); {best.mean:.5f} ± {best.std:.5f} at the best epochs {self.best_epochs} "
             f"of {self.epochs} (out-of-fold {best.oof:.5f}); the fold models keep the {self.kept} epoch"
         ]

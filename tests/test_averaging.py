@@ -19,7 +19,7 @@ def small_net() -> nn.Sequential:
 
 
 def test_the_average_is_the_mean_of_the_epochs_and_leaves_the_model_alone():
-    net, average = small_net(), averaging.Averager(C.Average(kind="last_k", k=3), epochs=5)
+    net, average = small_net(), averaging.Averager(averaging.first_averaged(C.Average(kind="last_k", k=3), epochs=5))
     assert [average.takes(e) for e in range(1, 6)] == [False, False, True, True, True]
     weights = []
     for step in range(3):
@@ -62,9 +62,9 @@ def test_the_kept_and_validated_weights_are_the_average_of_the_last_epochs(digit
     added = []
     add = averaging.Averager.add
 
-    def copied(self, model):
+    def copied(self, model, epoch):
         added.append({name: value.clone() for name, value in model.state_dict().items()})
-        add(self, model)
+        add(self, model, epoch)
 
     monkeypatch.setattr(averaging.Averager, "add", copied)
     cfg = tiny({**DIGITS, "dir": str(digits_dir)}, epochs=3, full_fit=False, average={"kind": "last_k", "k": 2})

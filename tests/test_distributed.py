@@ -107,10 +107,10 @@ def test_only_rank_0_writes(tmp_path, monkeypatch):
 
 
 def test_the_launch_mode_follows_the_dataset():
-    assert launch.choose("auto", 5_000, 4) == "folds" and launch.choose("auto", 50_000, 4) == "ddp"
-    assert launch.choose("ddp", 5_000, 4) == "ddp" and launch.choose("ddp", 50_000, 1) == "folds"
+    assert distributed.launch_mode("auto", 5_000, 4) == "folds" and distributed.launch_mode("auto", 50_000, 4) == "ddp"
+    assert distributed.launch_mode("ddp", 5_000, 4) == "ddp" and distributed.launch_mode("ddp", 50_000, 1) == "folds"
     with pytest.raises(PipelineError, match=r"GPUS='0,x'"):
-        launch.parse_gpus("0,x")
+        distributed.parse_gpus("0,x")
 
 
 def test_the_global_batch_must_divide_among_the_ranks(monkeypatch):
@@ -142,5 +142,5 @@ def test_a_time_budget_on_several_gpus_is_refused_before_anything_starts(blobs_d
 def test_gpus_the_machine_lacks_are_refused_naming_what_it_has(monkeypatch, gpus_here, refused):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus_here)
     with pytest.raises(PipelineError, match=rf"^GPUS=0,2: GPU [02] does not exist, {re.escape(refused)}; leave GPUS"):
-        launch.devices("auto", ["0", "2"])
-    assert launch.devices("cpu", ["0", "2"]).startswith("2 CPU processes")
+        distributed.devices("auto", ["0", "2"])
+    assert distributed.devices("cpu", ["0", "2"]).startswith("2 CPU processes")

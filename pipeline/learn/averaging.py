@@ -5,34 +5,62 @@ averaged model is the one validated (the fold's CV) and saved (for predict; the 
   last_k   the last k epochs of the schedule as it is (timm's avg_checkpoints)
   swa      the schedule anneals to average.lr x train.lr by the last k epochs and holds it there
            while they are averaged (Izmailov et al., 2018)
+  greedy_soup  the last k epochs' weights are kept as ingredients; which of them are averaged is
+           chosen once every fold has trained (learn.soup; Wortsman et al., 2022)
 
 What is averaged is what would be validated: the EMA's weights where train.ema_decay is set.
 """
+
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline.config_training import Average
+from pipeline.files import atomic_path
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def first_averaged(settings: Average, epochs: int) -> int:
+    """The first of the last k epochs (all of them when fewer)."""
+    return epochs - min(settings.k, epochs) + 1
+
+
+def for_fit(
+    settings: Average | None, epochs: int, ingredient: Callable[[int], Path] | None
+) -> "Averager | Ingredients | None":
+    """What a fit does with its last epochs' weights: averages them, or keeps them for a soup
+    (`ingredient`: an epoch -> where its weights go, FitFiles.ingredient)."""
+    if settings is None:
+        return None
+    if settings.across_folds:
+        return Ingredients(ingredient, first_averaged(settings, epochs))
+    return Averager(first_averaged(settings, epochs))
 
 
 class Averager:
     """A running mean of the weights of the epochs from `first` on, kept in the checkpoint so a
     resumed fit goes on averaging where it stopped."""
 
-    def __init__(self, settings: Average, epochs: int):
-        self.first = epochs - min(settings.k, epochs) + 1
+    averages_in_fit = True  # the fit's last epoch loads the mean
+
+    def __init__(self, first: int):
+        self.first = first
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
 
     def takes(self, epoch: int) -> bool:
         return epoch >= self.first
 
-    def add(self, model: nn.Module) -> None:
+    def add(self, model: nn.Module, epoch: int | None = None) -> None:
         """One more epoch's weights, summed on the host (float tensors; counters as the last epoch
         left them), where a checkpoint reloads them whatever the device."""
-        for name, value in model.state_dict().items():
+        self.add_weights(model.state_dict())
+
+    def add_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        for name, value in weights.items():
             value = value.detach().cpu()
             if value.is_floating_point() and name in self.sums:
                 self.sums[name] += value.float()
@@ -52,6 +80,31 @@ class Averager:
 
     def load_state_dict(self, state: dict) -> None:
         self.first, self.sums, self.count = state["first"], state["sums"], state["count"]
+
+
+class Ingredients:
+    """greedy_soup: each of the last epochs' weights saved as it is (FitFiles.ingredient), for the
+    soup chosen after the folds; the fit itself keeps its last epoch's."""
+
+    averages_in_fit = False
+
+    def __init__(self, ingredient: Callable[[int], Path], first: int):
+        self.ingredient, self.first = ingredient, first
+
+    def takes(self, epoch: int) -> bool:
+        return epoch >= self.first
+
+    def add(self, model: nn.Module, epoch: int) -> None:
+        path = self.ingredient(epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save({n: v.detach().cpu() for n, v in model.state_dict().items()}, tmp)
+
+    def state_dict(self) -> dict:
+        return {"first": self.first}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first = state["first"]
 
 
 @torch.no_grad()

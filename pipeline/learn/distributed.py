@@ -16,6 +16,8 @@ import torch.distributed as dist
 
 from pipeline.errors import PipelineError
 
+DDP_MIN_ROWS = 20_000  # train.distributed=auto: DDP from this many training rows, one fold per GPU below
+
 
 def rank() -> int:
     return int(os.environ.get("RANK", 0))
@@ -101,3 +103,34 @@ def unshard(arrays: np.ndarray) -> np.ndarray:
     for r, part in enumerate(parts):
         merged[r :: world_size()] = part
     return merged
+
+
+def parse_gpus(gpus: str) -> list[str]:
+    ids = [g.strip() for g in str(gpus).split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
+        raise PipelineError(f"GPUS={gpus!r}: give distinct GPU numbers separated by commas, e.g. GPUS=0,1,2,3")
+    return ids
+
+
+def devices(device: str, ids: list[str]) -> str:
+    """What GPUS trains on, in words: its GPUs, or with train.device=cpu as many CPU processes;
+    a GPU this machine lacks is refused."""
+    if device == "cpu":
+        return f"{len(ids)} CPU processes (GPUS={','.join(ids)}, train.device=cpu)"
+    count = torch.cuda.device_count()
+    missing = [g for g in ids if int(g) >= count]
+    if missing:
+        has = f"has {count} (GPUS=0 to {count - 1})" if count else "has no CUDA GPU"
+        raise PipelineError(
+            f"GPUS={','.join(ids)}: GPU {missing[0]} does not exist, this machine {has}; leave GPUS unset to train"
+            f" in one process, or set train.device=cpu for {len(ids)} processes on the CPU"
+        )
+    return f"GPUs {','.join(ids)}"
+
+
+def launch_mode(policy: str, rows: int, n_gpus: int) -> str:
+    if n_gpus == 1:
+        return "folds"  # one process on one GPU: nothing to distribute
+    if policy != "auto":
+        return policy
+    return "ddp" if rows >= DDP_MIN_ROWS else "folds"

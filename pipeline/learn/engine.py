@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.config_training import Train
-from pipeline.learn.averaging import Averager
+from pipeline.learn.averaging import Averager, Ingredients
 from pipeline.learn.device import Device
 
 
@@ -97,7 +97,7 @@ class Step:
     step: int = 0  # optimizer steps taken so far
     mixup: Mixup | SoftTargetMixup | None = None
     ema: ModelEmaV3 | None = None
-    average: Averager | None = None
+    average: Averager | Ingredients | None = None
 
 
 class BatchCounter:

@@ -166,8 +166,10 @@ def _resident_targets(setup: Setup, dataset: ImageDataset, resident: batch_aug.R
     return setup.task.device_targets(dataset.targets, resident.sizes[dataset.rows], setup.image_size)
 
 
-def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
-    """The optimiser's state for `epochs` of `parts`' batches: the schedule's length, mixup, EMA."""
+def optimisation(setup: Setup, parts: Parts, epochs: int, out: FitFiles | None = None) -> engine.Step:
+    """The optimiser's state for `epochs` of `parts`' batches: the schedule's length, mixup, EMA,
+    and the weight averaging (train.average: a soup's ingredients go to the fit's folder `out`,
+    None for a schedule that never reaches them, as the budget's probe)."""
     cfg, task = setup.cfg.train, setup.task
     steps_per_epoch = math.ceil(len(parts.train_batches(cfg.seed)) / cfg.accumulate)
     return engine.Step(
@@ -177,7 +179,7 @@ def optimisation(setup: Setup, parts: Parts, epochs: int) -> engine.Step:
         steps_per_epoch * epochs,
         mixup=engine.create_mixup(cfg, task.n_outputs, soft_targets=setup.targets.ndim == 2) if task.mixes else None,
         ema=ModelEmaV3(parts.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
-        average=averaging.Averager(cfg.average, epochs) if cfg.average else None,
+        average=averaging.for_fit(cfg.average, epochs, out.ingredient if out is not None else None),
     )
 
 
@@ -208,7 +210,7 @@ def fit(
     device, model, frozen, trained = parts.device, parts.model, parts.frozen, parts.trained
     if init_from is not None:  # before the EMA copies the model
         model.load_state_dict(torch.load(init_from, map_location=device.device, weights_only=True)["state_dict"])
-    state = optimisation(setup, parts, epochs)
+    state = optimisation(setup, parts, epochs, out)
     history, best = _resume(out, model, state, fingerprint)
     keeps_best = cfg.checkpoint == "best" and parts.valid_batches is not None
     for epoch in range(len(history) + 1, (stop_after or epochs) + 1):
@@ -221,9 +223,9 @@ def fit(
         row = {"epoch": epoch, **_train_epoch(trained, loader, task, state, device, frozen, f"{name} {epoch}/{epochs}")}
         evaluated = state.ema.module if state.ema is not None else model
         if state.average is not None and state.average.takes(epoch):
-            state.average.add(evaluated)
-            if epoch == epochs:
-                _load_average(evaluated, state.average, parts, frozen, cfg.seed * 1_000_003 + epoch)
+            state.average.add(evaluated, epoch)
+            if epoch == epochs and state.average.averages_in_fit:
+                load_average(evaluated, state.average, parts, cfg.seed * 1_000_003 + epoch)
         improved = False
         if parts.valid_batches is not None:
             row, best, improved = _validate(evaluated, parts, setup, row, best, out)
@@ -231,7 +233,7 @@ def fit(
             best = {"epoch": epoch, "score": float("nan")}
         row["seconds"] = time.perf_counter() - started
         if (improved and keeps_best) or (epoch == epochs and not keeps_best):
-            _save_model(evaluated, setup, out.model)
+            save_model(evaluated, setup, out.model)
         history.append(row)
         save_checkpoint(out, model, state, history, best, fingerprint)
         if on_checkpoint is not None:
@@ -244,11 +246,11 @@ def fit(
     return FitResult(best["epoch"], best["score"], epochs, last_score, kept, str(out.model), fingerprint)
 
 
-def _load_average(evaluated: torch.nn.Module, average, parts: Parts, frozen: models.Frozen, seed: int) -> None:
+def load_average(evaluated: torch.nn.Module, average: averaging.Averager, parts: Parts, seed: int) -> None:
     """The averaged weights into the model that is validated and saved, its BatchNorm statistics
     recomputed over an epoch of training batches (frozen norms keep theirs)."""
     average.load_into(evaluated)
-    keep = {name for name, module in parts.model.named_modules() if any(module is n for n in frozen.norms)}
+    keep = {name for name, module in parts.model.named_modules() if any(module is n for n in parts.frozen.norms)}
     with parts.device.autocast():
         averaging.recompute_norms(evaluated, parts.train_batches(seed), parts.device.images, keep)
 
@@ -263,23 +265,28 @@ def _train_epoch(model, loader, task, state, device, frozen, desc) -> dict:
     return {**row, "train_loss": distributed.mean(row["train_loss"]), "images_per_s": row["images_per_s"] * ranks}
 
 
-def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict | None, out: FitFiles):
-    """The epoch's row with its validation metrics, the best epoch so far, and whether this one
-    is it. The predictions are kept for the last epoch and for the best."""
+def validate(model: torch.nn.Module, parts: Parts, setup: Setup, name: str) -> tuple[dict, Raw]:
+    """`model` on the validation rows of `parts`, every rank's share gathered: its metrics (with
+    valid_loss) and its raw predictions; `name` says which weights in the error of a diverged fit."""
     task = setup.task
     result = engine.evaluate(model, parts.valid_batches(), task, parts.device)
     result["loss"] = distributed.mean(result["loss"], weight=parts.n_valid)
     for key in ("predictions", "targets", "sizes"):
         result[key] = distributed.unshard(result[key])
     if not math.isfinite(result["loss"]):
-        raise PipelineError(
-            f"epoch {row['epoch']}: the validation loss is {result['loss']}: training diverged; lower train.lr"
-        )
+        raise PipelineError(f"{name}: the validation loss is {result['loss']}: training diverged; lower train.lr")
     metrics = task.metrics(result["predictions"], result["targets"], result["sizes"])
-    row = {**row, "valid_loss": result["loss"], **metrics}
+    return {"valid_loss": result["loss"], **metrics}, Raw(task.compact(result["predictions"]), result["sizes"])
+
+
+def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict | None, out: FitFiles):
+    """The epoch's row with its validation metrics, the best epoch so far, and whether this one
+    is it. The predictions are kept for the last epoch and for the best."""
+    task = setup.task
+    metrics, raw = validate(model, parts, setup, f"epoch {row['epoch']}")
+    row = {**row, **metrics}
     score = metrics[task.metric]
     sign = 1 if task.higher_is_better else -1
-    raw = Raw(task.compact(result["predictions"]), result["sizes"])
     improved = best is None or sign * score > sign * best["score"]
     if improved:
         best = {"epoch": row["epoch"], "score": score}
@@ -290,7 +297,7 @@ def _validate(model, parts: Parts, setup: Setup, row: dict, best: dict | None, o
     return row, best, improved
 
 
-def _save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
+def save_model(model: torch.nn.Module, setup: Setup, path: Path) -> None:
     """Weights plus what predict needs to rebuild the model and read its outputs."""
     task = setup.task
     meta = {

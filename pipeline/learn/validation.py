@@ -53,3 +53,11 @@ def fingerprint(cfg: C.Config, folds_csv: Path) -> str:
     sections = cfg.model_dump(mode="json", include=set(training_sections()))
     sections["train"] = {k: v for k, v in sections["train"].items() if k not in SELECTION_KEYS}
     return f"{yaml.safe_dump(sections, sort_keys=False)}folds.csv sha256 {sha256_file(folds_csv)}"
+
+
+def fit_rows(folds: pd.DataFrame, fold: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A fit's training and validation rows: fold `fold`'s, or every row and none (None: the full fit)."""
+    if fold is None:
+        return np.arange(len(folds)), None
+    valid = validation_rows(folds, fold)
+    return np.setdiff1d(np.arange(len(folds)), valid), valid

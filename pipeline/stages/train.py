@@ -21,7 +21,7 @@ in one of two ways.
     folds  one fold per GPU at a time, each an ordinary single-GPU fit in its own process;
            then the summary and the full fit on the first GPU.
 
-train.distributed=auto picks by the number of training rows: below DDP_MIN_ROWS an epoch is so
+train.distributed=auto picks by the number of training rows: below distributed.DDP_MIN_ROWS an epoch is so
 short that DDP's per-step gradient all-reduce and the smaller per-GPU batches cost more than
 they gain, while independent folds scale perfectly; above it, DDP brings each fold (and the full
 fit, which `folds` trains on one GPU) to the end sooner.
@@ -51,6 +51,7 @@ from pipeline.learn import (
     inference,
     plan,
     pseudo_labels,
+    soup,
     teacher,
     validation,
 )
@@ -63,23 +64,21 @@ from pipeline.paths import FitFiles, Paths
 from pipeline.predictions import OutOfFold, Raw
 from pipeline.records import CV, FitResult, Scores
 
-DDP_MIN_ROWS = 20_000
-
 
 def run(cfg: C.Config, gpus: str | None = None) -> None:
     """The train stage: in this process, or on the GPUs `gpus` names (several) as train.distributed says."""
     if not gpus:
         run_here(cfg)
         return
-    ids = parse_gpus(gpus)
+    ids = distributed.parse_gpus(gpus)
     if cfg.train.time_budget is not None and len(ids) > 1:
         raise PipelineError(
             f"train.time_budget={cfg.train.time_budget} plans the fits of one process on one device, and GPUS={gpus} "
             "trains on several: set train.epochs and model.image_size instead, or train on one GPU"
         )
-    where = devices(cfg.train.device, ids)
+    where = distributed.devices(cfg.train.device, ids)
     paths = Paths.of(cfg)
-    mode = choose(cfg.train.distributed, len(read_folds(paths.folds_csv)), len(ids))
+    mode = distributed.launch_mode(cfg.train.distributed, len(read_folds(paths.folds_csv)), len(ids))
     resolved = paths.resolved("launch")
     C.save_given(cfg, resolved)
     print(f"train on {where}: {mode}")
@@ -92,37 +91,6 @@ def run(cfg: C.Config, gpus: str | None = None) -> None:
         return
     train_folds_in_parallel(cfg, paths, ids)
     _check(subprocess.run([sys.executable, "-m", "pipeline", "train", "-c", str(resolved)], env=worker_env(ids[:1], 1)))
-
-
-def parse_gpus(gpus: str) -> list[str]:
-    ids = [g.strip() for g in str(gpus).split(",") if g.strip()]
-    if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
-        raise PipelineError(f"GPUS={gpus!r}: give distinct GPU numbers separated by commas, e.g. GPUS=0,1,2,3")
-    return ids
-
-
-def devices(device: str, ids: list[str]) -> str:
-    """What GPUS trains on, in words: its GPUs, or with train.device=cpu as many CPU processes;
-    a GPU this machine lacks is refused."""
-    if device == "cpu":
-        return f"{len(ids)} CPU processes (GPUS={','.join(ids)}, train.device=cpu)"
-    count = torch.cuda.device_count()
-    missing = [g for g in ids if int(g) >= count]
-    if missing:
-        has = f"has {count} (GPUS=0 to {count - 1})" if count else "has no CUDA GPU"
-        raise PipelineError(
-            f"GPUS={','.join(ids)}: GPU {missing[0]} does not exist, this machine {has}; leave GPUS unset to train"
-            f" in one process, or set train.device=cpu for {len(ids)} processes on the CPU"
-        )
-    return f"GPUs {','.join(ids)}"
-
-
-def choose(policy: str, rows: int, n_gpus: int) -> str:
-    if n_gpus == 1:
-        return "folds"  # one process on one GPU: nothing to distribute
-    if policy != "auto":
-        return policy
-    return "ddp" if rows >= DDP_MIN_ROWS else "folds"
 
 
 def train_folds_in_parallel(cfg: C.Config, paths: Paths, ids: list[str]) -> None:
@@ -172,6 +140,11 @@ def run_here(cfg: C.Config) -> None:
         with timed(pace, f"fold {k}", paths.fold(k), fingerprint):
             results.append(train_fold(setup, folds, k, paths.fold(k), fingerprint))
         trained.append(k)
+    kitchen = soup_kitchen(setup, folds, paths, fingerprint)
+    if kitchen is not None:
+        soup.serve_folds(
+            kitchen, trained, after=lambda k: write_oof(setup, folds, validation.fit_rows(folds, k)[1], paths.fold(k))
+        )
     cv = summarize(results, setup, folds, trained, paths, fingerprint)
     for line in cv.describe():
         print(line)
@@ -180,12 +153,34 @@ def run_here(cfg: C.Config) -> None:
         with timed(pace, "full", paths.full, fingerprint):
             result = fit_once(setup, np.arange(len(folds)), None, paths.full, epochs, fingerprint, "full", fold=None)
         print(f"full fit: {epochs} epochs, the folds' schedule, on {len(folds)} rows -> {result.model_path}")
+        if kitchen is not None:
+            soup.serve_full(kitchen, trained)
     else:
         drop_other_full_model(paths.full, fingerprint)
     if pace is not None:
         train_head_start(setup, folds, pace, paths, fingerprint, trained)
     C.save_resolved(cfg, paths.resolved("train"))
     cv.save(paths.cv_json)  # last: its presence means the stage finished
+
+
+def soup_kitchen(setup: Setup, folds: pd.DataFrame, paths: Paths, fingerprint: str) -> soup.Kitchen | None:
+    """With train.average=greedy_soup: what makes each fit's soup from its ingredients, every fit's
+    setup and rows as it trained them; None otherwise."""
+    average = setup.cfg.train.average
+    if average is None or not average.across_folds:
+        return None
+
+    def rows(fold: int | None) -> soup.Rows:
+        train_rows, valid_rows = validation.fit_rows(folds, fold)
+        return *joined(setup, train_rows, fold, "full" if fold is None else f"fold {fold}"), valid_rows
+
+    return soup.Kitchen(setup, rows, lambda fold: paths.full if fold is None else paths.fold(fold), fingerprint)
+
+
+def joined(setup: Setup, train_rows: np.ndarray, fold: int | None, name: str) -> tuple[Setup, np.ndarray]:
+    """The fit's setup and training rows with the teachers' targets joined (train.distill's) and
+    their images (train.pseudo_labels')."""
+    return pseudo_labels.join(distillation.join(setup, train_rows, fold, name), train_rows, fold, name)
 
 
 def teachers(setup: Setup) -> list[teacher.Teacher]:
@@ -257,8 +252,7 @@ def train_fold(
     setup: Setup, folds: pd.DataFrame, fold: int, out: FitFiles, fingerprint: str, stop_after: int | None = None
 ) -> FitResult | None:
     """The fold's fit; with `stop_after`, its first epochs only, left to resume (None returned)."""
-    valid = validation_rows(folds, fold)
-    train = np.setdiff1d(np.arange(len(folds)), valid)
+    train, valid = validation.fit_rows(folds, fold)
     return fit_once(
         setup,
         train,
@@ -314,9 +308,9 @@ def fit_once(
             shutil.rmtree(previous.root)
 
     try:
-        joined, rows = pseudo_labels.join(distillation.join(setup, train_rows, fold, name), train_rows, fold, name)
+        taught, rows = joined(setup, train_rows, fold, name)
         result = final_stage.fit_in_stages(
-            joined, rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
+            taught, rows, valid_rows, out, epochs, fingerprint, name, on_checkpoint=replaced, stop_after=stop_after
         )
     except BaseException:
         if distributed.is_main():
@@ -378,4 +372,5 @@ def summarize(
         last=scores("last"),
         fingerprint=fingerprint,
         validation_plan=validation_plan(folds),
+        averaged=setup.cfg.train.average.describe() if setup.cfg.train.average is not None else "",
     )
