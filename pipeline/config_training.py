@@ -85,9 +85,9 @@ class PseudoLabels(Section):
 
     teacher: ExperimentName  # a trained experiment, or a blend (runs/<name>/blends/<teacher>.yaml)
     rows: Literal["test", "extra", "both"] = "test"  # extra: the scraped images, relabelled
-    min_confidence: Probability = 0.0  # rows the teacher is less sure of stay out (classification, multilabel)
+    min_confidence: Probability = 0.0  # rows the teacher is less sure of stay out (not for values and points)
     weight: PositiveFloat = 1.0  # how often an epoch sees each pseudo-labelled row (fractions: a seeded share)
-    soft: bool = True  # the teacher's probabilities as targets; false: its decided labels
+    soft: bool = True  # the teacher's probabilities as targets; false: its decided labels (segmentation: masks)
 
 
 class Distill(Section):

@@ -8,6 +8,7 @@ import torch
 from conftest import add_scraped, pixel_frame, run, tiny
 
 from pipeline import config as C
+from pipeline.data import rle
 from pipeline.errors import PipelineError
 from pipeline.learn import engine, plan, pseudo_labels
 from pipeline.paths import Paths
@@ -199,10 +200,16 @@ def test_a_missing_keypoint_takes_the_teachers_point():
     assert np.allclose(distilled, [[11.0, 6.0]])
 
 
-def test_a_segmentation_student_is_refused_before_any_fit():
+def test_a_segmentation_teacher_teaches_its_masks_as_codes_and_distillation_is_refused():
     from pipeline import tasks
-    from pipeline.learn.teacher import Teacher
 
-    masks = tasks.get("segmentation")
-    with pytest.raises(PipelineError, match="train.distill.teacher=big: a segmentation model cannot learn from"):
-        Teacher.of("train.distill.teacher", "big", Paths.of(tiny(DIGITS)), pd.DataFrame(), masks)
+    masks = tasks.get("segmentation")(["m"])
+    units = np.zeros((1, 1, 4, 4))
+    units[0, 0, :2, :2] = 230.0
+    codes = masks.pseudo_targets(units, soft=False, sizes=np.array([[8, 8]]))
+    assert codes.shape == (1, 1) and rle.decode(codes[0, 0], (8, 8), "column", "test")[:4, :4].all()
+    assert masks.pseudo_confidence(units)[0] == pytest.approx((4 * 230 + 12 * 255) / 16 / 255)
+    with pytest.raises(PipelineError, match="soft=true: a segmentation model learns masks"):
+        masks.check_pseudo_labels(0.0, soft=True)
+    with pytest.raises(PipelineError, match="train.distill: a segmentation model's targets are masks"):
+        masks.check_distill()

@@ -239,3 +239,15 @@ def test_the_search_over_freeze_depth_and_augmentations_and_the_lr_finder_run_on
     best = yaml.safe_load(Path("runs/cells/cells/tune/best.yaml").read_text())
     assert set(best) == {"model.freeze_depth", "aug.rotate"}
     assert "lr-find: steepest descent at lr" in capsys.readouterr().out
+
+
+def test_the_test_images_join_training_under_a_teachers_masks(cells_config, capsys):
+    for stage in ("data", "folds", "train"):
+        assert main([stage, "-c", str(cells_config)]) == 0, capsys.readouterr().err
+    student = ["train.experiment=student", "train.pseudo_labels.teacher=cells", "train.pseudo_labels.soft=false"]
+    for stage in ("train", "predict"):
+        assert main([stage, "-c", str(cells_config), *student]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for fit, teacher in (("fold 0", "cells/fold0"), ("fold 1", "cells/fold1"), ("full", "cells/full")):
+        assert f"{fit}: 6 of 6 unlabelled images join training labelled by {teacher} (hard" in out
+    assert CV.load(Path("runs/cells/student/cv.json")).metric == "dice"

@@ -9,8 +9,10 @@ import pytest
 import torch
 from conftest import run, tiny
 
+from pipeline import config as C
 from pipeline.errors import PipelineError
 from pipeline.learn import soup
+from pipeline.learn.schedule import Fit, Speed, averaging_seconds
 from pipeline.paths import Paths
 from pipeline.records import Soup
 
@@ -46,6 +48,16 @@ def test_a_folds_recipe_is_chosen_without_its_own_validation_rows():
     kitchen.choose([1, 2])
     assert set(tasted) == {1, 2}
     assert kitchen.choose([]) == (2, 3, 4)  # nothing to choose on: every epoch offered
+
+
+def test_a_budget_counts_the_soups_each_fold_makes_and_an_averages_norm_pass():
+    speed = Speed(side=32, frozen_s=0.01, unfrozen_s=0.01, valid_s=0.001, start_s=2.0, epoch_s=0.5)
+    fold, full = Fit(fold=0, train_rows=800, valid_rows=200), Fit(fold=None, train_rows=1000, valid_rows=0)
+    soups = C.Average(kind="greedy_soup", k=3)
+    assert averaging_seconds(speed, fold, soups) == pytest.approx(3 * (2.0 + 1000 * 0.001))
+    assert averaging_seconds(speed, full, soups) == pytest.approx(2.0 + 1000 * 0.001)
+    assert averaging_seconds(speed, fold, C.Average(kind="swa")) == pytest.approx(800 * 0.001)
+    assert averaging_seconds(speed, fold, None) == 0.0
 
 
 def test_greedy_soup_with_a_last_stage_is_refused():

@@ -131,10 +131,10 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
             break
         speeds[choice.side] = measure(_at_side(setup, choice.side), folds, fold_ids[0], paths)
     speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit, joined=joined_rows(setup))
-    final = cfg.train.final_size
-    planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model, final) for f in chosen}
-    one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model, final) for f in chosen)
-    main_schedule = sum(fit_seconds(speed, f, choice.epochs, cfg.model) for f in chosen)
+    final, average = cfg.train.final_size, cfg.train.average
+    planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model, final, average) for f in chosen}
+    one_more = sum(fit_seconds(speed, f, choice.epochs + 1, cfg.model, final, average) for f in chosen)
+    main_schedule = sum(fit_seconds(speed, f, choice.epochs, cfg.model, average=average) for f in chosen)
     left_over = [k for k in fold_ids if k not in choice.folds]
     room = FILL * left - sum(planned.values())
     next_fit = fits(folds, left_over[:1], full_fit=False, joined=joined_rows(setup))
@@ -162,9 +162,9 @@ class Arrangement:
     trade: str  # what was traded to come to it; "" for the config's own
 
     def seconds(self, epochs: int, folds: pd.DataFrame, speed: Speed, setup: Setup) -> float:
-        model, final = setup.cfg.model, setup.cfg.train.final_size
+        model, train = setup.cfg.model, setup.cfg.train
         made = fits(folds, self.folds, self.full_fit, joined=joined_rows(setup))
-        return sum(fit_seconds(speed, f, epochs, model, final) for f in made)
+        return sum(fit_seconds(speed, f, epochs, model, train.final_size, train.average) for f in made)
 
 
 def choose(

@@ -33,7 +33,8 @@ def prepare(setup: Setup, folds: pd.DataFrame, paths: Paths) -> Setup:
     settings = setup.cfg.train.distill
     if settings is None:
         return setup
-    teacher = Teacher.of("train.distill.teacher", settings.teacher, paths, folds, setup.task)
+    setup.task.check_distill()
+    teacher = Teacher.of("train.distill.teacher", settings.teacher, paths, folds)
     return replace(setup, distiller=Distiller(settings, teacher, paths))
 
 

@@ -51,7 +51,7 @@ def prepare(setup: Setup, folds: pd.DataFrame, paths: Paths) -> Setup:
     settings = setup.cfg.train.pseudo_labels
     if settings is None:
         return setup
-    teacher = Teacher.of("train.pseudo_labels.teacher", settings.teacher, paths, folds, setup.task)
+    teacher = Teacher.of("train.pseudo_labels.teacher", settings.teacher, paths, folds)
     setup.task.check_pseudo_labels(settings.min_confidence, soft=settings.soft)
     extra = np.flatnonzero(folds["fold"].to_numpy() == EXTRA_FOLD) if settings.rows != "test" else np.array([], int)
     if settings.rows == "extra" and not len(extra):
@@ -79,7 +79,8 @@ def join(setup: Setup, train_rows: np.ndarray, fold: int | None, name: str) -> t
     kept = np.flatnonzero(task.pseudo_confidence(units) >= settings.min_confidence)
     first = len(setup.rows)
     rows = np.concatenate([setup.rows, pool.store_rows[kept]])
-    targets = task.joined_targets(setup.targets, task.pseudo_targets(units[kept], soft=settings.soft))
+    sizes = setup.images.original_sizes[pool.store_rows[kept]]
+    targets = task.joined_targets(setup.targets, task.pseudo_targets(units[kept], soft=settings.soft, sizes=sizes))
     joined = first + _weighted(np.arange(len(kept)), settings.weight, setup.cfg.train.seed)
     labelled = np.setdiff1d(train_rows, pool.relabelled)
     models = pool.teacher.describe(pool.paths, fold)

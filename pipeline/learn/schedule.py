@@ -136,17 +136,38 @@ def longest_head_start(
     return (HeadStart(fit.fold, fitting[-1][0]), fitting[-1][1]) if fitting else None
 
 
-def fit_seconds(speed: Speed, fit: Fit, epochs: int, model: C.Model, final: C.FinalSize | None = None) -> float:
-    """A fit's seconds at `speed`; with train.final_size, its last stage's too, everything
-    training at the larger side (its speed grown with the pixels)."""
+def fit_seconds(
+    speed: Speed,
+    fit: Fit,
+    epochs: int,
+    model: C.Model,
+    final: C.FinalSize | None = None,
+    average: C.Average | None = None,
+) -> float:
+    """A fit's seconds at `speed`, with its weight averaging's; with train.final_size, its last
+    stage's too, everything training at the larger side (its speed grown with the pixels)."""
     frozen = frozen_epochs(model, epochs)
     training = fit.train_rows * (frozen * speed.frozen_s + (epochs - frozen) * speed.unfrozen_s)
     seconds = speed.start_s + training + epochs * (fit.valid_rows * speed.valid_s + speed.epoch_s)
+    seconds += averaging_seconds(speed, fit, average)
     if final is None:
         return seconds
     larger = speed.at(final.image_size)
     per_epoch = fit.train_rows * larger.unfrozen_s + fit.valid_rows * larger.valid_s + larger.epoch_s
     return seconds + larger.start_s + final.epochs * per_epoch
+
+
+def averaging_seconds(speed: Speed, fit: Fit, average: C.Average | None) -> float:
+    """What train.average adds to a fit: a pass over its training rows that recomputes the
+    BatchNorm statistics (forward only, timed as validating); with greedy_soup up to k soups
+    where a fold's is chosen (each a model built, that pass and its validation rows), one for the
+    full fit."""
+    if average is None:
+        return 0.0
+    if not average.across_folds:
+        return fit.train_rows * speed.valid_s
+    soups = 1 if fit.fold is None else average.k
+    return soups * (speed.start_s + (fit.train_rows + fit.valid_rows) * speed.valid_s)
 
 
 def frozen_epochs(model: C.Model, epochs: int) -> int:

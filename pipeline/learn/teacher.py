@@ -19,7 +19,6 @@ from pipeline.errors import PipelineError
 from pipeline.learn.validation import validation_plan
 from pipeline.paths import FitFiles, Paths
 from pipeline.records import CV, Blend, trained_state
-from pipeline.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -32,11 +31,9 @@ class Teacher:
     states: dict[str, str]  # experiment -> records.trained_state: a teacher trained again retrains the student
 
     @classmethod
-    def of(cls, key: str, name: str, paths: Paths, folds: pd.DataFrame, task: Task) -> "Teacher":
-        """The teacher `name` as `key` names it, checked against the student's folds and task."""
+    def of(cls, key: str, name: str, paths: Paths, folds: pd.DataFrame) -> "Teacher":
+        """The teacher `name` as `key` names it, checked against the student's folds."""
         said = f"{key}={name}"
-        if not task.teachable:
-            raise PipelineError(f"{said}: a {task.name} model cannot learn from a teacher's predictions yet; unset it")
         if name == paths.experiment_name:
             raise PipelineError(f"{said} is this experiment: a teacher is trained before")
         if paths.blend(name).exists():

@@ -160,7 +160,7 @@ class Classification(Task):
     def pseudo_confidence(self, units: np.ndarray) -> np.ndarray:
         return units.max(axis=1)
 
-    def pseudo_targets(self, units: np.ndarray, *, soft: bool) -> np.ndarray:
+    def pseudo_targets(self, units: np.ndarray, *, soft: bool, sizes: np.ndarray) -> np.ndarray:
         """(N, classes) the probabilities, or (N,) the likeliest class."""
         return units.astype(np.float32) if soft else units.argmax(axis=1)
 

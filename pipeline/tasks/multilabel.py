@@ -211,7 +211,7 @@ class Multilabel(Task):
         """A row's least sure label: max(p, 1 - p) at its lowest."""
         return np.maximum(units, 1.0 - units).min(axis=1)
 
-    def pseudo_targets(self, units: np.ndarray, *, soft: bool) -> np.ndarray:
+    def pseudo_targets(self, units: np.ndarray, *, soft: bool, sizes: np.ndarray) -> np.ndarray:
         """(N, labels) the probabilities, or 0/1 at 0.5."""
         return units.astype(np.float32) if soft else (units >= 0.5).astype(np.float32)
 

@@ -2,8 +2,6 @@
 learn.distillation): the defaults every task inherits, for a prediction that is its own target
 (a value, a point) with no confidence and no temperature."""
 
-from typing import ClassVar
-
 import numpy as np
 
 from pipeline.errors import PipelineError
@@ -11,7 +9,6 @@ from pipeline.errors import PipelineError
 
 class PseudoTargets:
     name: str
-    teachable: ClassVar[bool] = True  # a teacher's predictions can be this task's targets
 
     def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
         """train.pseudo_labels' settings, refused with the reason where this task cannot learn so.
@@ -26,10 +23,14 @@ class PseudoTargets:
         """(N,) how sure the teacher is of each prediction in the competition's units, in [0, 1]."""
         return np.ones(len(units))
 
-    def pseudo_targets(self, units: np.ndarray, *, soft: bool) -> np.ndarray:
+    def pseudo_targets(self, units: np.ndarray, *, soft: bool, sizes: np.ndarray) -> np.ndarray:
         """A teacher's predictions in the competition's units as encoded targets (soft: its
-        probabilities; else what it decides)."""
+        probabilities; else what it decides), for images of `sizes` (N, 2) (height, width)."""
         return units.astype(np.float32)
+
+    def check_distill(self) -> None:
+        """train.distill refused, with the reason, where this task cannot learn a blend of labels
+        and a teacher's predictions; here it can."""
 
     def soft_form(self, targets: np.ndarray) -> np.ndarray:
         """Encoded targets in the form a teacher's soft targets take, to stand beside them."""

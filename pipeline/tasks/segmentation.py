@@ -41,7 +41,6 @@ class Segmentation(Task):
     fold_kind = "stratified"
     reads_masks = True
     dense = True  # an output map per class, not a vector
-    teachable = False  # its targets are run-length codes read per image; a teacher's masks do not join them yet
 
     def __init__(
         self, classes: list, metric="dice", loss="bce_dice", order="column", rules=None, sheet: Sheet | None = None
@@ -226,8 +225,7 @@ class Segmentation(Task):
         """The rows with each class's mask at a threshold of 0.5 as a code at the image's size
         (pred_<class>), and its Dice and true and predicted share of the image at the model's."""
         truth, predicted = self.truth(oof, self.labels) > 0, oof.predictions >= 128
-        plain = self.with_decision({"rules": [Rule().as_dict()] * len(self.labels)})
-        codes = np.array([plain._image_codes(p, size) for p, size in zip(oof.predictions, oof.sizes, strict=True)])
+        codes = self._plain_codes(oof.predictions, oof.sizes)
         columns = {}
         for j, name in enumerate(self.labels):
             columns[f"pred_{name}"] = codes[:, j] if len(codes) else []
@@ -235,6 +233,35 @@ class Segmentation(Task):
             columns[f"area_{name}"] = truth[:, j].mean(axis=(1, 2))
             columns[f"predicted_area_{name}"] = predicted[:, j].mean(axis=(1, 2))
         return pd.concat([oof.table, pd.DataFrame(columns)], axis=1)
+
+    def _plain_codes(self, predictions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """(N, classes) each image's masks at a threshold of 0.5 and no other rule, as codes at its size."""
+        plain = self.with_decision({"rules": [Rule().as_dict()] * len(self.labels)})
+        codes = [plain._image_codes(p, size) for p, size in zip(predictions, sizes, strict=True)]
+        return np.array(codes, dtype=object).reshape(len(codes), len(self.labels))
+
+    # --- pseudo-labels: the teacher's masks join as codes, as the labelled rows' do ------------
+
+    def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
+        if soft:
+            raise PipelineError(
+                "train.pseudo_labels.soft=true: a segmentation model learns masks, kept as run-length codes read per "
+                "image, not a probability per pixel; set soft: false to learn the teacher's masks at a threshold of 0.5"
+            )
+
+    def pseudo_confidence(self, units: np.ndarray) -> np.ndarray:
+        """An image's mean certainty over its pixels and classes: max(p, 1 - p), p from 0-255."""
+        return np.maximum(units, 255.0 - units).mean(axis=(1, 2, 3)) / 255.0
+
+    def pseudo_targets(self, units: np.ndarray, *, soft: bool, sizes: np.ndarray) -> np.ndarray:
+        """(N, classes) the teacher's masks at a threshold of 0.5, each a code at its image's size."""
+        return self._plain_codes(units, sizes)
+
+    def check_distill(self) -> None:
+        raise PipelineError(
+            "train.distill: a segmentation model's targets are masks, kept as run-length codes read per image, which "
+            "cannot hold a blend of labels and a teacher's probabilities; use train.pseudo_labels with soft: false"
+        )
 
     def smooth_loss(self, predictions: np.ndarray, truth: np.ndarray) -> float:
         """The binary cross entropy of probabilities (0-255) against 0/1 masks, over every pixel."""
