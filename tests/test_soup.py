@@ -96,3 +96,20 @@ def test_a_fold_alone_takes_every_epoch_offered(digits_dir, tmp_path, monkeypatc
     run(cfg, tmp_path, monkeypatch)
     served = Soup.read(Paths.of(cfg).fold(1).soup)
     assert served.epochs == [1, 2] and served.chosen_on == [] and np.isfinite(served.score)
+
+
+def test_a_run_killed_between_two_folds_soups_serves_the_rest_on_the_next(digits_dir, tmp_path, monkeypatch):
+    cfg = tiny({**DIGITS, "dir": str(digits_dir)}, epochs=3, full_fit=False, average={"kind": "greedy_soup"})
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    uninterrupted = run(cfg, tmp_path / "a", monkeypatch)
+    save = Soup.save
+
+    def killed(self, path):
+        save(self, path)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Soup, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, tmp_path / "b", monkeypatch)
+    assert run(cfg, tmp_path / "b", monkeypatch) == uninterrupted

@@ -141,6 +141,7 @@ def serve_folds(kitchen: Kitchen, fold_ids: list[int], after: Callable[[int], No
             f"fold {k}: greedy soup of epochs {list(recipe)} ({chosen}): {setup.task.metric} {score:.5f}"
             f" (its last epoch alone {result.last_score:.5f})"
         )
+    distributed.barrier()  # rank 0's files are written before any rank reads them
 
 
 def serve_full(kitchen: Kitchen, fold_ids: list[int]) -> None:
@@ -155,3 +156,4 @@ def serve_full(kitchen: Kitchen, fold_ids: list[int]) -> None:
         fit.save_model(parts.model, setup, out.model)
         Soup(list(recipe), list(fold_ids), float("nan"), kitchen.fingerprint).save(out.soup)
     print(f"full fit: greedy soup of epochs {list(recipe)}, chosen on folds {list(fold_ids)}")
+    distributed.barrier()
