@@ -68,12 +68,15 @@ def stage(
     env = {**os.environ, "PYTHONPATH": str(code)} if code else None
     command = [sys.executable, "-m", "pipeline", name, "-c", str(config), *overrides]
     with tempfile.NamedTemporaryFile("r") as peak, open(log, "w") if log else contextlib.nullcontext() as kept:
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-c", _MEASURED, peak.name, *command],
             cwd=cwd,
             stdout=kept or (None if name in show else subprocess.DEVNULL),
-            stderr=subprocess.STDOUT if kept else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if kept else subprocess.PIPE,
             env=env,
-            check=True,
+            text=True,
         )
+        if done.returncode:
+            said = (done.stderr or "").strip().splitlines()[-1:] or [f"see {log}"]
+            raise RuntimeError(f"{' '.join(command[2:4])} {' '.join(overrides)}: exit {done.returncode}: {said[0]}")
         return Run(time.perf_counter() - start, int(peak.read()) / 2**20)  # ru_maxrss: KiB on Linux

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import run, run_killed_after, tiny
 
+from pipeline import config as C
 from pipeline.errors import PipelineError
-from pipeline.learn import schedule
+from pipeline.learn import budget, schedule
 
 DIGITS = {"layout": "pixel_columns", "sample_submission": None}
 FINAL = {"image_size": 48, "epochs": 1, "lr": 0.002}
@@ -46,6 +47,19 @@ def test_a_last_stage_no_larger_than_the_main_schedule_is_refused_before_any_fit
     with pytest.raises(PipelineError, match="final_size.image_size=32 is not larger than the 32 px"):
         run(cfg, tmp_path, monkeypatch)
     assert not (tmp_path / "runs/tiny/tiny/fold0").exists()
+
+
+def test_a_last_stage_is_checked_against_the_side_the_budget_chose(digits_dir, tmp_path, monkeypatch):
+    asked = tiny({**DIGITS, "dir": str(digits_dir)}, full_fit=False, final_size={**FINAL, "image_size": 40})
+    cfg = C.with_overrides(asked, {"model.image_size": 48}, "test")  # the config's side is no smaller
+
+    def traded(setup, folds, fold_ids, paths):  # as a tight budget trades the side down
+        return budget.apply(setup, schedule.Schedule(32, 1, tuple(fold_ids), False), fold_ids), fold_ids, None
+
+    monkeypatch.setattr(budget, "fit_into", traded)
+    run(cfg, tmp_path, monkeypatch)
+    saved = torch.load(tmp_path / "runs/tiny/tiny/fold0/model.pt", weights_only=True)
+    assert saved["meta"]["image_size"] == 40
 
 
 def test_a_budget_plans_the_last_stage_at_its_side():

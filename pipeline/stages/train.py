@@ -203,9 +203,9 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     budget planned: (setup, folds, fingerprint, fold ids, the budget's pace keeper)."""
     setup, folds = plan.prepare(cfg, paths)
     check(setup)
-    final_stage.check(setup)
     setup = distillation.prepare(pseudo_labels.prepare(setup, folds, paths), folds, paths)
     setup, fold_ids, pace = budget.fit_into(setup, folds, plan.fold_ids_of(setup.cfg, folds), paths)
+    final_stage.check(setup)  # against the side the budget chose, which may be smaller than the config's
     fingerprint = teacher.fingerprint(validation.fingerprint(setup.cfg, paths.folds_csv), teachers(setup))
     return setup, folds, fingerprint, fold_ids, pace
 
