@@ -1,6 +1,7 @@
 """The config sections that say how models train, are searched, predict and are packaged: model,
 train, aug (its keys are the augmentation ops'), tune, predict, blend and package."""
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,6 +46,19 @@ class Model(Section):
     decoder: Literal["unet", "fpn"] = "unet"  # segmentation: the decoder over the timm encoder model.name
 
 
+@dataclass(frozen=True)
+class AverageKind:
+    holds_lr: bool  # the schedule anneals to average.lr and holds it over the averaged epochs
+    across_folds: bool  # which epochs are averaged is chosen once every fold trained
+
+
+AVERAGE_KINDS = {
+    "last_k": AverageKind(holds_lr=False, across_folds=False),
+    "swa": AverageKind(holds_lr=True, across_folds=False),
+    "greedy_soup": AverageKind(holds_lr=False, across_folds=True),
+}
+
+
 class Average(Section):
     """train.average: the weights kept are the mean of the last k epochs' (learn.averaging), or of
     those of them a greedy soup picks on the other folds' validation rows (learn.soup)."""
@@ -57,7 +71,7 @@ class Average(Section):
     @property
     def held_lr(self) -> float | None:
         """The learning rate (x train.lr) its last k epochs hold: swa's; the others follow the schedule."""
-        return {"swa": self.lr, "last_k": None, "greedy_soup": None}[self.kind]
+        return self.lr if AVERAGE_KINDS[self.kind].holds_lr else None
 
     def describe(self) -> str:
         use = "offered to a greedy soup the other folds choose" if self.across_folds else "averaged"
@@ -66,7 +80,7 @@ class Average(Section):
     @property
     def across_folds(self) -> bool:
         """Whether the epochs averaged are chosen after every fold trained (greedy_soup), not in the fit."""
-        return self.kind == "greedy_soup"
+        return AVERAGE_KINDS[self.kind].across_folds
 
 
 class FinalSize(Section):

@@ -19,6 +19,7 @@ The ingredients stay in each fit's folder (FitFiles.ingredient): a later run tha
 folds chooses again from them. Each fit's soup.json says which epochs and which folds chose them.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class Kitchen:
     files: Callable[[int | None], FitFiles]
     fingerprint: str
     tasted: dict = field(default_factory=dict)  # (fold, recipe) -> its score on the fold's validation rows
+    histories: dict = field(default_factory=dict)  # fold -> its metrics.csv, read once
 
     def __post_init__(self):
         self.rows = functools.cache(self.rows)  # a fit's joined targets are made once
@@ -85,13 +87,18 @@ class Kitchen:
     def score(self, fold: int, recipe: Recipe) -> float:
         metric = self.setup.task.metric
         if len(recipe) == 1:
-            history = pd.read_csv(self.files(fold).metrics).set_index("epoch")
-            return float(history.loc[recipe[0], metric])
+            return float(self.history(fold).loc[recipe[0], metric])
         if (fold, recipe) not in self.tasted:
             setup, parts = self.cook(fold, recipe)
             metrics, _ = fit.validate(parts.model, parts, setup, f"fold {fold}'s soup of epochs {list(recipe)}")
             self.tasted[fold, recipe] = float(metrics[metric])
         return self.tasted[fold, recipe]
+
+    def history(self, fold: int) -> pd.DataFrame:
+        """The fold's metrics.csv by epoch: what each ingredient scored as its fit validated it."""
+        if fold not in self.histories:
+            self.histories[fold] = pd.read_csv(self.files(fold).metrics).set_index("epoch")
+        return self.histories[fold]
 
     def cook(self, fold: int | None, recipe: Recipe) -> tuple[Setup, fit.Parts]:
         """The fit's model with the soup's weights, its norms recomputed where it averages several."""
@@ -134,7 +141,7 @@ def serve_folds(kitchen: Kitchen, fold_ids: list[int], after: Callable[[int], No
             fit.save_model(parts.model, setup, out.model)
             raw.save(out.valid_predictions("last"))
             after(k)
-            FitResult(**{**vars(result), "last_score": score}).save(out.result)
+            dataclasses.replace(result, last_score=score).save(out.result)
             Soup(list(recipe), others, score, kitchen.fingerprint).save(out.soup)
         chosen = f"chosen on folds {others}" if others else "every epoch offered, no other fold trained to choose"
         print(

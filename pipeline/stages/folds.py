@@ -40,13 +40,21 @@ def assign_folds(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: st
 def strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str) -> pd.Series | pd.DataFrame:
     """What each fold must get its share of: the task's strata (the class), the bin of
     stratified_binned, or each label's positive rows (a 0/1 column each) for a multilabel split."""
-    found, kind = tasks.get(task), tasks.get(task).fold_kind_of(cfg.kind)
-    if kind in BINNED:
-        return _bins(table, targets, cfg, found.stratify_on if cfg.stratify_on == "auto" else cfg.stratify_on)
-    if kind in LABEL_MATRIX:
-        return pd.DataFrame(found.label_matrix(table, targets), columns=found.labels_of(table, targets))
+    found = tasks.get(task)
+    return STRATA[found.fold_kind_of(cfg.kind)](table, targets, cfg, found)
+
+
+def _task_strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, found) -> pd.Series:
     classes = found.strata(table, targets)
     return pd.Series("all", index=table.index) if classes is None else classes
+
+
+def _binned_strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, found) -> pd.Series:
+    return _bins(table, targets, cfg, found.stratify_on if cfg.stratify_on == "auto" else cfg.stratify_on)
+
+
+def _label_strata(table: pd.DataFrame, targets: list[str], cfg: C.Folds, found) -> pd.DataFrame:
+    return pd.DataFrame(found.label_matrix(table, targets), columns=found.labels_of(table, targets))
 
 
 def _splitter(table: pd.DataFrame, targets: list[str], cfg: C.Folds, task: str):
@@ -71,25 +79,35 @@ def _group(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
 
 
 def _stratified(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
-    if cfg.kind not in BINNED and tasks.get(task).strata(table, targets) is None:
+    if tasks.get(task).strata(table, targets) is None:
         raise PipelineError(
             f"folds.kind=stratified needs strata the task defines, and {task} has none; "
             "use stratified_binned, or multilabel for several label columns"
         )
+    return _stratified_on_strata(table, targets, cfg, task, index)
+
+
+def _stratified_on_strata(table, targets, cfg: C.Folds, task: str, index: np.ndarray):
+    """StratifiedKFold on what folds.kind stratifies on (STRATA)."""
     with warnings.catch_warnings():  # small classes are reported by the stage, in its own words
         warnings.simplefilter("ignore", UserWarning)
         splitter = StratifiedKFold(cfg.n_splits, shuffle=True, random_state=cfg.seed)
         return list(splitter.split(index, strata(table, targets, cfg, task)))
 
 
-BINNED = ("stratified_binned",)  # stratified on bins of the targets rather than the task's strata
-LABEL_MATRIX = ("multilabel",)  # stratified on every label at once
 SPLITS = {
     "kfold": _kfold,
     "multilabel": _multilabel,
     "group": _group,
     "stratified": _stratified,
-    "stratified_binned": _stratified,
+    "stratified_binned": _stratified_on_strata,
+}
+STRATA = {  # what each kind's folds get their share of, as the stage reports them
+    "kfold": _task_strata,
+    "multilabel": _label_strata,
+    "group": _task_strata,
+    "stratified": _task_strata,
+    "stratified_binned": _binned_strata,
 }
 
 
