@@ -11,7 +11,7 @@ same folds:
   + final stage       train.final_size={image_size: 1.5x the side medium chose, epochs: 2}
   + pseudo-labels     train.pseudo_labels={teacher: medium}: the test images, soft
   distilled student   train.distill={teacher: medium} at half medium's side (a quarter of its
-                      pixels): the faster single model
+                      pixels), its full fit alone the submission: the faster single model
   small               the same student without the teacher: what distillation adds
   best                train.preset=best, in the budget and in twice it
 
@@ -43,14 +43,15 @@ ROWS = ("medium", "average", "soup", "final", "pseudo", "distill", "small", "bes
 def keys(row: str, side: int, budget: str) -> list[str]:
     """The overrides of a row: its experiment, preset, budget and technique."""
     twice = f"{2 * int(budget[:-1])}{budget[-1]}"
+    student = [f"model.image_size={max(side // 2, 32)}", "train.full_fit=true", "predict.models=full"]
     technique = {
         "medium": [],
         "average": ["train.average.kind=swa", "train.average.k=3"],
         "soup": ["train.average.kind=greedy_soup", "train.average.k=3"],
         "final": [f"train.final_size.image_size={side * 3 // 2}", "train.final_size.epochs=2"],
         "pseudo": ["train.pseudo_labels.teacher=medium"],
-        "distill": ["train.distill.teacher=medium", f"model.image_size={max(side // 2, 32)}"],
-        "small": [f"model.image_size={max(side // 2, 32)}"],
+        "distill": ["train.distill.teacher=medium", *student],
+        "small": student,
         "best": ["train.preset=best"],
         "best2x": ["train.preset=best", f"train.time_budget={twice}"],
     }[row]

@@ -110,7 +110,7 @@ class Distill(Section):
 
     teacher: ExperimentName  # a trained experiment, or a blend (runs/<name>/blends/<teacher>.yaml)
     alpha: Probability = 0.5  # the teacher's share of each target; the label keeps the rest
-    temperature: PositiveFloat = 2.0  # softens the teacher's probabilities (classification, multilabel)
+    temperature: PositiveFloat = 2.0  # softens the teacher's and the student's outputs (classification, multilabel)
 
 
 class Train(Section):

@@ -177,18 +177,77 @@ def test_each_fold_distils_from_its_own_teacher_fold(digits_dir, tmp_path, monke
     assert len(cv["folds"]) == 2 and 0.0 <= cv["score"] <= 1.0  # validated on the labels, as any fit
 
 
-def test_a_distilled_target_blends_the_label_with_the_softened_teacher():
+def test_a_taught_target_is_the_label_beside_the_softened_teacher():
     from pipeline import tasks
 
     classes = tasks.get("classification")([0, 1, 2])
     teacher = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = np.array([0, 1])
-    assert np.allclose(classes.distilled_targets(labels, teacher, alpha=0.0, temperature=2.0), np.eye(3)[[0, 1]])
-    assert np.allclose(classes.distilled_targets(labels, teacher, alpha=1.0, temperature=1.0), teacher)
-    hot = classes.distilled_targets(labels, teacher, alpha=1.0, temperature=1e6)
-    assert np.allclose(hot, 1 / 3, atol=1e-4)  # a high temperature says nothing but the classes
-    half = classes.distilled_targets(labels, teacher, alpha=0.5, temperature=1.0)
-    assert np.allclose(half, 0.5 * np.eye(3)[[0, 1]] + 0.5 * teacher) and np.allclose(half.sum(axis=1), 1.0)
+    plain = classes.distilled_targets(labels, teacher, alpha=0.5, temperature=1.0)
+    assert plain.shape == (2, 6) and np.allclose(plain, np.hstack([np.eye(3)[[0, 1]], teacher]))
+    hot = classes.distilled_targets(labels, teacher, alpha=0.5, temperature=1e6)
+    assert np.allclose(hot[:, 3:], 1 / 3, atol=1e-4)  # a high temperature says nothing but the classes
+    untaught = classes.untaught_targets(labels)
+    assert np.allclose(untaught, np.hstack([np.eye(3)[[0, 1]]] * 2))
+    assert classes.metrics(np.eye(3)[[0, 2]], untaught)["accuracy"] == 0.5  # scored on the label half
+
+
+def _gradient(task, outputs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    import torch
+
+    logits = torch.tensor(outputs, dtype=torch.float32, requires_grad=True)
+    task.loss(logits, torch.tensor(target, dtype=torch.float32)).backward()
+    return logits.grad.numpy()
+
+
+@pytest.mark.parametrize("name", ["classification", "multilabel"])
+def test_a_student_learns_the_teachers_own_confidence_not_its_softened_one(name):
+    """Hinton's loss is still where the student's outputs are the teacher's, at T = 1: the
+    student softens its own outputs as the teacher's were. A student that learnt the softened
+    teacher as its target would settle on the softened, less sure, probabilities."""
+    from pipeline import tasks
+    from pipeline.config import Distill
+
+    task = tasks.get(name)(["a", "b", "c"], distill=Distill(teacher="t", alpha=1.0, temperature=3.0))
+    teacher = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]) if name == "classification" else np.array([[0.9, 0.2, 0.6]])
+    logits = np.log(teacher) if name == "classification" else np.log(teacher / (1 - teacher))
+    labels = np.zeros(len(teacher), dtype=np.int64) if name == "classification" else np.ones_like(teacher)
+    target = task.distilled_targets(labels, teacher, alpha=1.0, temperature=3.0)
+    assert np.allclose(_gradient(task, logits, target), 0.0, atol=1e-6)
+    softened_logits = np.log(target[:, 3:]) if name == "classification" else logits / 3.0
+    assert np.abs(_gradient(task, softened_logits, target)).max() > 1e-3
+
+
+def test_the_students_loss_weighs_the_teachers_term_by_alpha_and_t_squared():
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline import tasks
+    from pipeline.config import Distill
+
+    task = tasks.get("classification")([0, 1, 2], distill=Distill(teacher="t", alpha=0.25, temperature=2.0))
+    teacher, labels = np.array([[0.7, 0.2, 0.1]]), np.array([1])
+    outputs = torch.tensor([[0.3, -1.0, 2.0]])
+    taught = torch.tensor(task.distilled_targets(labels, teacher, alpha=0.25, temperature=2.0))
+
+    def hinton(teacher_half: torch.Tensor) -> torch.Tensor:
+        softened_student = F.log_softmax(outputs / 2.0, dim=1)
+        label_term = F.cross_entropy(outputs, torch.tensor(labels))
+        return 0.75 * label_term + 0.25 * 4.0 * -(teacher_half * softened_student).sum()
+
+    assert torch.isclose(task.loss(outputs, taught), hinton(taught[:, 3:]))
+    untaught = torch.tensor(task.untaught_targets(labels))  # the label stands for the teacher
+    assert torch.isclose(task.loss(outputs, untaught), hinton(untaught[:, 3:]))
+
+
+def test_pseudo_labelled_rows_join_a_students_targets_with_their_label_in_both_halves():
+    from pipeline import tasks
+    from pipeline.config import Distill
+
+    classes = tasks.get("classification")([0, 1, 2], distill=Distill(teacher="t"))
+    taught = classes.distilled_targets(np.array([0]), np.array([[0.6, 0.3, 0.1]]), alpha=0.5, temperature=2.0)
+    joined = classes.joined_targets(taught, np.array([[0.2, 0.7, 0.1]], dtype=np.float32))
+    assert joined.shape == (2, 6) and np.allclose(joined[1], [0.2, 0.7, 0.1] * 2)
 
 
 def test_a_missing_keypoint_takes_the_teachers_point():

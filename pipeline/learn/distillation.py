@@ -1,7 +1,8 @@
-"""train.distill: each fit's training targets become (1 - alpha) of the labels and alpha of a
-teacher's softened predictions on the same images (Hinton's knowledge distillation, the
-student's loss against the blended target: cross entropy for classes, as its loss for the
-rest); the validation rows keep their labels, so the student's CV is its own. Fold k learns
+"""train.distill: each fit's training rows learn from their labels and, with weight alpha, from a
+teacher's predictions on the same images (Hinton's knowledge distillation: for classes and
+labels the teacher softened at the temperature, the student's outputs softened alike, that term
+weighted by T^2, tasks.pseudo_targets.SoftenedTeacher; for values and points a target blended
+of the two); the validation rows keep their labels, so the student's CV is its own. Fold k learns
 from the teacher's fold-k models (learn.teacher), which trained on exactly fold k's training
 rows: the student reads nothing of fold k's answers through them.
 
@@ -47,7 +48,7 @@ def join(setup: Setup, train_rows: np.ndarray, fold: int | None, name: str) -> S
     settings, task = distiller.settings, setup.task
     fits = distiller.teacher.fits(distiller.paths, fold)
     units = weighted_units(setup.cfg, fits, setup.images, setup.rows[train_rows])
-    targets = task.soft_form(setup.targets)
+    targets = task.untaught_targets(setup.targets)
     targets[train_rows] = task.distilled_targets(
         setup.targets[train_rows], units, alpha=settings.alpha, temperature=settings.temperature
     )

@@ -13,10 +13,11 @@ from pipeline.predictions import OutOfFold
 from pipeline.tables import line
 from pipeline.tasks import register
 from pipeline.tasks.base import Proposal, Section, Task
+from pipeline.tasks.pseudo_targets import SoftenedTeacher
 
 
 @register
-class Classification(Task):
+class Classification(SoftenedTeacher, Task):
     name = "classification"
     METRICS: ClassVar[dict[str, bool]] = {"accuracy": True, "log_loss": False, "macro_f1": True}
     SMOOTH_METRICS = frozenset({"log_loss"})
@@ -28,10 +29,11 @@ class Classification(Task):
     takes_extra_images = True
     mixes = True
 
-    def __init__(self, classes: list, metric: str = "accuracy", label_smoothing: float = 0.0):
+    def __init__(self, classes: list, metric: str = "accuracy", label_smoothing: float = 0.0, distill: Any = None):
         self.classes = self.labels = list(classes)
         self.metric = metric
         self.label_smoothing = label_smoothing
+        self.distill = distill
 
     # --- what needs no labels --------------------------------------------------------------
 
@@ -105,7 +107,7 @@ class Classification(Task):
 
     @classmethod
     def of_labels(cls, cfg: Any, labels: list) -> "Classification":
-        return cls(labels, cls.metric_of(cfg.train.metric), cfg.train.label_smoothing)
+        return cls(labels, cls.metric_of(cfg.train.metric), cfg.train.label_smoothing, cfg.train.distill)
 
     @classmethod
     def from_meta(cls, meta: dict, cfg: Any) -> "Classification":
@@ -123,6 +125,7 @@ class Classification(Task):
 
     def metrics(self, predictions: np.ndarray, target: np.ndarray, sizes: np.ndarray | None = None) -> dict:
         """`target`: class indices, or rows of probabilities (soft pseudo-labels), scored as their likeliest."""
+        target = self.label_part(target)
         truth = target.argmax(axis=1) if target.ndim == 2 else target
         return {metric: self._scored(metric, predictions, truth) for metric in self.METRICS}
 
@@ -178,7 +181,7 @@ class Classification(Task):
         """Class indices, or where either side holds probabilities every target a row of them."""
         if labelled.ndim == pseudo.ndim == 1:
             return np.concatenate([labelled, pseudo])
-        return np.concatenate([self.soft_form(labelled), self.soft_form(pseudo)])
+        return super().joined_targets(self.soft_form(labelled), self.soft_form(pseudo))
 
     def softened(self, units: np.ndarray, temperature: float) -> np.ndarray:
         """softmax(log p / T): Hinton's softened teacher, from its probabilities."""
@@ -188,16 +191,22 @@ class Classification(Task):
 
     # --- the head ---------------------------------------------------------------------------
 
-    def loss(self, outputs: Any, target: Any) -> Any:
+    def label_loss(self, outputs: Any, target: Any) -> Any:
         import torch.nn.functional as F
 
         if target.ndim == 2:  # soft targets from mixup/cutmix, smoothing already applied
-            return (-target * F.log_softmax(outputs, dim=-1)).sum(dim=-1).mean()
+            return self.soft_loss(outputs, target)
         return F.cross_entropy(outputs, target, label_smoothing=self.label_smoothing)
+
+    def soft_loss(self, outputs: Any, probabilities: Any) -> Any:
+        import torch.nn.functional as F
+
+        return (-probabilities * F.log_softmax(outputs, dim=-1)).sum(dim=-1).mean()
 
     def eval_loss(self, outputs: Any, target: Any) -> Any:
         import torch.nn.functional as F
 
+        target = self.label_part(target)
         return F.cross_entropy(outputs.float(), target.argmax(dim=1) if target.ndim == 2 else target)
 
     def activate(self, outputs: Any) -> Any:

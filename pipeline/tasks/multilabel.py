@@ -20,6 +20,7 @@ from pipeline.predictions import OutOfFold
 from pipeline.tables import line, show
 from pipeline.tasks import register
 from pipeline.tasks.base import Section, Task
+from pipeline.tasks.pseudo_targets import SoftenedTeacher
 
 THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.02), 2)  # the candidates a threshold is chosen from
 MIN_POSITIVES = 10  # fewer positive rows than this: a label keeps the global threshold
@@ -28,7 +29,7 @@ F_METRICS |= {"f1_macro": ("macro", 1.0)}
 
 
 @register
-class Multilabel(Task):
+class Multilabel(SoftenedTeacher, Task):
     name = "multilabel"
     METRICS: ClassVar[dict[str, bool]] = {metric: True for metric in (*F_METRICS, "roc_auc", "map")}
     # the blend's weights minimise the cross entropy; its thresholds are refitted on the blend
@@ -38,9 +39,11 @@ class Multilabel(Task):
     fold_kind = "multilabel"
     stack_target = "labels"
 
-    def __init__(self, labels: list, metric: str = "f1_samples", loss: str = "bce", thresholds: Any = 0.5):
+    def __init__(
+        self, labels: list, metric: str = "f1_samples", loss: str = "bce", thresholds: Any = 0.5, distill: Any = None
+    ):
         self.labels = [str(label) for label in labels]
-        self.metric, self.loss_name = metric, loss
+        self.metric, self.loss_name, self.distill = metric, loss, distill
         self.thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(self.labels),))
 
     # --- what needs no labels --------------------------------------------------------------
@@ -116,7 +119,7 @@ class Multilabel(Task):
 
     @classmethod
     def of_labels(cls, cfg: Any, labels: list) -> "Multilabel":
-        return cls(labels, cls.metric_of(cfg.train.metric), cls.loss_of(cfg.train.loss))
+        return cls(labels, cls.metric_of(cfg.train.metric), cls.loss_of(cfg.train.loss), distill=cfg.train.distill)
 
     @classmethod
     def from_meta(cls, meta: dict, cfg: Any) -> "Multilabel":
@@ -143,6 +146,7 @@ class Multilabel(Task):
     def metrics(self, predictions: np.ndarray, target: np.ndarray, sizes: np.ndarray | None = None) -> dict:
         """Every metric; the F scores under the one threshold best on these rows (to compare epochs:
         the CV's thresholds come from the other folds)."""
+        target = self.label_part(target)
         return {
             metric: Multilabel(self.labels, metric)._fit_global(predictions, target).score(predictions, target)
             for metric in self.METRICS
@@ -222,7 +226,7 @@ class Multilabel(Task):
 
     # --- the head ---------------------------------------------------------------------------
 
-    def loss(self, outputs: Any, target: Any) -> Any:
+    def label_loss(self, outputs: Any, target: Any) -> Any:
         if self.loss_name == "asymmetric":
             from timm.loss import AsymmetricLossMultiLabel
 
@@ -230,12 +234,15 @@ class Multilabel(Task):
             return AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="mean")(
                 outputs.float(), target
             )
-        return self.eval_loss(outputs, target)
+        return self.soft_loss(outputs, target)
 
-    def eval_loss(self, outputs: Any, target: Any) -> Any:
+    def soft_loss(self, outputs: Any, probabilities: Any) -> Any:
         import torch.nn.functional as F
 
-        return F.binary_cross_entropy_with_logits(outputs.float(), target.float())
+        return F.binary_cross_entropy_with_logits(outputs.float(), probabilities.float())
+
+    def eval_loss(self, outputs: Any, target: Any) -> Any:
+        return self.soft_loss(outputs, self.label_part(target))
 
     def activate(self, outputs: Any) -> Any:
         """(B, labels) probabilities."""

@@ -1,6 +1,10 @@
 """What a teacher's predictions become as training targets (learn.pseudo_labels,
 learn.distillation): the defaults every task inherits, for a prediction that is its own target
-(a value, a point) with no confidence and no temperature."""
+(a value, a point) with no confidence and no temperature, whose loss against a blend of the
+label and the teacher is the blend of the two losses (for squared errors, exactly); and
+SoftenedTeacher, for the heads a temperature softens, which learn the two apart."""
+
+from typing import Any
 
 import numpy as np
 
@@ -49,3 +53,58 @@ class PseudoTargets:
         softened predictions (soft form); a missing label (NaN) takes the teacher's alone."""
         labels, teacher = self.soft_form(labelled), self.softened(units, temperature)
         return np.where(np.isnan(labels), teacher, (1.0 - alpha) * labels + alpha * teacher).astype(np.float32)
+
+    def untaught_targets(self, labelled: np.ndarray) -> np.ndarray:
+        """The targets of rows no teacher's predictions reach (the validation rows), in the form
+        distilled_targets gives the taught ones."""
+        return self.soft_form(labelled)
+
+
+class SoftenedTeacher(PseudoTargets):
+    """Hinton's distillation proper, for a head a temperature softens (softmax, sigmoid).
+
+    A taught row's target is its label, then the teacher's predictions softened at T, side by
+    side: (N, 2 x outputs). Its loss is (1 - alpha) of the label's loss plus alpha x T^2 of the
+    loss of the student's own outputs softened at T against the teacher's half (the T^2 keeps
+    that term's gradients at the label term's scale). So the student at T = 1 learns the
+    teacher's own confidence; a blend of label and softened teacher learnt at T = 1 would leave
+    it as unsure as the softened teacher. A row nothing teaches (a validation row, a
+    pseudo-labelled one) holds its label in both halves. `distill` is train.distill's settings."""
+
+    distill: Any = None
+    n_outputs: int
+
+    def label_loss(self, outputs: Any, target: Any) -> Any:
+        raise NotImplementedError
+
+    def soft_loss(self, outputs: Any, probabilities: Any) -> Any:
+        """The loss of outputs (logits) against rows of probabilities: the softened teacher's
+        against the outputs divided by T."""
+        raise NotImplementedError
+
+    def distilled_targets(self, labelled: np.ndarray, units: np.ndarray, *, alpha: float, temperature: float):
+        return np.concatenate([self.soft_form(labelled), self.softened(units, temperature)], axis=1)
+
+    def untaught_targets(self, labelled: np.ndarray) -> np.ndarray:
+        labels = self.soft_form(labelled)
+        return np.concatenate([labels, labels], axis=1)
+
+    def taught(self, target: Any) -> bool:
+        return target.ndim == 2 and target.shape[1] == 2 * self.n_outputs
+
+    def label_part(self, target: Any) -> Any:
+        """A target's label, whether a teacher's half stands beside it or not."""
+        return target[:, : self.n_outputs] if self.taught(target) else target
+
+    def joined_targets(self, labelled: np.ndarray, pseudo: np.ndarray) -> np.ndarray:
+        if self.taught(labelled):
+            pseudo = self.untaught_targets(pseudo)
+        return super().joined_targets(labelled, pseudo)
+
+    def loss(self, outputs: Any, target: Any) -> Any:
+        if not self.taught(target):
+            return self.label_loss(outputs, target)
+        labels, teacher = target.chunk(2, dim=1)
+        alpha, temperature = self.distill.alpha, self.distill.temperature
+        softened = self.soft_loss(outputs.float() / temperature, teacher)
+        return (1.0 - alpha) * self.label_loss(outputs, labels) + alpha * temperature**2 * softened
