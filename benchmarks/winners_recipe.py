@@ -19,7 +19,10 @@ Each row: the held-out score of its submission, the whole run's wall clock, and 
 time: the submitted models predicting the test images afresh (no kept predictions), read and
 decode excluded. Beside them the peer on the same test images (an SVC on the pixels).
 
-    python benchmarks/winners_recipe.py [--competition photos] [--budget 5m] [--rows ...] [--tiny]
+    python benchmarks/winners_recipe.py [--competition photos] [--budget 5m] [--rows ...] [--seed 0] [--tiny]
+
+`--seed` is every row's train.seed (the folds stay the same): a second seed shows how far a row
+moves by chance alone.
 """
 
 import argparse
@@ -81,9 +84,10 @@ def chosen_side(scratch: Path) -> int:
     return int(C.load(resolved).model.image_size)
 
 
-def run_row(row: str, config: Path, scratch: Path, budget: str, tiny: bool) -> tuple[float, float, float]:
+def run_row(row: str, config: Path, scratch: Path, args: argparse.Namespace) -> tuple[float, float, float]:
     side = chosen_side(scratch) if row != "medium" else 0
-    overrides = [*keys(row, side, budget), "data.solution=solution.csv", *(TINY if tiny else [])]
+    overrides = [*keys(row, side, args.budget), f"train.seed={args.seed}", "data.solution=solution.csv"]
+    overrides += TINY if args.tiny else []
     started = time.perf_counter()
     for step in ("data", "folds", "train", "predict", "score"):
         stage(step, config, overrides, scratch, show=("train",))
@@ -97,6 +101,7 @@ def main() -> None:
     parser.add_argument("--competition", default="photos")
     parser.add_argument("--budget", default="5m")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--seed", type=int, default=0, help="every row's train.seed")
     parser.add_argument("--tiny", action="store_true", help="tiny data, 2 folds, 1 epoch: for the test suite")
     args = parser.parse_args()
     name = "tiny" if args.tiny else args.competition
@@ -107,8 +112,9 @@ def main() -> None:
         _competitions.BUILDERS[name](scratch / "data" / name, **(SMALL.get(name, {}) if args.tiny else {}))
         config, _ = _stages.init(name, scratch)
         for row in ["medium", *(r for r in args.rows if r != "medium")]:
-            score, minutes, seconds = run_row(row, config, scratch, args.budget, args.tiny)
-            print(f"| {machine()} | {name} | {row} | {score:.4f} | {minutes:.1f} min | {seconds:.2f} s |", flush=True)
+            score, minutes, seconds = run_row(row, config, scratch, args)
+            shown = f"{row} (seed {args.seed})" if args.seed else row
+            print(f"| {machine()} | {name} | {shown} | {score:.4f} | {minutes:.1f} min | {seconds:.2f} s |", flush=True)
         with inside(scratch):
             peer = Peer(C.load(config, ["data.solution=solution.csv"]))
             _, _, held_out = peer.scores()
