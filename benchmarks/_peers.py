@@ -7,12 +7,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 from sklearn.svm import SVC
 
 from pipeline import config as C
 from pipeline.data import sources
 from pipeline.data.images import open_images
 from pipeline.paths import Paths
+from pipeline.tasks.multilabel import Multilabel
+from pipeline.tasks.regression import regression_metric
 
 
 @contextlib.contextmanager
@@ -84,3 +87,58 @@ class Peer:
 
         scores = [rmse(self.fold != k, y[self.fold == k]) for k in sorted(set(self.fold))]
         return float(np.mean(scores)), float(np.std(scores)), rmse(np.ones(len(y), bool), test_y)
+
+
+# --- the multi-label and regression competitions' peers (_task_competitions) --------------------
+
+
+def _split(folder: Path, split: str, id_column: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """The split's pixels (N, H*W) in [0, 1] and its table with the answers beside."""
+    table = pd.read_csv(folder / ("train.csv" if split == "train" else "solution.csv"), keep_default_na=False)
+    pixels = [np.asarray(Image.open(folder / split / f"{i}.png"), dtype=np.float32) / 255 for i in table[id_column]]
+    return np.stack(pixels).reshape(len(table), -1), table
+
+
+def mosaic_peer(folder: Path) -> list[tuple[str, float]]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    x, train = _split(folder, "train", "image_name")
+    test_x, test = _split(folder, "test", "image_name")
+    labels = Multilabel.labels_of(train, ["tags"])
+    task = Multilabel(labels, "f1_samples")
+    model = OneVsRestClassifier(LogisticRegression(max_iter=300)).fit(x, task.encode(train, ["tags"]))
+    score = task.score(model.predict_proba(test_x), task.encode(test, ["tags"]))
+    return [("one-vs-rest logistic regression on the pixels", score)]
+
+
+def number_peer(folder: Path) -> list[tuple[str, float]]:
+    from sklearn.linear_model import RidgeCV
+
+    x, train = _split(folder, "train", "Id")
+    test_x, test = _split(folder, "test", "Id")
+    truth = test[["number"]].to_numpy(float)
+    ridge = RidgeCV(alphas=np.logspace(-1, 4, 12)).fit(x, train["number"]).predict(test_x)[:, None]
+    mean = np.full_like(truth, train["number"].mean())
+    return [
+        ("ridge regression on the pixels", regression_metric("rmse", ridge, truth)),
+        ("the training mean", regression_metric("rmse", mean, truth)),
+    ]
+
+
+def columns_peer(folder: Path) -> list[tuple[str, float]]:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    train, test = pd.read_csv(folder / "train.csv"), pd.read_csv(folder / "solution.csv")
+    test = test.merge(pd.read_csv(folder / "test.csv"), on="Id")
+    columns = ["site", "age"]
+    as_category = {"site": pd.CategoricalDtype(sorted(train["site"].unique()))}
+    trees = HistGradientBoostingRegressor(categorical_features="from_dtype", random_state=0)
+    trees.fit(train[columns].astype(as_category), train["score"])
+    guess = trees.predict(test[columns].astype(as_category))[:, None]
+    return [
+        ("gradient-boosted trees on the columns alone", regression_metric("rmse", guess, test[["score"]].to_numpy()))
+    ]
+
+
+TASK_PEERS = {"mosaic": mosaic_peer, "number": number_peer, "sites": columns_peer}

@@ -1,6 +1,6 @@
 """The winners' recipe (issue 30), each technique beside the medium first run, on held-out answers.
 
-For a competition (benchmarks/_competitions.py), in a scratch folder: build it, `make init`, then
+For a competition (benchmarks/_competitions.py, _task_competitions.py), in a scratch folder: build it, `make init`, then
 with nothing added to the config it wrote but the rows' keys, the time budget and the held-out
 answers' file name, run data, folds, train, predict and score, one experiment per row on the
 same folds:
@@ -32,14 +32,16 @@ from pathlib import Path
 
 import _competitions
 import _stages
+import _task_competitions
 import pandas as pd
-from _peers import Peer, inside
+from _peers import TASK_PEERS, Peer, inside
 from _stages import machine, stage
 
 from pipeline import config as C
 
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
 SMALL = {"photos": {"train_per_class": 6, "test_per_class": 3}, "tiny": {"n_train": 60, "n_test": 20}}
+BUILDERS = _competitions.BUILDERS | _task_competitions.BUILDERS
 ROWS = ("medium", "average", "soup", "final", "pseudo", "distill", "small", "best", "best2x")
 
 
@@ -96,9 +98,19 @@ def run_row(row: str, config: Path, scratch: Path, args: argparse.Namespace) -> 
     return score, minutes, inference_seconds(config, overrides, scratch)
 
 
+def peers(name: str, config: Path, scratch: Path) -> list[tuple[str, float]]:
+    """The competition's peers and their held-out scores."""
+    if name in TASK_PEERS:
+        return TASK_PEERS[name](scratch / "data" / name)
+    with inside(scratch):
+        peer = Peer(C.load(config, ["data.solution=solution.csv"]))
+        _, _, held_out = peer.scores()
+    return [(peer.name, held_out)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--competition", default="photos")
+    parser.add_argument("--competition", default="photos", choices=sorted(BUILDERS))
     parser.add_argument("--budget", default="5m")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS)
     parser.add_argument("--seed", type=int, default=0, help="every row's train.seed")
@@ -109,16 +121,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        _competitions.BUILDERS[name](scratch / "data" / name, **(SMALL.get(name, {}) if args.tiny else {}))
+        BUILDERS[name](scratch / "data" / name, **(SMALL.get(name, {}) if args.tiny else {}))
         config, _ = _stages.init(name, scratch)
         for row in ["medium", *(r for r in args.rows if r != "medium")]:
             score, minutes, seconds = run_row(row, config, scratch, args)
             shown = f"{row} (seed {args.seed})" if args.seed else row
             print(f"| {machine()} | {name} | {shown} | {score:.4f} | {minutes:.1f} min | {seconds:.2f} s |", flush=True)
-        with inside(scratch):
-            peer = Peer(C.load(config, ["data.solution=solution.csv"]))
-            _, _, held_out = peer.scores()
-        print(f"| {machine()} | {name} | peer: {peer.name} | {held_out:.4f} | | |", flush=True)
+        for peer, held_out in peers(name, config, scratch):
+            print(f"| {machine()} | {name} | peer: {peer} | {held_out:.4f} | | |", flush=True)
 
 
 if __name__ == "__main__":

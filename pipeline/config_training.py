@@ -105,7 +105,7 @@ class PseudoLabels(Section):
 
 
 class Distill(Section):
-    """train.distill: each fit's training targets blend the labels with a teacher's predictions
+    """train.distill: each fit's training rows learn from their labels and a teacher's predictions
     (learn.distillation): fold k's from the teacher's fold-k models, the full fit's from its full fits."""
 
     teacher: ExperimentName  # a trained experiment, or a blend (runs/<name>/blends/<teacher>.yaml)
