@@ -136,6 +136,20 @@ def test_a_teacher_trained_on_other_folds_is_refused(digits_dir, tmp_path, monke
         train.run(student)  # `make folds` refuses to remake them under a trained experiment; by hand, train does
 
 
+def test_a_student_trains_the_folds_its_teacher_trained(digits_dir, tmp_path, monkeypatch, capsys):
+    """A teacher the time budget stopped after some folds teaches those folds: the student plans
+    them alone, where it would have trained the others first and failed at the first it lacks."""
+    run(config(digits_dir, "teacher", epochs=1, folds=[1]), tmp_path, monkeypatch)
+    capsys.readouterr()
+    cv = run(config(digits_dir, "student", epochs=1, distill={"teacher": "teacher"}), tmp_path, monkeypatch)
+    assert "train.distill.teacher=teacher trained folds [1] alone: the student trains those" in capsys.readouterr().out
+    assert cv["fold_ids"] == [1]
+    named = config(digits_dir, "named", epochs=1, distill={"teacher": "teacher"}, folds=[0, 1])
+    with pytest.raises(PipelineError, match=r"teacher=teacher has no model of fold 0, one of the folds \[0, 1\]"):
+        run(named, tmp_path, monkeypatch)
+    assert not (tmp_path / "runs/tiny/named/fold1").exists()
+
+
 def test_soft_labels_with_mixup_mix_the_targets_as_the_images():
     cfg = C.Train(mixup_alpha=1.0, batch_size=4)
     np.random.seed(0)

@@ -77,6 +77,10 @@ class Teacher:
             )
         return chosen
 
+    def has_fold(self, paths: Paths, fold: int) -> bool:
+        """Whether every member has a model of fold `fold` to teach it."""
+        return all(paths.of_experiment(member).fold(fold).model.exists() for member in self.members)
+
     def describe(self, paths: Paths, fold: int | None) -> str:
         return " + ".join(f"{fit.root.parent.name}/{fit.root.name}" for fit, _ in self.fits(paths, fold))
 
@@ -87,6 +91,24 @@ def _member_fits(member: Paths, fold: int | None) -> list[FitFiles]:
     if member.full.model.exists():
         return [member.full]
     return [member.fold(k) for k in CV.load(member.cv_json).fold_ids]
+
+
+def taught_folds(teachers: list[Teacher], paths: Paths, fold_ids: list[int], *, named: bool) -> list[int]:
+    """The folds a student trains: those of `fold_ids` that each teacher has a model of. Folds
+    train.folds names (`named`) are refused, before any fit, where a teacher lacks one; else the
+    student trains the folds its teachers trained, and says so."""
+    for teacher in teachers:
+        lacking = [k for k in fold_ids if not teacher.has_fold(paths, k)]
+        if lacking and (named or len(lacking) == len(fold_ids)):
+            raise PipelineError(
+                f"{teacher.key}={teacher.name} has no model of fold {lacking[0]}, one of the folds {fold_ids} this "
+                "student trains: fold k learns from the teacher's fold-k model; train the teacher's folds first, "
+                "or leave them out of train.folds"
+            )
+        if lacking:
+            fold_ids = [k for k in fold_ids if k not in lacking]
+            print(f"{teacher.key}={teacher.name} trained folds {fold_ids} alone: the student trains those")
+    return fold_ids
 
 
 def fingerprint(base: str, teachers: list[Teacher]) -> str:

@@ -204,7 +204,9 @@ def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, 
     setup, folds = plan.prepare(cfg, paths)
     check(setup)
     setup = distillation.prepare(pseudo_labels.prepare(setup, folds, paths), folds, paths)
-    setup, fold_ids, pace = budget.fit_into(setup, folds, plan.fold_ids_of(setup.cfg, folds), paths)
+    named = setup.cfg.train.folds is not None
+    asked = teacher.taught_folds(teachers(setup), paths, plan.fold_ids_of(setup.cfg, folds), named=named)
+    setup, fold_ids, pace = budget.fit_into(setup, folds, asked, paths)
     final_stage.check(setup)  # against the side the budget chose, which may be smaller than the config's
     fingerprint = teacher.fingerprint(validation.fingerprint(setup.cfg, paths.folds_csv), teachers(setup))
     return setup, folds, fingerprint, fold_ids, pace
