@@ -73,8 +73,15 @@ class Average(Section):
         """The learning rate (x train.lr) its last k epochs hold: swa's; the others follow the schedule."""
         return self.lr if AVERAGE_KINDS[self.kind].holds_lr else None
 
-    def describe(self) -> str:
-        use = "offered to a greedy soup the other folds choose" if self.across_folds else "averaged"
+    def describe(self, *, folds: int) -> str:
+        """What the kept weights are, for a run of `folds` folds (a lone fold's soup has no other
+        fold to choose it: it takes every epoch offered)."""
+        if not self.across_folds:
+            use = "averaged"
+        elif folds > 1:
+            use = "offered to a greedy soup the other folds choose"
+        else:
+            use = "averaged, all of them (one fold: no other fold to choose a soup)"
         return f"the last {self.k} epochs' weights {use} (train.average {self.kind})"
 
     @property

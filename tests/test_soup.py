@@ -81,6 +81,7 @@ def test_each_fit_keeps_the_soup_the_other_folds_chose_and_a_rerun_keeps_it(digi
         oof = pd.read_csv(paths.fold(k).oof)
         assert len(oof) == int((pd.read_csv(paths.folds_csv)["fold"] == k).sum())
     assert Soup.read(paths.full.soup).chosen_on == [0, 1]
+    assert cv["averaged"].startswith("the last 3 epochs' weights offered to a greedy soup the other folds choose")
     said = capsys.readouterr().out
     assert "greedy soup of epochs" in said
 
@@ -93,9 +94,10 @@ def test_each_fit_keeps_the_soup_the_other_folds_chose_and_a_rerun_keeps_it(digi
 
 def test_a_fold_alone_takes_every_epoch_offered(digits_dir, tmp_path, monkeypatch):
     cfg = tiny({**DIGITS, "dir": str(digits_dir)}, epochs=2, full_fit=False, folds=[1], average={"kind": "greedy_soup"})
-    run(cfg, tmp_path, monkeypatch)
+    cv = run(cfg, tmp_path, monkeypatch)
     served = Soup.read(Paths.of(cfg).fold(1).soup)
     assert served.epochs == [1, 2] and served.chosen_on == [] and np.isfinite(served.score)
+    assert "epochs' weights averaged, all of them (one fold: no other fold to choose a soup)" in cv["averaged"]
 
 
 def test_a_run_killed_between_two_folds_soups_serves_the_rest_on_the_next(digits_dir, tmp_path, monkeypatch):

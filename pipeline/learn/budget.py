@@ -269,7 +269,7 @@ def _plan_line(
         why += f"; {schedule.epochs + 1} would take {duration(one_more)}, {past}"
     final, average, then = cfg.train.final_size, cfg.train.average, ""
     if average is not None:
-        then += f", {average.describe()}"
+        then += f", {average.describe(folds=len(schedule.folds))}"
     if final is not None:
         last_stage = duration(seconds - main_schedule)
         then += f", then {final.epochs} at {final.image_size} px (train.final_size, {last_stage} of the training)"

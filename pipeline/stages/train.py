@@ -374,5 +374,5 @@ def summarize(
         last=scores("last"),
         fingerprint=fingerprint,
         validation_plan=validation_plan(folds),
-        averaged=setup.cfg.train.average.describe() if setup.cfg.train.average is not None else "",
+        averaged=setup.cfg.train.average.describe(folds=len(fold_ids)) if setup.cfg.train.average is not None else "",
     )
