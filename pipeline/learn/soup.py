@@ -67,10 +67,10 @@ class Kitchen:
     files: Callable[[int | None], FitFiles]
     fingerprint: str
     tasted: dict = field(default_factory=dict)  # (fold, recipe) -> its score on the fold's validation rows
-    histories: dict = field(default_factory=dict)  # fold -> its metrics.csv, read once
 
     def __post_init__(self):
         self.rows = functools.cache(self.rows)  # a fit's joined targets are made once
+        self.history = functools.cache(self.history)  # a fold's metrics.csv is read once
 
     @property
     def offered(self) -> list[int]:
@@ -96,9 +96,7 @@ class Kitchen:
 
     def history(self, fold: int) -> pd.DataFrame:
         """The fold's metrics.csv by epoch: what each ingredient scored as its fit validated it."""
-        if fold not in self.histories:
-            self.histories[fold] = pd.read_csv(self.files(fold).metrics).set_index("epoch")
-        return self.histories[fold]
+        return pd.read_csv(self.files(fold).metrics).set_index("epoch")
 
     def cook(self, fold: int | None, recipe: Recipe) -> tuple[Setup, fit.Parts]:
         """The fit's model with the soup's weights, its norms recomputed where it averages several."""

@@ -199,9 +199,9 @@ class Classification(SoftenedTeacher, Task):
         return F.cross_entropy(outputs, target, label_smoothing=self.label_smoothing)
 
     def soft_loss(self, outputs: Any, probabilities: Any) -> Any:
-        import torch.nn.functional as F
+        from timm.loss import SoftTargetCrossEntropy
 
-        return (-probabilities * F.log_softmax(outputs, dim=-1)).sum(dim=-1).mean()
+        return SoftTargetCrossEntropy()(outputs, probabilities)
 
     def eval_loss(self, outputs: Any, target: Any) -> Any:
         import torch.nn.functional as F
