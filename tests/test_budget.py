@@ -134,6 +134,20 @@ def test_the_stopwatch_times_only_the_steps_after_its_warm_up():
     assert len(watch) == 5 and len(list(watch)) == 5 and watch.timed_images == 12
     short = budget.Stopwatch(Batches(1), warmup=2, steps=3, device=cpu)
     assert len(list(short)) == 1 and short.timed_images == 4  # no warm-up when there is one batch
+    enough = budget.Stopwatch(Batches(10), warmup=2, steps=6, device=cpu, enough_s=0.0)
+    assert len(list(enough)) == 2 + budget.FEWEST_TIMED_STEPS and enough.timed_images == 12  # a slow side
+
+
+def test_the_side_kept_is_measured_twice_and_a_side_traded_away_once(monkeypatch):
+    measured = []
+
+    def probe(setup, *args):  # 160 px a thousand times slower than 96 px: far past the budget
+        measured.append(setup.image_size)
+        return speed(setup.image_size, 0.01 if setup.image_size == 96 else 10.0)
+
+    monkeypatch.setattr(budget, "measure", probe)
+    plan = budget.make_plan(setup_of(), FOLDS, [0, 1, 2, 3, 4], paths=None, key="key")
+    assert plan.schedule.side == 96 and measured == [160, 96, 96]
 
 
 def test_a_budget_plans_once_keeps_its_plan_and_paces_each_fit(blobs_dir, tmp_path, monkeypatch, capsys):

@@ -3,10 +3,12 @@ competitor plans them.
 
 Measure. A probe builds fold 0's model and batches, as a fit does, and times steady-state steps
 after a warm-up: training with the fine-tune's stages frozen, training with everything, and
-validating (twice, keeping the faster of each: a process's first probe can run slow past its
-warm-up, and a probe of seconds catches whatever else the machine does). The one-time costs are
-measured apart: a fit's start (the model, its weights and loaders, its first steps' warm-up)
-and an epoch's (its loaders' start and its checkpoint).
+validating, each for a few steps or 1% of the budget, whichever ends first (at least 3 steps: a
+side too slow for the budget needs no more to show it). The side the plan keeps is measured
+twice, keeping the faster of each time (a process's first probe can run slow past its warm-up,
+and a probe of seconds catches whatever else the machine does); a side traded away, once. The
+one-time costs are measured apart: a fit's start (the model, its weights and loaders, its first
+steps' warm-up) and an epoch's (its loaders' start and its checkpoint).
 
 Plan. The epochs are the most that fit, between a floor (two epochs past the unfreeze, and half
 the optimizer steps the data asks for: defaults.epoch_bounds) and a ceiling (train.epochs when
@@ -65,6 +67,7 @@ from pipeline.learn.validation import validation_rows
 from pipeline.paths import Paths
 
 WARMUP_STEPS, TIMED_STEPS, TIMED_VALID_BATCHES = 2, 6, 3
+FEWEST_TIMED_STEPS, PROBE_SHARE = 3, 0.01  # a probe's kind of step stops past this share of the budget
 AIM = 0.8  # of the budget: a plan that uses less says why
 SIDE_STEP = 32  # trade the side in steps the backbones' strides divide
 
@@ -122,14 +125,16 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
     budget_s, started = C.seconds(cfg.train.time_budget), time.time()
     fold_rows = len(folds) - len(validation_rows(folds, fold_ids[0]))
     floor, ceiling = defaults.epoch_bounds(cfg, fold_rows, epochs_given="train.epochs" in setup.given)
-    first = measure(setup, folds, fold_ids[0], paths)  # see measure()
-    speeds = {setup.image_size: first.fastest(measure(setup, folds, fold_ids[0], paths))}
-    while True:
+    speeds, measured_twice, side = {}, set(), setup.image_size
+    while side not in measured_twice:  # the side kept is measured twice (see measure()), a side traded away once
+        speed = measure(setup if side == setup.image_size else _at_side(setup, side), folds, fold_ids[0], paths)
+        if side in speeds:
+            speed = speeds[side].fastest(speed)
+            measured_twice.add(side)
+        speeds[side] = speed
         left = budget_s - (time.time() - started)
         choice, traded = choose(setup, folds, fold_ids, speeds, (floor, ceiling), left)
-        if choice.side in speeds:
-            break
-        speeds[choice.side] = measure(_at_side(setup, choice.side), folds, fold_ids[0], paths)
+        side = choice.side
     speed, chosen = speeds[choice.side], fits(folds, choice.folds, choice.full_fit, joined=joined_rows(setup))
     final, average = cfg.train.final_size, cfg.train.average
     planned = {f.name: fit_seconds(speed, f, choice.epochs, cfg.model, final, average) for f in chosen}
@@ -285,10 +290,11 @@ def _plan_line(
 
 class Stopwatch:
     """The first `warmup + steps` of `batches`; times the last `steps` of them (the device
-    synchronised at both ends, so that queued GPU work is counted) and the wait for the first."""
+    synchronised at both ends, so that queued GPU work is counted) and the wait for the first.
+    The timed steps stop early, after `FEWEST_TIMED_STEPS`, once they have taken `enough_s`."""
 
-    def __init__(self, batches, warmup: int, steps: int, device: Device):
-        self.batches, self.device = batches, device
+    def __init__(self, batches, warmup: int, steps: int, device: Device, enough_s: float = math.inf):
+        self.batches, self.device, self.enough_s = batches, device, enough_s
         self.length = min(len(batches), warmup + steps)
         self.warmup = min(warmup, self.length - 1)
         self.first_s = self.warmup_s = self.timed_s = 0.0
@@ -309,6 +315,8 @@ class Stopwatch:
             if i >= self.warmup:
                 self.timed_images += len(batch[0])
             yield batch
+            if i + 1 - self.warmup >= FEWEST_TIMED_STEPS and time.perf_counter() - timed_from >= self.enough_s:
+                break
         self._sync()
         self.timed_s = time.perf_counter() - timed_from
 
@@ -325,9 +333,11 @@ def measure(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> Speed
     """Time fold `fold`'s fit, as fit() runs it, for a few steps of each kind. The first probe
     of a process can run slow past its warm-up (on 2 cores: frozen steps and validation up to
     2x, training 15%, where the fits after it did not), and a probe of a few seconds on a shared
-    machine as much as 22% (58 img/s where the epochs ran 74): the plan measures twice and keeps
-    the faster of each time."""
+    machine as much as 22% (58 img/s where the epochs ran 74): the plan measures the side it keeps
+    twice and keeps the faster of each time. Each kind of training step stops at 1% of the budget
+    (past its first 3 timed): at 256 px on 2 cores six steps of 64 images took a minute."""
     cfg = setup.cfg.train
+    enough_s = PROBE_SHARE * C.seconds(cfg.time_budget)
     valid = validation_rows(folds, fold)
     began = time.perf_counter()
     parts = assemble(setup, np.setdiff1d(np.arange(len(folds)), valid), valid)
@@ -336,12 +346,12 @@ def measure(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> Speed
     warmups, trained = [], parts.trained
     frozen = None
     if parts.frozen.params:
-        frozen = Stopwatch(parts.train_batches(cfg.seed), WARMUP_STEPS, TIMED_STEPS, parts.device)
+        frozen = Stopwatch(parts.train_batches(cfg.seed), WARMUP_STEPS, TIMED_STEPS, parts.device, enough_s)
         engine.train_one_epoch(trained, frozen, setup.task, state, parts.device, parts.frozen, "timing, frozen")
         warmups.append(frozen)
         parts.frozen.unfreeze()
         trained = wrap(parts.model, parts.device, cfg.compile)
-    unfrozen = Stopwatch(parts.train_batches(cfg.seed + 1), WARMUP_STEPS, TIMED_STEPS, parts.device)
+    unfrozen = Stopwatch(parts.train_batches(cfg.seed + 1), WARMUP_STEPS, TIMED_STEPS, parts.device, enough_s)
     engine.train_one_epoch(trained, unfrozen, setup.task, state, parts.device, None, "timing")
     warmups.append(unfrozen)
     validating = Stopwatch(parts.valid_batches(), 1, TIMED_VALID_BATCHES, parts.device)

@@ -25,5 +25,6 @@ class Setup:
     given: frozenset[str] = frozenset()  # dotted keys the config, its overrides or best.yaml set
     pool: object | None = None  # train.pseudo_labels' unlabelled images (learn.pseudo_labels.Pool)
     distiller: object | None = None  # train.distill's teacher (learn.distillation.Distiller)
+    sources: dict = field(default_factory=dict)  # model.name -> model.pretrained, kept for later runs
     # (device, side) -> every image as uint8 on that device (train.device_aug), made on first use
     resident: dict = field(default_factory=dict, repr=False, compare=False)

@@ -49,11 +49,18 @@ def recorded_sources(paths: Paths) -> dict[str, str]:
         return {}
 
 
-def record_sources(paths: Paths, cfg: C.Config, decided: list) -> None:
-    """The pretrained source just decided, kept for the runs after this one."""
+def sources_to_keep(paths: Paths, cfg: C.Config, decided: list) -> dict[str, str]:
+    """The pretrained sources recorded, and the one just decided."""
     recorded = recorded_sources(paths)
     if any(d.key == "model.pretrained" for d in decided) and cfg.model.name not in recorded:
-        write_text(paths.sources_json, json.dumps({**recorded, cfg.model.name: cfg.model.pretrained}))
+        return {**recorded, cfg.model.name: cfg.model.pretrained}
+    return recorded
+
+
+def record_sources(paths: Paths, setup: Setup) -> None:
+    """`setup.sources`, kept for the runs after this one."""
+    if setup.sources != recorded_sources(paths):
+        write_text(paths.sources_json, json.dumps(setup.sources))
 
 
 def given_keys(cfg: C.Config) -> set[str]:
@@ -70,10 +77,11 @@ def channels(cfg: C.Config) -> int:
     return 1 if cfg.data.layout in ("pixel_columns", "pixel_string") else cfg.data.channels
 
 
-def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, pd.DataFrame]:
+def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True, record: bool = True) -> tuple[Setup, pd.DataFrame]:
     """The images, targets and task for every row of folds.csv, in its order, and the config
     they train with (Setup.cfg): its unset keys decided from the data, then (`tuned`) the
-    settings `make tune` found merged."""
+    settings `make tune` found merged. `record`: the pretrained source decided is written now,
+    else by the caller once its checks pass (record_sources)."""
     folds = read_folds(paths.folds_csv)
     data = sources.read(cfg)
     store = sources.open_split(cfg, data.train.images, paths.cache("train"), defaults.working_side(cfg))
@@ -99,7 +107,7 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     )
     given = given_keys(cfg)
     cfg, decided = defaults.resolve(cfg, facts)
-    record_sources(paths, cfg, decided)
+    pretrained_sources = sources_to_keep(paths, cfg, decided)
     print("\n".join(defaults.describe(decided)) if decided else "defaults: every key is set", flush=True)
     settings = tuned_settings(cfg, paths) if tuned else {}
     if settings:
@@ -109,4 +117,8 @@ def prepare(cfg: C.Config, paths: Paths, *, tuned: bool = True) -> tuple[Setup, 
     size = cfg.model.image_size or uniform_side(store)
     if size is None:
         raise PipelineError("model.image_size is not set and the competition's images differ in size: set it")
-    return Setup(cfg, task, images, rows, targets, channels(cfg), size, frozenset(given | set(settings))), folds
+    given = frozenset(given | set(settings))
+    setup = Setup(cfg, task, images, rows, targets, channels(cfg), size, given, sources=pretrained_sources)
+    if record:
+        record_sources(paths, setup)
+    return setup, folds

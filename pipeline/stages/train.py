@@ -201,13 +201,14 @@ def drop_other_full_model(out: FitFiles, fingerprint: str) -> None:
 def train_folds(cfg: C.Config, paths: Paths) -> tuple[Setup, pd.DataFrame, str, list[int], Pace | None]:
     """What training the folds needs, defaults decided, tuned settings merged and the time
     budget planned: (setup, folds, fingerprint, fold ids, the budget's pace keeper)."""
-    setup, folds = plan.prepare(cfg, paths)
+    setup, folds = plan.prepare(cfg, paths, record=False)  # recorded once every check below passes
     check(setup)
     setup = distillation.prepare(pseudo_labels.prepare(setup, folds, paths), folds, paths)
     named = setup.cfg.train.folds is not None
     asked = teacher.taught_folds(teachers(setup), paths, plan.fold_ids_of(setup.cfg, folds), named=named)
     setup, fold_ids, pace = budget.fit_into(setup, folds, asked, paths)
     final_stage.check(setup)  # against the side the budget chose, which may be smaller than the config's
+    plan.record_sources(paths, setup)
     fingerprint = teacher.fingerprint(validation.fingerprint(setup.cfg, paths.folds_csv), teachers(setup))
     return setup, folds, fingerprint, fold_ids, pace
 
