@@ -138,16 +138,19 @@ def test_the_stopwatch_times_only_the_steps_after_its_warm_up():
     assert len(list(enough)) == 2 + budget.FEWEST_TIMED_STEPS and enough.timed_images == 12  # a slow side
 
 
-def test_the_side_kept_is_measured_twice_and_a_side_traded_away_once(monkeypatch):
-    measured = []
+@pytest.mark.parametrize(("at_96", "measured"), [(0.01, [96, 160, 96]), (0.5, [96, 96])])
+def test_the_probe_goes_up_from_the_smallest_side_as_far_as_the_estimates_allow(monkeypatch, at_96, measured):
+    """160 px is far slower than 96 px: measured and traded away when the estimate from 96 px
+    allows it (0.01 s an image there), never measured when even that rules it out (0.5 s)."""
+    sides = []
 
-    def probe(setup, *args):  # 160 px a thousand times slower than 96 px: far past the budget
-        measured.append(setup.image_size)
-        return speed(setup.image_size, 0.01 if setup.image_size == 96 else 10.0)
+    def probe(setup, *args):
+        sides.append(setup.image_size)
+        return speed(setup.image_size, at_96 if setup.image_size == 96 else 10.0)
 
     monkeypatch.setattr(budget, "measure", probe)
     plan = budget.make_plan(setup_of(), FOLDS, [0, 1, 2, 3, 4], paths=None, key="key")
-    assert plan.schedule.side == 96 and measured == [160, 96, 96]
+    assert plan.schedule.side == 96 and sides == measured
 
 
 def test_a_budget_plans_once_keeps_its_plan_and_paces_each_fit(blobs_dir, tmp_path, monkeypatch, capsys):

@@ -3,22 +3,24 @@ competitor plans them.
 
 Measure. A probe builds fold 0's model and batches, as a fit does, and times steady-state steps
 after a warm-up: training with the fine-tune's stages frozen, training with everything, and
-validating, each for a few steps or 1% of the budget, whichever ends first (at least 3 steps: a
-side too slow for the budget needs no more to show it). The side the plan keeps is measured
-twice, keeping the faster of each time (a process's first probe can run slow past its warm-up,
-and a probe of seconds catches whatever else the machine does); a side traded away, once. The
-one-time costs are measured apart: a fit's start (the model, its weights and loaders, its first
-steps' warm-up) and an epoch's (its loaders' start and its checkpoint).
+validating, each for a few steps or 1% of the budget, whichever ends first (at least 3 steps).
+It starts at the smallest side the plan may trade down to, the cheapest to measure, and goes up
+to the side the estimates choose, measuring each before the plan keeps it: a side the estimates
+rule out is never measured (on 2 cores a probe at 256 px took two minutes of a 5-minute budget,
+to learn that it was ten times too slow). The side the plan keeps is measured twice, keeping the
+faster of each time (a process's first probe can run slow past its warm-up, and a probe of
+seconds catches whatever else the machine does). The one-time costs are measured apart: a fit's
+start (the model, its weights and loaders, its first steps' warm-up) and an epoch's (its
+loaders' start and its checkpoint).
 
 Plan. The epochs are the most that fit, between a floor (two epochs past the unfreeze, and half
 the optimizer steps the data asks for: defaults.epoch_bounds) and a ceiling (train.epochs when
 the config sets it, else the preset's most: a roomy budget is used). When even the floor does
 not fit, the plan trades what the config left to the defaults, in this order: a smaller image
 side (down to 96 px for a pretrained model), fewer folds (the others left for a later run, the
-CV stated on the folds trained), then no full fit (the fold models are submitted). A side the
-probe did not measure is measured before the plan keeps it. A plan of several folds fills the
-time left, since the pace can leave its last folds for later when the fits run late; a plan of
-one fold leaves 5% for the estimate's error.
+CV stated on the folds trained), then no full fit (the fold models are submitted). A plan of
+several folds fills the time left, since the pace can leave its last folds for later when the
+fits run late; a plan of one fold leaves 5% for the estimate's error.
 
 Keep. The plan, with what it measured, goes to runs/<name>/<experiment>/budget.json: a re-run of
 the same config trains the same schedule, keeps its finished folds and has a budget of its own.
@@ -125,8 +127,9 @@ def make_plan(setup: Setup, folds: pd.DataFrame, fold_ids: list[int], paths: Pat
     budget_s, started = C.seconds(cfg.train.time_budget), time.time()
     fold_rows = len(folds) - len(validation_rows(folds, fold_ids[0]))
     floor, ceiling = defaults.epoch_bounds(cfg, fold_rows, epochs_given="train.epochs" in setup.given)
-    speeds, measured_twice, side = {}, set(), setup.image_size
-    while side not in measured_twice:  # the side kept is measured twice (see measure()), a side traded away once
+    speeds, measured_twice = {}, set()
+    side = min(option.side for option in arrangements(setup, fold_ids))  # then up, as far as the estimates allow
+    while side not in measured_twice:  # the side kept is measured twice (see measure())
         speed = measure(setup if side == setup.image_size else _at_side(setup, side), folds, fold_ids[0], paths)
         if side in speeds:
             speed = speeds[side].fastest(speed)
