@@ -29,9 +29,9 @@ from pathlib import Path
 import _stages
 import numpy as np
 import pandas as pd
+from _peers import otsu_peer
 from _segmentation_competition import stencils
 from _stages import machine, stage
-from PIL import Image
 
 RUN = ["train.preset=medium", "train.time_budget=20m", "data.solution=solution.csv"]
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
@@ -73,26 +73,6 @@ def at_half(config: Path, scratch: Path, overrides: list[str]) -> float:
         return plain.score_file("dice", submitted.set_axis(solution.columns, axis=1), solution)
     finally:
         os.chdir(here)
-
-
-def otsu_peer(folder: Path) -> float:
-    from skimage.filters import threshold_otsu
-
-    from pipeline.data import rle
-    from pipeline.kaggle.submission import read_submission
-    from pipeline.tasks.segmentation import code_score
-
-    def guesses(split: str, table: pd.DataFrame, bright: bool) -> list[float]:
-        scores = []
-        for image_id, truth in zip(table["id"], table["rle_mask"], strict=True):
-            grey = np.asarray(Image.open(folder / split / f"{image_id}.png").convert("L"), dtype=np.float64)
-            mask = grey > threshold_otsu(grey) if bright else grey <= threshold_otsu(grey)
-            scores.append(code_score("dice", rle.encode(mask, "column"), truth, image_id))
-        return scores
-
-    train = read_submission(folder / "train.csv")
-    bright = np.mean(guesses("train", train, True)) >= np.mean(guesses("train", train, False))
-    return float(np.mean(guesses("test", read_submission(folder / "solution.csv"), bright)))
 
 
 def executor_rows(config: Path, scratch: Path, overrides: list[str]) -> list[tuple[str, float]]:

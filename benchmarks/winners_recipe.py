@@ -1,9 +1,9 @@
 """The winners' recipe (issue 30), each technique beside the medium first run, on held-out answers.
 
-For a competition (benchmarks/_competitions.py, _task_competitions.py), in a scratch folder: build it, `make init`, then
-with nothing added to the config it wrote but the rows' keys, the time budget and the held-out
-answers' file name, run data, folds, train, predict and score, one experiment per row on the
-same folds:
+For a competition (benchmarks/_competitions.py, _task_competitions.py, _segmentation_competition.py),
+in a scratch folder: build it, `make init`, then with nothing added to the config it wrote but the
+rows' keys, the time budget and the held-out answers' file name, run data, folds, train, predict and
+score, one experiment per row on the same folds:
 
   medium              train.preset=medium in the budget: the teacher of the rows that need one
   + average (swa)     train.average={kind: swa, k: 3}
@@ -35,13 +35,14 @@ import _stages
 import _task_competitions
 import pandas as pd
 from _peers import TASK_PEERS, Peer, inside
+from _segmentation_competition import stencils
 from _stages import machine, stage
 
 from pipeline import config as C
 
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
 SMALL = {"photos": {"train_per_class": 6, "test_per_class": 3}, "tiny": {"n_train": 60, "n_test": 20}}
-BUILDERS = _competitions.BUILDERS | _task_competitions.BUILDERS
+BUILDERS = _competitions.BUILDERS | _task_competitions.BUILDERS | {"stencils": stencils}
 ROWS = ("medium", "average", "soup", "final", "pseudo", "distill", "small", "best", "best2x")
 
 

@@ -108,7 +108,9 @@ class PseudoLabels(Section):
     rows: Literal["test", "extra", "both"] = "test"  # extra: the scraped images, relabelled
     min_confidence: Probability = 0.0  # rows the teacher is less sure of stay out (not for values and points)
     weight: PositiveFloat = 1.0  # how often an epoch sees each pseudo-labelled row (fractions: a seeded share)
-    soft: bool = True  # the teacher's probabilities as targets; false: its decided labels (segmentation: masks)
+    soft: bool = (
+        True  # the teacher's probabilities as targets (segmentation: its probability maps); false: its decided labels
+    )
 
 
 class Distill(Section):
@@ -117,7 +119,7 @@ class Distill(Section):
 
     teacher: ExperimentName  # a trained experiment, or a blend (runs/<name>/blends/<teacher>.yaml)
     alpha: Probability = 0.5  # the teacher's share of each target; the label keeps the rest
-    temperature: PositiveFloat = 2.0  # softens the teacher's and the student's outputs (classification, multilabel)
+    temperature: PositiveFloat = 2.0  # softens the teacher's outputs, and the student's (classification, multilabel)
 
 
 class Train(Section):

@@ -248,9 +248,13 @@ def test_the_students_loss_weighs_the_teachers_term_by_alpha_and_t_squared():
     def hinton(teacher_half: torch.Tensor) -> torch.Tensor:
         softened_student = F.log_softmax(outputs / 2.0, dim=1)
         label_term = F.cross_entropy(outputs, torch.tensor(labels))
-        return 0.75 * label_term + 0.25 * 4.0 * -(teacher_half * softened_student).sum()
+        kl = (torch.xlogy(teacher_half, teacher_half) - teacher_half * softened_student).sum()
+        return 0.75 * label_term + 0.25 * 4.0 * kl
 
     assert torch.isclose(task.loss(outputs, taught), hinton(taught[:, 3:]))
+    at_teacher = torch.log(taught[:, 3:]) * 2.0  # the student's outputs softened at T are the teacher's
+    label_term = 0.75 * F.cross_entropy(at_teacher, torch.tensor(labels))
+    assert torch.isclose(task.loss(at_teacher, taught), label_term, atol=1e-6)  # KL, not cross entropy: 0 there
     untaught = torch.tensor(task.untaught_targets(labels))  # the label stands for the teacher
     assert torch.isclose(task.loss(outputs, untaught), hinton(untaught[:, 3:]))
 
@@ -274,8 +278,9 @@ def test_a_missing_keypoint_takes_the_teachers_point():
     assert np.allclose(distilled, [[11.0, 6.0]])
 
 
-def test_a_segmentation_teacher_teaches_its_masks_as_codes_and_distillation_is_refused():
+def test_a_segmentation_teacher_teaches_codes_or_maps_and_a_student_its_label_blended_with_the_softened_map():
     from pipeline import tasks
+    from pipeline.tasks.mask_targets import cell_map
 
     masks = tasks.get("segmentation")(["m"])
     units = np.zeros((1, 1, 4, 4))
@@ -283,7 +288,21 @@ def test_a_segmentation_teacher_teaches_its_masks_as_codes_and_distillation_is_r
     codes = masks.pseudo_targets(units, soft=False, sizes=np.array([[8, 8]]))
     assert codes.shape == (1, 1) and rle.decode(codes[0, 0], (8, 8), "column", "test")[:4, :4].all()
     assert masks.pseudo_confidence(units)[0] == pytest.approx((4 * 230 + 12 * 255) / 16 / 255)
-    with pytest.raises(PipelineError, match="soft=true: a segmentation model learns masks"):
-        masks.check_pseudo_labels(0.0, soft=True)
-    with pytest.raises(PipelineError, match="train.distill: a segmentation model's targets are masks"):
-        masks.check_distill()
+    maps = masks.pseudo_targets(units, soft=True, sizes=np.array([[8, 8]]))
+    assert np.array_equal(cell_map(maps[0, 0], np.array([8, 8]), (4, 4), "column", "test"), units[0, 0])
+    label = np.zeros((8, 8), np.uint8)
+    label[:, :4] = 1  # the label's left half, the teacher's top-left quarter at 230
+    labelled = np.array([[rle.encode(label, "column")]], dtype=object)
+    taught = masks.distilled_targets(labelled, units, alpha=0.25, temperature=1.0)
+    read = cell_map(taught[0, 0], np.array([8, 8]), (4, 4), "column", "test").astype(float)
+    assert read[0, 0] == pytest.approx(0.75 * 255 + 0.25 * 230, abs=1) and read[3, 0] == pytest.approx(
+        0.75 * 255, abs=1
+    )
+    assert read[0, 3] == 0  # neither the label's nor the teacher's
+    hotter = masks.distilled_targets(labelled, units, alpha=1.0, temperature=4.0)[0, 0].teacher
+    assert 128 < hotter[0, 0] < 230 and 0 < hotter[3, 3] < 128  # softened towards 0.5 at T = 4
+    lovasz = tasks.get("segmentation")(["m"], loss="lovasz")
+    with pytest.raises(PipelineError, match="train.pseudo_labels.soft=true: train.loss=lovasz learns 0/1 masks"):
+        lovasz.check_pseudo_labels(0.0, soft=True)
+    with pytest.raises(PipelineError, match="train.distill: train.loss=lovasz learns 0/1 masks"):
+        lovasz.check_distill()

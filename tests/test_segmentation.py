@@ -66,7 +66,7 @@ def test_an_item_is_the_image_and_its_mask_at_the_model_side_moved_together(flip
     augment = A.Compose([A.HorizontalFlip(p=1.0)], seed=0) if flip else None
     image, mask, size = dataset(Segmentation(["m"]), augment)[0]
     assert image.shape == (1, 40, 40) and mask.shape == (1, 40, 40) and mask.dtype == torch.uint8
-    assert torch.equal(image[0] > 127, mask[0] > 0) and 0 < mask.sum() < 40 * 40 / 4
+    assert torch.equal(image[0] > 127, mask[0] > 0) and 0 < (mask > 0).sum() < 40 * 40 / 4 and mask.max() == 255
     columns = torch.nonzero(mask[0])[:, 1].float().mean()  # the square lies in the file's left third
     assert (columns > 20) if flip else (columns < 20)
     assert size.tolist() == list(SHAPE)
@@ -77,7 +77,7 @@ def test_resident_masks_are_resized_as_the_resident_images():
     codes = np.array([[rle.encode(square(0, 0, 10), "column"), ""]], dtype=object)
     masks = task.device_targets(codes, np.array([SHAPE]), 10)
     assert masks.shape == (1, 2, 10, 10)
-    assert masks[0, 0, :5, :3].all() and masks[0, 0].sum() == 5 * 3  # 10 of 20 rows, 10 of 30 columns
+    assert masks[0, 0, :5, :3].all() and masks[0, 0].sum() == 5 * 3 * 255  # 10 of 20 rows, 10 of 30 columns, 0-255
     assert not masks[0, 1].any()
 
 
@@ -86,6 +86,7 @@ def test_every_loss_is_lower_for_the_right_logits(loss):
     task = Segmentation(["m"], loss=loss)
     target = torch.from_numpy(square(2, 2, 6, (12, 12)))[None, None]
     right, wrong = (target.float() * 2 - 1) * 4, (1 - target.float() * 2) * 4
+    target = target * 255  # the loader's 0-255 maps (tasks.mask_targets)
     assert task.loss(right, target) < task.loss(wrong, target)
 
 
@@ -241,7 +242,9 @@ def test_the_search_over_freeze_depth_and_augmentations_and_the_lr_finder_run_on
     assert "lr-find: steepest descent at lr" in capsys.readouterr().out
 
 
-def test_the_test_images_join_training_under_a_teachers_masks(cells_config, capsys):
+def test_the_test_images_join_training_under_a_teachers_masks_or_maps_and_a_student_distils_its_maps(
+    cells_config, capsys
+):
     for stage in ("data", "folds", "train"):
         assert main([stage, "-c", str(cells_config)]) == 0, capsys.readouterr().err
     student = ["train.experiment=student", "train.pseudo_labels.teacher=cells", "train.pseudo_labels.soft=false"]
@@ -251,3 +254,12 @@ def test_the_test_images_join_training_under_a_teachers_masks(cells_config, caps
     for fit, teacher in (("fold 0", "cells/fold0"), ("fold 1", "cells/fold1"), ("full", "cells/full")):
         assert f"{fit}: 6 of 6 unlabelled images join training labelled by {teacher} (hard" in out
     assert CV.load(Path("runs/cells/student/cv.json")).metric == "dice"
+    soft = ["train.experiment=soft", "train.pseudo_labels.teacher=cells"]
+    distilled = ["train.experiment=distilled", "train.distill.teacher=cells", "train.distill.temperature=3"]
+    for student in (soft, distilled):
+        assert main(["train", "-c", str(cells_config), *student]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "fold 0: 6 of 6 unlabelled images join training labelled by cells/fold0 (soft" in out
+    assert "fold 1: 12 training rows learn from cells/fold1 (alpha 0.5, temperature 3.0)" in out
+    assert "full: 24 training rows learn from cells/full" in out
+    assert all(CV.load(Path(f"runs/cells/{name}/cv.json")).metric == "dice" for name in ("soft", "distilled"))

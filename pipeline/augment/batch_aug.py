@@ -75,7 +75,7 @@ class Warp:
         return moved
 
     def masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """(N, C, S, S) masks -> where the warp takes them, nearest-neighbour: a mask stays 0/1."""
+        """(N, C, S, S) target maps -> where the warp takes them, nearest-neighbour: a mask stays 0/255."""
         return sample(masks.float(), self.draws.grid(tuple(masks.shape[-2:])), mode="nearest").to(masks.dtype)
 
 

@@ -241,6 +241,10 @@ class Multilabel(SoftenedTeacher, Task):
 
         return F.binary_cross_entropy_with_logits(outputs.float(), probabilities.float())
 
+    def own_logits(self, probabilities: Any) -> Any:
+        p = probabilities.float().clamp(1e-6, 1 - 1e-6)
+        return (p / (1 - p)).log()
+
     def eval_loss(self, outputs: Any, target: Any) -> Any:
         return self.soft_loss(outputs, self.label_part(target))
 

@@ -66,7 +66,9 @@ class SoftenedTeacher(PseudoTargets):
     A taught row's target is its label, then the teacher's predictions softened at T, side by
     side: (N, 2 x outputs). Its loss is (1 - alpha) of the label's loss plus alpha x T^2 of the
     loss of the student's own outputs softened at T against the teacher's half (the T^2 keeps
-    that term's gradients at the label term's scale). So the student at T = 1 learns the
+    that term's gradients at the label term's scale), less the teacher's own entropy: the term
+    is the KL divergence, 0 where the student is the teacher, so a student's logged loss reads
+    as an untaught run's. So the student at T = 1 learns the
     teacher's own confidence; a blend of label and softened teacher learnt at T = 1 would leave
     it as unsure as the softened teacher. A row nothing teaches (a validation row, a
     pseudo-labelled one) holds its label in both halves. `distill` is train.distill's settings."""
@@ -80,6 +82,10 @@ class SoftenedTeacher(PseudoTargets):
     def soft_loss(self, outputs: Any, probabilities: Any) -> Any:
         """The loss of outputs (logits) against rows of probabilities: the softened teacher's
         against the outputs divided by T."""
+        raise NotImplementedError
+
+    def own_logits(self, probabilities: Any) -> Any:
+        """Logits whose activation is `probabilities`: the soft loss there is their entropy."""
         raise NotImplementedError
 
     def distilled_targets(self, labelled: np.ndarray, units: np.ndarray, *, alpha: float, temperature: float):
@@ -106,5 +112,6 @@ class SoftenedTeacher(PseudoTargets):
             return self.label_loss(outputs, target)
         labels, teacher = target.chunk(2, dim=1)
         alpha, temperature = self.distill.alpha, self.distill.temperature
-        softened = self.soft_loss(outputs.float() / temperature, teacher)
+        entropy = self.soft_loss(self.own_logits(teacher), teacher)
+        softened = self.soft_loss(outputs.float() / temperature, teacher) - entropy
         return (1.0 - alpha) * self.label_loss(outputs, labels) + alpha * temperature**2 * softened

@@ -8,7 +8,8 @@ Masks move with their image under every geometric augmentation, nearest-neighbou
 executors. The post-processing is the task's decision rule (tasks.mask_rules: a probability
 threshold, the smallest component kept, the fewest pixels for a mask not to be empty), fitted
 per class on out-of-fold probability masks, each fold's by the other folds', as thresholds are.
-Predictions are uint8 probability masks (0-255) at the model's side: (N, classes, S, S).
+Predictions are uint8 probability masks (0-255) at the model's side: (N, classes, S, S), and so
+are the targets the loader serves, labels and a teacher's alike (tasks.mask_targets).
 """
 
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from pipeline.tables import line
 from pipeline.tasks import mask_rules, register
 from pipeline.tasks.base import Proposal, Section, Task
 from pipeline.tasks.mask_rules import Rule
+from pipeline.tasks.mask_targets import MaskTargets, cell_map, mask_at
 
 CODE_NAMES = ("encodedpixels", "rle_mask", "rle", "mask", "masks", "annotation")
 MAX_CLASSES = 20  # a column with more distinct values than this does not name a mask's class
@@ -33,7 +35,7 @@ AREA_BINS = 3  # of a class's nonempty masks, by their area: what stratified fol
 
 
 @register
-class Segmentation(Task):
+class Segmentation(MaskTargets, Task):  # what a teacher's masks become as targets: tasks.mask_targets
     name = "segmentation"
     METRICS: ClassVar[dict[str, bool]] = {"dice": True, "iou": True}
     LOSSES = ("bce_dice", "bce", "dice", "lovasz")
@@ -158,8 +160,14 @@ class Segmentation(Task):
         named = zip(self.labels, codes, strict=True)
         return np.stack([mask_at(code, original, shape, self.order, f"mask of class {c!r}") for c, code in named], 2)
 
+    def target_maps(self, cells: np.ndarray, original: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """One row's target cells (labels or a teacher's, tasks.mask_targets) -> (height, width,
+        classes) uint8 0-255 at `shape`."""
+        named = zip(self.labels, cells, strict=True)
+        return np.stack([cell_map(cell, original, shape, self.order, f"mask of class {c!r}") for c, cell in named], 2)
+
     def augment_item(self, augment: Any, image: np.ndarray, target: np.ndarray, original: np.ndarray):
-        mask = self.masks_of(target, original, image.shape[:2])
+        mask = self.target_maps(target, original, image.shape[:2])
         if augment is None:
             return image, mask
         moved = augment(image=image, mask=mask)
@@ -171,9 +179,9 @@ class Segmentation(Task):
         return moved["image"], np.ascontiguousarray(moved["mask"].transpose(2, 0, 1))
 
     def device_targets(self, targets: np.ndarray, sizes: np.ndarray, side: int) -> np.ndarray:
-        """(N, classes, side, side) uint8 masks, as the resident images are resized."""
+        """(N, classes, side, side) uint8 0-255 target maps, as the resident images are resized."""
         return np.stack(
-            [self.masks_of(t, s, (side, side)).transpose(2, 0, 1) for t, s in zip(targets, sizes, strict=True)]
+            [self.target_maps(t, s, (side, side)).transpose(2, 0, 1) for t, s in zip(targets, sizes, strict=True)]
         )
 
     def warp_targets(self, targets: Any, warp: Any) -> Any:
@@ -189,7 +197,7 @@ class Segmentation(Task):
         import torch.nn.functional as F
         from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
 
-        target, outputs = target.float(), outputs.float()
+        target, outputs = target.float() / 255, outputs.float()  # 0-255 maps: tasks.mask_targets
         if self.loss_name == "lovasz":
             return LovaszLoss("multilabel", per_image=True)(outputs, target)
         bce = F.binary_cross_entropy_with_logits(outputs, target)
@@ -239,29 +247,6 @@ class Segmentation(Task):
         plain = self.with_decision({"rules": [Rule().as_dict()] * len(self.labels)})
         codes = [plain._image_codes(p, size) for p, size in zip(predictions, sizes, strict=True)]
         return np.array(codes, dtype=object).reshape(len(codes), len(self.labels))
-
-    # --- pseudo-labels: the teacher's masks join as codes, as the labelled rows' do ------------
-
-    def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
-        if soft:
-            raise PipelineError(
-                "train.pseudo_labels.soft=true: a segmentation model learns masks, kept as run-length codes read per "
-                "image, not a probability per pixel; set soft: false to learn the teacher's masks at a threshold of 0.5"
-            )
-
-    def pseudo_confidence(self, units: np.ndarray) -> np.ndarray:
-        """An image's mean certainty over its pixels and classes: max(p, 1 - p), p from 0-255."""
-        return np.maximum(units, 255.0 - units).mean(axis=(1, 2, 3)) / 255.0
-
-    def pseudo_targets(self, units: np.ndarray, *, soft: bool, sizes: np.ndarray) -> np.ndarray:
-        """(N, classes) the teacher's masks at a threshold of 0.5, each a code at its image's size."""
-        return self._plain_codes(units, sizes)
-
-    def check_distill(self) -> None:
-        raise PipelineError(
-            "train.distill: a segmentation model's targets are masks, kept as run-length codes read per image, which "
-            "cannot hold a blend of labels and a teacher's probabilities; use train.pseudo_labels with soft: false"
-        )
 
     def smooth_loss(self, predictions: np.ndarray, truth: np.ndarray) -> float:
         """The binary cross entropy of probabilities (0-255) against 0/1 masks, over every pixel."""
@@ -362,17 +347,6 @@ class Segmentation(Task):
         size, shape = size_of(row["id"]), image.shape[:2]
         truth, predicted = (mask_at(row[c], size, shape, self.order, f"oof.csv {c}") for c in (first, f"pred_{first}"))
         return plots.overlay_masks(image, truth, predicted)
-
-
-def mask_at(code: str, original: np.ndarray, shape: tuple[int, int], order: str, where: str) -> np.ndarray:
-    """A code of an image of `original` (height, width) -> its uint8 0/1 mask resized to `shape`,
-    nearest neighbour."""
-    import cv2
-
-    mask = rle.decode(code, tuple(int(v) for v in original), order, where)
-    if mask.shape == tuple(shape):
-        return mask
-    return cv2.resize(mask, tuple(shape)[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def code_score(metric: str, guess: str, truth: str, where: str) -> float:
