@@ -11,7 +11,8 @@ score, one experiment per row on the same folds:
   + final stage       train.final_size={image_size: 1.5x the side medium chose, epochs: 2}
   + pseudo-labels     train.pseudo_labels={teacher: medium}: the test images, soft
   distilled student   train.distill={teacher: medium} at half medium's side (a quarter of its
-                      pixels), its full fit alone the submission: the faster single model
+                      pixels), its full fit alone the submission: the faster single model (its
+                      fold models where the budget left the full fit for a later run)
   small               the same student without the teacher: what distillation adds
   best                train.preset=best, in the budget and in twice it
 
@@ -93,6 +94,8 @@ def run_row(row: str, config: Path, scratch: Path, args: argparse.Namespace) -> 
     overrides += TINY if args.tiny else []
     started = time.perf_counter()
     for step in ("data", "folds", "train", "predict", "score"):
+        if step == "predict" and not next((scratch / "runs").glob(f"*/{row}/full/model.pt"), None):
+            overrides = [o.replace("predict.models=full", "predict.models=folds") for o in overrides]
         stage(step, config, overrides, scratch, show=("train",))
     minutes = (time.perf_counter() - started) / 60
     score = float(pd.read_csv(scratch / "submissions" / "ledger.csv")["local_score"].iloc[-1])

@@ -42,6 +42,11 @@ def test_a_fit_costs_its_start_its_epochs_and_its_rows_frozen_then_unfrozen():
     assert speed().at(80).unfrozen_s == pytest.approx(0.0025) and speed().at(80).start_s == 2.0
 
 
+def test_a_schedule_names_a_lone_fold():
+    assert Schedule(96, 8, (3,), full_fit=False).describe(1) == "fold 3, 8 epochs at 96 px"
+    assert Schedule(96, 1, (0, 1), full_fit=True).describe(5) == "2 of 5 folds and the full fit, 1 epoch at 96 px"
+
+
 def test_two_probes_keep_the_faster_of_each_time():
     slow_steps = speed(per_image=0.02)  # starts in 2 s
     slow_start = Speed(160, 0.005, 0.01, 0.0025, start_s=9.0, epoch_s=0.5)

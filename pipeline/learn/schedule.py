@@ -84,7 +84,10 @@ class Schedule:
         return cls(**{**raw, "folds": tuple(raw["folds"]), "head_start": head_start})
 
     def describe(self, all_folds: int, unfrozen_from: int | None = None) -> str:
-        fits = f"{len(self.folds)} of {all_folds} folds" if len(self.folds) < all_folds else f"{all_folds} folds"
+        if len(self.folds) < all_folds:
+            fits = f"{len(self.folds)} of {all_folds} folds"
+        else:
+            fits = f"{all_folds} folds" if all_folds > 1 else f"fold {self.folds[0]}"
         epochs = f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
         said = f"{fits}{' and the full fit' if self.full_fit else ''}, {epochs} at {self.side} px"
         if unfrozen_from:

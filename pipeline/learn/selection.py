@@ -45,7 +45,11 @@ def choose(cfg: Config, paths: Paths, cv: CV, test: PredictionsOnTest) -> Choice
     """predict.models, `auto` resolved, with the CV of what it takes."""
     models = cfg.predict.models
     if models in ("full", "both") and not paths.full.model.exists():
-        raise PipelineError(f"predict.models={models} needs {paths.full.model}: set train.full_fit=true and train")
+        raise PipelineError(
+            f"predict.models={models} needs {paths.full.model}, which was not trained: train.full_fit=false, or a "
+            "time budget left the full fit for a later run (the train log names its command); train it, or set "
+            "predict.models=folds"
+        )
     fold_scores, tta = fold_models_estimate(cfg, paths, cv)
     if models != "auto":
         return option(cfg, paths, cv, models, fold_scores, tta, test)
