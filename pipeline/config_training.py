@@ -108,9 +108,7 @@ class PseudoLabels(Section):
     rows: Literal["test", "extra", "both"] = "test"  # extra: the scraped images, relabelled
     min_confidence: Probability = 0.0  # rows the teacher is less sure of stay out (not for values and points)
     weight: PositiveFloat = 1.0  # how often an epoch sees each pseudo-labelled row (fractions: a seeded share)
-    soft: bool = (
-        True  # the teacher's probabilities as targets (segmentation: its probability maps); false: its decided labels
-    )
+    soft: bool = True  # the teacher's probabilities (segmentation: its maps) as targets; false: its decided labels
 
 
 class Distill(Section):

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.data import rle
 from pipeline.errors import PipelineError
-from pipeline.tasks.pseudo_targets import PseudoTargets
+from pipeline.tasks.pseudo_targets import PseudoTargets, sigmoid_softened
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,7 @@ class MaskTargets(PseudoTargets):
 
     def softened(self, units: np.ndarray, temperature: float) -> np.ndarray:
         """(N, classes, S, S) probabilities 0-255 -> sigmoid(logit p / T), 0-255."""
-        p = np.clip(np.asarray(units, dtype=np.float32) / 255.0, 1e-4, 1 - 1e-4)
-        return 255.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
+        return 255.0 * sigmoid_softened(np.asarray(units) / 255.0, temperature)
 
     def distilled_targets(self, labelled: np.ndarray, units: np.ndarray, *, alpha: float, temperature: float):
         """(N, classes) Taught cells: each label with the teacher's map softened at T."""

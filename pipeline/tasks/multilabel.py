@@ -20,7 +20,7 @@ from pipeline.predictions import OutOfFold
 from pipeline.tables import line, show
 from pipeline.tasks import register
 from pipeline.tasks.base import Section, Task
-from pipeline.tasks.pseudo_targets import SoftenedTeacher
+from pipeline.tasks.pseudo_targets import SoftenedTeacher, sigmoid_softened
 
 THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.02), 2)  # the candidates a threshold is chosen from
 MIN_POSITIVES = 10  # fewer positive rows than this: a label keeps the global threshold
@@ -221,8 +221,7 @@ class Multilabel(SoftenedTeacher, Task):
 
     def softened(self, units: np.ndarray, temperature: float) -> np.ndarray:
         """sigmoid(logit p / T) for each label."""
-        p = np.clip(units, 1e-6, 1 - 1e-6)
-        return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))).astype(np.float32)
+        return sigmoid_softened(units, temperature)
 
     # --- the head ---------------------------------------------------------------------------
 

@@ -11,6 +11,12 @@ import numpy as np
 from pipeline.errors import PipelineError
 
 
+def sigmoid_softened(p: np.ndarray, temperature: float) -> np.ndarray:
+    """sigmoid(logit p / T) of probabilities `p`: a sigmoid teacher softened at T."""
+    p = np.clip(np.asarray(p, dtype=np.float32), 1e-6, 1 - 1e-6)
+    return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))).astype(np.float32)
+
+
 class PseudoTargets:
     name: str
 
