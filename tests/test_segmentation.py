@@ -158,12 +158,12 @@ def test_a_tta_view_of_a_mask_maps_back_onto_the_mask():
         assert torch.allclose(back[inside], mask[inside], atol=1e-5), view
 
 
-def test_two_experiments_blend_and_submit_with_tta(cells_config, capsys):
+def test_two_experiments_of_different_sides_blend_teach_and_submit_with_tta(cells_config, capsys):
     for stage, extra in (
         ("data", []),
         ("folds", []),
         ("train", []),
-        ("train", ["train.experiment=other", "train.lr=0.02"]),
+        ("train", ["train.experiment=other", "train.lr=0.02", "model.image_size=48"]),
     ):
         assert main([stage, "-c", str(cells_config), *extra]) == 0, capsys.readouterr().err
     assert main(["blend", "-c", str(cells_config)]) == 0, capsys.readouterr().err
@@ -173,6 +173,11 @@ def test_two_experiments_blend_and_submit_with_tta(cells_config, capsys):
     assert main(args) == 0, capsys.readouterr().err
     submitted = pd.read_csv(next(Path("submissions/cells").glob("*.csv")), keep_default_na=False)
     assert len(submitted) == 6 and list(submitted.columns) == ["id", "rle_mask"]
+    student = ["train.experiment=student", "train.distill.teacher=blend", "train.pseudo_labels.teacher=blend"]
+    assert main(["train", "-c", str(cells_config), *student, "train.pseudo_labels.soft=true"]) == 0
+    out = capsys.readouterr().out
+    assert "12 training rows learn from cells/fold1 + other/fold1" in out  # 32 px and 48 px maps, summed
+    assert "6 of 6 unlabelled images join training labelled by cells/full + other/full (soft" in out
 
 
 def test_a_code_past_its_image_is_one_line_from_make_data_naming_the_image(cells_config, capsys):

@@ -82,6 +82,11 @@ def in_space(space: str, predictions: np.ndarray) -> np.ndarray:
     return pd.DataFrame(predictions).rank(method="average").to_numpy() / len(predictions)
 
 
+def weighted_sum(task: Task, weights: list[float], each: list[np.ndarray]) -> np.ndarray:
+    """sum_i w_i each[i], the members' predictions first made addable by the task (Task.aligned)."""
+    return sum(w * predictions for w, predictions in zip(weights, task.aligned(each), strict=True))
+
+
 def blend(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """sum_i w_i stack[i]: (M, N, D), (M,) -> (N, D)."""
     return np.tensordot(np.asarray(weights, dtype=np.float64), stack, axes=1)

@@ -17,7 +17,7 @@ from pipeline.augment.tta import View, apply_view, views
 from pipeline.config import Config, Model
 from pipeline.data import sources
 from pipeline.errors import PipelineError
-from pipeline.learn import models
+from pipeline.learn import ensemble, models
 from pipeline.learn.defaults import working_side
 from pipeline.learn.device import Device, Normalise
 from pipeline.learn.loader import ImageDataset, create_loader, default_workers
@@ -105,11 +105,11 @@ def predict_rows(cfg: Config, path: Path, images, rows: np.ndarray, device: Devi
 
 def weighted_units(cfg: Config, weighted: list[tuple[FitFiles, float]], images, rows: np.ndarray) -> np.ndarray:
     """The weighted models' predictions on `rows` of `images`, in the competition's units."""
-    device, total = Device.choose(cfg.train), 0.0
-    for fit, weight in weighted:
+    device, each = Device.choose(cfg.train), []
+    for fit, _ in weighted:
         raw, task = predict_rows(cfg, fit.model, images, rows, device)
-        total = total + weight * task.to_units(raw.predictions, raw.sizes)
-    return total
+        each.append(task.to_units(raw.predictions, raw.sizes))
+    return ensemble.weighted_sum(task, [weight for _, weight in weighted], each)
 
 
 def task_from_meta(meta: dict, cfg: Config) -> Task:
@@ -190,7 +190,8 @@ class PredictionsOnTest:
     def blend(self, weighted: list[tuple[FitFiles, float]]) -> np.ndarray:
         """The weighted mean of the models' predictions in the competition's units (weights sum
         to 1), made valid again by the task (keypoints clipped to each image)."""
-        total = sum(weight * self.in_units(fit) for fit, weight in weighted)
+        each = [self.in_units(fit) for fit, _ in weighted]
+        total = ensemble.weighted_sum(self.task, [weight for _, weight in weighted], each)
         return self.task.finish_blend(total, self.sizes)
 
 

@@ -152,7 +152,7 @@ def combine(test: PredictionsOnTest, plan: Plan) -> tuple[np.ndarray, Task]:
     (under the decision fitted out of fold)."""
     each = [ensemble.in_space(part.space, test.blend(part.models)) for part in plan.parts]
     if plan.second_level is None:
-        predictions = sum(part.weight * predicted for part, predicted in zip(plan.parts, each, strict=True))
+        predictions = ensemble.weighted_sum(test.task, [part.weight for part in plan.parts], each)
     else:
         features = test.table[list(plan.features)]
         predictions = stacking.Stacker.load(plan.second_level).predict(np.stack(each), features)

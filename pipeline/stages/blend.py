@@ -148,9 +148,10 @@ def out_of_fold(
             rows = validation_rows(folds, k)
             parts.append(task.out_of_fold(folds, rows, read(fits.fold(k), rows, epoch)))
         oof = OutOfFold.concat(parts)
-        stacked.append(ensemble.in_space(cfg.blend.space, oof.predictions.astype(np.float64)))
-    truth = task.truth(oof, target_columns(folds))
-    return np.stack(stacked), ensemble.Target(task, truth), oof.table[["id", "fold"]]
+        stacked.append(oof.predictions)
+    stack = np.stack([ensemble.in_space(cfg.blend.space, p.astype(np.float64)) for p in task.aligned(stacked)])
+    truth = task.truth(OutOfFold(oof.table, stack[-1], oof.sizes), target_columns(folds))
+    return stack, ensemble.Target(task, truth), oof.table[["id", "fold"]]
 
 
 def _oof_reader(cfg: C.Config, paths: Paths):

@@ -97,9 +97,8 @@ class Task(PseudoTargets):  # what a teacher's predictions become as targets: ta
             bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise PipelineError(
-                    f"{source} line {line(i)}, column {column!r}: {show(values.iloc[i])} is not a number"
-                )
+                where = f"{source} line {line(i)}, column {column!r}"
+                raise PipelineError(f"{where}: {show(values.iloc[i])} is not a number")
 
     @classmethod
     def check_sizes(cls, table: pd.DataFrame, targets: list[str], sizes: np.ndarray, source: str) -> None:
@@ -168,10 +167,8 @@ class Task(PseudoTargets):  # what a teacher's predictions become as targets: ta
     @classmethod
     def label_extra(cls, extra: pd.DataFrame, table: pd.DataFrame, targets: list[str], source: str) -> pd.DataFrame:
         """Scraped rows (labelled by their source's name) as training rows of this task."""
-        raise PipelineError(
-            f"{source}: scraped images come with a class; a {cls.name} competition cannot use them"
-            " (set data.use_extra=false)"
-        )
+        why = f"{source}: scraped images come with a class; a {cls.name} competition cannot use them"
+        raise PipelineError(f"{why} (set data.use_extra=false)")
 
     @classmethod
     def score_file(cls, metric: str, submitted: pd.DataFrame, solution: pd.DataFrame) -> float:
@@ -293,6 +290,10 @@ class Task(PseudoTargets):  # what a teacher's predictions become as targets: ta
         """Whether blend.space=ranks keeps this task's metric."""
         return False
 
+    def aligned(self, each: list[np.ndarray]) -> list[np.ndarray]:
+        """Several models' predictions of the same rows in the competition's units, made addable."""
+        return each
+
     def finish_blend(self, blended: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """A blend of predictions in the competition's units, made valid again."""
         return blended
@@ -315,8 +316,7 @@ class Task(PseudoTargets):  # what a teacher's predictions become as targets: ta
         return predictions
 
     def decision(self) -> dict:
-        """The fitted decision rule as JSON, with a one-line "summary" (with_decision reads it
-        back); none here."""
+        """The fitted decision rule as JSON with a one-line "summary" (with_decision reads it back)."""
         return {}
 
     def with_decision(self, decision: dict) -> "Task":

@@ -223,6 +223,22 @@ class Segmentation(MaskTargets, Task):  # what a teacher's masks become as targe
     def compact(self, predictions: np.ndarray) -> np.ndarray:
         return np.round(np.asarray(predictions, dtype=np.float32) * 255).astype(np.uint8)
 
+    def aligned(self, each: list[np.ndarray]) -> list[np.ndarray]:
+        """Maps (N, classes, S, S) of models of different sides, resized bilinear to the largest S."""
+        import cv2
+
+        side = max(maps.shape[-1] for maps in each)
+        out = []
+        for maps in each:
+            if maps.shape[-1] != side:
+                flat = [
+                    cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR)
+                    for m in maps.reshape(-1, *maps.shape[2:])
+                ]
+                maps = np.stack(flat).reshape(*maps.shape[:2], side, side)
+            out.append(maps)
+        return out
+
     def truth(self, oof: OutOfFold, targets: list[str]) -> np.ndarray:
         """(N, classes, S, S) uint8 0/1 masks at the predictions' side."""
         side = oof.predictions.shape[-2:]
