@@ -14,6 +14,12 @@ score, one experiment per row on the same folds:
                       pixels), its full fit alone the submission: the faster single model (its
                       fold models where the budget left the full fit for a later run)
   small               the same student without the teacher: what distillation adds
+  twin                medium again at train.seed + 1: the second member of the teacher blend
+  blend               `make blend` of medium and twin (their fold models, weights fitted on
+                      their OOF), submitted: the teacher the issue names; its wall clock is
+                      the blend's and its submission's alone
+  distill_blend       the distilled student, taught by that blend (fold k by the members'
+                      fold-k models, the full fit by their full fits)
   best                train.preset=best, in the budget and in twice it
 
 Each row: the held-out score of its submission, the whole run's wall clock, and its inference
@@ -44,7 +50,23 @@ from pipeline import config as C
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
 SMALL = {"photos": {"train_per_class": 6, "test_per_class": 3}, "tiny": {"n_train": 60, "n_test": 20}}
 BUILDERS = _competitions.BUILDERS | _task_competitions.BUILDERS | {"stencils": stencils}
-ROWS = ("medium", "average", "soup", "final", "pseudo", "distill", "small", "best", "best2x")
+ROWS = (
+    "medium",
+    "average",
+    "soup",
+    "final",
+    "pseudo",
+    "distill",
+    "small",
+    "twin",
+    "blend",
+    "distill_blend",
+    "best",
+    "best2x",
+)
+NEEDS = {"blend": "twin", "distill_blend": "blend"}  # a row and the row before it that it reads
+TEACHER = "teacher"  # the blend row's blend
+BLEND = ["blend.experiments=[medium,twin]", f"blend.name={TEACHER}", f"predict.blend={TEACHER}"]
 
 
 def keys(row: str, side: int, budget: str) -> list[str]:
@@ -59,6 +81,9 @@ def keys(row: str, side: int, budget: str) -> list[str]:
         "pseudo": ["train.pseudo_labels.teacher=medium"],
         "distill": ["train.distill.teacher=medium", *student],
         "small": student,
+        "twin": [],
+        "blend": [],
+        "distill_blend": [f"train.distill.teacher={TEACHER}", *student],
         "best": ["train.preset=best"],
         "best2x": ["train.preset=best", f"train.time_budget={twice}"],
     }[row]
@@ -90,10 +115,17 @@ def chosen_side(scratch: Path) -> int:
 
 def run_row(row: str, config: Path, scratch: Path, args: argparse.Namespace) -> tuple[float, float, float]:
     side = chosen_side(scratch) if row != "medium" else 0
-    overrides = [*keys(row, side, args.budget), f"train.seed={args.seed}", "data.solution=solution.csv"]
+    seed = args.seed + (row == "twin")
+    overrides = [*keys(row, side, args.budget), f"train.seed={seed}", "data.solution=solution.csv"]
     overrides += TINY if args.tiny else []
+    steps = ("data", "folds", "train", "predict", "score")
+    if row == "blend":
+        overrides, steps = (
+            [*BLEND, "data.solution=solution.csv", *(TINY if args.tiny else [])],
+            ("blend", "predict", "score"),
+        )
     started = time.perf_counter()
-    for step in ("data", "folds", "train", "predict", "score"):
+    for step in steps:
         if step == "predict" and not next((scratch / "runs").glob(f"*/{row}/full/model.pt"), None):
             overrides = [o.replace("predict.models=full", "predict.models=folds") for o in overrides]
         stage(step, config, overrides, scratch, show=("train",))
@@ -120,6 +152,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="every row's train.seed")
     parser.add_argument("--tiny", action="store_true", help="tiny data, 2 folds, 1 epoch: for the test suite")
     args = parser.parse_args()
+    for row, needed in NEEDS.items():
+        if row in args.rows and (needed not in args.rows or args.rows.index(needed) > args.rows.index(row)):
+            parser.error(f"--rows: {row} reads {needed}, which must come before it")
     name = "tiny" if args.tiny else args.competition
     print("| machine | competition | row | held-out score | wall clock | inference on the test images |")
     print("|---|---|---|---|---|---|", flush=True)
