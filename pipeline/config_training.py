@@ -118,6 +118,10 @@ class Distill(Section):
     teacher: ExperimentName  # a trained experiment, or a blend (runs/<name>/blends/<teacher>.yaml)
     alpha: Probability = 0.5  # the teacher's share of each target; the label keeps the rest
     temperature: PositiveFloat = 2.0  # softens the teacher's outputs, and the student's (classification, multilabel)
+    # the teacher predicts each training batch as the student sees it, augmented and mixed (timm's
+    # LogitDistillationTask; Beyer et al. 2022, "a good teacher is consistent"), not once per image
+    # before training; classes and labels only. None: online where the task can
+    online: bool | None = None
 
 
 class Train(Section):

@@ -11,6 +11,7 @@ from pipeline import config as C
 from pipeline.data import rle
 from pipeline.errors import PipelineError
 from pipeline.learn import engine, plan, pseudo_labels
+from pipeline.learn.device import Device, Normalise
 from pipeline.paths import Paths
 from pipeline.stages import train
 
@@ -181,15 +182,63 @@ def test_regression_refuses_a_confidence_it_does_not_have():
 # --- train.distill -------------------------------------------------------------------------------
 
 
-def test_each_fold_distils_from_its_own_teacher_fold(digits_dir, tmp_path, monkeypatch, capsys):
-    run(config(digits_dir, "teacher", epochs=1), tmp_path, monkeypatch)
+@pytest.mark.parametrize("online", [True, False])
+def test_each_fold_distils_from_its_own_teacher_fold(digits_dir, tmp_path, monkeypatch, capsys, online):
+    """Online (the default for classes) each fit loads its teacher's models and they predict its
+    batches; else the teacher predicts each training image once, before the fit."""
+    teacher = C.with_overrides(config(digits_dir, "teacher", epochs=1), {"model.image_size": 48}, "test")
+    run(teacher, tmp_path, monkeypatch)  # at 48 px, where the student learns at 32
     capsys.readouterr()
-    student = config(digits_dir, "student", epochs=1, distill={"teacher": "teacher", "alpha": 0.7})
-    cv = run(student, tmp_path, monkeypatch)
+    settings = {"teacher": "teacher", "alpha": 0.7, **({} if online else {"online": False})}
+    cv = run(config(digits_dir, "student", epochs=1, distill=settings), tmp_path, monkeypatch)
     out = capsys.readouterr().out
     for fit, teacher in (("fold 0", "teacher/fold0"), ("fold 1", "teacher/fold1"), ("full", "teacher/full")):
-        assert f"{fit}: {36 if fit == 'full' else 18} training rows learn from {teacher} (alpha 0.7" in out
+        said = f"{fit}: {36 if fit == 'full' else 18} training rows learn from {teacher} (alpha 0.7, temperature 2.0"
+        assert f"{said}{', online' if online else ')'}" in out
     assert len(cv["folds"]) == 2 and 0.0 <= cv["score"] <= 1.0  # validated on the labels, as any fit
+
+
+def test_an_online_teacher_reads_the_students_batch_at_its_own_side_and_normalisation():
+    from pipeline import tasks
+    from pipeline.config import Distill
+    from pipeline.learn.distillation import Member, OnlineTeacher
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    own, student = Normalise((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), Normalise((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels = torch.randint(0, 256, (4, 3, 16, 16)).float()
+    batch = student(pixels.clone())
+    seen_by_teacher = own(torch.nn.functional.interpolate(pixels, size=(24, 24), mode="bilinear").clone())
+    member = Member.of(model, 1.0, 24, own, student)
+    assert torch.allclose(member.logits(batch), model(seen_by_teacher), atol=1e-4)
+
+    task = tasks.get("classification")([0, 1, 2], distill=Distill(teacher="t", temperature=2.0))
+    target = torch.tensor(task.untaught_targets(np.array([0, 1, 2, 0])))
+    taught = OnlineTeacher([member], task, 2.0, Device.choose(C.Train(device="cpu")))(batch, target)
+    probabilities = torch.softmax(model(seen_by_teacher), dim=1).detach().numpy()
+    assert torch.equal(taught[:, :3], target[:, :3])  # the label half stays
+    assert np.allclose(taught[:, 3:].numpy(), task.softened(probabilities, 2.0), atol=1e-5)
+
+
+def test_the_teacher_sees_the_batch_the_student_trains_on_mixed():
+    from pipeline import tasks
+    from pipeline.config import Distill
+
+    task, seen = tasks.get("classification")([0, 1, 2], distill=Distill(teacher="t")), {}
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    model.register_forward_pre_hook(lambda _, args: seen.setdefault("student", args[0].clone()))
+
+    def teacher(images, target):
+        seen["teacher"] = images.clone()
+        return target
+
+    cfg = C.Train(mixup_alpha=1.0, batch_size=4, device="cpu")
+    state = engine.Step(torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler(enabled=False), cfg, 1)
+    state.mixup, state.teacher = engine.create_mixup(cfg, 3, soft_targets=True), teacher
+    targets = torch.tensor(task.untaught_targets(np.array([0, 1, 2, 0])))
+    batches = [(torch.rand(4, 3, 2, 2), targets, torch.zeros(4, 2))]
+    engine.train_one_epoch(model, batches, task, state, Device.choose(cfg))
+    assert torch.equal(seen["teacher"], seen["student"])  # mixed once, then taught and trained alike
 
 
 def test_a_taught_target_is_the_label_beside_the_softened_teacher():

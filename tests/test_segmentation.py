@@ -268,3 +268,7 @@ def test_the_test_images_join_training_under_a_teachers_masks_or_maps_and_a_stud
     assert "fold 1: 12 training rows learn from cells/fold1 (alpha 0.5, temperature 3.0)" in out
     assert "full: 24 training rows learn from cells/full" in out
     assert all(CV.load(Path(f"runs/cells/{name}/cv.json")).metric == "dice" for name in ("soft", "distilled"))
+    online = ["train.experiment=online", "train.distill.teacher=cells", "train.distill.online=true"]
+    assert main(["train", "-c", str(cells_config), *online]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "train.distill.online=true is for classes and labels" in error and len(error.splitlines()) == 1

@@ -340,6 +340,8 @@ def measure(setup: Setup, folds: pd.DataFrame, fold: int, paths: Paths) -> Speed
     twice and keeps the faster of each time. Each kind of training step stops at 1% of the budget
     (past its first 3 timed): at 256 px on 2 cores six steps of 64 images took a minute."""
     cfg = setup.cfg.train
+    if setup.distiller is not None:  # an online teacher's passes are in each training step
+        setup = setup.distiller.bound(setup, fold)
     enough_s = PROBE_SHARE * C.seconds(cfg.time_budget)
     valid = validation_rows(folds, fold)
     began = time.perf_counter()

@@ -3,6 +3,7 @@ learning-rate schedule. No stage logic here."""
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +99,8 @@ class Step:
     mixup: Mixup | SoftTargetMixup | None = None
     ema: ModelEmaV3 | None = None
     average: Averager | Ingredients | None = None
+    # train.distill.online: (images, targets) -> the targets with the teacher's half on these images
+    teacher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 class BatchCounter:
@@ -134,6 +137,8 @@ def train_one_epoch(
         images, target = device.images(images), target.to(device.device, non_blocking=True)
         if state.mixup is not None:
             images, target = state.mixup(images, target)
+        if state.teacher is not None:
+            target = state.teacher(images, target)
         with device.autocast():
             loss = task.loss(model(images), target)
         state.scaler.scale(loss / cfg.accumulate).backward()

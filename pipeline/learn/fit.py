@@ -78,6 +78,7 @@ class Parts:
     train_batches: Callable[[int], Iterable]  # an epoch's seed -> its training batches
     valid_batches: Callable[[], Iterable] | None  # this rank's validation rows, in order
     n_valid: int  # this rank's validation rows
+    normalise: Normalise  # the model's pixels from 0-255
 
 
 def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None) -> Parts:
@@ -94,7 +95,7 @@ def assemble(setup: Setup, train_rows: np.ndarray, valid_rows: np.ndarray | None
     train, valid = _batches(setup, train_set, valid_set, normalise, device, workers)
     trained = wrap(model, device, cfg.compile)
     n_valid = 0 if valid_set is None else len(valid_set)
-    return Parts(device, model, trained, frozen, optimizer, train, valid, n_valid)
+    return Parts(device, model, trained, frozen, optimizer, train, valid, n_valid, normalise)
 
 
 def wrap(model: torch.nn.Module, device: Device, compiled: bool) -> torch.nn.Module:
@@ -180,6 +181,7 @@ def optimisation(setup: Setup, parts: Parts, epochs: int, out: FitFiles | None =
         mixup=engine.create_mixup(cfg, task.n_outputs, soft_targets=setup.targets.ndim == 2) if task.mixes else None,
         ema=ModelEmaV3(parts.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None,
         average=averaging.for_fit(cfg.average, epochs, out.ingredient if out is not None else None),
+        teacher=setup.distiller and setup.distiller.online_teacher(task, parts.device, parts.normalise),
     )
 
 

@@ -19,6 +19,7 @@ def sigmoid_softened(p: np.ndarray, temperature: float) -> np.ndarray:
 
 class PseudoTargets:
     name: str
+    teaches_online: bool = False  # train.distill.online: a teacher's predictions on each batch become targets
 
     def check_pseudo_labels(self, min_confidence: float, *, soft: bool) -> None:
         """train.pseudo_labels' settings, refused with the reason where this task cannot learn so.
@@ -81,6 +82,15 @@ class SoftenedTeacher(PseudoTargets):
 
     distill: Any = None
     n_outputs: int
+    teaches_online = True
+
+    def taught_online(self, target: Any, probabilities: Any, temperature: float) -> Any:
+        """A batch's targets with the teacher's half its `probabilities` on the batch, softened
+        at T (the activation of its own logits / T): (B, 2 x outputs)."""
+        import torch
+
+        softened = self.activate(self.own_logits(probabilities) / temperature)
+        return torch.cat([self.label_part(target), softened.to(target.dtype)], dim=1)
 
     def label_loss(self, outputs: Any, target: Any) -> Any:
         raise NotImplementedError
