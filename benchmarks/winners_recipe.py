@@ -13,7 +13,9 @@ score, one experiment per row on the same folds:
   distilled student   train.distill={teacher: medium} at half medium's side (a quarter of its
                       pixels), its full fit alone the submission: the faster single model (its
                       fold models where the budget left the full fit for a later run)
-  small               the same student without the teacher: what distillation adds
+  small               the same student without the teacher: what distillation adds (on the folds
+                      the distilled student trained, where it ran first: a student trains its
+                      teacher's folds, and a budget shared by fewer folds gives each more epochs)
   twin                medium again at train.seed + 1: the second member of the teacher blend
   blend               `make blend` of medium and twin (their fold models, weights fitted on
                       their OOF), submitted: the teacher the issue names; its wall clock is
@@ -46,6 +48,7 @@ from _segmentation_competition import stencils
 from _stages import machine, stage
 
 from pipeline import config as C
+from pipeline.records import CV
 
 TINY = ["folds.n_splits=2", "train.epochs=1", "model.name=test_resnet", "model.pretrained=none"]
 SMALL = {"photos": {"train_per_class": 6, "test_per_class": 3}, "tiny": {"n_train": 60, "n_test": 20}}
@@ -117,6 +120,9 @@ def run_row(row: str, config: Path, scratch: Path, args: argparse.Namespace) -> 
     side = chosen_side(scratch) if row != "medium" else 0
     seed = args.seed + (row == "twin")
     overrides = [*keys(row, side, args.budget), f"train.seed={seed}", "data.solution=solution.csv"]
+    taught = next((scratch / "runs").glob("*/distill/cv.json"), None)
+    if row == "small" and taught is not None:
+        overrides.append(f"train.folds={CV.load(taught).fold_ids}")
     overrides += TINY if args.tiny else []
     steps = ("data", "folds", "train", "predict", "score")
     if row == "blend":
