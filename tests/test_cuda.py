@@ -45,6 +45,16 @@ def test_training_on_cuda_learns(blobs_dir, tmp_path, monkeypatch, capsys, amp, 
     assert all(v.device.type == "cpu" and torch.isfinite(v.float()).all() for v in saved["state_dict"].values())
 
 
+@pytest.mark.parametrize("device_aug", ["on", "off"])
+def test_a_student_learns_online_from_its_teacher_on_cuda(blobs_dir, tmp_path, monkeypatch, capsys, device_aug):
+    """The teacher's models on the GPU read the student's batches, bf16 and resident or not."""
+    run(blobs(blobs_dir, amp="bf16"), tmp_path, monkeypatch)
+    student = blobs(blobs_dir, amp="bf16", device_aug=device_aug, experiment="student", distill={"teacher": "tiny"})
+    cv = run(student, tmp_path, monkeypatch)
+    assert "online: its predictions on each augmented batch" in capsys.readouterr().out
+    assert cv["score"] > 0.9
+
+
 def test_channels_last_and_autocast_are_in_force(blobs_dir, tmp_path, monkeypatch):
     from pipeline.learn import fit, plan
     from pipeline.stages import folds

@@ -120,8 +120,8 @@ class Member:
     def of(cls, model: torch.nn.Module, weight: float, side: int, own: Normalise, student: Normalise) -> "Member":
         """`model`, which learnt `side` px images normalised by `own`, reading batches `student` normalised."""
         device = next(model.parameters()).device
-        scale = own.scale / student.scale
-        shift = own.shift - student.shift * scale
+        scale = own.scale / student.scale.cpu()  # a Normalise moves to its batches' device on first use
+        shift = own.shift - student.shift.cpu() * scale
         return cls(model.eval(), weight, side, scale.to(device), shift.to(device))
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
