@@ -78,7 +78,8 @@ def competition_rows(name: str, tiny: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", default=list(TASK_PEERS))
+    competitions = list(_task_competitions.BUILDERS)
+    parser.add_argument("--only", nargs="*", default=competitions, choices=competitions)
     parser.add_argument("--tiny", action="store_true", help="tiny data, 2 folds, 1 epoch: for the test suite")
     args = parser.parse_args()
     print("| machine | competition | what `make init` found | run | held-out score | wall clock |")
