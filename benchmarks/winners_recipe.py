@@ -85,7 +85,6 @@ def keys(row: str, side: int, budget: str) -> list[str]:
         "distill": ["train.distill.teacher=medium", *student],
         "small": student,
         "twin": [],
-        "blend": [],
         "distill_blend": [f"train.distill.teacher={TEACHER}", *student],
         "best": ["train.preset=best"],
         "best2x": ["train.preset=best", f"train.time_budget={twice}"],
@@ -117,19 +116,11 @@ def chosen_side(scratch: Path) -> int:
 
 
 def run_row(row: str, config: Path, scratch: Path, args: argparse.Namespace) -> tuple[float, float, float]:
-    side = chosen_side(scratch) if row != "medium" else 0
-    seed = args.seed + (row == "twin")
-    overrides = [*keys(row, side, args.budget), f"train.seed={seed}", "data.solution=solution.csv"]
-    taught = next((scratch / "runs").glob("*/distill/cv.json"), None)
-    if row == "small" and taught is not None:
-        overrides.append(f"train.folds={CV.load(taught).fold_ids}")
-    overrides += TINY if args.tiny else []
-    steps = ("data", "folds", "train", "predict", "score")
+    tiny = TINY if args.tiny else []
     if row == "blend":
-        overrides, steps = (
-            [*BLEND, "data.solution=solution.csv", *(TINY if args.tiny else [])],
-            ("blend", "predict", "score"),
-        )
+        overrides, steps = [*BLEND, "data.solution=solution.csv", *tiny], ("blend", "predict", "score")
+    else:
+        overrides, steps = [*row_overrides(row, scratch, args), *tiny], ("data", "folds", "train", "predict", "score")
     started = time.perf_counter()
     for step in steps:
         if step == "predict" and not next((scratch / "runs").glob(f"*/{row}/full/model.pt"), None):
@@ -138,6 +129,17 @@ def run_row(row: str, config: Path, scratch: Path, args: argparse.Namespace) -> 
     minutes = (time.perf_counter() - started) / 60
     score = float(pd.read_csv(scratch / "submissions" / "ledger.csv")["local_score"].iloc[-1])
     return score, minutes, inference_seconds(config, overrides, scratch)
+
+
+def row_overrides(row: str, scratch: Path, args: argparse.Namespace) -> list[str]:
+    """A trained row's keys, seed and answers; `small` on the folds the distilled student trained."""
+    side = chosen_side(scratch) if row != "medium" else 0
+    seed = args.seed + (row == "twin")
+    overrides = [*keys(row, side, args.budget), f"train.seed={seed}", "data.solution=solution.csv"]
+    taught = next((scratch / "runs").glob("*/distill/cv.json"), None)
+    if row == "small" and taught is not None:
+        overrides.append(f"train.folds={CV.load(taught).fold_ids}")
+    return overrides
 
 
 def peers(name: str, config: Path, scratch: Path) -> list[tuple[str, float]]:
